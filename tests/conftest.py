@@ -1,0 +1,44 @@
+"""Shared fixtures: seeded generators, dtype tolerances, and the repo root."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# Two cores on the dev machines and in CI: keep torch from oversubscribing them.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Per-dtype comparison tolerances (rtol, atol), kornia's table.
+TOLERANCES = {
+    torch.float64: (1e-9, 1e-9),
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (1e-3, 1e-3),
+    torch.bfloat16: (7.8e-3, 7.8e-3),
+}
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture
+def realestate_pose_files() -> list[Path]:
+    files = sorted((SHARED_DATA / "realestate10k_poses").glob("*.txt"))
+    if not files:
+        pytest.skip(f"no RealEstate10K pose files under {SHARED_DATA} (../shared beside the repo)")
+    return files
