@@ -1,0 +1,101 @@
+"""Run every benchmark of the pack in one process and write docs/performance.md.
+
+Usage:
+    python -m benchmarks.run_all            # full sizes (minutes on CPU; the real sizes on a GPU)
+    python -m benchmarks.run_all --quick    # small sizes, seconds
+
+Each benchmark module exposes ``run(quick: bool) -> list[dict]``; every row is one measurement with
+a ``name`` and, where the goal is a ratio, the two sides measured side by side in the same run. The
+machine (CPU model, GPU, torch version) heads the written record so figures are never compared across
+machines by accident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import os
+import platform
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = [
+    ("Dense spatio-temporal attention", "benchmarks.bench_attention"),
+    ("Feature-mesh rasterizer (DFR op)", "benchmarks.bench_raster"),
+    ("FeatureNeRF and customization step", "benchmarks.bench_featurenerf"),
+    ("MVCustom sampler overhead", "benchmarks.bench_sampler"),
+]
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (f"CPU {cpu} ({os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}); "
+            f"GPU {gpu}; torch {torch.__version__}; Python {platform.python_version()}")
+
+
+def to_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "_no rows_\n"
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
+    p.add_argument("--only", nargs="*", help="module names to run (default: all)")
+    args = p.parse_args(argv)
+
+    sections = []
+    for title, module in BENCHMARKS:
+        if args.only and module.split(".")[-1] not in args.only:
+            continue
+        print(f"== {title} ({module})", flush=True)
+        try:
+            rows = importlib.import_module(module).run(quick=args.quick)
+            body = to_markdown(rows)
+        except ModuleNotFoundError as e:
+            body = f"_not run: {e}_\n"
+        except Exception:  # a failing benchmark must not hide the others' figures
+            body = "_failed:_\n```\n" + traceback.format_exc() + "```\n"
+        print(body, flush=True)
+        sections.append(f"## {title}\n\n{body}")
+
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    head = (f"# Performance record\n\nWritten by `python -m benchmarks.run_all{' --quick' if args.quick else ''}` "
+            f"on {stamp}.\n\nMachine: {machine_description()}\n\n")
+    write_atomic(args.out, head + "\n".join(sections))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
