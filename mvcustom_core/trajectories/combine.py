@@ -1,0 +1,90 @@
+"""Build longer or richer camera paths from simpler ones: concatenate, compose, reverse, resample."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from mvcustom_core.cameras.camera_set import CameraSet
+from mvcustom_core.trajectories.keyframes import keyframe_trajectory
+from mvcustom_core.trajectories.presets import TrajectoryError, _check_frames
+
+__all__ = ["concatenate", "compose", "reverse", "resample"]
+
+
+def concatenate(trajectories: Sequence[CameraSet], *, drop_repeated: bool = True, atol: float = 1e-6) -> CameraSet:
+    """Play ``trajectories`` one after another.
+
+    Args:
+        trajectories: camera sets sharing one image size.
+        drop_repeated: drop a trajectory's first camera when it equals the previous trajectory's last
+            camera (c2w and K within ``atol``), so the joint is not shown twice.
+        atol: tolerance of that comparison, in world units / pixels.
+
+    Returns:
+        The frames of all sets in order.
+    """
+    if not trajectories:
+        raise TrajectoryError("concatenate needs at least one trajectory")
+    parts = [trajectories[0]]
+    for i, traj in enumerate(trajectories[1:], start=1):
+        if traj.image_size != parts[0].image_size:
+            raise TrajectoryError(f"trajectories[{i}] has image size {traj.image_size}, "
+                                  f"trajectories[0] has {parts[0].image_size}")
+        previous = trajectories[i - 1]
+        if drop_repeated and _same_camera(previous, -1, traj, 0, atol):
+            if traj.num_frames == 1:
+                continue
+            traj = traj[1:]
+        parts.append(traj)
+    return CameraSet.concat(parts)
+
+
+def compose(base: CameraSet, motion: CameraSet) -> CameraSet:
+    """Apply ``motion``'s movement relative to its first camera on top of each camera of ``base``.
+
+    Frame ``i`` gets ``c2w = base.c2w[i] @ inv(motion.c2w[0]) @ motion.c2w[i]``: the motion is taken in
+    its first camera's own frame (so a roll stays a roll about the viewing axis, a truck moves along
+    the base camera's right axis), and focal lengths are scaled by ``motion``'s focal ratio to its first
+    frame (so a zoom composes). The principal point and image size are ``base``'s.
+
+    Example: ``compose(make_trajectory("orbit", 16), make_trajectory("roll", 16, angle_deg=45))`` is an
+    orbit whose camera rolls to 45°.
+
+    Args:
+        base: ``F`` cameras.
+        motion: ``F`` cameras (or one, which changes nothing).
+
+    Returns:
+        ``F`` cameras.
+    """
+    if motion.num_frames not in (1, base.num_frames):
+        raise TrajectoryError(f"compose: motion has {motion.num_frames} frames but base has {base.num_frames}")
+    m = motion.c2w.to(base.c2w)
+    relative = torch.linalg.solve(m[:1], m)  # inv(M0) @ Mi, [F, 4, 4]
+    relative[:, 3] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=m.dtype, device=m.device)
+    K = base.K.clone()
+    mk = motion.K.to(K)
+    K[:, 0, 0] = K[:, 0, 0] * mk[:, 0, 0] / mk[0, 0, 0]
+    K[:, 1, 1] = K[:, 1, 1] * mk[:, 1, 1] / mk[0, 1, 1]
+    return CameraSet(K=K, c2w=base.c2w @ relative, image_size=base.image_size)
+
+
+def reverse(traj: CameraSet) -> CameraSet:
+    """The same cameras in reverse order."""
+    return traj[torch.arange(traj.num_frames - 1, -1, -1)]
+
+
+def resample(traj: CameraSet, frames: int, *, position_spline: str = "catmull_rom") -> CameraSet:
+    """``frames`` cameras evenly spaced in frame index along ``traj`` (its cameras are the keyframes).
+
+    The first and last cameras are kept exactly; see :func:`keyframe_trajectory` for the interpolation.
+    """
+    frames = _check_frames(frames)
+    return keyframe_trajectory(traj, frames, position_spline=position_spline)
+
+
+def _same_camera(a: CameraSet, i: int, b: CameraSet, j: int, atol: float) -> bool:
+    return bool(torch.allclose(a.c2w[i], b.c2w[j].to(a.c2w), rtol=0.0, atol=atol)
+                and torch.allclose(a.K[i], b.K[j].to(a.K), rtol=0.0, atol=atol))
