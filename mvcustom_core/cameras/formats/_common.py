@@ -1,0 +1,110 @@
+"""Shared pieces of the file-format edge: the error type, atomic writes, number parsing, validation."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from mvcustom_core.cameras.camera_set import CameraSet
+
+__all__ = ["PoseFileError", "atomic_write_bytes", "atomic_write_text", "parse_numbers", "validate_frames",
+           "rescale_to_common_size"]
+
+# Rotations in text files carry ~9 decimals; anything looser than this is a broken file, not rounding.
+ROTATION_ATOL = 1e-4
+
+
+class PoseFileError(ValueError):
+    """A camera file (or CAMERACTRL_POSES value) that cannot be read; the message names file and line/key."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and ``os.replace`` it into place.
+
+    A reader never sees a half-written file, and a crash leaves the old file untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text (``\\n`` line endings on every platform)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def parse_numbers(tokens: Sequence[object], where: str) -> list[float]:
+    """Floats from text tokens or JSON values; ``where`` (file and line/key) goes into the error."""
+    values = []
+    for i, tok in enumerate(tokens):
+        if isinstance(tok, bool) or not isinstance(tok, (int, float, str)):
+            raise PoseFileError(f"{where}: value {i} is {tok!r}, expected a number")
+        try:
+            values.append(float(tok))
+        except ValueError:
+            raise PoseFileError(f"{where}: value {i} is {tok!r}, expected a number") from None
+    return values
+
+
+def validate_frames(cams: CameraSet, source: str, locations: Sequence[str]) -> CameraSet:
+    """Run :meth:`CameraSet.validate` and, on failure, name the file and the first bad frame's location.
+
+    Args:
+        cams: the cameras just read.
+        source: the file (or value) name.
+        locations: one entry per frame, e.g. ``"line 5"`` or ``"frames[3]"``.
+    """
+    try:
+        return cams.validate(where=source, atol=ROTATION_ATOL)
+    except ValueError:
+        pass
+    for i, loc in enumerate(locations):
+        where = f"{source}: {loc}"
+        try:
+            cams[i].validate(where=where, atol=ROTATION_ATOL)
+        except ValueError as e:
+            # validate() numbers frames within the one-frame subset; the location replaces that.
+            raise PoseFileError(str(e).replace(f"{where}: frame 0 ", f"{where} ", 1)) from e
+    raise AssertionError("validate failed on the set but on no single frame")  # pragma: no cover
+
+
+def rescale_to_common_size(K: torch.Tensor, sizes: Sequence[tuple[int, int]],
+                           image_size: tuple[int, int] | None, source: str,
+                           locations: Sequence[str]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Bring per-frame pixel intrinsics to one image size, as a :class:`CameraSet` needs.
+
+    Args:
+        K: ``[F, 3, 3]`` pixel intrinsics, frame f for an image of ``sizes[f] = (H, W)``.
+        image_size: target ``(H, W)``; ``None`` requires every frame to have the same size.
+
+    Returns:
+        ``K`` rescaled per axis (fx, cx by W'/W; fy, cy by H'/H) and the common size.
+    """
+    if image_size is None:
+        distinct = sorted(set(sizes))
+        if len(distinct) > 1:
+            first = sizes[0]
+            other = next(i for i, s in enumerate(sizes) if s != first)
+            raise PoseFileError(f"{source}: frames have different image sizes ({locations[0]}: {first}, "
+                                f"{locations[other]}: {sizes[other]}); pass image_size=(H, W) to rescale "
+                                "them to one size")
+        return K, sizes[0]
+    h, w = int(image_size[0]), int(image_size[1])
+    size_t = torch.tensor(sizes, dtype=K.dtype)  # [F, 2] (H, W)
+    scale = torch.stack([w / size_t[:, 1], h / size_t[:, 0], torch.ones_like(size_t[:, 0])], dim=-1)
+    return K * scale[:, :, None], (h, w)
