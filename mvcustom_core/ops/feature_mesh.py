@@ -1,0 +1,163 @@
+"""Anchor feature mesh for depth-aware feature rendering (DFR, MVCustom Sec. 3.4, method.md §7.2).
+
+The anchor view's depth map becomes a triangle mesh with one vertex per pixel centre and two
+triangles per 2x2 block of pixels; the anchor's feature map, flattened, is the per-vertex feature
+table. Rasterizing that mesh into the other cameras (:mod:`mvcustom_core.ops.raster`) moves the
+anchor's features to where the same surface appears in each target view.
+
+Convention: vertex ``row * w + col`` is the centre of anchor pixel (row, col), at pixel coordinates
+``(u, v) = (col + ½, row + ½)``, unprojected with :meth:`CameraSet.unproject` as
+``P = c2w · (D · K⁻¹ [u, v, 1]ᵀ)`` with ``D`` the camera z-depth (not the ray length). Every pixel
+gets a vertex, so ``V = h·w`` and the vertex features are simply ``feature_map.reshape(C, h·w).T``;
+vertices of invalid pixels sit at the camera centre and no face uses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mvcustom_core.cameras.camera_set import CameraSet
+from mvcustom_core.checks import check_shape
+
+__all__ = ["FeatureMesh", "FeatureMeshError", "build_feature_mesh", "grid_faces", "DEFAULT_MAX_REL_DEPTH_JUMP"]
+
+DEFAULT_MAX_REL_DEPTH_JUMP = 0.1
+
+
+class FeatureMeshError(ValueError):
+    """Bad input to :func:`build_feature_mesh` (shape, camera count, threshold)."""
+
+
+@dataclass(frozen=True)
+class FeatureMesh:
+    """A depth map turned into a triangle mesh over the anchor's pixel grid.
+
+    Attributes:
+        vertices: ``[V, 3]`` world points of the anchor's pixel centres, ``V = h·w`` (row-major).
+        faces: ``[T, 3]`` long vertex indices; every face has positive signed area in the anchor
+            image's (u, v) coordinates (u right, v down), i.e. clockwise as seen on screen.
+        pixel_coords: ``[V, 2]`` anchor pixel coordinates ``(u, v)`` of each vertex (centres, +½).
+        depth: ``[V]`` anchor camera z-depth of each vertex (0 where invalid).
+        grid_size: ``(h, w)`` of the pixel grid the vertices come from.
+    """
+
+    vertices: Tensor
+    faces: Tensor
+    pixel_coords: Tensor
+    depth: Tensor
+    grid_size: tuple[int, int]
+
+    @property
+    def num_verts(self) -> int:
+        return int(self.vertices.shape[0])
+
+    @property
+    def num_faces(self) -> int:
+        return int(self.faces.shape[0])
+
+    def vertex_features(self, feature_map: Tensor) -> Tensor:
+        """``feature_map: [C, h, w]`` (or ``[1, C, h, w]``) anchor features -> ``[V, C]`` (a view)."""
+        if feature_map.dim() == 4:
+            check_shape(feature_map, f"1 C {self.grid_size[0]} {self.grid_size[1]}", "feature_map")
+            feature_map = feature_map[0]
+        check_shape(feature_map, f"C {self.grid_size[0]} {self.grid_size[1]}", "feature_map")
+        return feature_map.reshape(feature_map.shape[0], -1).T
+
+
+def grid_faces(h: int, w: int, device: torch.device | None = None) -> Tensor:
+    """All ``2·(h-1)·(w-1)`` triangles of an ``h x w`` vertex grid, in quad order.
+
+    Quad (i, j) with corners a = (i, j), b = (i, j+1), c = (i+1, j), d = (i+1, j+1) is split
+    along the b–c diagonal into faces ``(a, b, c)`` then ``(b, d, c)``; both have positive signed
+    area in (u, v) = (column, row) coordinates.
+
+    Returns:
+        ``[2·(h-1)·(w-1), 3]`` long, faces ``2q`` and ``2q + 1`` belong to quad ``q = i·(w-1) + j``.
+    """
+    rows = torch.arange(h - 1, device=device)
+    cols = torch.arange(w - 1, device=device)
+    a = (rows[:, None] * w + cols[None, :]).reshape(-1)  # [Q] top-left corner of each quad
+    b, c = a + 1, a + w
+    d = c + 1
+    upper = torch.stack([a, b, c], dim=-1)
+    lower = torch.stack([b, d, c], dim=-1)
+    return torch.stack([upper, lower], dim=1).reshape(-1, 3)
+
+
+def build_feature_mesh(
+    depth: Tensor,  # [h, w] or [1, 1, h, w]
+    cam: CameraSet,
+    *,
+    max_rel_depth_jump: float = DEFAULT_MAX_REL_DEPTH_JUMP,
+    valid: Tensor | None = None,  # [h, w] bool
+) -> FeatureMesh:
+    """Unproject an anchor depth map into a pixel-grid triangle mesh, dropping stretched faces.
+
+    Culling rule (depth discontinuities): a face is dropped when its relative depth jump
+    ``(max z − min z) / min z`` over its three vertices' anchor depths exceeds
+    ``max_rel_depth_jump``, or when any vertex is invalid (``valid`` False, non-finite or
+    non-positive depth). A face spans about one pixel, i.e. an angle ``δ ≈ 1 / f`` (focal length in
+    pixels at the mesh resolution); on a smooth surface tilted by θ from fronto-parallel the jump is
+    about ``√2·δ·tan θ``, while across an occlusion boundary it is ``z_far / z_near − 1``. The
+    default 0.1 at a 64-pixel, 60° grid (``f ≈ 55``) keeps surfaces up to ≈ 75° of tilt and cuts
+    any jump of more than 10 %: those faces would otherwise be stretched as "rubber sheets" across
+    the disoccluded region of every other view (method.md §7.2: the paper's masks show thin
+    disoccluded slivers at silhouettes). Coarser grids (smaller ``f``) need a larger value for the
+    same tilt.
+
+    Args:
+        depth: ``[h, w]`` or ``[1, 1, h, w]`` anchor camera z-depth (OpenCV camera z, not the ray
+            length) at the mesh resolution (e.g. the hooked layer's). Resample a full-resolution
+            depth map with nearest-neighbour or min-pooling, not averaging: averaging invents depths
+            between foreground and background.
+        cam: one anchor camera; its ``image_size`` may differ from ``(h, w)`` — intrinsics are
+            rescaled with :meth:`CameraSet.with_image_size` (same field of view).
+        max_rel_depth_jump: threshold (> 0) on a face's ``(max z − min z) / min z``.
+        valid: optional ``[h, w]`` bool mask of pixels with usable depth.
+
+    Returns:
+        A :class:`FeatureMesh` with ``V = h·w`` vertices in the dtype and device of ``depth``.
+
+    Example:
+        >>> from mvcustom_core.cameras import CameraSet
+        >>> cam = CameraSet.from_fov(torch.eye(4)[None], fov_y_deg=60.0, image_size=(8, 8))
+        >>> mesh = build_feature_mesh(torch.full((4, 4), 2.0), cam)
+        >>> mesh.num_verts, mesh.num_faces
+        (16, 18)
+    """
+    if depth.dim() == 4:
+        check_shape(depth, "1 1 h w", "depth")
+        depth = depth[0, 0]
+    dims = check_shape(depth, "h w", "depth")
+    if not depth.is_floating_point():
+        raise FeatureMeshError(f"depth must be a floating-point tensor, got {depth.dtype}")
+    if valid is not None:
+        check_shape(valid, "h w", "valid", dims)
+    if not isinstance(cam, CameraSet) or cam.num_frames != 1:
+        got = cam.num_frames if isinstance(cam, CameraSet) else type(cam).__name__
+        raise FeatureMeshError(f"cam must be a CameraSet holding exactly one anchor camera, got {got}")
+    if not max_rel_depth_jump > 0.0:
+        raise FeatureMeshError(f"max_rel_depth_jump must be > 0, got {max_rel_depth_jump}")
+    h, w = dims["h"], dims["w"]
+    if h < 2 or w < 2:
+        raise FeatureMeshError(f"depth must be at least 2x2 to form triangles, got {h}x{w}")
+
+    ok = torch.isfinite(depth) & (depth > 0)
+    if valid is not None:
+        ok = ok & valid.to(device=depth.device, dtype=torch.bool)
+    z = torch.where(ok, depth, torch.zeros_like(depth)).reshape(-1)  # [V]
+
+    cam = cam.with_image_size((h, w)).to(device=depth.device, dtype=depth.dtype)
+    uv = cam.pixel_centers(depth.dtype).reshape(-1, 2)  # [V, 2]
+    vertices = cam.unproject(uv[None], z[None])[0]  # [V, 3]
+
+    faces = grid_faces(h, w, device=depth.device)  # [T0, 3]
+    fz = z[faces]  # [T0, 3]
+    face_ok = ok.reshape(-1)[faces].all(dim=-1)
+    zmin = fz.amin(dim=-1)
+    # max - min <= jump * min, written without a division so zero depths cannot make NaNs.
+    face_ok &= (fz.amax(dim=-1) - zmin) <= max_rel_depth_jump * zmin
+    return FeatureMesh(vertices=vertices, faces=faces[face_ok], pixel_coords=uv, depth=z, grid_size=(h, w))

@@ -1,0 +1,105 @@
+"""Feature mesh: vertices on the anchor's pixel-centre rays, grid triangulation, discontinuity culling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mvcustom_core.cameras import CameraSet, look_at
+from mvcustom_core.ops.feature_mesh import FeatureMeshError, build_feature_mesh, grid_faces
+
+
+def _anchor(size=(6, 8)) -> CameraSet:
+    c2w = look_at(torch.tensor([[0.5, -0.3, -2.5]]), torch.tensor([0.1, 0.0, 0.0]))
+    return CameraSet.from_fov(c2w, fov_y_deg=55.0, image_size=size)
+
+
+def test_vertices_reproject_to_pixel_centres_at_their_depth():
+    cam = _anchor((6, 8))
+    depth = 2.0 + torch.rand(6, 8, generator=torch.Generator().manual_seed(0))
+    mesh = build_feature_mesh(depth, cam, max_rel_depth_jump=10.0)
+    uv, z = cam.project(mesh.vertices)
+    torch.testing.assert_close(uv[0], cam.pixel_centers().reshape(-1, 2), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(z[0], depth.reshape(-1), rtol=1e-5, atol=1e-5)
+    assert torch.equal(mesh.pixel_coords, cam.pixel_centers().reshape(-1, 2))
+    assert mesh.num_faces == 2 * 5 * 7  # nothing culled with a huge threshold
+
+
+def test_coarser_grid_uses_rescaled_intrinsics():
+    """A 3x4 depth grid for a 6x8 camera: vertex (i, j) lies on the ray through (2j + 1, 2i + 1) at 6x8."""
+    cam = _anchor((6, 8))
+    mesh = build_feature_mesh(torch.full((1, 1, 3, 4), 3.0), cam)
+    uv, z = cam.project(mesh.vertices)
+    i, j = torch.meshgrid(torch.arange(3.0), torch.arange(4.0), indexing="ij")
+    expect = torch.stack([2 * j + 1, 2 * i + 1], -1).reshape(-1, 2)
+    torch.testing.assert_close(uv[0], expect, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(z[0], torch.full((12,), 3.0))
+
+
+def test_grid_faces_tile_each_quad_with_positive_area():
+    h, w = 4, 5
+    faces = grid_faces(h, w)
+    assert faces.shape == (2 * 3 * 4, 3)
+    j, i = faces % w, faces // w
+    # Signed doubled area in (u, v) = (j, i): each face is half a unit quad, positive orientation.
+    area = (j[:, 1] - j[:, 0]) * (i[:, 2] - i[:, 0]) - (i[:, 1] - i[:, 0]) * (j[:, 2] - j[:, 0])
+    assert (area == 1).all()
+    # Every quad's two faces use its four corners exactly.
+    for q in range(3 * 4):
+        corners = set(faces[2 * q].tolist()) | set(faces[2 * q + 1].tolist())
+        r, c = divmod(q, 4)
+        assert corners == {r * w + c, r * w + c + 1, (r + 1) * w + c, (r + 1) * w + c + 1}
+
+
+def test_faces_spanning_a_depth_step_are_dropped_at_the_threshold():
+    cam = _anchor((5, 6))
+    depth = torch.full((5, 6), 2.0)
+    depth[:, 3:] = 2.4  # relative jump 0.2 between columns 2 and 3
+    kept = build_feature_mesh(depth, cam, max_rel_depth_jump=0.25)
+    cut = build_feature_mesh(depth, cam, max_rel_depth_jump=0.15)
+    assert kept.num_faces == 2 * 4 * 5
+    assert cut.num_faces == 2 * 4 * 5 - 2 * 4  # the one column of quads across the step, both faces
+    cols = cut.faces % 6
+    spans = (cols.amin(1) <= 2) & (cols.amax(1) >= 3)
+    assert not spans.any()
+
+
+def test_invalid_depths_drop_their_faces():
+    cam = _anchor((4, 4))
+    depth = torch.full((4, 4), 2.0)
+    depth[0, 0] = float("nan")
+    depth[3, 3] = 0.0
+    valid = torch.ones(4, 4, dtype=torch.bool)
+    valid[1, 2] = False
+    mesh = build_feature_mesh(depth, cam, valid=valid)
+    used = set(mesh.faces.flatten().tolist())
+    assert not used & {0, 15, 6}
+    # (0,0) is in 1 face, (3,3) in 1, (1,2) in 6 (interior vertex): 18 - 8 = 10 left.
+    assert mesh.num_faces == 10
+    assert torch.isfinite(mesh.vertices).all()
+
+
+def test_vertex_features_follow_vertex_order():
+    cam = _anchor((3, 4))
+    mesh = build_feature_mesh(torch.full((3, 4), 2.0), cam)
+    fmap = torch.arange(2 * 12.0).reshape(2, 3, 4)
+    vf = mesh.vertex_features(fmap)
+    assert vf.shape == (12, 2)
+    assert torch.equal(vf[1 * 4 + 2], fmap[:, 1, 2])
+    assert torch.equal(mesh.vertex_features(fmap[None]), vf)
+    with pytest.raises(ValueError, match="feature_map"):
+        mesh.vertex_features(torch.zeros(2, 4, 3))
+
+
+def test_bad_inputs_raise_clear_errors():
+    cam = _anchor()
+    with pytest.raises(FeatureMeshError, match="one anchor camera"):
+        build_feature_mesh(torch.ones(4, 4), CameraSet.concat([cam, cam]))
+    with pytest.raises(FeatureMeshError, match="max_rel_depth_jump"):
+        build_feature_mesh(torch.ones(4, 4), cam, max_rel_depth_jump=0.0)
+    with pytest.raises(FeatureMeshError, match="2x2"):
+        build_feature_mesh(torch.ones(1, 4), cam)
+    with pytest.raises(ValueError, match="depth"):
+        build_feature_mesh(torch.ones(2, 4, 4), cam)
+    with pytest.raises(ValueError, match="valid"):
+        build_feature_mesh(torch.ones(4, 4), cam, valid=torch.ones(3, 4, dtype=torch.bool))
