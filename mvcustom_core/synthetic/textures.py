@@ -1,0 +1,94 @@
+"""Procedural solid textures: sums of random 3D plane waves, deterministic from a seed.
+
+A texture is a colour field on 3D space, so every view of a surface point sees the same colour
+(multi-view consistent by construction). The field is a spectral ("sparse Gabor"-like) random
+noise: ``num_waves`` plane waves with random directions, phases and colour vectors and frequencies
+drawn log-uniformly between ``min_frequency`` and ``max_frequency`` (cycles per unit of the texture
+coordinate). Log-uniform frequencies with incommensurate random directions never repeat, which keeps
+SIFT matching unambiguous, and a hard frequency cap makes the field exactly band-limited:
+
+    logit(albedo(q)) = base + sum_k a_k c_k sin(2 pi f_k <u_k, q> + phi_k)          (before the sigmoid)
+
+The sigmoid maps the logit field into (0, 1) smoothly (it adds only weak harmonics where the field is
+large), so colours never clip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["WaveTexture", "make_wave_texture"]
+
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class WaveTexture:
+    """A band-limited colour field on R^3 (float64 parameters, cast on use).
+
+    Attributes:
+        directions: ``[K, 3]`` unit wave directions.
+        frequencies: ``[K]`` cycles per texture unit, all ``<= max_frequency``.
+        phases: ``[K]`` radians.
+        colors: ``[K, 3]`` per-wave colour amplitudes in logit space.
+        base: ``[3]`` mean logit colour.
+    """
+
+    directions: Tensor
+    frequencies: Tensor
+    phases: Tensor
+    colors: Tensor
+    base: Tensor
+
+    def albedo(self, q: Tensor) -> Tensor:
+        """``q: [N, 3]`` texture coordinates -> ``[N, 3]`` colours in (0, 1), dtype/device of ``q``."""
+        k = (self.directions * self.frequencies[:, None]).to(q) * (2 * math.pi)  # [K, 3]
+        phases, colors, base = self.phases.to(q), self.colors.to(q), self.base.to(q)
+        out = torch.empty_like(q)
+        for start in range(0, q.shape[0], _CHUNK):  # bounds the [N, K] wave table's memory
+            waves = torch.sin(q[start:start + _CHUNK] @ k.T + phases)  # [n, K]
+            out[start:start + _CHUNK] = torch.sigmoid(base + waves @ colors)
+        return out
+
+
+def make_wave_texture(generator: torch.Generator, *, max_frequency: float, min_frequency: float = 0.3,
+                      bank_max_frequency: float = 64.0, num_waves: int = 96, contrast: float = 1.1,
+                      spectral_slope: float = 0.5) -> WaveTexture:
+    """Draw a texture; waves above ``max_frequency`` are dropped from a fixed bank.
+
+    The bank (``num_waves`` waves, log-uniform in ``[min_frequency, bank_max_frequency]``) is drawn
+    in full before the cap, so textures of one seed at two caps share their low-frequency waves.
+    Amplitudes fall as ``f^-spectral_slope``, then the kept waves are scaled so each channel's logit
+    has standard deviation ``contrast`` (a low cap gives a smooth texture, not a faint one).
+
+    Args:
+        generator: a seeded CPU ``torch.Generator``; the only source of randomness.
+        max_frequency: cap in cycles per texture unit; must exceed ``min_frequency``.
+    """
+    if not max_frequency > min_frequency:
+        raise ValueError(f"max_frequency must exceed {min_frequency} cycles per unit, got {max_frequency}")
+    opts = dict(dtype=torch.float64, generator=generator)
+    log_f = torch.empty(num_waves, dtype=torch.float64).uniform_(
+        math.log(min_frequency), math.log(bank_max_frequency), generator=generator)
+    freqs = log_f.exp()
+    dirs = torch.randn(num_waves, 3, **opts)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    phases = torch.rand(num_waves, **opts) * (2 * math.pi)
+    colors = torch.randn(num_waves, 3, **opts) * freqs[:, None] ** -spectral_slope
+    # Mean colour: a random hue with strong saturation so objects differ in colour, not just pattern.
+    hue = float(torch.rand(1, **opts))
+    base = torch.tensor([math.cos(2 * math.pi * (hue - s / 3)) for s in range(3)], dtype=torch.float64)
+
+    keep = freqs <= max_frequency
+    if not bool(keep.any()):  # unreachable for caps above min_frequency unless the draw is unlucky
+        keep = freqs == freqs.min()
+    colors = colors[keep]
+    # Var of sum_k c_k sin(.) with independent uniform phases is sum_k c_k^2 / 2.
+    std = (0.5 * (colors ** 2).sum(dim=0)).sqrt()
+    colors = colors * (contrast / std)
+    return WaveTexture(directions=dirs[keep], frequencies=freqs[keep], phases=phases[keep],
+                       colors=colors, base=base)
