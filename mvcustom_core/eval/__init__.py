@@ -1,0 +1,20 @@
+"""Evaluation protocol: camera pose accuracy (SfM + Sim(3) alignment), reprojection consistency, learned
+similarity metrics when local weights exist, and the Table-2 style report. See ``docs/evaluation.md``.
+
+Heavy dependencies (pycolmap, transformers models) are imported only when a metric needs them.
+"""
+
+from mvcustom_core.eval.alignment import Similarity, align_by_rotations, align_cameras, umeyama
+from mvcustom_core.eval.errors import EvalInputError, MetricUnavailable
+from mvcustom_core.eval.pose_errors import (DEFAULT_ROT_THRESHOLD_DEG, DEFAULT_TRANS_THRESHOLD, AbsolutePoseErrors,
+                                            absolute_pose_errors, accuracy_auc, accuracy_under_thresholds,
+                                            relative_pose_errors, rotation_angle_deg, scene_scale)
+from mvcustom_core.eval.sfm import SfmOptions, SfmResult, frame_png_name, register_frames
+
+__all__ = [
+    "Similarity", "umeyama", "align_by_rotations", "align_cameras",
+    "EvalInputError", "MetricUnavailable",
+    "DEFAULT_ROT_THRESHOLD_DEG", "DEFAULT_TRANS_THRESHOLD", "AbsolutePoseErrors", "absolute_pose_errors",
+    "accuracy_auc", "accuracy_under_thresholds", "relative_pose_errors", "rotation_angle_deg", "scene_scale",
+    "SfmOptions", "SfmResult", "frame_png_name", "register_frames",
+]
