@@ -125,7 +125,11 @@ class Primitive:
         return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def bounding_radius(self, center: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> float:
-        """Radius of a sphere about ``center`` (world) that encloses the solid (inf if unbounded)."""
+        """Radius of a sphere about ``center`` (world) that encloses the solid (inf if unbounded).
+
+        Exact (the farthest surface point) for spheres, boxes and cylinders; for an ellipsoid exact
+        only about its own centre, otherwise the bound ``|c - center| + max(radii)``.
+        """
         raise NotImplementedError
 
     def _interval_local(self, o: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
