@@ -1,0 +1,255 @@
+"""Pose-conditioned transformer blocks: FeatureNeRF fused into the UNet's spatial transformer blocks.
+
+Placement (CustomDiffusion360, which MVCustom extends; method.md §4.1)::
+
+    x = x + SelfAttn(LN1(x))
+    x = x + TextCrossAttn(LN2(x), text)
+    if pose blocks are active:
+        Fy = FeatureNeRF(reference tokens, reference cameras, target camera, text)
+        x  = W_fuse · [x ‖ Fy]              # Linear(2C → C), no bias, initialised [I | 0]
+    x = x + FFN(LN3(x))
+
+The fused output replaces ``x`` (no residual); with ``W_fuse = [I | 0]`` the pretrained path is
+unchanged at initialisation. FeatureNeRF's point features pass through this block's own text
+cross-attention (``attn2`` after ``norm2``) before compositing, and the whole branch runs in float32.
+
+A :class:`PoseContext` shared by all wrapped blocks carries what a block cannot see from its
+arguments: the target camera of every row of the batch, the reference token bank, the grid size of
+the block's token map, and the mode:
+
+* ``"off"``: every wrapped block is exactly the original block (bit for bit).
+* ``"capture"``: the original block runs and its output tokens are stored as that block's reference
+  tokens (the reference stream of method.md §4.2: reference images through the same UNet).
+* ``"render"``: the fused forward above, with FeatureNeRF outputs kept in ``context.outputs`` (opacity,
+  expected depth, RGB) for the losses and for depth-aware feature rendering.
+
+Row layout: hidden states are ``[R, h·w, C]`` with ``R = B·F`` rows ordered branch-major (``row = b·F + f``,
+the layout of CFG batches ``[uncond frames…, cond frames…]``); row ``r`` is target frame ``r % F``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal
+
+import torch
+from torch import Tensor, nn
+
+from mvcustom_core.cameras import CameraSet
+from mvcustom_core.customization.featurenerf import FeatureNeRF, FeatureNeRFConfig, FeatureNeRFOutput
+
+__all__ = ["PoseContext", "PoseConditionedBlock", "install_pose_blocks", "pose_blocks", "remove_pose_blocks",
+           "spatial_transformer_blocks", "select_blocks", "PoseBlockError"]
+
+Mode = Literal["off", "capture", "render"]
+
+
+class PoseBlockError(ValueError):
+    """Pose blocks used with inconsistent cameras, references or backbone."""
+
+
+@dataclass
+class PoseContext:
+    """State shared by all pose-conditioned blocks of one UNet (see the module docstring).
+
+    Attributes:
+        mode: ``"off"``, ``"capture"`` or ``"render"``.
+        target_cams: F target cameras (``render``), in normalized scene units.
+        ref_cams: N reference cameras.
+        references: block name → reference tokens ``[Bb, N, C, h, w]``; ``Bb`` = 1 (shared by all
+            branches) or one entry per CFG branch (branch ``b`` uses entry ``min(b, Bb - 1)``).
+        outputs: block name → list of FeatureNeRF outputs of the last forward, one per branch.
+        jitter: stratified jitter of ray samples (training) or fixed bins (inference).
+        generator: random source of the jitter.
+        ray_chunk: bound on rays rendered at once (memory).
+    """
+
+    mode: Mode = "off"
+    target_cams: CameraSet | None = None
+    ref_cams: CameraSet | None = None
+    references: dict[str, Tensor] = field(default_factory=dict)
+    outputs: dict[str, list[FeatureNeRFOutput]] = field(default_factory=dict)
+    jitter: bool = False
+    generator: torch.Generator | None = None
+    ray_chunk: int | None = None
+    _grid: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    _capture: dict[str, list[Tensor]] = field(default_factory=dict, repr=False)
+
+    def begin_capture(self) -> None:
+        """Start recording reference tokens; rows of each forward are reference views in order."""
+        self.mode = "capture"
+        self._capture = {}
+
+    def end_capture(self, ref_cams: CameraSet, branches: int = 1) -> None:
+        """Turn captured rows ``[Bb·N, h·w, C]`` (accumulated over calls) into the reference bank."""
+        n = ref_cams.num_frames
+        bank = {}
+        for name, parts in self._capture.items():
+            rows = torch.cat(parts)
+            if rows.shape[0] != branches * n:
+                raise PoseBlockError(f"captured {rows.shape[0]} reference rows at {name}, expected "
+                                     f"{branches} branch(es) × {n} reference cameras")
+            h, w = self._grid[name]
+            bank[name] = rows.reshape(branches, n, h, w, -1).permute(0, 1, 4, 2, 3).contiguous()
+        self.references, self.ref_cams, self.mode, self._capture = bank, ref_cams, "off", {}
+
+    def frame_count(self) -> int:
+        if self.target_cams is None:
+            raise PoseBlockError("pose blocks are in 'render' mode but no target cameras were set")
+        return self.target_cams.num_frames
+
+
+class PoseConditionedBlock(nn.Module):
+    """A diffusers ``BasicTransformerBlock`` (``norm_type="layer_norm"``) with a FeatureNeRF branch.
+
+    Args:
+        block: the original block; kept as a submodule, its parameters untouched.
+        name: the block's path in the UNet (its key in the reference bank).
+        context: the shared :class:`PoseContext`.
+        config: FeatureNeRF configuration (``channels`` must equal the block width).
+    """
+
+    def __init__(self, block: nn.Module, name: str, context: PoseContext, config: FeatureNeRFConfig) -> None:
+        super().__init__()
+        if getattr(block, "norm_type", None) != "layer_norm" or getattr(block, "attn2", None) is None:
+            raise PoseBlockError(f"{name}: pose blocks need a layer-norm transformer block with text "
+                                 f"cross-attention (SD1.x), got norm_type={getattr(block, 'norm_type', None)!r}")
+        width = block.norm1.normalized_shape[0]
+        if config.channels != width:
+            raise PoseBlockError(f"{name}: FeatureNeRF has {config.channels} channels, the block {width}")
+        self.block = block
+        self.name = name
+        self.context = context
+        self.featurenerf = FeatureNeRF(config)
+        self.fuse = nn.Linear(2 * width, width, bias=False)
+        self.grid_hook: torch.utils.hooks.RemovableHandle | None = None
+        with torch.no_grad():
+            self.fuse.weight.zero_()
+            self.fuse.weight[:, :width].copy_(torch.eye(width))
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None,
+                encoder_hidden_states: Tensor | None = None, encoder_attention_mask: Tensor | None = None,
+                timestep: Tensor | None = None, cross_attention_kwargs: dict[str, Any] | None = None,
+                class_labels: Tensor | None = None, added_cond_kwargs: dict | None = None) -> Tensor:
+        ctx = self.context
+        if ctx.mode != "render" or self.name not in ctx.references:
+            out = self.block(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                             timestep, cross_attention_kwargs, class_labels, added_cond_kwargs)
+            if ctx.mode == "capture":
+                ctx._capture.setdefault(self.name, []).append(out.detach())
+            return out
+
+        blk = self.block
+        kwargs = dict(cross_attention_kwargs or {})
+        x = hidden_states + blk.attn1(blk.norm1(hidden_states), attention_mask=attention_mask, **kwargs)
+        x = x + blk.attn2(blk.norm2(x), encoder_hidden_states=encoder_hidden_states,
+                          attention_mask=encoder_attention_mask, **kwargs)
+        fy = self._render(x, encoder_hidden_states, encoder_attention_mask, kwargs)
+        x = self.fuse(torch.cat([x, fy.to(x.dtype)], dim=-1))
+        return x + blk.ff(blk.norm3(x))
+
+    def _render(self, x: Tensor, text: Tensor | None, text_mask: Tensor | None, kwargs: dict) -> Tensor:
+        """``[R, h·w, C]`` rendered features for the R = B·F rows of ``x``, one FeatureNeRF pass per branch."""
+        ctx = self.context
+        n_frames = ctx.frame_count()
+        rows, tokens, width = x.shape
+        if rows % n_frames:
+            raise PoseBlockError(f"{self.name}: batch of {rows} rows is not a multiple of {n_frames} target frames")
+        h, w = ctx._grid[self.name]
+        bank = ctx.references[self.name]
+        blk = self.block
+        outputs, rendered = [], []
+        for b in range(rows // n_frames):
+            sl = slice(b * n_frames, (b + 1) * n_frames)
+            branch_text = None if text is None else text[sl].float()
+            branch_mask = None if text_mask is None else text_mask[sl]
+
+            def text_fn(g: Tensor, _text=branch_text, _mask=branch_mask) -> Tensor:
+                # Point features [F, P, C] through this block's own text cross-attention (method.md §4.1).
+                return blk.attn2(blk.norm2(g.to(x.dtype)), encoder_hidden_states=None if _text is None
+                                 else _text.to(x.dtype), attention_mask=_mask, **kwargs).float()
+
+            refs = bank[min(b, bank.shape[0] - 1)]
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out = self.featurenerf(refs.float(), ctx.ref_cams, ctx.target_cams, (h, w), text_fn=text_fn,
+                                       jitter=ctx.jitter, generator=ctx.generator, ray_chunk=ctx.ray_chunk)
+            outputs.append(out)
+            rendered.append(out.features.flatten(2).transpose(1, 2))  # [F, h·w, C]
+        ctx.outputs[self.name] = outputs
+        return torch.cat(rendered)
+
+
+def spatial_transformer_blocks(unet: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, block)`` of every spatial ``BasicTransformerBlock`` in UNet order (motion modules excluded)."""
+    found = []
+    for name, module in unet.named_modules():
+        if ".attentions." in f".{name}" and name.rsplit(".", 2)[-2] == "transformer_blocks" \
+                and "motion_modules" not in name and hasattr(module, "attn2"):
+            found.append((name, module))
+    return found
+
+
+def select_blocks(names: list[str], which: str = "every_other") -> list[str]:
+    """Pick the pose-conditioned blocks: ``"every_other"`` (default, from the first), ``"all"``, or
+    a comma-separated list of block names or indices into ``names``."""
+    if which == "all":
+        return list(names)
+    if which == "every_other":
+        return names[::2]
+    chosen = []
+    for item in (s.strip() for s in which.split(",") if s.strip()):
+        if item.isdigit() and int(item) < len(names):
+            chosen.append(names[int(item)])
+        elif item in names:
+            chosen.append(item)
+        else:
+            raise PoseBlockError(f"pose block {item!r} is neither an index < {len(names)} nor a block name")
+    return chosen
+
+
+def _parent(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return root.get_submodule(path), leaf
+
+
+def install_pose_blocks(unet: nn.Module, context: PoseContext, which: str = "every_other",
+                        config_overrides: dict | None = None) -> list[str]:
+    """Wrap the chosen spatial transformer blocks of ``unet`` in :class:`PoseConditionedBlock` (in place).
+
+    Each wrapped block's token grid size is recorded by a pre-hook on its ``Transformer2DModel`` parent.
+
+    Returns:
+        the names of the wrapped blocks (keys of ``context.references``).
+    """
+    names = [n for n, _ in spatial_transformer_blocks(unet)]
+    if not names:
+        raise PoseBlockError("the UNet has no spatial transformer blocks to condition on pose")
+    chosen = select_blocks(names, which)
+    for name in chosen:
+        parent, leaf = _parent(unet, name)
+        block = parent[int(leaf)]
+        cfg = FeatureNeRFConfig(channels=block.norm1.normalized_shape[0], **(config_overrides or {}))
+        wrapped = PoseConditionedBlock(block, name, context, cfg).to(next(block.parameters()).device)
+        parent[int(leaf)] = wrapped
+        transformer = unet.get_submodule(name.rsplit(".transformer_blocks.", 1)[0])
+
+        def record_grid(_module, args, kwargs, _name=name):
+            sample = args[0] if args else kwargs["hidden_states"]
+            context._grid[_name] = (sample.shape[-2], sample.shape[-1])
+
+        wrapped.grid_hook = transformer.register_forward_pre_hook(record_grid, with_kwargs=True)
+    return chosen
+
+
+def pose_blocks(unet: nn.Module) -> Iterator[PoseConditionedBlock]:
+    """The installed pose-conditioned blocks, in UNet order."""
+    return (m for m in unet.modules() if isinstance(m, PoseConditionedBlock))
+
+
+def remove_pose_blocks(unet: nn.Module) -> None:
+    """Put the original blocks back and remove the grid pre-hooks."""
+    for name, module in list(unet.named_modules()):
+        if isinstance(module, PoseConditionedBlock):
+            module.grid_hook.remove()
+            parent, leaf = _parent(unet, name)
+            parent[int(leaf)] = module.block
