@@ -85,7 +85,7 @@ def render_trajectory_preview(
 
     fig = Figure(figsize=(w / _DPI, h / _DPI), dpi=_DPI)
     canvas = FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.0, 0.12 if colorbar else 0.02, 1.0, 0.8 if colorbar else 0.9), projection="3d")
+    ax = fig.add_axes((0.0, 0.12 if colorbar else 0.02, 1.0, 0.8 if colorbar else 0.88), projection="3d")
     cmap = matplotlib.colormaps[colormap]
     n = cams.num_frames
     colours = [cmap(i / max(n - 1, 1)) for i in range(n)]
@@ -116,7 +116,9 @@ def render_trajectory_preview(
         bar.ax.xaxis.set_label_position("top")
         bar.set_label("frame", fontsize=8, labelpad=1)
         bar.ax.tick_params(labelsize=6)
-    ax.set_title(title if title is not None else f"{n} camera{'s' if n != 1 else ''}", fontsize=10)
+    # A figure-level title: the 3D axes' own title sits outside the figure at small sizes.
+    fig.text(0.5, 0.99, title if title is not None else f"{n} camera{'s' if n != 1 else ''}",
+             ha="center", va="top", fontsize=10)
 
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
