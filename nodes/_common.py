@@ -1,0 +1,168 @@
+"""Helpers shared by every node adapter: error wording, ComfyUI tensor layouts, atomic writes, progress.
+
+Kept generic on purpose: later node files (backbone, customization, inference) use the same helpers, so
+errors read alike across the pack and no node re-implements a layout conversion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from ._host import comfy_utils, model_management
+
+__all__ = [
+    "NodeInputError",
+    "node_name",
+    "blame",
+    "require",
+    "input_named_in",
+    "to_output",
+    "image_from_chw",
+    "image_from_hwc",
+    "image_to_chw",
+    "mask_from_core",
+    "write_atomically",
+    "Progress",
+    "check_interrupted",
+]
+
+
+def node_name(node: type | str) -> str:
+    """The display name of a node class (what the user sees on the canvas), or ``node`` if a string."""
+    if isinstance(node, str):
+        return node
+    return node.define_schema().display_name or node.__name__
+
+
+class NodeInputError(ValueError):
+    """Bad user input, worded ``<node display name>: input '<name>' <what is wrong>``.
+
+    Example: ``MVCustom Camera Trajectory: input 'frames' must be ≥ 1, got 0``.
+    """
+
+    def __init__(self, node: type | str, input_name: str, message: str):
+        self.node, self.input_name = node_name(node), input_name
+        super().__init__(f"{self.node}: input '{input_name}' {message}")
+
+
+@contextlib.contextmanager
+def blame(node: type | str, input_name: str | Callable[[str], str]) -> Iterator[None]:
+    """Re-raise a core ``ValueError`` (bad pose file, broken cameras, bad shape) naming node and input.
+
+    ``input_name`` may be a function of the core message, for nodes whose core call takes several
+    inputs and whose errors say which one was wrong.
+    """
+    try:
+        yield
+    except NodeInputError:
+        raise
+    except ValueError as e:
+        name = input_name(str(e)) if callable(input_name) else input_name
+        raise NodeInputError(node, name, f"is invalid: {e}") from e
+
+
+def require(node: type | str, input_name: str, ok: bool, message: str) -> None:
+    """Raise :class:`NodeInputError` with ``message`` (e.g. ``"must be ≥ 1, got 0"``) unless ``ok``."""
+    if not ok:
+        raise NodeInputError(node, input_name, message)
+
+
+def input_named_in(names: list[str], fallback: str) -> Callable[[str], str]:
+    """For :func:`blame`: the input a core error message names first (as a whole word), else ``fallback``."""
+
+    def pick(message: str) -> str:
+        hits = [(m.start(), n) for n in names if (m := re.search(rf"\b{re.escape(n)}\b", message))]
+        return min(hits)[1] if hits else fallback
+
+    return pick
+
+
+# ------------------------------------------------------------------------------------------ tensors
+def to_output(x: Tensor) -> Tensor:
+    """A float32 tensor on ComfyUI's intermediate device, where node outputs live."""
+    return x.to(device=model_management.intermediate_device(), dtype=torch.float32)
+
+
+def image_from_chw(x: Tensor) -> Tensor:
+    """Core ``[B, C, H, W]`` in [0, 1] -> ComfyUI IMAGE ``[B, H, W, C]`` float32."""
+    if x.ndim != 4:
+        raise ValueError(f"expected a [B, C, H, W] image batch, got shape {tuple(x.shape)}")
+    return to_output(x.clamp(0, 1).permute(0, 2, 3, 1).contiguous())
+
+
+def image_from_hwc(x: Tensor) -> Tensor:
+    """One ``[H, W, C]`` picture -> an IMAGE batch of one ``[1, H, W, C]``."""
+    if x.ndim != 3:
+        raise ValueError(f"expected an [H, W, C] image, got shape {tuple(x.shape)}")
+    return to_output(x.clamp(0, 1)[None].contiguous())
+
+
+def image_to_chw(node: type | str, input_name: str, image: Tensor, channels: int = 3) -> Tensor:
+    """ComfyUI IMAGE ``[B, H, W, C]`` -> core ``[B, channels, H, W]`` float32 (extra channels, e.g. alpha, dropped)."""
+    require(node, input_name, isinstance(image, Tensor) and image.ndim == 4,
+            f"must be an IMAGE batch [B, H, W, C], got {getattr(image, 'shape', type(image).__name__)}")
+    require(node, input_name, image.shape[-1] >= channels,
+            f"must have at least {channels} channels, got {image.shape[-1]}")
+    return image[..., :channels].permute(0, 3, 1, 2).to(torch.float32).contiguous()
+
+
+def mask_from_core(x: Tensor) -> Tensor:
+    """Core ``[B, 1, H, W]`` or ``[B, H, W]`` in [0, 1] -> ComfyUI MASK ``[B, H, W]`` float32."""
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 3:
+        raise ValueError(f"expected a [B, 1, H, W] or [B, H, W] mask, got shape {tuple(x.shape)}")
+    return to_output(x.clamp(0, 1).contiguous())
+
+
+# ------------------------------------------------------------------------------------------- files
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    The temporary name keeps ``path``'s suffix, since writers may pick the format from it. A reader
+    never sees a half-written file, and a failed write leaves nothing behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------------------- progress
+def check_interrupted() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel (never catch it)."""
+    model_management.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """ComfyUI's progress bar for ``total`` steps; every step is also an interrupt checkpoint.
+
+    ``callback`` has the ``(done, total)`` signature core loops take, so a core function with a
+    progress callback reports to the UI and stops on Cancel without knowing ComfyUI.
+    """
+
+    def __init__(self, total: int):
+        self.total = int(total)
+        self._bar = comfy_utils.ProgressBar(self.total)
+
+    def step(self, n: int = 1) -> None:
+        check_interrupted()
+        self._bar.update(n)
+
+    def callback(self, done: int, total: int | None = None) -> None:
+        check_interrupted()
+        self._bar.update_absolute(done, total if total is not None else self.total)

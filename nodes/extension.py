@@ -1,0 +1,31 @@
+"""The pack's one ComfyExtension: every node module's list of node classes, in menu order.
+
+A node module exposes ``<AREA>_NODES: list[type[io.ComfyNode]]``; add it to :data:`NODE_LISTS` (new
+modules: ``backbone``, ``customization``, ``inference``). tests/nodes checks that every node class
+defined under ``nodes/`` is registered here exactly once.
+"""
+
+from __future__ import annotations
+
+from ._host import ComfyExtension, io
+from .camera_files import CAMERA_FILE_NODES
+from .synthetic import SYNTHETIC_NODES
+from .trajectories import TRAJECTORY_NODES
+
+__all__ = ["NODE_LISTS", "NODES", "MVCustomExtension", "comfy_entrypoint"]
+
+NODE_LISTS: dict[str, list[type[io.ComfyNode]]] = {
+    "trajectories": TRAJECTORY_NODES,
+    "camera_files": CAMERA_FILE_NODES,
+    "synthetic": SYNTHETIC_NODES,
+}
+NODES: list[type[io.ComfyNode]] = [node for nodes in NODE_LISTS.values() for node in nodes]
+
+
+class MVCustomExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> MVCustomExtension:
+    return MVCustomExtension()
