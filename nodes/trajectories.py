@@ -68,13 +68,14 @@ def preset_widget_inputs() -> list:
         default = spec.default
         choices = getattr(spec, "choices", None)
         if choices:
-            inputs.append(io.Combo.Input(pname, options=list(choices), default=default, tooltip=tooltip))
+            inputs.append(io.Combo.Input(pname, options=list(choices), default=default, tooltip=tooltip,
+                                         optional=True))
         elif isinstance(default, bool):
-            inputs.append(io.Boolean.Input(pname, default=default, tooltip=tooltip))
+            inputs.append(io.Boolean.Input(pname, default=default, tooltip=tooltip, optional=True))
         elif isinstance(default, int):
             lo, hi = getattr(spec, "min", None), getattr(spec, "max", None)
             inputs.append(io.Int.Input(pname, default=default, min=lo if lo is not None else -10**6,
-                                       max=hi if hi is not None else 10**6, tooltip=tooltip))
+                                       max=hi if hi is not None else 10**6, tooltip=tooltip, optional=True))
         else:
             lo, hi, step = _UNIT_BOUNDS.get(unit, _DEFAULT_BOUNDS)
             lo = getattr(spec, "min", None) if getattr(spec, "min", None) is not None else lo
@@ -82,18 +83,24 @@ def preset_widget_inputs() -> list:
             values = default if _is_vector3(default) else [default]
             for wid, value in zip(_widget_ids(pname, default), values):
                 axis = f" ({wid[-1]})" if _is_vector3(default) else ""
-                inputs.append(io.Float.Input(wid, default=float(value), min=lo, max=hi, step=step,
+                inputs.append(io.Float.Input(wid, default=float(value), min=lo, max=hi, step=step, optional=True,
                                              tooltip=tooltip.replace(". Used by", f"{axis}. Used by", 1)))
     return inputs
 
 
 def _preset_kwargs(preset: str, widgets: dict[str, Any]) -> dict[str, Any]:
-    """The chosen preset's parameters, gathered from the (union of all presets') widget values."""
+    """The chosen preset's parameters, gathered from the (union of all presets') widget values.
+
+    The widgets are optional inputs: one left out (an API prompt may omit them) takes the preset's
+    own default, so ``{"preset": "tilt"}`` alone gives the core's tilt.
+    """
     out = {}
     for pname, spec in preset_parameters(preset).items():
         if _is_vector3(spec.default):
-            out[pname] = tuple(float(widgets[f"{pname}_{a}"]) for a in _AXES)
-        else:
+            given = [widgets.get(f"{pname}_{a}") for a in _AXES]
+            if any(v is not None for v in given):
+                out[pname] = tuple(float(v if v is not None else d) for v, d in zip(given, spec.default))
+        elif widgets.get(pname) is not None:
             out[pname] = widgets[pname]
     return out
 

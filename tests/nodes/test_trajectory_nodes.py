@@ -108,3 +108,15 @@ def test_cameractrl_poses_errors_name_the_input(node, run):
     row = cameras_to_cameractrl_poses(make_trajectory("static", 1))[0]
     with pytest.raises(ValueError, match=r"^MVCustom Trajectory from CameraCtrl Poses: input 'poses' is invalid"):
         run(from_poses, poses=[row[:18]])
+
+
+@pytest.mark.parametrize("preset", ["tilt", "spiral", "cameractrl_pan_left"])
+def test_omitted_preset_widgets_take_the_presets_own_defaults(node, preset):
+    """API prompts may leave the optional preset widgets out (tilt's angle default differs from pan's)."""
+    out = node("MVC_CameraTrajectory").execute(preset=preset, frames=4, width=64, height=64, fov_y_deg=50.0)
+    _same_cameras(out.args[0], make_trajectory(preset, 4, image_size=(64, 64), fov_y_deg=50.0))
+
+
+def test_preset_widgets_are_optional_and_the_fixed_ones_required(node):
+    inputs = node("MVC_CameraTrajectory").GET_SCHEMA().inputs
+    assert [i.id for i in inputs if not i.optional] == ["preset", "frames", "width", "height", "fov_y_deg"]

@@ -1,0 +1,95 @@
+"""workflows/ (API format, run by tier 3) and example_workflows/ (UI format) describe the same valid graphs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+API_DIR, UI_DIR = REPO_ROOT / "workflows", REPO_ROOT / "example_workflows"
+WORKFLOWS = sorted(p.stem for p in API_DIR.glob("*.json"))
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# Core nodes the workflows use: (socket inputs, widget inputs in UI order).
+CORE_NODES = {"SaveImage": (["images"], ["filename_prefix"]), "PreviewImage": (["images"], []),
+              "MaskToImage": (["mask"], [])}
+
+
+def _load(folder: Path, name: str) -> dict:
+    return json.loads((folder / f"{name}.json").read_text())
+
+
+def _inputs(node_classes, class_type):
+    """``(socket input ids, widget input ids in schema order, {id: input})`` of a node type."""
+    if class_type in CORE_NODES:
+        sockets, widgets = CORE_NODES[class_type]
+        return sockets, widgets, {}
+    schema = node_classes[class_type].GET_SCHEMA()
+    by_id = {i.id: i for i in schema.inputs}
+    widgets = [i.id for i in schema.inputs if i.io_type in WIDGET_TYPES]
+    return [i for i in by_id if i not in widgets], widgets, by_id
+
+
+def test_the_required_workflows_exist():
+    assert {"trajectory_preview", "synthetic_views"} <= set(WORKFLOWS)
+    assert sorted(p.stem for p in UI_DIR.glob("*.json")) == WORKFLOWS
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_api_workflow_is_valid_against_the_schemas(node_classes, name):
+    api = _load(API_DIR, name)
+    for nid, entry in api.items():
+        class_type = entry["class_type"]
+        assert class_type in node_classes or class_type in CORE_NODES, f"{name}: unknown node {class_type}"
+        sockets, widgets, by_id = _inputs(node_classes, class_type)
+        assert set(entry["inputs"]) <= set(sockets) | set(widgets), f"{name} node {nid}: unknown input"
+        for input_id, value in entry["inputs"].items():
+            if isinstance(value, list):  # a link [source id, output slot]
+                src = api[value[0]]
+                src_outputs = (["IMAGE"] if src["class_type"] == "MaskToImage" else
+                               [o.io_type for o in node_classes[src["class_type"]].GET_SCHEMA().outputs])
+                assert value[1] < len(src_outputs), f"{name} node {nid}.{input_id}: no output slot {value[1]}"
+                if by_id:
+                    assert by_id[input_id].io_type == src_outputs[value[1]], f"{name} node {nid}.{input_id}"
+                continue
+            inp = by_id.get(input_id)
+            if inp is None:
+                continue
+            if getattr(inp, "options", None):
+                assert value in inp.options, f"{name} node {nid}.{input_id}={value!r}"
+            if getattr(inp, "min", None) is not None:
+                assert inp.min <= value <= inp.max, f"{name} node {nid}.{input_id}={value!r}"
+        required = [i for i, spec in by_id.items() if not spec.optional]
+        missing = [i for i in required if i not in entry["inputs"]]
+        assert not missing, f"{name} node {nid} ({class_type}) lacks required inputs {missing}"
+
+
+def _api_edges(api: dict) -> set[tuple]:
+    return {(int(v[0]), v[1], int(nid), input_id) for nid, e in api.items()
+            for input_id, v in e["inputs"].items() if isinstance(v, list)}
+
+
+def _ui_edges(ui: dict) -> set[tuple]:
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    edges = set()
+    for link_id, src, src_slot, dst, dst_slot, _type in ui["links"]:
+        dst_input = by_id[dst]["inputs"][dst_slot]
+        assert dst_input["link"] == link_id
+        assert link_id in by_id[src]["outputs"][src_slot]["links"]
+        edges.add((src, src_slot, dst, dst_input["name"]))
+    return edges
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_ui_workflow_is_the_same_graph_as_the_api_workflow(node_classes, name):
+    api, ui = _load(API_DIR, name), _load(UI_DIR, name)
+    assert {int(k): v["class_type"] for k, v in api.items()} == {n["id"]: n["type"] for n in ui["nodes"]}
+    assert _ui_edges(ui) == _api_edges(api)
+    assert ui["last_link_id"] == max(link[0] for link in ui["links"])
+    for n in ui["nodes"]:
+        _, widgets, _ = _inputs(node_classes, n["type"])
+        constants = {k: v for k, v in api[str(n["id"])]["inputs"].items() if not isinstance(v, list)}
+        # UI workflows store widget values by position, in schema order
+        assert dict(zip(widgets, n["widgets_values"])) == constants, f"{name} node {n['id']}"
+        assert len(n["widgets_values"]) == len(widgets)
