@@ -14,12 +14,13 @@ Facts (read from the packs, not copied; see docs/trajectories.md):
 - **What a row means differs between packs, and so do the vector signs:**
 
   ``"animatediff_evolved"`` (``Kosinkadink/ComfyUI-AnimateDiff-Evolved`` ``animatediff/nodes_cameractrl.py``,
-  the same table as ``chaojie/ComfyUI-CameraCtrl-Wrapper``): the row is written into the
-  RealEstate10K pose layout, i.e. it is **world-to-camera**. Pan Left ``T = (1, 0, 0)``, Zoom In
-  ``(0, 0, -2)``, ACW ``angle = (0, 0, 1)``.
+  table ``CAMERA``, ``get_camera_motion``, ``CameraCtrlPose``; ``chaojie/ComfyUI-CameraCtrl-Wrapper``
+  ``nodes.py`` has the same nodes and default intrinsics, its table lives in ``camera_utils.py``, not
+  checked here): the row is written into the RealEstate10K pose layout, i.e. it is
+  **world-to-camera**. Pan Left ``T = (1, 0, 0)``, Zoom In ``(0, 0, -2)``, ACW ``angle = (0, 0, 1)``.
 
-  ``"comfy_core"`` (``Comfy-Org/ComfyUI`` ``comfy_extras/nodes_camera_trajectory.py``,
-  ``WanCameraEmbedding``): the row is padded with ``[0, 0, 0, 1]`` and read back as a 4 x 4
+  ``"comfy_core"`` (``comfyanonymous/ComfyUI`` ``comfy_extras/nodes_camera_trajectory.py``,
+  ``CAMERA_DICT``, ``WanCameraEmbedding``): the row is padded with ``[0, 0, 0, 1]`` and read back as a 4 x 4
   **camera-to-world** matrix. Pan Left ``T = (-1, 0, 0)``, Zoom In ``(0, 0, 2)``, ACW ``(0, 0, -1)``.
 
   The flipped signs and the flipped reading cancel: every single preset moves the camera the same way
@@ -30,7 +31,8 @@ Facts (read from the packs, not copied; see docs/trajectories.md):
   poses put it; OpenCV axes, so "up" is -y.
 - **Intrinsics:** default normalized (fx, fy, cx, cy) = (0.474812461, 0.844111024, 0.5, 0.5), the
   chaojie/AnimateDiff-Evolved defaults, which are square pixels on the 1280 x 720 RealEstate10K video
-  the poses came from. CameraCtrl fits them to the sample size before use (peers.md §1.3, CameraCtrl
+  the poses came from (core's ``WanCameraEmbedding`` defaults to 0.5, 0.5, 0.5, 0.5 instead).
+  "Zoom" in these presets is a move along the viewing axis, not a focal-length change. CameraCtrl fits them to the sample size before use (peers.md §1.3, CameraCtrl
   ``inference.py``): with original aspect ``W0/H0`` and sample aspect ``W/H``, if ``W0/H0 > W/H`` scale
   fx by ``(H·W0/H0)/W``, else fy by ``(W·H0/W0)/H``; pixel K = ``(fx·W, fy·H, cx·W, cy·H)``. Pass
   ``original_pose_size=None`` to skip that fit and use ``fx·W, fy·H`` as given.

@@ -113,8 +113,7 @@ def render_trajectory_preview(
         mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, n - 1), cmap=cmap)
         cax = fig.add_axes((0.25, 0.06, 0.5, 0.025))
         bar = fig.colorbar(mappable, cax=cax, orientation="horizontal")
-        bar.ax.xaxis.set_label_position("top")
-        bar.set_label("frame", fontsize=8, labelpad=1)
+        fig.text(0.24, 0.072, "frame", ha="right", va="center", fontsize=8)
         bar.ax.tick_params(labelsize=6)
     # A figure-level title: the 3D axes' own title sits outside the figure at small sizes.
     fig.text(0.5, 0.99, title if title is not None else f"{n} camera{'s' if n != 1 else ''}",
@@ -132,7 +131,7 @@ def estimate_look_at(cams: CameraSet, *, min_angle_deg: float = 1.0) -> Tensor |
     Minimizes ``Σ_f |(I − d_f d_fᵀ)(p − c_f)|²`` over ``p`` (closed form, the normal equations
     ``Σ (I − d dᵀ) p = Σ (I − d dᵀ) c``; the standard multi-ray triangulation, Hartley & Zisserman
     §12.2 in its midpoint form). Returns ``None`` when the axes are nearly parallel (their spread is
-    under ``min_angle_deg``) or the point lies behind the cameras on average.
+    under ``min_angle_deg``) or the point is not in front of every camera.
 
     Args:
         cams: ``F`` cameras.
@@ -148,7 +147,8 @@ def estimate_look_at(cams: CameraSet, *, min_angle_deg: float = 1.0) -> Tensor |
         return None
     proj = torch.eye(3, dtype=torch.float64) - d[:, :, None] * d[:, None, :]  # [F, 3, 3]
     p = torch.linalg.solve(proj.sum(0), (proj @ c[:, :, None]).sum(0))[:, 0]
-    if float(((p - c) * d).sum(-1).mean()) <= 0:
+    # Turning in place (pan/tilt): the axes meet at the shared centre, which is no look-at point.
+    if float(((p - c) * d).sum(-1).min()) <= 1e-6 * (1.0 + float(c.norm(dim=-1).max())):
         return None
     return p
 

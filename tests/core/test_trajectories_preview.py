@@ -61,6 +61,7 @@ def test_estimate_look_at_recovers_the_orbit_target_and_rejects_parallel_axes():
     cams = make_trajectory("orbit", 5, span_deg=120.0, target=target.tolist(), radius=2.0)
     torch.testing.assert_close(estimate_look_at(cams), target)
     assert estimate_look_at(_two_cameras(-1.0)) is None  # parallel viewing axes never meet
+    assert estimate_look_at(make_trajectory("pan", 5)) is None  # axes meet only at the shared centre
     # cameras facing away from each other's meeting point: the point is behind them
     away = CameraSet.from_fov(look_at(torch.tensor([[1.0, 0, 0], [0, 0, 1.0]], dtype=F64),
                                       torch.tensor([[2.0, 0, 0], [0, 0, 2.0]], dtype=F64)), 50.0, (32, 32))
