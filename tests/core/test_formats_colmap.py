@@ -84,3 +84,14 @@ def test_distortion_warns(tmp_path):
     folder = _model(tmp_path / "m", "1 SIMPLE_RADIAL 64 48 50 32 24 0.1\n", "1 1 0 0 0 0 0 0 1 a.png\n\n")
     with pytest.warns(DistortionIgnoredWarning, match="SIMPLE_RADIAL"):
         load_camera_file_with_meta(folder)
+
+
+def test_hand_derived_half_turn_about_tilted_axis(tmp_path):
+    # Camera at (5, 0, 0) looking at the origin, image up = +y: c2w columns right (0,0,-1), down (0,-1,0),
+    # forward (-1,0,0); that matrix is symmetric, so w2c R is the same: a half turn about n = (1, 0, -1)/√2,
+    # q = (0, 1/√2, 0, -1/√2), t = -R c = (0, 0, 5).
+    h = 0.5 ** 0.5
+    folder = _model(tmp_path / "m", "1 PINHOLE 64 48 50 50 32 24\n", f"1 0 {h!r} 0 {-h!r} 0 0 5 1 x.png\n\n")
+    cams = load_camera_file_with_meta(folder).cameras
+    expected = torch.tensor([[0, 0, -1, 5], [0, -1, 0, 0], [-1, 0, 0, 0], [0, 0, 0, 1]], dtype=F64)
+    torch.testing.assert_close(cams.c2w[0], expected, rtol=0, atol=1e-12)

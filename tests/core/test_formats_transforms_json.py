@@ -94,3 +94,13 @@ def test_distortion_warns():
     data = {"fl_x": 10, "w": 8, "h": 8, "k1": 0.1, "frames": [{"transform_matrix": GL_MATRIX}]}
     with pytest.warns(DistortionIgnoredWarning, match="k1"):
         transforms_from_dict(data)
+
+
+def test_nerf_synthetic_style_needs_image_size():
+    angle = 0.6911112070083618  # nerf_synthetic lego's camera_angle_x
+    data = {"camera_angle_x": angle, "frames": [{"file_path": "./train/r_0", "transform_matrix": GL_MATRIX}]}
+    with pytest.raises(PoseFileError, match=r"frames\[0\]: no image size .*pass image_size"):
+        transforms_from_dict(data)
+    cams, _ = transforms_from_dict(data, image_size=(800, 800))
+    assert float(cams.K[0, 0, 0]) == pytest.approx(400 / math.tan(angle / 2), rel=1e-12)
+    assert float(cams.K[0, 0, 2]) == 400.0
