@@ -36,10 +36,11 @@ FIRST_PART_ID = 2
 # The sky texture is read at the unit ray direction scaled to this radius, so its on-screen frequency
 # matches a subject-sized surface at the usual orbit radius.
 _SKY_TEXTURE_RADIUS = 3.0
-# The ground's texture coordinate is the ground point squeezed radially by 1 / (1 + r / s): near the
-# subject it is the plain (x, z); far away it stretches so its on-screen frequency stops growing
-# towards the horizon (a grazing plane's footprint per pixel grows like r^2, dq/dr falls like 1/r^2).
-_GROUND_SQUEEZE = 2.0
+# The ground's waves are low-passed with distance r from the subject centre, at a local cutoff of
+# 1.5 max_frequency / (1 + (r / s)^2): a grazing plane's footprint per pixel grows about like r^2, so
+# this keeps the on-screen frequency roughly constant out to the horizon (no aliasing there), while
+# near the subject all waves keep >= 80 % of their amplitude.
+_GROUND_FADE_DISTANCE = 3.0
 # Rays per batch of the ray caster (bounds the [N, waves] table of the textures).
 _RAYS_PER_CHUNK = 1 << 17
 
@@ -100,6 +101,7 @@ class SyntheticScene:
             The sky is unshaded.
 
     Example:
+        >>> from mvcustom_core.synthetic import turntable_cameras
         >>> scene = SyntheticScene(seed=3, subject="sphere")
         >>> out = scene.render(turntable_cameras(2, image_size=(32, 32)))
         >>> tuple(out.rgb.shape), bool(out.mask[:, 0, 16, 16].all())
@@ -224,9 +226,13 @@ class SyntheticScene:
         light = light / light.norm()
 
         def shaded(i: int, p: Tensor) -> Tensor:
-            albedo = self._textures[i].albedo(_texture_coords(i, p))
             if i == BACKGROUND_ID:
-                return albedo
+                return self._textures[i].albedo(p * (_SKY_TEXTURE_RADIUS / p.norm(dim=-1, keepdim=True)))
+            cutoff = None
+            if i == GROUND_ID:
+                r = (p - torch.tensor(self.subject_center, dtype=p.dtype, device=p.device))[:, [0, 2]].norm(dim=-1)
+                cutoff = 1.5 * self.max_frequency / (1 + (r / _GROUND_FADE_DISTANCE) ** 2)
+            albedo = self._textures[i].albedo(p, cutoff)
             lambert = (self._solids[i].normal(p) @ light).clamp_min(0)
             return albedo * (self.ambient + (1 - self.ambient) * lambert)[:, None]
         return self._per_object(points, object_id, 3, shaded, fill=0.0, background=True)
@@ -316,14 +322,3 @@ def _pixel_rays(K: Tensor, c2w: Tensor, h: int, w: int, s: int) -> tuple[Tensor,
     cam_dirs = pix @ torch.linalg.inv(K).transpose(-1, -2)  # [F, N, 3]
     cam_dirs = cam_dirs / cam_dirs[..., 2:3]  # exactly z = 1 despite rounding in the inverse
     return c2w[:, None, :3, 3], cam_dirs @ c2w[:, :3, :3].transpose(-1, -2)
-
-
-def _texture_coords(object_id: int, points: Tensor) -> Tensor:
-    """``points: [N, 3]`` world (directions for the sky) -> ``[N, 3]`` texture coordinates."""
-    if object_id == BACKGROUND_ID:
-        return points * (_SKY_TEXTURE_RADIUS / points.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-    if object_id == GROUND_ID:
-        xz = points.clone()
-        xz[:, 1] = 0
-        return xz / (1 + xz.norm(dim=-1, keepdim=True) / _GROUND_SQUEEZE)
-    return points

@@ -46,19 +46,32 @@ class WaveTexture:
     colors: Tensor
     base: Tensor
 
-    def logit(self, q: Tensor) -> Tensor:
-        """``q: [N, 3]`` texture coordinates -> ``[N, 3]`` the band-limited field before the sigmoid."""
+    def logit(self, q: Tensor, cutoff: Tensor | None = None) -> Tensor:
+        """The band-limited field before the sigmoid.
+
+        Args:
+            q: ``[N, 3]`` texture coordinates.
+            cutoff: optional ``[N]`` local frequency limit: wave ``k`` is weighted by
+                ``exp(-(f_k / cutoff)^4)`` (a smooth low-pass whose strength may vary over space, e.g.
+                to fade detail towards a horizon). ``None``: all waves at full amplitude.
+
+        Returns:
+            ``[N, 3]`` in the dtype and device of ``q``.
+        """
         k = (self.directions * self.frequencies[:, None]).to(q) * (2 * math.pi)  # [K, 3]
         phases, colors, base = self.phases.to(q), self.colors.to(q), self.base.to(q)
+        freqs = self.frequencies.to(q)
         out = torch.empty_like(q)
         for start in range(0, q.shape[0], _CHUNK):  # bounds the [N, K] wave table's memory
             waves = torch.sin(q[start:start + _CHUNK] @ k.T + phases)  # [n, K]
+            if cutoff is not None:
+                waves = waves * torch.exp(-(freqs / cutoff[start:start + _CHUNK, None]) ** 4)
             out[start:start + _CHUNK] = base + waves @ colors
         return out
 
-    def albedo(self, q: Tensor) -> Tensor:
-        """``q: [N, 3]`` texture coordinates -> ``[N, 3]`` colours in (0, 1), dtype/device of ``q``."""
-        return torch.sigmoid(self.logit(q))
+    def albedo(self, q: Tensor, cutoff: Tensor | None = None) -> Tensor:
+        """``q: [N, 3]`` -> ``[N, 3]`` colours ``sigmoid(logit(q, cutoff))`` in (0, 1)."""
+        return torch.sigmoid(self.logit(q, cutoff))
 
 
 def make_wave_texture(generator: torch.Generator, *, max_frequency: float, min_frequency: float = 0.3,

@@ -37,7 +37,7 @@ def turntable_cameras(n: int, *, elevation_deg: float = 20.0, radius: float = 2.
 
     Example:
         >>> cams = turntable_cameras(4, elevation_deg=0.0, radius=2.0)
-        >>> [round(float(x), 6) for x in cams.centers[1]]  # azimuth 90 degrees: on the +x axis
+        >>> [round(float(x), 6) + 0.0 for x in cams.centers[1]]  # azimuth 90 degrees: on the +x axis
         [2.0, 0.0, 0.0]
     """
     if not isinstance(n, int) or n < 1:
