@@ -9,6 +9,8 @@ from mvcustom_core.eval.errors import EvalInputError, MetricUnavailable
 from mvcustom_core.eval.pose_errors import (DEFAULT_ROT_THRESHOLD_DEG, DEFAULT_TRANS_THRESHOLD, AbsolutePoseErrors,
                                             absolute_pose_errors, accuracy_auc, accuracy_under_thresholds,
                                             relative_pose_errors, rotation_angle_deg, scene_scale)
+from mvcustom_core.eval.reprojection import (ReprojectionScores, masked_psnr, masked_ssim, neighbour_pairs,
+                                             reprojection_consistency, warp_into)
 from mvcustom_core.eval.sfm import SfmOptions, SfmResult, frame_png_name, register_frames
 
 __all__ = [
@@ -16,5 +18,6 @@ __all__ = [
     "EvalInputError", "MetricUnavailable",
     "DEFAULT_ROT_THRESHOLD_DEG", "DEFAULT_TRANS_THRESHOLD", "AbsolutePoseErrors", "absolute_pose_errors",
     "accuracy_auc", "accuracy_under_thresholds", "relative_pose_errors", "rotation_angle_deg", "scene_scale",
+    "ReprojectionScores", "masked_psnr", "masked_ssim", "neighbour_pairs", "reprojection_consistency", "warp_into",
     "SfmOptions", "SfmResult", "frame_png_name", "register_frames",
 ]

@@ -17,6 +17,15 @@ from mvcustom_core.eval.pose_errors import (absolute_pose_errors, accuracy_auc, 
 DT = torch.float64
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small tensors on a shared 2-core machine: one intra-op thread avoids contention stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _random_rotation(gen: torch.Generator, n: int | None = None) -> torch.Tensor:
     aa = torch.randn(n or 1, 3, generator=gen, dtype=DT)
     r = axis_angle_to_rotation_matrix(aa)
