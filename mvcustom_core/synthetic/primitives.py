@@ -73,6 +73,8 @@ class Pose:
 def _slab(o: Tensor, d: Tensor, lo: float, hi: float) -> tuple[Tensor, Tensor]:
     """Interval of ``t`` with ``lo <= o + t d <= hi`` for one coordinate (``o, d: [...]``).
 
+    The slab method (Kay & Kajiya, "Ray tracing complex scenes", SIGGRAPH 1986).
+
     A ray parallel to the slab (``d == 0``) is inside for all ``t`` or for none; handling it apart
     avoids the ``0 * inf`` NaN of the textbook formula when ``o`` sits on a face.
     """
