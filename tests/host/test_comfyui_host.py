@@ -1,0 +1,130 @@
+"""Tier 3: the pack inside a real ComfyUI (headless, CPU): import, /object_info, and workflows over HTTP.
+
+Skips (with the reason) unless COMFYUI_PATH and COMFYUI_PY are set; see conftest.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACK_FOLDER = "ComfyUI-MVCustom"  # the name conftest.py links the repo under
+
+PIL_Image = pytest.importorskip("PIL.Image")
+
+NODE_IDS = sorted({m for p in (REPO_ROOT / "nodes").glob("*.py")
+                   for m in re.findall(r'node_id="(MVC_\w+)"', p.read_text())})
+
+
+def _workflow(name: str) -> dict:
+    return json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())
+
+
+def _png(comfy, image_ref: dict):
+    data = comfy.get("/view", filename=image_ref["filename"], subfolder=image_ref["subfolder"],
+                     type=image_ref["type"])
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return PIL_Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _not_blank(img) -> bool:
+    lo, hi = zip(*img.getextrema())
+    return max(hi) - min(lo) > 64  # dark lines/markers on a light background, not one flat colour
+
+
+def test_pack_imports_without_failure(comfy):
+    log = comfy.log_text()
+    assert f"custom_nodes/{PACK_FOLDER}" in log, f"the pack was not loaded at all:\n{log[-3000:]}"
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and PACK_FOLDER in line]
+    assert failed == [], "\n".join(failed) + "\n" + log[-4000:]
+
+
+def test_every_node_is_in_object_info(comfy):
+    assert len(NODE_IDS) >= 7
+    info = comfy.get_json("/object_info")
+    registered = sorted(k for k, v in info.items() if v.get("python_module") == f"custom_nodes.{PACK_FOLDER}")
+    assert registered == NODE_IDS
+    for node_id in NODE_IDS:
+        entry = info[node_id]
+        assert entry["category"].startswith("MVCustom/"), node_id
+        assert entry["display_name"].startswith("MVCustom"), node_id
+    assert info["MVC_CameraTrajectory"]["output"] == ["MVC_CAMERA_TRAJECTORY"]
+    assert info["MVC_TrajectoryToCameraCtrlPoses"]["output"] == ["CAMERACTRL_POSES"]
+    assert info["MVC_TrajectoryPreview"]["output_node"] is True
+
+
+def test_trajectory_preview_workflow_runs(comfy):
+    prompt = _workflow("trajectory_preview")
+    prompt["2"]["inputs"].update(width=320, height=256)
+    status, body = comfy.post_prompt(prompt)
+    assert status == 200, body
+    entry = comfy.wait_history(body["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)
+    saved = entry["outputs"]["3"]["images"]
+    assert len(saved) == 1 and saved[0]["type"] == "output"
+    img = _png(comfy, saved[0])
+    assert img.size == (320, 256)
+    assert _not_blank(img)
+    assert (comfy.output_dir / saved[0]["subfolder"] / saved[0]["filename"]).is_file()
+    preview = entry["outputs"]["2"]["images"]  # the preview node's own UI image (temp folder)
+    assert len(preview) == 1 and _png(comfy, preview[0]).size == (320, 256)
+
+
+def test_synthetic_views_workflow_runs(comfy):
+    prompt = _workflow("synthetic_views")
+    prompt["1"]["inputs"].update(views=2, width=48, height=32, supersample=1)
+    status, body = comfy.post_prompt(prompt)
+    assert status == 200, body
+    entry = comfy.wait_history(body["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)
+    views = [_png(comfy, ref) for ref in entry["outputs"]["2"]["images"]]
+    masks = [_png(comfy, ref) for ref in entry["outputs"]["4"]["images"]]
+    assert [v.size for v in views] == [(48, 32)] * 2 and [m.size for m in masks] == [(48, 32)] * 2
+    assert all(_not_blank(v) for v in views)
+    assert all(m.convert("L").getextrema() == (0, 255) for m in masks)  # subject (white) and background (black)
+
+
+def test_out_of_range_widget_is_rejected_by_comfyui(comfy):
+    prompt = copy.deepcopy(_workflow("trajectory_preview"))
+    prompt["1"]["inputs"]["frames"] = 0
+    status, body = comfy.post_prompt(prompt)
+    assert status == 400
+    errors = body["node_errors"]["1"]["errors"]
+    assert any(e["type"] == "value_smaller_than_min" and "frames" in json.dumps(e) for e in errors), errors
+
+
+def test_missing_trajectory_file_is_reported_with_node_and_input(comfy):
+    prompt = {
+        "1": {"class_type": "MVC_LoadTrajectory",
+              "inputs": {"file": "no_such_poses.txt", "format": "auto", "width": 0, "height": 0}},
+        "2": {"class_type": "MVC_TrajectoryPreview",
+              "inputs": {"trajectory": ["1", 0], "width": 128, "height": 128, "title": ""}},
+    }
+    status, body = comfy.post_prompt(prompt)
+    assert status == 400
+    text = json.dumps(body["node_errors"])
+    assert "MVCustom Load Trajectory: input 'file'" in text and "no_such_poses.txt" in text, text
+
+
+def test_uploaded_pose_file_loads_and_saves(comfy, realestate_pose_files):
+    src: Path = realestate_pose_files[0]
+    (comfy.input_dir / src.name).write_bytes(src.read_bytes())
+    prompt = {
+        "1": {"class_type": "MVC_LoadTrajectory",
+              "inputs": {"file": src.name, "format": "auto", "width": 512, "height": 288}},
+        "2": {"class_type": "MVC_SaveTrajectory",
+              "inputs": {"trajectory": ["1", 0], "filename_prefix": "host/poses", "format": "transforms_json"}},
+    }
+    status, body = comfy.post_prompt(prompt)
+    assert status == 200, body
+    entry = comfy.wait_history(body["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)
+    written = comfy.output_dir / "host" / "poses_00001_.json"
+    data = json.loads(written.read_text())
+    assert len(data["frames"]) == sum(1 for line in src.read_text().splitlines()[1:] if line.strip())
