@@ -25,14 +25,15 @@ Facts (read from the packs, not copied; see docs/trajectories.md):
 
   The flipped signs and the flipped reading cancel: every single preset moves the camera the same way
   in both packs (Pan Left: the centre moves to -x of the first camera's frame, i.e. left; Zoom In: +z,
-  forward; CW: the camera turns clockwise as seen from behind it). Combos that mix a turn and a move
-  differ slightly (``-Rᵀ T`` versus ``T``).
+  forward; CW: the camera turns clockwise as seen from behind it). Combos of a roll and a move do
+  differ: AnimateDiff-Evolved's centre is ``-Rᵀ T`` (the move direction turns with the roll), core's
+  is ``T``. "Zoom" in these presets is a move along the viewing axis, not a focal-length change.
 - **World frame:** the first camera is the world frame (identity c2w), as CameraCtrl's relative
   poses put it; OpenCV axes, so "up" is -y.
 - **Intrinsics:** default normalized (fx, fy, cx, cy) = (0.474812461, 0.844111024, 0.5, 0.5), the
   chaojie/AnimateDiff-Evolved defaults, which are square pixels on the 1280 x 720 RealEstate10K video
-  the poses came from (core's ``WanCameraEmbedding`` defaults to 0.5, 0.5, 0.5, 0.5 instead).
-  "Zoom" in these presets is a move along the viewing axis, not a focal-length change. CameraCtrl fits them to the sample size before use (peers.md §1.3, CameraCtrl
+  the poses came from (core's ``WanCameraEmbedding`` defaults to 0.5, 0.5, 0.5, 0.5 instead). CameraCtrl
+  fits the intrinsics to the sample size before use (peers.md §1.3, CameraCtrl
   ``inference.py``): with original aspect ``W0/H0`` and sample aspect ``W/H``, if ``W0/H0 > W/H`` scale
   fx by ``(H·W0/H0)/W``, else fy by ``(W·H0/W0)/H``; pixel K = ``(fx·W, fy·H, cx·W, cy·H)``. Pass
   ``original_pose_size=None`` to skip that fit and use ``fx·W, fy·H`` as given.
@@ -126,7 +127,8 @@ def _resolve(names: str | Sequence[str], convention: str) -> tuple[Tensor, Tenso
     for name in names:
         key = _ALIASES.get(name, name)
         if key not in CAMERACTRL_VECTORS[convention]:
-            raise TrajectoryError(f"unknown CameraCtrl preset {name!r} in names; choose from {list(CAMERACTRL_PRESET_NAMES)}")
+            raise TrajectoryError(f"unknown CameraCtrl preset {name!r} in names; "
+                                  f"choose from {list(CAMERACTRL_PRESET_NAMES)}")
         a, t = CAMERACTRL_VECTORS[convention][key]
         angle += torch.tensor(a, dtype=torch.float64)
         T += torch.tensor(t, dtype=torch.float64)

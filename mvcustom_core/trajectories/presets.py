@@ -101,11 +101,11 @@ class ParamSpec:
 
 PRESETS: dict[str, Callable[..., CameraSet]] = {}
 _SPECS: dict[str, dict[str, tuple]] = {}
-_RANGES: dict[str, dict[str, tuple[float, float]]] = {}
 
-# Inclusive UI bounds by parameter name; a preset may override them (see _preset's ``ranges``).
+# Inclusive bounds by parameter name, the same in every preset, so one UI widget per name can serve
+# all presets; a preset's own checks are finer (e.g. radius > 0, dolly_in distance may be negative).
 _ELEVATION_RANGE = (-89.9, 89.9)
-_DEFAULT_RANGES: dict[str, tuple[float, float]] = {
+_PARAM_RANGES: dict[str, tuple[float, float]] = {
     "span_deg": (-3600.0, 3600.0),
     "start_azimuth_deg": (-360.0, 360.0),
     "azimuth_deg": (-360.0, 360.0),
@@ -123,16 +123,12 @@ _DEFAULT_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def _preset(name: str, *, ranges: dict[str, tuple[float, float]] | None = None, **specs: tuple):
-    """Register a preset function under ``name`` with ``param=(unit, help[, choices])``.
-
-    ``ranges`` overrides :data:`_DEFAULT_RANGES` for this preset's parameters.
-    """
+def _preset(name: str, **specs: tuple):
+    """Register a preset function under ``name`` with ``param=(unit, help[, choices])``."""
 
     def register(fn: Callable[..., CameraSet]) -> Callable[..., CameraSet]:
         PRESETS[name] = fn
         _SPECS[name] = specs
-        _RANGES[name] = {**_DEFAULT_RANGES, **(ranges or {})}
         return fn
 
     return register
@@ -194,7 +190,7 @@ def preset_parameters(name: str) -> dict[str, ParamSpec]:
             continue
         unit, help_text, *choices = _SPECS[name][pname]
         numeric = isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
-        lo, hi = _RANGES[name].get(pname, (None, None)) if numeric else (None, None)
+        lo, hi = _PARAM_RANGES.get(pname, (None, None)) if numeric else (None, None)
         out[pname] = ParamSpec(p.default, lo, hi, help_text, tuple(choices[0]) if choices else None, unit)
     return out
 
@@ -296,7 +292,8 @@ def orbit_position(target: Tensor, radius: Tensor, azimuth_deg: Tensor, elevatio
     return target + radius[..., None] * offset
 
 
-def _cameras(c2w: Tensor, fov_y_deg: float, image_size: tuple[int, int], focal_scale: Tensor | None = None) -> CameraSet:
+def _cameras(c2w: Tensor, fov_y_deg: float, image_size: tuple[int, int],
+             focal_scale: Tensor | None = None) -> CameraSet:
     """Square-pixel cameras; ``focal_scale: [F]`` multiplies the focal length of each frame."""
     cams = CameraSet.from_fov(c2w, fov_y_deg, tuple(int(s) for s in image_size))
     if focal_scale is None:
@@ -419,7 +416,8 @@ def spiral(
     target = _vector3("target", target, dtype)
     t = _times(frames, dtype)
     azimuth = _finite("start_azimuth_deg", start_azimuth_deg) + sign * _finite("span_deg", span_deg) * t
-    el0, el1 = _elevation("elevation_start_deg", elevation_start_deg), _elevation("elevation_end_deg", elevation_end_deg)
+    el0 = _elevation("elevation_start_deg", elevation_start_deg)
+    el1 = _elevation("elevation_end_deg", elevation_end_deg)
     r0, r1 = _positive("radius_start", radius_start), _positive("radius_end", radius_end)
     c2w = look_at(orbit_position(target, r0 + (r1 - r0) * t, azimuth, el0 + (el1 - el0) * t), target)
     return _cameras(c2w, fov_y_deg, image_size)
@@ -471,7 +469,7 @@ _DISTANCE_IN = ("world units", "how far the camera moves forward along its viewi
 _DISTANCE_OUT = ("world units", "how far the camera moves backward along its viewing axis")
 
 
-@_preset("dolly_in", ranges={"distance": (0.0, 1000.0)}, distance=_DISTANCE_IN, **_BASE)
+@_preset("dolly_in", distance=_DISTANCE_IN, **_BASE)
 def dolly_in(
     frames: int,
     *,
@@ -488,7 +486,7 @@ def dolly_in(
     return _dolly_path(frames, distance, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg)
 
 
-@_preset("dolly_out", ranges={"distance": (0.0, 1000.0)}, distance=_DISTANCE_OUT, **_BASE)
+@_preset("dolly_out", distance=_DISTANCE_OUT, **_BASE)
 def dolly_out(
     frames: int,
     *,

@@ -132,3 +132,14 @@ def test_bad_inputs_are_named():
         cameractrl_trajectory("CW", 4, convention="opengl")
     with pytest.raises(TrajectoryError, match="speed"):
         make_trajectory("cameractrl_cw", 4, speed=50.0)
+
+
+def test_combos_of_roll_and_move_differ_between_packs_as_documented():
+    names = ["Pan Left", "CW"]
+    ad = cameractrl_trajectory(names, 8)
+    core = cameractrl_trajectory(names, 8, convention="comfy_core")
+    torch.testing.assert_close(ad.rotations, core.rotations)  # z-only turns: Rz(-θ) = Rz(θ)ᵀ
+    rows = cameractrl_motion_rows(names, 8)
+    torch.testing.assert_close(ad.centers, -(rows[:, :, :3].transpose(-1, -2) @ rows[:, :, 3:])[..., 0])
+    torch.testing.assert_close(core.centers, cameractrl_motion_rows(names, 8, convention="comfy_core")[:, :, 3])
+    assert float((ad.centers - core.centers).norm(dim=-1)[-1]) > 0.1

@@ -194,3 +194,12 @@ def test_parameter_specs_match_the_preset_defaults(name):
     # building with every default spelled out equals building with none
     explicit = make_trajectory(name, 3, **{p: s.default for p, s in specs.items()})
     torch.testing.assert_close(explicit.c2w, make_trajectory(name, 3).c2w)
+
+
+def test_a_parameter_name_has_one_range_across_presets():
+    # The node layer builds one widget per parameter name for all presets.
+    seen = {}
+    for name in PRESETS:
+        for pname, spec in preset_parameters(name).items():
+            seen.setdefault(pname, set()).add((spec.min, spec.max, spec.choices))
+    assert all(len(v) == 1 for v in seen.values()), {k: v for k, v in seen.items() if len(v) > 1}
