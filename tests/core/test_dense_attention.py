@@ -1,0 +1,213 @@
+"""Dense spatio-temporal attention: window convention, gather/flex paths vs the masked reference,
+and the installed processor vs diffusers' unmodified AnimateDiff motion module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mvcustom_core.backbone.dense_attention import (
+    dense_attention,
+    dense_attention_window,
+    disable_dense_attention,
+    enable_dense_attention,
+    motion_modules,
+    set_dense_window,
+    window_mask,
+    window_starts,
+    windowed_attention_reference,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Two OpenMP threads on two oversubscribed cores run these small UNet calls ~30x slower (measured
+    0.3 s vs 12 s per call at load 10); restore the suite's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_motion_unet():
+    """A random SD1.5-shaped UNetMotionModel (1.2M parameters, ~0.1 s per call at 3×8×8 on CPU)."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    torch.manual_seed(0)
+    unet2d = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, norm_num_groups=8,
+        attention_head_dim=8, sample_size=16, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
+                            motion_num_attention_heads=2, motion_max_seq_length=32)
+    return UNetMotionModel.from_unet2d(unet2d, adapter).eval()
+
+
+# ---- window convention -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("length,k,expected", [
+    (5, 3, [0, 0, 1, 2, 2]),        # odd k: centred, shifted at both borders
+    (5, 2, [0, 1, 2, 3, 3]),        # even k: (k-1)//2 = 0 before, 1 after
+    (6, 4, [0, 0, 1, 2, 2, 2]),
+    (4, 1, [0, 1, 2, 3]),           # k = 1: the position itself
+    (3, 7, [0, 0, 0]),              # k > L: whole axis
+])
+def test_window_starts_hand_derived(length, k, expected):
+    assert window_starts(length, k).tolist() == expected
+
+
+def test_window_mask_interior_is_centred_box_and_counts_are_constant():
+    h, w, k = 7, 9, 3
+    m = window_mask(h, w, k).view(h, w, h, w)
+    assert (m.sum(dim=(2, 3)) == k * k).all()  # shifted, not cut, at borders
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    for y, x in [(3, 4), (1, 1), (5, 7)]:  # interior: exactly |dy|, |dx| <= 1
+        box = ((ys - y).abs() <= 1) & ((xs - x).abs() <= 1)
+        assert torch.equal(m[y, x], box)
+    # corner (0, 0): the window is rows/cols 0..2, not cut to 2×2
+    assert torch.equal(m[0, 0], (ys <= 2) & (xs <= 2))
+    assert bool(window_mask(4, 5, None).all())
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_bad_window_raises(bad):
+    q = torch.zeros(1, 1, 2, 3, 3, 4)
+    with pytest.raises(ValueError, match="window"):
+        dense_attention(q, q, q, window=bad)
+
+
+# ---- gather path vs the naive masked reference -------------------------------------------------
+
+@pytest.mark.parametrize("f,h,w,k", [
+    (3, 5, 6, 1), (3, 5, 6, 2), (2, 5, 6, 3), (4, 6, 5, 4), (2, 7, 7, 5), (2, 4, 8, 6), (3, 5, 6, 9)])
+def test_gather_matches_masked_reference(generator, f, h, w, k):
+    q, kk, v = (torch.randn(2, 2, f, h, w, 8, generator=generator, dtype=torch.float64) for _ in range(3))
+    ref = windowed_attention_reference(q, kk, v, k)
+    out = dense_attention(q, kk, v, window=k, impl="gather")
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_gather_chunked_rows_equal_unchunked(generator):
+    q, k, v = (torch.randn(1, 2, 3, 6, 5, 4, generator=generator, dtype=torch.float64) for _ in range(3))
+    whole = dense_attention(q, k, v, window=3)
+    tiny_budget = dense_attention(q, k, v, window=3, chunk_elements=1)  # one row per chunk
+    torch.testing.assert_close(tiny_budget, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_full_attention_is_unmasked_attention_and_chunks_agree(generator):
+    q, k, v = (torch.randn(1, 2, 3, 4, 5, 4, generator=generator, dtype=torch.float64) for _ in range(3))
+    b, n, f, h, w, d = q.shape
+    flat = [t.reshape(b, n, f * h * w, d) for t in (q, k, v)]
+    p = torch.softmax(flat[0] @ flat[1].transpose(-1, -2) / d ** 0.5, dim=-1)  # softmax(QK^T/sqrt(d))V
+    expected = (p @ flat[2]).reshape(q.shape)
+    torch.testing.assert_close(dense_attention(q, k, v, window=None), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(dense_attention(q, k, v, window=None, chunk_elements=50), expected,
+                               rtol=1e-10, atol=1e-10)
+    # k >= max(H, W) covers the whole image: the same as full attention
+    torch.testing.assert_close(dense_attention(q, k, v, window=5), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_window_one_is_per_pixel_temporal_attention(generator):
+    q, k, v = (torch.randn(2, 2, 4, 3, 5, 8, generator=generator) for _ in range(3))
+    out = dense_attention(q, k, v, window=1)
+    per_pixel = lambda t: t.permute(0, 1, 3, 4, 2, 5)  # noqa: E731  [B, n, H, W, F, d]
+    expected = torch.nn.functional.scaled_dot_product_attention(per_pixel(q), per_pixel(k), per_pixel(v))
+    torch.testing.assert_close(out, expected.permute(0, 1, 4, 2, 3, 5), rtol=1e-5, atol=1e-6)
+
+
+def test_gather_gradients_match_reference(generator):
+    q, k, v = (torch.randn(1, 1, 2, 4, 5, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    g = torch.randn(1, 1, 2, 4, 5, 4, generator=generator, dtype=torch.float64)
+    ours = torch.autograd.grad((dense_attention(q, k, v, window=3) * g).sum(), (q, k, v))
+    ref = torch.autograd.grad((windowed_attention_reference(q, k, v, 3) * g).sum(), (q, k, v))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_flex_mask_matches_reference_eager(generator):
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    q, k, v = (torch.randn(1, 1, 2, 3, 4, 4, generator=generator) for _ in range(3))
+    ref = windowed_attention_reference(q, k, v, 3)
+    out = dense_attention(q, k, v, window=3, impl="flex")
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+# ---- installed into a UNetMotionModel ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def unet_and_inputs():
+    unet = tiny_motion_unet()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, 3, 8, 8, generator=g)  # [B, C, F, H, W]
+    text = torch.randn(3, 5, 32, generator=g)  # [B·F, L, D]
+    return unet, x, text
+
+
+def _eps(unet, x, text):
+    with torch.no_grad():
+        return unet(x, torch.tensor(500), text).sample
+
+
+def test_window_one_reproduces_unmodified_motion_modules(unet_and_inputs):
+    unet, x, text = unet_and_inputs
+    original = _eps(unet, x, text)
+    assert enable_dense_attention(unet, window=1) == len(motion_modules(unet)) == 7
+    try:
+        torch.testing.assert_close(_eps(unet, x, text), original, rtol=1e-5, atol=1e-5)
+    finally:
+        disable_dense_attention(unet)
+
+
+def test_single_motion_module_window_one_and_full(unet_and_inputs):
+    unet, _, _ = unet_and_inputs
+    name, module = next(iter(motion_modules(unet).items()))
+    hs = torch.randn(2 * 4, module.in_channels, 6, 5, generator=torch.Generator().manual_seed(3))  # B=2, F=4
+    with torch.no_grad():
+        original = module(hs, num_frames=4)
+        enable_dense_attention(unet, window=1)
+        try:
+            torch.testing.assert_close(module(hs, num_frames=4), original, rtol=1e-5, atol=1e-5)
+            set_dense_window(unet, None)
+            full = module(hs, num_frames=4)
+            set_dense_window(unet, 6)  # k >= max(H, W): full
+            torch.testing.assert_close(module(hs, num_frames=4), full, rtol=1e-5, atol=1e-5)
+        finally:
+            disable_dense_attention(unet)
+    assert (full - original).abs().max() > 1e-3, "full dense attention must change the output"
+
+
+def test_batches_do_not_mix(unet_and_inputs):
+    """Dense attention spans frames and positions of one sample, never two samples of a batch."""
+    unet, _, _ = unet_and_inputs
+    module = next(iter(motion_modules(unet).values()))
+    g = torch.Generator().manual_seed(4)
+    a, b = (torch.randn(3, module.in_channels, 4, 4, generator=g) for _ in range(2))
+    enable_dense_attention(unet, window=None)
+    try:
+        with torch.no_grad():
+            joint = module(torch.cat([a, b]), num_frames=3)
+            alone = module(a, num_frames=3)
+    finally:
+        disable_dense_attention(unet)
+    torch.testing.assert_close(joint[:3], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_disable_restores_bit_identical_and_window_changes_output(unet_and_inputs):
+    unet, x, text = unet_and_inputs
+    original = _eps(unet, x, text)
+    enable_dense_attention(unet, window=None)
+    enable_dense_attention(unet, window=3)  # re-enabling replaces, never stacks
+    assert dense_attention_window(unet) == 3
+    windowed = _eps(unet, x, text)
+    assert disable_dense_attention(unet) is True
+    assert disable_dense_attention(unet) is False
+    assert torch.equal(_eps(unet, x, text), original)
+    assert (windowed - original).abs().max() > 1e-4
+    with pytest.raises(RuntimeError, match="not enabled"):
+        set_dense_window(unet, 3)
+
+
+def test_enable_on_plain_module_raises():
+    with pytest.raises(ValueError, match="motion modules"):
+        enable_dense_attention(torch.nn.Linear(2, 2))
