@@ -38,6 +38,7 @@ barycentrics.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
@@ -122,8 +123,8 @@ class RenderPlan:
     """Per target pixel, the three mesh vertices and the weights that blend them.
 
     Attributes:
-        vert_idx: ``[F, 3, H, W]`` long vertex ids (0 where empty).
-        weights: ``[F, 3, H, W]`` barycentric weights (0 where empty).
+        vert_idx: ``[F, H, W, 3]`` long vertex ids (0 where empty).
+        weights: ``[F, H, W, 3]`` perspective-correct barycentric weights (0 where empty).
         coverage: ``[F, 1, H, W]`` bool.
         num_verts: ``V``, the vertex count the plan indexes into.
     """
@@ -132,6 +133,20 @@ class RenderPlan:
     weights: Tensor
     coverage: Tensor
     num_verts: int
+
+    def matrix(self, num_rows_v: int, dtype: torch.dtype, device: torch.device | str | None = None) -> Tensor:
+        """The plan as a sparse CSR matrix ``[F·H·W, num_rows_v]`` with three entries per row.
+
+        ``matrix @ vert_feats`` renders ``[F·H·W, C]`` pixel-major features (:func:`apply_plan`).
+        """
+        device = self.vert_idx.device if device is None else device
+        rows = self.vert_idx.numel() // 3
+        crow = torch.arange(0, 3 * rows + 1, 3, device=device)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                crow, self.vert_idx.reshape(-1).to(device), self.weights.reshape(-1).to(device=device, dtype=dtype),
+                size=(rows, num_rows_v), check_invariants=False)
 
 
 # ---------------------------------------------------------------------------------------- geometry
@@ -150,17 +165,22 @@ def project_faces(
     u, v = uv[..., 0], uv[..., 1]
     area = (u[..., 1] - u[..., 0]) * (v[..., 2] - v[..., 0]) - (v[..., 1] - v[..., 0]) * (u[..., 2] - u[..., 0])
 
-    # Candidate pixels: every centre j + 1/2 inside [umin, umax], widened by up to one pixel each side
-    # so that the INSIDE_EPS tolerance cannot reach a pixel outside the box.
+    # Candidate pixels: every centre j + 1/2 in [umin - m, umax + m]. A pixel passes the inside test
+    # when each barycentric is >= -INSIDE_EPS, i.e. inside the face scaled by (1 + 3·INSIDE_EPS) about
+    # its centroid, which lies in the box widened by 3·INSIDE_EPS·(box width + height); 1e-3 px more
+    # absorbs rounding. So the boxes lose no pixel the brute-force reference would find.
+    umin, umax, vmin, vmax = u.amin(-1), u.amax(-1), v.amin(-1), v.amax(-1)
+    margin = 1e-3 + 3 * INSIDE_EPS * ((umax - umin) + (vmax - vmin))
+
     def pixel_range(lo: Tensor, hi: Tensor, n: int) -> tuple[Tensor, Tensor]:
-        first = torch.floor(lo - 0.5).clamp(-1, n).long()
-        last = torch.ceil(hi - 0.5).clamp(-1, n).long()
+        first = torch.ceil(lo - margin - 0.5).nan_to_num(0.0).clamp(-1, n).long()
+        last = torch.floor(hi + margin - 0.5).nan_to_num(-1.0).clamp(-1, n).long()
         return first, last
 
-    i0, i1 = pixel_range(v.amin(-1), v.amax(-1), h)
-    j0, j1 = pixel_range(u.amin(-1), u.amax(-1), w)
+    i0, i1 = pixel_range(vmin, vmax, h)
+    j0, j1 = pixel_range(umin, umax, w)
     keep = (z > z_near).all(-1) & (area.abs() > MIN_AREA_PX) & torch.isfinite(uv).all(-1).all(-1)
-    keep &= (i0 <= h - 1) & (i1 >= 0) & (j0 <= w - 1) & (j1 >= 0)
+    keep &= (i0 <= h - 1) & (i1 >= 0) & (j0 <= w - 1) & (j1 >= 0) & (i0 <= i1) & (j0 <= j1)
     bbox = torch.stack([i0.clamp(0, h - 1), i1.clamp(0, h - 1), j0.clamp(0, w - 1), j1.clamp(0, w - 1)], -1)
     return ScreenFaces(uv=uv, z=z, area=area, keep=keep, bbox=bbox, image_size=(h, w))
 
@@ -200,36 +220,28 @@ def edge_barycentrics(
     return inside, bary, depth
 
 
-def _candidates(
-    frame_ids: Tensor,  # [K] long
-    face_ids: Tensor,  # [K] long
-    bbox: Tensor,  # [K, 4]
-    chunk: int,
-) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """Yield ``(frame, face, row, col)`` for every pixel of every face's candidate box, in chunks.
+def _candidates(bbox: Tensor, chunk: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:  # bbox: [K, 4]
+    """Yield ``(k, row, col)`` for every pixel of every box ``k``, about ``chunk`` pairs at a time.
 
-    Order: faces in the given order, pixels row-major inside each box.
+    Order: boxes in the given order, pixels row-major inside each box.
     """
     heights = bbox[:, 1] - bbox[:, 0] + 1
     widths = bbox[:, 3] - bbox[:, 2] + 1
     counts = heights * widths  # [K]
     ends = torch.cumsum(counts, 0)
-    start_face = 0
-    while start_face < len(counts):
-        # Largest run of faces whose candidates fit the chunk (always at least one face).
-        base = ends[start_face] - counts[start_face]
-        stop = int(torch.searchsorted(ends, base + chunk, right=True))
-        stop = max(stop, start_face + 1)
-        sel = slice(start_face, stop)
-        n = counts[sel]
-        local_face = torch.repeat_interleave(torch.arange(stop - start_face, device=bbox.device), n)
-        offsets = torch.arange(int(n.sum()), device=bbox.device) - (torch.cumsum(n, 0) - n)[local_face]
-        box = bbox[sel][local_face]
-        wid = widths[sel][local_face]
-        rows = box[:, 0] + torch.div(offsets, wid, rounding_mode="floor")
-        cols = box[:, 2] + offsets % wid
-        yield frame_ids[sel][local_face], face_ids[sel][local_face], rows, cols
-        start_face = stop
+    start = 0
+    while start < len(counts):
+        # Largest run of boxes whose candidates fit the chunk (always at least one box).
+        base = ends[start] - counts[start]
+        stop = max(int(torch.searchsorted(ends, base + chunk, right=True)), start + 1)
+        n = counts[start:stop]
+        k = torch.repeat_interleave(torch.arange(start, stop, device=bbox.device), n)
+        offsets = torch.arange(int(n.sum()), device=bbox.device) - (ends - counts)[k]
+        wid = widths[k]
+        rows = bbox[k, 0] + torch.div(offsets, wid, rounding_mode="floor")
+        cols = bbox[k, 2] + offsets % wid
+        yield k, rows, cols
+        start = stop
 
 
 def _evaluate(sf: ScreenFaces, frame: Tensor, face: Tensor, rows: Tensor, cols: Tensor):
@@ -307,15 +319,16 @@ def _rasterize_torch(sf: ScreenFaces, chunk: int) -> Fragments:
     h, w = sf.image_size
     if t >= 1 << 31:
         raise RasterError(f"faces: the torch path supports fewer than 2**31 faces, got {t}")
-    frame_ids, face_ids = torch.nonzero(sf.keep, as_tuple=True)
-    bbox = sf.bbox[frame_ids, face_ids]
+    frame_ids, face_ids = torch.nonzero(sf.keep, as_tuple=True)  # [K] kept (frame, face) pairs
+    uv, z, area = sf.uv[frame_ids, face_ids], sf.z[frame_ids, face_ids], sf.area[frame_ids, face_ids]
+    pixel_base = frame_ids * (h * w)
     empty = torch.iinfo(torch.long).max
     keys = torch.full((nf * h * w,), empty, dtype=torch.long, device=sf.uv.device)
-    for fr, face, rows, cols in _candidates(frame_ids, face_ids, bbox, chunk):
-        inside, _, z = _evaluate(sf, fr, face, rows, cols)
-        bits = z[inside].float().view(torch.int32).long()
-        key = (bits << 31) | face[inside]
-        keys.scatter_reduce_(0, ((fr * h + rows) * w + cols)[inside], key, reduce="amin")
+    for k, rows, cols in _candidates(sf.bbox[frame_ids, face_ids], chunk):
+        inside, _, depth = edge_barycentrics(uv[k], z[k], area[k], cols.to(uv.dtype) + 0.5, rows.to(uv.dtype) + 0.5)
+        k, rows, cols = k[inside], rows[inside], cols[inside]
+        key = (depth[inside].float().view(torch.int32).long() << 31) | face_ids[k]
+        keys.scatter_reduce_(0, pixel_base[k] + rows * w + cols, key, reduce="amin")
     winner = torch.where(keys == empty, -1, keys & ((1 << 31) - 1)).reshape(nf, h, w)
     return _fragments_from_winners(sf, winner)
 
@@ -421,8 +434,8 @@ def make_render_plan(frags: Fragments, faces: Tensor) -> RenderPlan:  # faces: [
     weights = torch.where(coverage[..., None], frags.bary, torch.zeros_like(frags.bary))
     num_verts = int(faces.max()) + 1 if len(faces) else 0
     return RenderPlan(
-        vert_idx=vert_idx.permute(0, 3, 1, 2).contiguous(),
-        weights=weights.permute(0, 3, 1, 2).contiguous(),
+        vert_idx=vert_idx.contiguous(),
+        weights=weights.contiguous(),
         coverage=coverage[:, None],
         num_verts=num_verts,
     )
@@ -470,54 +483,48 @@ def _check_plan_features(plan: RenderPlan, vert_feats: Tensor) -> dict[str, int]
     return dims
 
 
-def apply_plan(plan: RenderPlan, vert_feats: Tensor, *, frames_per_chunk: int = 4) -> tuple[Tensor, Tensor]:
+def apply_plan(plan: RenderPlan, vert_feats: Tensor) -> tuple[Tensor, Tensor]:
     """Render vertex features through a plan: the per-denoising-step half of DFR.
 
-    ``out[f, :, i, j] = Σ_k weights[f, k, i, j] · vert_feats[vert_idx[f, k, i, j]]``, 0 where empty.
+    ``out[f, :, i, j] = Σ_k weights[f, i, j, k] · vert_feats[vert_idx[f, i, j, k]]``, 0 where empty.
 
-    The features are read as ``[C, V]`` (a free transpose when they come from
-    :meth:`FeatureMesh.vertex_features`) so each channel is one contiguous gather; frames are done
-    ``frames_per_chunk`` at a time to bound the temporaries. Fold a batch into C (``[V, B·C]``, e.g.
-    the two CFG branches) to render several feature maps with one call. Arithmetic is in the
-    features' dtype; the weights are cast to it. Differentiable w.r.t. ``vert_feats``.
+    For float32/float64 this is one sparse-CSR × dense product (:meth:`RenderPlan.matrix`) with no
+    ``[F, 3, H, W, C]`` temporaries, ~4x faster on CPU than three gathers; other dtypes take the
+    gather path. Fold a batch into C (``[V, B·C]``, e.g. the two CFG branches) to render several
+    feature maps with one call. Differentiable w.r.t. ``vert_feats``.
 
     Args:
         plan: from :func:`plan_mesh_render` or :func:`make_render_plan`.
         vert_feats: ``[V, C]`` with ``V >= plan.num_verts``.
 
     Returns:
-        feats ``[F, C, H, W]`` and coverage ``[F, 1, H, W]`` (0/1), both in ``vert_feats``' dtype and
-        device; blend with ``cov * feats + (1 - cov) * target`` (method.md §7.2).
+        feats ``[F, C, H, W]`` (in ``torch.channels_last`` memory format: the product is pixel-major)
+        and coverage ``[F, 1, H, W]`` (0/1), both in ``vert_feats``' dtype and device; blend with
+        ``cov * feats + (1 - cov) * target`` (method.md §7.2).
     """
     dims = _check_plan_features(plan, vert_feats)
-    nf, _, h, w = plan.vert_idx.shape
-    feats_cv = vert_feats.T  # [C, V]; contiguous when vert_feats is a transposed feature map
-    idx = plan.vert_idx.to(vert_feats.device).reshape(nf, 3, h * w)
-    wts = plan.weights.to(device=vert_feats.device, dtype=vert_feats.dtype).reshape(nf, 3, h * w)
+    nf, h, w, _ = plan.vert_idx.shape
     coverage = plan.coverage.to(device=vert_feats.device, dtype=vert_feats.dtype)
-    if nf == 0:
-        return vert_feats.new_zeros(0, dims["C"], h, w), coverage
-    outs = []
-    for start in range(0, nf, frames_per_chunk):
-        stop = min(nf, start + frames_per_chunk)
-        i = idx[start:stop].transpose(0, 1).reshape(3, -1)  # [3, f·P]
-        wk = wts[start:stop].transpose(0, 1).reshape(3, 1, -1)  # [3, 1, f·P]
-        acc = feats_cv[:, i[0]] * wk[0]
-        acc = acc + feats_cv[:, i[1]] * wk[1]
-        acc = acc + feats_cv[:, i[2]] * wk[2]  # [C, f·P]
-        outs.append(acc.reshape(-1, stop - start, h, w).transpose(0, 1))
-    return torch.cat(outs).contiguous(), coverage
+    if vert_feats.dtype in (torch.float32, torch.float64):
+        out = plan.matrix(dims["V"], vert_feats.dtype, vert_feats.device) @ vert_feats.contiguous()  # [F·H·W, C]
+    else:
+        idx = plan.vert_idx.to(vert_feats.device).reshape(-1, 3)
+        wts = plan.weights.to(device=vert_feats.device, dtype=vert_feats.dtype).reshape(-1, 3, 1)
+        out = vert_feats[idx[:, 0]] * wts[:, 0]
+        out = out + vert_feats[idx[:, 1]] * wts[:, 1]
+        out = out + vert_feats[idx[:, 2]] * wts[:, 2]
+    return out.reshape(nf, h, w, dims["C"]).permute(0, 3, 1, 2), coverage
 
 
 def apply_plan_reference(plan: RenderPlan, vert_feats: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`apply_plan` written per frame and per pixel-gather, the spec it is tested against."""
+    """:func:`apply_plan` written per frame as a gather and a weighted sum, the spec it is tested against."""
     _check_plan_features(plan, vert_feats)
+    nf, h, w, _ = plan.vert_idx.shape
     outs = []
-    for f in range(plan.vert_idx.shape[0]):
-        gathered = vert_feats[plan.vert_idx[f]]  # [3, H, W, C]
-        weights = plan.weights[f].to(vert_feats.dtype)[..., None]  # [3, H, W, 1]
-        outs.append((gathered * weights).sum(dim=0).permute(2, 0, 1))  # [C, H, W]
-    nf, _, h, w = plan.vert_idx.shape
+    for f in range(nf):
+        gathered = vert_feats[plan.vert_idx[f]]  # [H, W, 3, C]
+        weights = plan.weights[f].to(vert_feats.dtype)[..., None]  # [H, W, 3, 1]
+        outs.append((gathered * weights).sum(dim=2).permute(2, 0, 1))  # [C, H, W]
     feats = torch.stack(outs) if outs else vert_feats.new_zeros(0, vert_feats.shape[1], h, w)
     return feats, plan.coverage.to(vert_feats.dtype)
 

@@ -164,12 +164,15 @@ def test_apply_plan_matches_per_frame_reference_and_is_linear():
     plan = plan_mesh_render(mesh, cams, impl="torch")
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(mesh.num_verts, 6, generator=g), torch.randn(mesh.num_verts, 6, generator=g)
-    feats, cov = apply_plan(plan, a, frames_per_chunk=2)
+    feats, cov = apply_plan(plan, a)
     ref, ref_cov = apply_plan_reference(plan, a)
     torch.testing.assert_close(feats, ref)
     assert torch.equal(cov, ref_cov) and cov.shape == (3, 1, 10, 12)
     assert ((feats != 0).any(1, keepdim=True) <= cov.bool()).all()  # nothing outside coverage
     torch.testing.assert_close(apply_plan(plan, 2 * a - b)[0], 2 * feats - apply_plan(plan, b)[0])
+    # The gather path (non-float32/64 dtypes) computes the same sums.
+    half, _ = apply_plan(plan, a.to(torch.bfloat16))
+    torch.testing.assert_close(half.float(), ref, rtol=0.02, atol=0.05)
     # Constant features render to the constant inside coverage (weights sum to one).
     ones, _ = apply_plan(plan, torch.ones(mesh.num_verts, 1))
     torch.testing.assert_close(ones, cov)
