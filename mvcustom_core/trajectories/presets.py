@@ -29,7 +29,10 @@ Convention:
   presets change it per frame). Output dtype defaults to float64 (camera math is cheap).
 
 Use :func:`make_trajectory` with a name from :data:`PRESETS`; :func:`preset_parameters` lists each
-preset's parameters with defaults and units for UIs.
+preset's parameters as ``ParamSpec(default, min, max, help, choices, unit)`` for UIs. The nine
+CameraCtrl presets register themselves here as ``cameractrl_*`` (see
+:mod:`mvcustom_core.trajectories.cameractrl_presets`; they have their own world frame: the first
+camera is the identity).
 """
 
 from __future__ import annotations
