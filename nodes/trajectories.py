@@ -39,12 +39,12 @@ _DEFAULT_BOUNDS = (-1.0e4, 1.0e4, 0.01)
 _AXES = ("x", "y", "z")
 
 
-def _collect_preset_parameters() -> dict[str, tuple[Any, list[str]]]:
-    """``{parameter: (ParamSpec of its first preset, [presets using it])}`` in widget order."""
-    seen: dict[str, tuple[Any, list[str]]] = {}
+def _collect_preset_parameters() -> dict[str, list[tuple[str, Any]]]:
+    """``{parameter: [(preset, ParamSpec), ...]}`` over every preset using it, in widget order."""
+    seen: dict[str, list[tuple[str, Any]]] = {}
     for name in PRESETS:
         for pname, spec in preset_parameters(name).items():
-            seen.setdefault(pname, (spec, []))[1].append(name)
+            seen.setdefault(pname, []).append((name, spec))
     pinned = [p for p in PRESET_WIDGET_ORDER if p in seen]
     return {p: seen[p] for p in pinned + [p for p in seen if p not in PRESET_WIDGET_ORDER]}
 
@@ -57,15 +57,42 @@ def _widget_ids(pname: str, default: Any) -> list[str]:
     return [f"{pname}_{a}" for a in _AXES] if _is_vector3(default) else [pname]
 
 
+def _help(spec: Any) -> str:
+    text = getattr(spec, "help", None) or getattr(spec, "description", None) or ""
+    unit = getattr(spec, "unit", "") or ""
+    return f"{text}{f' [{unit}]' if unit else ''}"
+
+
+def _tooltip(users: list[tuple[str, Any]]) -> str:
+    """What the widget means for each preset using it (presets sharing a meaning are grouped)."""
+    by_help: dict[str, list[str]] = {}
+    for preset, spec in users:
+        by_help.setdefault(_help(spec), []).append(preset)
+    if len(by_help) == 1:
+        (text, presets), = by_help.items()
+        used_by = "all presets" if len(presets) == len(PRESETS) else ", ".join(presets)
+        return f"{text}. Used by: {used_by}."
+    return " | ".join(f"{', '.join(presets)}: {text}" for text, presets in by_help.items())
+
+
+def _bounds(users: list[tuple[str, Any]], unit: str) -> tuple[float, float, float]:
+    """Widget range: the widest of the presets' declared ranges, else a generic range for the unit."""
+    lo, hi, step = _UNIT_BOUNDS.get(unit, _DEFAULT_BOUNDS)
+    mins = [spec.min for _, spec in users if getattr(spec, "min", None) is not None]
+    maxs = [spec.max for _, spec in users if getattr(spec, "max", None) is not None]
+    return (min(mins) if len(mins) == len(users) else lo), (max(maxs) if len(maxs) == len(users) else hi), step
+
+
 def preset_widget_inputs() -> list:
-    """One widget per preset parameter (three for a 3-vector), built from ``preset_parameters``."""
+    """One optional widget per preset parameter (three for a 3-vector), built from ``preset_parameters``.
+
+    A widget shared by several presets shows the first one's default; the node uses the widget value for
+    whichever preset is chosen (an API prompt that leaves it out gets that preset's own default).
+    """
     inputs = []
-    for pname, (spec, users) in _collect_preset_parameters().items():
-        unit = getattr(spec, "unit", "") or ""
-        help_text = getattr(spec, "description", None) or getattr(spec, "help", "") or pname
-        used_by = "all presets" if len(users) == len(PRESETS) else ", ".join(users)
-        tooltip = f"{help_text}{f' [{unit}]' if unit else ''}. Used by: {used_by}."
-        default = spec.default
+    for pname, users in _collect_preset_parameters().items():
+        spec = users[0][1]
+        default, tooltip = spec.default, _tooltip(users)
         choices = getattr(spec, "choices", None)
         if choices:
             inputs.append(io.Combo.Input(pname, options=list(choices), default=default, tooltip=tooltip,
@@ -73,18 +100,16 @@ def preset_widget_inputs() -> list:
         elif isinstance(default, bool):
             inputs.append(io.Boolean.Input(pname, default=default, tooltip=tooltip, optional=True))
         elif isinstance(default, int):
-            lo, hi = getattr(spec, "min", None), getattr(spec, "max", None)
-            inputs.append(io.Int.Input(pname, default=default, min=lo if lo is not None else -10**6,
-                                       max=hi if hi is not None else 10**6, tooltip=tooltip, optional=True))
+            lo, hi, _ = _bounds(users, "")
+            inputs.append(io.Int.Input(pname, default=default, min=int(max(lo, -10**6)), max=int(min(hi, 10**6)),
+                                       tooltip=tooltip, optional=True))
         else:
-            lo, hi, step = _UNIT_BOUNDS.get(unit, _DEFAULT_BOUNDS)
-            lo = getattr(spec, "min", None) if getattr(spec, "min", None) is not None else lo
-            hi = getattr(spec, "max", None) if getattr(spec, "max", None) is not None else hi
+            lo, hi, step = _bounds(users, getattr(spec, "unit", "") or "")
             values = default if _is_vector3(default) else [default]
             for wid, value in zip(_widget_ids(pname, default), values):
-                axis = f" ({wid[-1]})" if _is_vector3(default) else ""
+                axis_tip = f"({wid[-1]} component) {tooltip}" if _is_vector3(default) else tooltip
                 inputs.append(io.Float.Input(wid, default=float(value), min=lo, max=hi, step=step, optional=True,
-                                             tooltip=tooltip.replace(". Used by", f"{axis}. Used by", 1)))
+                                             tooltip=axis_tip))
     return inputs
 
 
