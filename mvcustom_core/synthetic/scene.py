@@ -64,6 +64,8 @@ class SceneRender:
         points: ``[F, 3, H, W]`` world point hit by the pixel-centre ray; on the background (depth
             inf) the unit world direction of the ray instead, i.e. the direction of the point at
             infinity, which is what :meth:`SyntheticScene.color_at` reads for id 0.
+        coverage: ``[F, 1, H, W]`` fraction of the ``s x s`` sub-pixel rays that hit the subject (an
+            anti-aliased mask); equal to ``mask`` when ``supersample == 1``.
     """
 
     rgb: Tensor
@@ -71,6 +73,7 @@ class SceneRender:
     mask: Tensor
     object_id: Tensor
     points: Tensor
+    coverage: Tensor
 
     @property
     def valid(self) -> Tensor:
@@ -264,8 +267,8 @@ class SyntheticScene:
 
         Args:
             cams: F cameras; the render follows their dtype and device.
-            supersample: ``s >= 1``; rgb averages an ``s x s`` grid of sub-pixel rays (box filter).
-                Depth, mask, object_id and points always come from the pixel centres.
+            supersample: ``s >= 1``; rgb and coverage average an ``s x s`` grid of sub-pixel rays
+                (box filter). Depth, mask, object_id and points always come from the pixel centres.
 
         Returns:
             :class:`SceneRender` (rgb, points ``[F, 3, H, W]``; depth, mask, object_id ``[F, 1, H, W]``).
@@ -288,8 +291,9 @@ class SyntheticScene:
             sky = ids == BACKGROUND_ID
             hit = origins + torch.where(sky, 0.0, depth)[..., None] * dirs
             points = torch.where(sky[..., None], dirs / dirs.norm(dim=-1, keepdim=True), hit)
+            mask = (ids >= FIRST_PART_ID).to(depth.dtype)
             if supersample == 1:
-                rgb = self.color_at(points, ids)
+                rgb, coverage = self.color_at(points, ids), mask
             else:
                 o_s, d_s = _pixel_rays(K, c2w, h, w, supersample)
                 t_s, ids_s = self.intersect(o_s, d_s)
@@ -297,14 +301,16 @@ class SyntheticScene:
                                   o_s + torch.where(ids_s == BACKGROUND_ID, 0.0, t_s)[..., None] * d_s)
                 s = supersample
                 rgb = self.color_at(p_s, ids_s).reshape(-1, h, s, w, s, 3).mean(dim=(2, 4))
+                coverage = (ids_s >= FIRST_PART_ID).to(depth.dtype).reshape(-1, h, s, w, s).mean(dim=(2, 4))
             f = K.shape[0]
             chunks.append((rgb.reshape(f, h, w, 3).permute(0, 3, 1, 2),
                            depth.reshape(f, 1, h, w),
-                           (ids >= FIRST_PART_ID).to(depth.dtype).reshape(f, 1, h, w),
+                           mask.reshape(f, 1, h, w),
                            ids.reshape(f, 1, h, w),
-                           points.reshape(f, h, w, 3).permute(0, 3, 1, 2)))
-        rgb, depth, mask, ids, points = (torch.cat(x).contiguous() for x in zip(*chunks))
-        return SceneRender(rgb=rgb, depth=depth, mask=mask, object_id=ids, points=points)
+                           points.reshape(f, h, w, 3).permute(0, 3, 1, 2),
+                           coverage.reshape(f, 1, h, w)))
+        rgb, depth, mask, ids, points, coverage = (torch.cat(x).contiguous() for x in zip(*chunks))
+        return SceneRender(rgb=rgb, depth=depth, mask=mask, object_id=ids, points=points, coverage=coverage)
 
 
 def _pixel_rays(K: Tensor, c2w: Tensor, h: int, w: int, s: int) -> tuple[Tensor, Tensor]:

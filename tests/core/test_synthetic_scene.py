@@ -149,6 +149,19 @@ def test_sphere_mask_equals_analytic_silhouette():
     assert (out.mask[:, 0] != inside).sum() <= 2  # only pixels within rounding of the rim may differ
 
 
+def test_sphere_coverage_integrates_to_the_silhouette_area():
+    scene = SyntheticScene(seed=0, subject="sphere")
+    r, dist = scene.subject_radius, 2.5
+    cams = turntable_cameras(2, elevation_deg=10.0, radius=dist, image_size=(40, 40), fov_y_deg=40.0, dtype=D)
+    out = scene.render(cams, supersample=8)
+    rho = float(cams.K[0, 0, 0]) * r / math.sqrt(dist ** 2 - r ** 2)
+    area = math.pi * rho ** 2
+    # An 8x8 sample grid per pixel: the error is a fraction of the rim length in pixels over 8.
+    assert out.coverage.sum(dim=(1, 2, 3)).sub(area).abs().max() < 2 * math.pi * rho / 64
+    rim = (out.coverage > 0) & (out.coverage < 1)
+    assert rim.any() and torch.equal(out.coverage[~rim], out.mask[~rim])
+
+
 def test_mask_is_binary_subject_coverage(figurine):
     _, _, out = figurine
     assert out.mask.dtype == out.depth.dtype
@@ -198,7 +211,7 @@ def test_two_cameras_in_one_call_equal_separate_calls():
     cams = turntable_cameras(2, elevation_deg=10.0, image_size=(20, 28), start_azimuth_deg=30.0)
     both = scene.render(cams, supersample=2)
     parts = [scene.render(cams[i], supersample=2) for i in range(2)]
-    for field in ("rgb", "depth", "mask", "object_id", "points"):
+    for field in ("rgb", "depth", "mask", "object_id", "points", "coverage"):
         torch.testing.assert_close(getattr(both, field), torch.cat([getattr(p, field) for p in parts]),
                                    rtol=1e-5, atol=1e-5, msg=field)
 
@@ -211,6 +224,7 @@ def test_supersampled_rgb_averages_shifted_renders_and_keeps_centre_geometry():
     plain = scene.render(cams)
     for field in ("depth", "mask", "object_id", "points"):
         assert torch.equal(getattr(out, field), getattr(plain, field)), field
+    assert torch.equal(plain.coverage, plain.mask)
     # Sub-pixel sample (a, b) of pixel (i, j) sits at (j + (b + .5) / s, i + (a + .5) / s): the pixel
     # centre of a camera whose principal point moved by (.5 - (b + .5) / s, .5 - (a + .5) / s).
     acc = torch.zeros_like(out.rgb)
