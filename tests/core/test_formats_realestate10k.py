@@ -53,6 +53,11 @@ def test_real_files_round_trip_numbers(realestate_pose_files, tmp_path):
         assert torch.equal(a[:, 0], b[:, 0]), f"{path.name}: timestamps changed"
         err = float((a - b).abs().max())
         assert err <= 1e-6, f"{path.name}: max deviation {err:g}"
+        # Rotations are snapped to exact rotations on the world-to-camera side, so translations come back exactly.
+        torch.testing.assert_close(b[:, [10, 14, 18]], a[:, [10, 14, 18]], rtol=0, atol=1e-12)
+        R = cf.cameras.rotations
+        torch.testing.assert_close(R.transpose(-1, -2) @ R, torch.eye(3, dtype=torch.float64).expand_as(R),
+                                   rtol=0, atol=1e-14)
 
 
 def test_round_trip_at_other_image_size_keeps_normalized_intrinsics(realestate_pose_files, tmp_path):

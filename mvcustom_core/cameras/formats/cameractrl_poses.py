@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from mvcustom_core.cameras.camera_set import CameraSet, intrinsics_matrix
-from mvcustom_core.cameras.formats._common import PoseFileError, parse_numbers, validate_frames
+from mvcustom_core.cameras.formats._common import PoseFileError, cameras_from_file_matrices, parse_numbers
 
 __all__ = ["DEFAULT_POSE_SIZE", "cameras_from_cameractrl_poses", "cameras_to_cameractrl_poses",
            "cameractrl_resize", "cameras_from_pose_rows", "cameras_to_pose_rows"]
@@ -35,17 +35,24 @@ DEFAULT_POSE_SIZE = (720, 1280)  # (H, W) of the source video CameraCtrl assumes
 _ROW_LEN = 19
 
 
-def cameras_from_pose_rows(intrinsics: Tensor, w2c: Tensor, image_size: tuple[int, int]) -> CameraSet:
-    """Cameras from normalized intrinsics and 3x4 world-to-camera rows (no aspect fix).
+def cameras_from_pose_rows(intrinsics: Tensor, w2c: Tensor, image_size: tuple[int, int], *,
+                           source: str = "<poses>", locations: Sequence[str] | None = None) -> CameraSet:
+    """Validated cameras from normalized intrinsics and 3x4 world-to-camera rows (no aspect fix).
+
+    Rotations are snapped to exact rotations (:func:`~._common.cameras_from_file_matrices`), so writing the
+    cameras back gives the rows' translations exactly and their rotations to within the file's rounding.
 
     Args:
         intrinsics: ``[F, 4]`` (fx / W, fy / H, cx / W, cy / H).
         w2c: ``[F, 12]`` row-major 3x4 world-to-camera.
         image_size: ``(H, W)`` the normalized intrinsics refer to.
+        source, locations: name the input and each row in errors (default ``row i``).
     """
     h, w = image_size
     K = intrinsics_matrix(intrinsics[:, 0] * w, intrinsics[:, 1] * h, intrinsics[:, 2] * w, intrinsics[:, 3] * h)
-    return CameraSet.from_w2c(K, w2c.reshape(-1, 3, 4), (h, w))
+    if locations is None:
+        locations = [f"row {i}" for i in range(len(w2c))]
+    return cameras_from_file_matrices(K, (h, w), source, locations, w2c=w2c.reshape(-1, 3, 4))
 
 
 def cameras_to_pose_rows(cams: CameraSet) -> tuple[Tensor, Tensor]:
@@ -134,8 +141,7 @@ def cameras_from_cameractrl_poses(poses: Sequence[Sequence[float]], image_size: 
     h, w = int(image_size[0]), int(image_size[1])
     s = _cameractrl_focal_scale(source_wh, (h, w))
     norm = rows[:, 1:5] * torch.stack([s[:, 0], s[:, 1], torch.ones_like(s[:, 0]), torch.ones_like(s[:, 0])], -1)
-    cams = cameras_from_pose_rows(norm, rows[:, 7:], (h, w))
-    return validate_frames(cams, name, [f"row {i}" for i in range(len(rows))])
+    return cameras_from_pose_rows(norm, rows[:, 7:], (h, w), source=name)
 
 
 def cameras_to_cameractrl_poses(cams: CameraSet, *, source_size: tuple[int, int] | None = None,

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from mvcustom_core.cameras.camera_set import CameraSet, intrinsics_matrix
-from mvcustom_core.cameras.formats._common import (PoseFileError, atomic_write_bytes, parse_numbers,
-                                                   rescale_to_common_size, validate_frames)
+from mvcustom_core.cameras.formats._common import (PoseFileError, atomic_write_bytes, cameras_from_file_matrices,
+                                                   parse_numbers, rescale_to_common_size)
 
 __all__ = ["CO3DMeta", "INTRINSICS_FORMATS", "co3d_from_list", "read_co3d", "co3d_to_list", "write_co3d"]
 
@@ -124,7 +124,7 @@ def co3d_from_list(entries: Any, *, sequence: str | None = None, image_size: tup
     k = torch.tensor(K_rows, dtype=torch.float64)
     K = intrinsics_matrix(k[:, 0], k[:, 1], k[:, 2], k[:, 3])
     K, size = rescale_to_common_size(K, sizes, image_size, source, locations)
-    cams = validate_frames(CameraSet.from_w2c(K, torch.stack(w2c), size), source, locations)
+    cams = cameras_from_file_matrices(K, size, source, locations, w2c=torch.stack(w2c))
     meta = CO3DMeta(sequence_name=sequence, frame_numbers=tuple(numbers), frame_timestamps=tuple(stamps),
                     image_paths=tuple(paths), image_sizes=tuple(sizes), intrinsics_format=formats[0])
     return cams, meta

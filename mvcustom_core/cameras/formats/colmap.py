@@ -25,8 +25,8 @@ import torch
 from kornia.geometry.conversions import quaternion_to_rotation_matrix, rotation_matrix_to_quaternion
 
 from mvcustom_core.cameras.camera_set import CameraSet, intrinsics_matrix
-from mvcustom_core.cameras.formats._common import (PoseFileError, atomic_write_text, parse_numbers,
-                                                   rescale_to_common_size, validate_frames)
+from mvcustom_core.cameras.formats._common import (PoseFileError, atomic_write_text, cameras_from_file_matrices,
+                                                   parse_numbers, rescale_to_common_size)
 from mvcustom_core.cameras.formats.transforms_json import DistortionIgnoredWarning
 
 __all__ = ["ColmapMeta", "read_colmap_model", "write_colmap_model"]
@@ -212,7 +212,7 @@ def read_colmap_model(folder: str | os.PathLike, *, image_size: tuple[int, int] 
     K = intrinsics_matrix(intr[:, 0], intr[:, 1], intr[:, 2], intr[:, 3])
     locations = [f"{images_path.name} {im[4]}" for im in images]
     K, size = rescale_to_common_size(K, [cameras[im[2]][1] for im in images], image_size, str(folder), locations)
-    cams = validate_frames(CameraSet.from_w2c(K, w2c, size), str(folder), locations)
+    cams = cameras_from_file_matrices(K, size, str(folder), locations, w2c=w2c)
     meta = ColmapMeta(image_names=tuple(im[3] for im in images), image_ids=tuple(im[0] for im in images),
                       camera_ids=tuple(im[2] for im in images))
     return cams, meta

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mvcustom_core.cameras.camera_set import CameraSet
-from mvcustom_core.cameras.formats._common import PoseFileError, atomic_write_text, parse_numbers, validate_frames
+from mvcustom_core.cameras.formats._common import PoseFileError, atomic_write_text, parse_numbers
 from mvcustom_core.cameras.formats.cameractrl_poses import (DEFAULT_POSE_SIZE, cameras_from_pose_rows,
                                                             cameras_to_pose_rows)
 
@@ -87,8 +87,8 @@ def parse_realestate10k(text: str, *, image_size: tuple[int, int] = DEFAULT_POSE
                                 f"are {rows[int(nonzero[0]), 4:6].tolist()}, not zero, so this is not the "
                                 "timestamp-less variant; expected 19 values per line")
         rows = torch.cat([torch.zeros_like(rows[:, :1]), rows], dim=-1)
-    cams = cameras_from_pose_rows(rows[:, 1:5], rows[:, 7:], image_size)
-    cams = validate_frames(cams, source, [f"line {n}" for n, _ in frames])
+    cams = cameras_from_pose_rows(rows[:, 1:5], rows[:, 7:], image_size, source=source,
+                                  locations=[f"line {n}" for n, _ in frames])
     meta = RealEstate10KMeta(
         url=url,
         timestamps=tuple(rows[:, 0].tolist()) if has_time else None,

@@ -28,8 +28,8 @@ import torch
 from kornia.geometry.conversions import camtoworld_graphics_to_vision_4x4, camtoworld_vision_to_graphics_4x4
 
 from mvcustom_core.cameras.camera_set import CameraSet, intrinsics_matrix
-from mvcustom_core.cameras.formats._common import (PoseFileError, atomic_write_text, parse_numbers,
-                                                   rescale_to_common_size, validate_frames)
+from mvcustom_core.cameras.formats._common import (PoseFileError, atomic_write_text, cameras_from_file_matrices,
+                                                   parse_numbers, rescale_to_common_size)
 
 __all__ = ["TransformsMeta", "DistortionIgnoredWarning", "transforms_from_dict", "read_transforms_json",
            "transforms_to_dict", "write_transforms_json"]
@@ -120,7 +120,7 @@ def transforms_from_dict(data: Any, *, image_size: tuple[int, int] | None = None
     K = intrinsics_matrix(intr_t[:, 0], intr_t[:, 1], intr_t[:, 2], intr_t[:, 3])
     K, size = rescale_to_common_size(K, sizes, image_size, source, locations)
     c2w_cv = camtoworld_graphics_to_vision_4x4(torch.tensor(c2w, dtype=torch.float64))
-    cams = validate_frames(CameraSet(K=K, c2w=c2w_cv, image_size=size), source, locations)
+    cams = cameras_from_file_matrices(K, size, source, locations, c2w=c2w_cv)
     return cams, TransformsMeta(file_paths=tuple(paths))
 
 
