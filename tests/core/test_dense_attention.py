@@ -211,3 +211,34 @@ def test_disable_restores_bit_identical_and_window_changes_output(unet_and_input
 def test_enable_on_plain_module_raises():
     with pytest.raises(ValueError, match="motion modules"):
         enable_dense_attention(torch.nn.Linear(2, 2))
+
+
+# ---- progressive window schedule --------------------------------------------------------------
+
+def test_window_schedule_linear_odd_and_monotone():
+    from mvcustom_core.backbone.schedule import WindowSchedule
+
+    s = WindowSchedule(start=1, end=9, steps=8, warmup=2)
+    ks = [s(i) for i in range(0, 14)]
+    # warmup holds start; raw = 1 + 8·(i-2)/8 = i-1, lowered to odd; end from step warmup+steps on
+    assert ks == [1, 1, 1, 1, 3, 3, 5, 5, 7, 7, 9, 9, 9, 9]
+    assert all(k % 2 == 1 for k in ks)
+
+
+def test_window_schedule_cosine_full_and_even():
+    from mvcustom_core.backbone.schedule import WindowSchedule
+
+    cos = WindowSchedule(start=1, end=None, steps=100, shape="cosine", full_at=65)
+    ks = [cos(i) for i in range(0, 101)]
+    assert ks[0] == 1 and ks[-1] is None  # None = full attention
+    assert all(a <= b for a, b in zip(ks[:-1], ks[1:-1]))
+    assert ks[50] == 33  # raw = 1 + 64·(1 − cos(π/2))/2 = 33
+    assert cos(25) == 9  # raw = 1 + 32·(1 − cos(π/4)) = 10.37 -> 10 -> odd 9
+    even = WindowSchedule(start=2, end=8, steps=3, odd=False)
+    assert [even(i) for i in range(4)] == [2, 4, 6, 8]
+    with pytest.raises(ValueError, match="odd"):
+        WindowSchedule(start=2, end=8, steps=3)
+    with pytest.raises(ValueError, match="end"):
+        WindowSchedule(start=5, end=3, steps=3)
+    with pytest.raises(ValueError, match="shape"):
+        WindowSchedule(start=1, end=3, steps=3, shape="exp")

@@ -1,0 +1,287 @@
+"""Sampler core: DDIM (paper default: 50 steps, η = 0, CFG 5) and Euler over a UNetMotionModel.
+
+All F frames are denoised jointly: the latents ``[F, 4, h, w]`` go into the UNetMotionModel as one
+video ``[N, 4, F, h, w]`` (N = 2 with batched guidance), so the motion modules (dense
+spatio-temporal attention when enabled) see every frame at every step.
+
+Convention (latent scale):
+    ``sample`` takes and returns latents in the *diffusion space*: VAE latents × 0.18215 (SD1.5's
+    ``scaling_factor``), i.e. what the UNet sees. ComfyUI's LATENT ``samples`` are the *unscaled* VAE
+    latents: its SD15 latent format multiplies by 0.18215 in ``process_in`` and divides in
+    ``process_out`` (Comfy-Org/ComfyUI ``comfy/latent_formats.py``, class ``SD15``). Use
+    ``to_comfy_latent`` / ``from_comfy_latent`` at the node boundary.
+
+Notation (DDIM, Song et al. 2021, eq. 12 with σ = 0): ᾱ_t = ``scheduler.alphas_cumprod[t]``,
+    x̂0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t,   x_{t−1} = √ᾱ_{t−1} x̂0 + √(1−ᾱ_{t−1}) ε.
+Guidance (Ho & Salimans 2022): ε = ε_uncond + s (ε_cond − ε_uncond).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from ..checks import check_shape
+from .hooks import FeatureHook, StepContext, run_step_hooks
+
+__all__ = [
+    "SD15_SCHEDULER_CONFIG",
+    "ANIMATEDIFF_SCHEDULER_CONFIG",
+    "LATENT_SCALE",
+    "make_scheduler",
+    "initial_noise",
+    "sample",
+    "predict_noise",
+    "to_comfy_latent",
+    "from_comfy_latent",
+    "conditioning_to_tensor",
+    "decode_latents",
+]
+
+SchedulerName = Literal["ddim", "euler"]
+
+# SD1.5's scheduler_config.json (runwayml/stable-diffusion-v1-5, hand-copied: no hub access).
+SD15_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+# AnimateDiff's motion modules were trained and are sampled with *linear* betas (guoyww/AnimateDiff
+# configs/inference/inference-v*.yaml: beta_schedule "linear"; ComfyUI AnimateDiff-Evolved calls it
+# "sqrt_linear (AnimateDiff)"). CameraCtrl samples with the same (peers.md §1.1).
+ANIMATEDIFF_SCHEDULER_CONFIG: dict[str, Any] = {**SD15_SCHEDULER_CONFIG, "beta_schedule": "linear"}
+
+LATENT_SCALE = 0.18215  # SD1.5 VAE scaling_factor
+
+
+def make_scheduler(name: SchedulerName = "ddim", config: dict[str, Any] | None = None):
+    """A fresh diffusers scheduler (``DDIMScheduler`` or ``EulerDiscreteScheduler``) from a config dict.
+
+    Keys the scheduler does not take (e.g. ``clip_sample`` for Euler) are dropped.
+    """
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    if name == "ddim":
+        cls = DDIMScheduler
+    elif name == "euler":
+        cls = EulerDiscreteScheduler
+    else:
+        raise ValueError(f"scheduler must be 'ddim' or 'euler', got {name!r}")
+    config = dict(SD15_SCHEDULER_CONFIG if config is None else config)
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in config.items() if k in accepted})
+
+
+def initial_noise(num_frames: int, height: int, width: int, generator: torch.Generator,
+                  channels: int = 4) -> Tensor:
+    """Standard normal latents ``[F, channels, height // 8, width // 8]`` drawn on the CPU.
+
+    Drawing on the CPU makes a seed give the same latents on every device.
+    """
+    return torch.randn(num_frames, channels, height // 8, width // 8, generator=generator, dtype=torch.float32)
+
+
+def _frames_text(text: Tensor, num_frames: int, name: str) -> Tensor:
+    """[1 | F, L, D] or [L, D] -> [F, L, D] (one prompt broadcast to all frames, or one per frame)."""
+    if text.ndim == 2:
+        text = text[None]
+    dims = check_shape(text, "B L D", name)
+    if dims["B"] == 1:
+        return text.expand(num_frames, -1, -1)
+    if dims["B"] != num_frames:
+        raise ValueError(f"{name} has batch {dims['B']}; expected 1 (shared by all frames) or "
+                         f"num_frames = {num_frames} (one per frame)")
+    return text
+
+
+def predict_noise(unet: torch.nn.Module, x: Tensor, t: Tensor, text: Tensor) -> Tensor:
+    """One model call on N videos of F frames.
+
+    Args:
+        x: [N, F, C, h, w] model input (already ``scale_model_input``-ed).
+        t: 0-dim timestep.
+        text: [N·F, L, D] text states (video-major, frame-minor, as diffusers' AnimateDiff pipeline).
+
+    Returns:
+        ε, [N, F, C, h, w] float32. A model without motion modules (a plain ``UNet2DConditionModel``)
+        gets the N·F frames as an image batch.
+    """
+    n, f = x.shape[:2]
+    param = next(unet.parameters())
+    text = text.to(param.device, param.dtype)
+    if hasattr(unet, "motion_modules") or any(hasattr(b, "motion_modules") for b in getattr(unet, "down_blocks", [])):
+        video = x.permute(0, 2, 1, 3, 4).to(param.device, param.dtype)  # [N, C, F, h, w]
+        out = unet(video, t, encoder_hidden_states=text).sample.permute(0, 2, 1, 3, 4)
+    else:
+        out = unet(x.flatten(0, 1).to(param.device, param.dtype), t, encoder_hidden_states=text).sample
+    return out.reshape(x.shape).float()
+
+
+def sample(
+    unet: torch.nn.Module,
+    cond: Tensor,
+    uncond: Tensor | None,
+    num_frames: int,
+    height: int,
+    width: int,
+    steps: int = 50,
+    cfg: float = 5.0,
+    scheduler: SchedulerName = "ddim",
+    seed: int = 0,
+    *,
+    eta: float = 0.0,
+    hooks: Sequence[Any] = (),
+    callback: Callable[[int, int, Tensor], None] | None = None,
+    interrupt: Callable[[], None] | None = None,
+    latents: Tensor | None = None,
+    scheduler_config: dict[str, Any] | None = None,
+    cfg_batch: bool = True,
+) -> Tensor:
+    """Denoise F frames jointly from noise (or from given ``latents`` at the first timestep).
+
+    Args:
+        unet: diffusers ``UNetMotionModel`` (any device/dtype; scheduler math runs in float32).
+        cond, uncond: text states [1 | F, L, D] (or [L, D]); ``uncond`` None or ``cfg == 1`` runs
+            the conditional branch only.
+        num_frames, height, width: F and the *pixel* size (multiples of 8); latents are [F, 4, H/8, W/8].
+        steps, cfg, eta: number of steps, guidance scale s, DDIM η (Euler ignores η).
+        scheduler: ``"ddim"`` or ``"euler"``; ``scheduler_config`` defaults to ``SD15_SCHEDULER_CONFIG``
+            (``ANIMATEDIFF_SCHEDULER_CONFIG`` has the linear betas AnimateDiff was trained with).
+        seed: seeds a CPU ``torch.Generator`` for the initial noise and any scheduler noise; the same
+            seed gives identical latents.
+        hooks: step hooks and ``FeatureHook``s (see ``hooks.py``); FeatureHooks are installed for the
+            call and always removed.
+        callback: ``callback(step, total, x0_pred)`` after each step (x0_pred [F, 4, h, w], diffusion space).
+        interrupt: called before every step; it stops sampling by raising (e.g. ComfyUI's
+            ``throw_exception_if_processing_interrupted``); the exception propagates, hooks are removed.
+        latents: optional start latents [F, 4, h, w] in the diffusion space, used as-is (not scaled
+            by ``init_noise_sigma``).
+        cfg_batch: run both guidance branches in one model call (faster) or one after the other (half
+            the activation memory).
+
+    Returns:
+        Latents [F, 4, H/8, W/8], float32, diffusion space (VAE latents × 0.18215), on the UNet's device.
+    """
+    if height % 8 or width % 8 or height <= 0 or width <= 0:
+        raise ValueError(f"height and width must be positive multiples of 8, got {height}×{width}")
+    if steps < 1 or num_frames < 1:
+        raise ValueError(f"steps and num_frames must be >= 1, got {steps}, {num_frames}")
+    device = next(unet.parameters()).device
+    generator = torch.Generator().manual_seed(int(seed))
+    sched = make_scheduler(scheduler, scheduler_config if scheduler_config is not None else SD15_SCHEDULER_CONFIG)
+    sched.set_timesteps(steps, device=device)
+
+    cond_f = _frames_text(cond, num_frames, "cond")
+    guided = uncond is not None and cfg != 1.0
+    uncond_f = _frames_text(uncond, num_frames, "uncond") if guided else None
+
+    if latents is None:
+        x = initial_noise(num_frames, height, width, generator).to(device) * sched.init_noise_sigma
+    else:
+        check_shape(latents, f"{num_frames} 4 {height // 8} {width // 8}", "latents")
+        x = latents.to(device, torch.float32)
+
+    step_hooks = [h for h in hooks if not isinstance(h, FeatureHook)]
+    feature_hooks = [h for h in hooks if isinstance(h, FeatureHook)]
+    total = len(sched.timesteps)
+    try:
+        for h in feature_hooks:
+            h.install(unet)
+        for i, t in enumerate(sched.timesteps):
+            if interrupt is not None:
+                interrupt()
+            for h in feature_hooks:
+                h.step = i
+            model_in = sched.scale_model_input(x, t)[None]  # [1, F, 4, h, w]
+            with torch.no_grad():
+                if not guided:
+                    for h in feature_hooks:
+                        h.branch = "cond"
+                    eps = predict_noise(unet, model_in, t, cond_f)[0]
+                elif cfg_batch:
+                    for h in feature_hooks:
+                        h.branch = "uncond+cond"
+                    e_u, e_c = predict_noise(unet, model_in.expand(2, -1, -1, -1, -1), t,
+                                             torch.cat([uncond_f, cond_f]))
+                    eps = e_u + cfg * (e_c - e_u)
+                else:
+                    for h in feature_hooks:
+                        h.branch = "uncond"
+                    e_u = predict_noise(unet, model_in, t, uncond_f)[0]
+                    for h in feature_hooks:
+                        h.branch = "cond"
+                    e_c = predict_noise(unet, model_in, t, cond_f)[0]
+                    eps = e_u + cfg * (e_c - e_u)
+            kwargs = {"eta": eta} if scheduler == "ddim" else {}
+            out = sched.step(eps, t, x, generator=generator, **kwargs)
+            ctx = StepContext(step=i, total=total, t=t, latents_in=x, noise_pred=eps,
+                              x0_pred=out.pred_original_sample, latents=out.prev_sample,
+                              scheduler=sched, generator=generator)
+            x = run_step_hooks(step_hooks, ctx) if step_hooks else out.prev_sample
+            if callback is not None:
+                callback(i, total, ctx.x0_pred)
+    finally:
+        for h in feature_hooks:
+            h.remove()
+    return x
+
+
+def to_comfy_latent(latents: Tensor) -> dict[str, Tensor]:
+    """Diffusion-space latents [F, 4, h, w] -> ComfyUI LATENT ``{"samples": latents / 0.18215}`` (CPU)."""
+    check_shape(latents, "F 4 h w", "latents")
+    return {"samples": (latents / LATENT_SCALE).detach().cpu()}
+
+
+def from_comfy_latent(latent: dict[str, Tensor]) -> Tensor:
+    """ComfyUI LATENT dict -> diffusion-space latents [F, 4, h, w] (``samples`` × 0.18215)."""
+    if not isinstance(latent, dict) or "samples" not in latent:
+        raise ValueError(f"expected a ComfyUI LATENT dict with 'samples', got {type(latent).__name__}")
+    samples = latent["samples"]
+    check_shape(samples, "F 4 h w", "LATENT samples")
+    return samples.float() * LATENT_SCALE
+
+
+def conditioning_to_tensor(conditioning: Any) -> Tensor:
+    """ComfyUI CONDITIONING -> text states [B, L, D].
+
+    CONDITIONING is a list of ``[tensor [B, L, D], dict]`` pairs (L = 77·chunks for long prompts).
+    Exactly one pair is supported: several pairs (ConditioningCombine, area or timestep ranges)
+    have no meaning for this sampler and raise. The options dict (pooled output, …) is ignored.
+    ``sample`` accepts B = 1 (one prompt for all frames) or B = F (one prompt per frame).
+    """
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        raise ValueError(f"CONDITIONING must be a non-empty list of [tensor, dict] pairs, got "
+                         f"{type(conditioning).__name__}")
+    if len(conditioning) > 1:
+        raise ValueError(f"CONDITIONING has {len(conditioning)} entries; the MVCustom sampler takes one prompt "
+                         "(no ConditioningCombine / area / timestep-range conditioning)")
+    entry = conditioning[0]
+    if not isinstance(entry, (list, tuple)) or not entry or not isinstance(entry[0], Tensor):
+        raise ValueError("CONDITIONING entry must be [tensor [B, L, D], dict]")
+    check_shape(entry[0], "B L D", "CONDITIONING tensor")
+    return entry[0]
+
+
+def decode_latents(vae: torch.nn.Module, latents: Tensor, chunk: int = 4) -> Tensor:
+    """Diffusion-space latents [F, 4, h, w] -> images [F, 3, 8h, 8w] in [0, 1] with a diffusers AutoencoderKL.
+
+    Decodes ``chunk`` frames at a time; the VAE's ``config.scaling_factor`` undoes the latent scale.
+    """
+    check_shape(latents, "F 4 h w", "latents")
+    param = next(vae.parameters())
+    scale = getattr(getattr(vae, "config", None), "scaling_factor", LATENT_SCALE)
+    frames = []
+    with torch.no_grad():
+        for i in range(0, latents.shape[0], max(1, chunk)):
+            z = (latents[i:i + chunk] / scale).to(param.device, param.dtype)
+            frames.append(vae.decode(z).sample.float())
+    return (torch.cat(frames) / 2 + 0.5).clamp(0, 1)
