@@ -1,4 +1,4 @@
-"""COLMAP text models: ``cameras.txt``, ``images.txt`` (and an empty ``points3D.txt`` on write).
+"""COLMAP models: ``cameras.txt``, ``images.txt`` (and an empty ``points3D.txt`` on write); ``.bin`` via pycolmap.
 
 Convention:
     - ``cameras.txt``: ``CAMERA_ID MODEL WIDTH HEIGHT PARAMS...``. Supported models and their parameters:
@@ -11,6 +11,8 @@ Convention:
       and ``t`` are the **world-to-camera** rotation and translation with OpenCV axes:
       ``X_cam = R(q) X_world + t``, so ``c2w = inverse([R(q) | t])``.
     - Frames are sorted by image name by default (COLMAP's image ids follow registration order).
+    - Binary models (``cameras.bin``, ``images.bin``) are read, and with ``binary=True`` written, through pycolmap
+      (optional ``sfm`` extra); its ``Rigid3d`` quaternions are Eigen's ``xyzw`` and are reordered to ``wxyz``.
 """
 
 from __future__ import annotations
@@ -129,10 +131,19 @@ def _read_images(path: Path) -> list[tuple[int, list[float], int, str, int]]:
     return images
 
 
+def _import_pycolmap(path: Path):
+    """pycolmap (the optional ``sfm`` extra), or an error saying how to do without it."""
+    try:
+        import pycolmap
+    except ImportError as e:
+        raise ImportError(f"{path}: binary COLMAP models need pycolmap (pip install pycolmap), or convert the model "
+                          "to text with 'colmap model_converter --output_type TXT'") from e
+    return pycolmap
+
+
 def _read_binary(folder: Path) -> tuple[dict, list]:
     """A binary model (``cameras.bin``, ``images.bin``) through pycolmap, in the text readers' layout."""
-    import pycolmap  # only binary models need it
-
+    pycolmap = _import_pycolmap(folder / "cameras.bin")
     try:
         rec = pycolmap.Reconstruction(str(folder))
     except Exception as e:  # pycolmap raises its own runtime errors for corrupt files
@@ -234,7 +245,7 @@ def write_colmap_model(cams: CameraSet, folder: str | os.PathLike, *,
     if binary:
         import tempfile
 
-        import pycolmap
+        pycolmap = _import_pycolmap(folder)
 
         with tempfile.TemporaryDirectory(dir=folder.parent if folder.parent.exists() else None) as tmp:
             write_colmap_model(cams, tmp, image_names=image_names)
