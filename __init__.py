@@ -44,6 +44,9 @@ def _register_core() -> None:
 
 _register_core()
 
+# Served by ComfyUI under /extensions/<pack folder>/ (only .js files); adds the pose-file upload button.
+WEB_DIRECTORY = "./web"
+
 # Outside ComfyUI (pytest's --doctest-modules walking the repo root, an IDE indexer) there is no
 # comfy_api and no parent package, so only the core is registered and the entrypoint explains why.
 if __package__ and importlib.util.find_spec("comfy_api") is not None:

@@ -73,7 +73,9 @@ class LoadTrajectory(io.ComfyNode):
                          "CAMERACTRL_POSES .json, transforms.json, a COLMAP model folder or CO3D .jgz. Converted to "
                          "OpenCV camera-to-world with pixel intrinsics."),
             inputs=[
-                io.Combo.Input("file", options=files, upload=io.UploadType.model,
+                # The upload button comes from web/js/load_trajectory_upload.js: the frontend has no
+                # generic file-upload widget for combos (only image/video/audio).
+                io.Combo.Input("file", options=files,
                                tooltip="Camera file (or COLMAP folder) relative to ComfyUI's input folder."),
                 io.Combo.Input("format", options=[AUTO, *FORMATS], default=AUTO,
                                tooltip="File format; 'auto' detects it from the name and contents."),

@@ -9,6 +9,8 @@ import copy
 import io
 import json
 import re
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -112,9 +114,31 @@ def test_missing_trajectory_file_is_reported_with_node_and_input(comfy):
     assert "MVCustom Load Trajectory: input 'file'" in text and "no_such_poses.txt" in text, text
 
 
+def _upload(comfy, path: Path) -> dict:
+    """POST /upload/image (multipart), as web/js/load_trajectory_upload.js does."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"type\"\r\n\r\ninput\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{path.name}\"\r\n"
+            "Content-Type: text/plain\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"{comfy.url}/upload/image", data=body,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_upload_script_is_served(comfy):
+    extensions = comfy.get_json("/extensions")
+    script = f"/extensions/{PACK_FOLDER}/js/load_trajectory_upload.js"
+    assert script in extensions, extensions
+    assert b"MVC_LoadTrajectory" in comfy.get(script)
+
+
 def test_uploaded_pose_file_loads_and_saves(comfy, realestate_pose_files):
     src: Path = realestate_pose_files[0]
-    (comfy.input_dir / src.name).write_bytes(src.read_bytes())
+    assert _upload(comfy, src) == {"name": src.name, "subfolder": "", "type": "input"}
+    combo = comfy.get_json("/object_info/MVC_LoadTrajectory")["MVC_LoadTrajectory"]["input"]["required"]["file"]
+    options = combo[0] if isinstance(combo[0], list) else combo[1]["options"]  # V1 or V3 combo layout
+    assert src.name in options, combo  # the combo re-lists the input folder
     prompt = {
         "1": {"class_type": "MVC_LoadTrajectory",
               "inputs": {"file": src.name, "format": "auto", "width": 512, "height": 288}},

@@ -151,3 +151,11 @@ def test_custom_socket_types_are_declared(pack, io_type):
     types_mod = importlib.import_module(f"{pack.__name__}.nodes.types")
     declared = {getattr(types_mod, n).io_type for n in types_mod.__all__}
     assert io_type in declared
+
+
+def test_web_directory_holds_the_frontend_scripts(pack):
+    web = (REPO_ROOT / pack.WEB_DIRECTORY).resolve()
+    scripts = sorted(p.relative_to(web).as_posix() for p in web.rglob("*") if p.is_file())
+    assert scripts and all(s.endswith(".js") for s in scripts), scripts  # ComfyUI serves only .js
+    upload = (web / "js" / "load_trajectory_upload.js").read_text()
+    assert '"MVC_LoadTrajectory"' in upload and '"/upload/image"' in upload
