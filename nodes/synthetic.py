@@ -51,7 +51,8 @@ class SyntheticSubjectViews(io.ComfyNode):
                 io.Float.Input("max_frequency", default=16.0, min=0.5, max=64.0, step=0.5,
                                tooltip="Texture detail cap in cycles per world unit (lower = smoother)."),
                 Trajectory.Input("custom_trajectory", optional=True,
-                                 tooltip="Optional cameras to render from instead of the turntable."),
+                                 tooltip=("Optional cameras to render from instead of the turntable. The subject "
+                                          "spans about 0.8 units around the origin: keep cameras ~2-5 units away.")),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="Rendered views, IMAGE [F, H, W, 3]."),
