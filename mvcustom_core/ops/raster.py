@@ -105,7 +105,8 @@ class ScreenFaces:
         uv: ``[F, T, 3, 2]`` continuous pixel coordinates of each face's vertices.
         z: ``[F, T, 3]`` their camera z-depths.
         area: ``[F, T]`` signed doubled screen area ``(uv1-uv0) x (uv2-uv0)`` in px².
-        keep: ``[F, T]`` bool, faces in front of the near plane, non-degenerate, overlapping the image.
+        drawable: ``[F, T]`` bool, faces in front of the near plane, finite and non-degenerate.
+        keep: ``[F, T]`` bool, drawable faces whose candidate box holds at least one pixel centre.
         bbox: ``[F, T, 4]`` long candidate pixel ranges ``(i0, i1, j0, j1)``, inclusive, clamped.
         image_size: ``(H, W)``.
     """
@@ -113,6 +114,7 @@ class ScreenFaces:
     uv: Tensor
     z: Tensor
     area: Tensor
+    drawable: Tensor
     keep: Tensor
     bbox: Tensor
     image_size: tuple[int, int]
@@ -179,10 +181,10 @@ def project_faces(
 
     i0, i1 = pixel_range(vmin, vmax, h)
     j0, j1 = pixel_range(umin, umax, w)
-    keep = (z > z_near).all(-1) & (area.abs() > MIN_AREA_PX) & torch.isfinite(uv).all(-1).all(-1)
-    keep &= (i0 <= h - 1) & (i1 >= 0) & (j0 <= w - 1) & (j1 >= 0) & (i0 <= i1) & (j0 <= j1)
+    drawable = (z > z_near).all(-1) & (area.abs() > MIN_AREA_PX) & torch.isfinite(uv).all(-1).all(-1)
+    keep = drawable & (i0 <= h - 1) & (i1 >= 0) & (j0 <= w - 1) & (j1 >= 0) & (i0 <= i1) & (j0 <= j1)
     bbox = torch.stack([i0.clamp(0, h - 1), i1.clamp(0, h - 1), j0.clamp(0, w - 1), j1.clamp(0, w - 1)], -1)
-    return ScreenFaces(uv=uv, z=z, area=area, keep=keep, bbox=bbox, image_size=(h, w))
+    return ScreenFaces(uv=uv, z=z, area=area, drawable=drawable, keep=keep, bbox=bbox, image_size=(h, w))
 
 
 def edge_barycentrics(
@@ -246,9 +248,8 @@ def _candidates(bbox: Tensor, chunk: int) -> Iterator[tuple[Tensor, Tensor, Tens
 
 def _evaluate(sf: ScreenFaces, frame: Tensor, face: Tensor, rows: Tensor, cols: Tensor):
     """Inside test, barycentrics and depth of candidate pixels (row, col) of (frame, face)."""
-    half = 0.5
-    pu = cols.to(sf.uv.dtype) + half
-    pv = rows.to(sf.uv.dtype) + half
+    pu = cols.to(sf.uv.dtype) + 0.5
+    pv = rows.to(sf.uv.dtype) + 0.5
     return edge_barycentrics(sf.uv[frame, face], sf.z[frame, face], sf.area[frame, face], pu, pv)
 
 
@@ -282,7 +283,7 @@ def _rasterize_frame_ref(sf: ScreenFaces, frame: int, faces_per_chunk: int) -> T
     pv = rows.reshape(1, -1).to(dtype) + 0.5
     best_z = torch.full((h * w,), float("inf"), dtype=dtype, device=device)
     best_face = torch.full((h * w,), -1, dtype=torch.long, device=device)
-    kept = torch.nonzero(sf.keep[frame]).flatten()  # ascending face ids
+    kept = torch.nonzero(sf.drawable[frame]).flatten()  # ascending face ids; no boxes used here
     for start in range(0, len(kept), faces_per_chunk):
         ids = kept[start:start + faces_per_chunk]  # [Tc]
         inside, _, z = edge_barycentrics(  # [Tc, P] by broadcasting faces against pixels

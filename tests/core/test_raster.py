@@ -126,12 +126,13 @@ def test_faces_crossing_the_near_plane_are_dropped(impl):
     assert not rasterize(verts, torch.tensor([[0, 1, 2]]), cam, impl=impl).coverage.any()
 
 
-def test_shared_edge_leaves_no_cracks():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_shared_edge_leaves_no_cracks(impl):
     """A quad split into two faces covers every pixel, including centres exactly on the diagonal."""
     cam = _cam(torch.eye(4)[None], size=(8, 8), fov=90.0)
     # A square exactly on pixel centres' diagonal: z = 1, corners at the image corners.
     corners = cam.unproject(torch.tensor([[[0.0, 0.0], [8.0, 0.0], [0.0, 8.0], [8.0, 8.0]]]), torch.ones(1, 4))[0]
-    frags = rasterize(corners, torch.tensor([[0, 1, 2], [1, 3, 2]]), cam, impl="torch")
+    frags = rasterize(corners, torch.tensor([[0, 1, 2], [1, 3, 2]]), cam, impl=impl)
     assert frags.coverage.all()
     diag = torch.arange(8)
     assert (frags.face_idx[0, diag, 7 - diag] == 0).all()  # centres on the shared edge: tie to face 0
