@@ -10,14 +10,16 @@ from typing import Any
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.cameras.formats.cameractrl_poses import (DEFAULT_POSE_SIZE, cameras_from_cameractrl_poses,
                                                             cameras_to_cameractrl_poses)
-from mvcustom_core.trajectories import PRESETS, make_trajectory, preset_parameters, render_trajectory_preview
+from mvcustom_core.trajectories import (PRESETS, compose, concatenate, make_trajectory, preset_parameters,
+                                        render_trajectory_preview, resample, reverse)
 
 from ._common import blame, image_from_hwc, input_named_in, require
 from ._host import io, ui
 from .types import CameraCtrlPoses, Trajectory
 
-__all__ = ["TRAJECTORY_NODES", "CameraTrajectory", "TrajectoryPreview", "TrajectoryFromCameraCtrlPoses",
-           "TrajectoryToCameraCtrlPoses", "PRESET_WIDGET_ORDER", "preset_widget_inputs"]
+__all__ = ["TRAJECTORY_NODES", "CameraTrajectory", "CombineTrajectories", "ResampleTrajectory", "TrajectoryPreview",
+           "TrajectoryFromCameraCtrlPoses", "TrajectoryToCameraCtrlPoses", "PRESET_WIDGET_ORDER",
+           "preset_widget_inputs"]
 
 CATEGORY = "MVCustom/camera"
 MAX_FRAMES = 4096
@@ -189,6 +191,78 @@ class CameraTrajectory(io.ComfyNode):
         return io.NodeOutput(cams)
 
 
+COMBINE_MODES = ("concatenate", "compose")
+
+
+class CombineTrajectories(io.ComfyNode):
+    """Two trajectories one after the other, or the second's motion applied on top of the first."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVC_CombineTrajectories",
+            display_name="MVCustom Combine Trajectories",
+            category=CATEGORY,
+            description=("'concatenate': the second trajectory's cameras after the first's (same image size). "
+                         "'compose': each camera of 'first' moved by the second's motion relative to its first "
+                         "camera, e.g. an orbit composed with a roll rolls while orbiting (same frame count)."),
+            inputs=[
+                Trajectory.Input("first", tooltip="Base trajectory (played first, or moved by 'second')."),
+                Trajectory.Input("second", tooltip="Trajectory appended, or whose motion is applied."),
+                io.Combo.Input("mode", options=list(COMBINE_MODES), default=COMBINE_MODES[0],
+                               tooltip="concatenate (one after the other) or compose (motion on top)."),
+                io.Boolean.Input("drop_repeated", default=True,
+                                 tooltip="concatenate: drop the second's first camera when it equals the first's last."),
+            ],
+            outputs=[Trajectory.Output("trajectory", tooltip="The combined cameras (MVC_CAMERA_TRAJECTORY).")],
+        )
+
+    @classmethod
+    def execute(cls, first: CameraSet, second: CameraSet, mode: str, drop_repeated: bool) -> io.NodeOutput:
+        _check_trajectory(cls, "first", first)
+        _check_trajectory(cls, "second", second)
+        require(cls, "mode", mode in COMBINE_MODES, f"must be one of {list(COMBINE_MODES)}, got {mode!r}")
+        with blame(cls, "second"):
+            if mode == "concatenate":
+                cams = concatenate([first, second], drop_repeated=bool(drop_repeated))
+            else:
+                cams = compose(first, second)
+        return io.NodeOutput(cams)
+
+
+class ResampleTrajectory(io.ComfyNode):
+    """A trajectory re-timed to another frame count (its cameras become keyframes), optionally reversed."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVC_ResampleTrajectory",
+            display_name="MVCustom Resample Trajectory",
+            category=CATEGORY,
+            description=("Interpolates a trajectory to a new number of frames: rotations by SLERP, positions by a "
+                         "Catmull-Rom spline (or linearly) through the input cameras; first and last kept exactly."),
+            inputs=[
+                Trajectory.Input("trajectory", tooltip="The cameras to resample (they are the keyframes)."),
+                io.Int.Input("frames", default=16, min=1, max=MAX_FRAMES, tooltip="Number of output cameras, ≥ 1."),
+                io.Combo.Input("position_spline", options=["catmull_rom", "linear"], default="catmull_rom",
+                               tooltip="How camera centres are interpolated between keyframes."),
+                io.Boolean.Input("reverse", default=False, tooltip="Play the result backwards."),
+            ],
+            outputs=[Trajectory.Output("resampled", tooltip="The resampled cameras (MVC_CAMERA_TRAJECTORY).")],
+        )
+
+    @classmethod
+    def execute(cls, trajectory: CameraSet, frames: int, position_spline: str, reverse: bool) -> io.NodeOutput:
+        cams = _check_trajectory(cls, "trajectory", trajectory)
+        require(cls, "frames", isinstance(frames, int) and frames >= 1, f"must be ≥ 1, got {frames}")
+        with blame(cls, input_named_in(["frames", "position_spline"], "trajectory")):
+            out = resample(cams, frames, position_spline=position_spline)
+        return io.NodeOutput(_reverse(out) if reverse else out)
+
+
+_reverse = reverse  # the node's "reverse" input shadows the core function's name inside execute
+
+
 class TrajectoryPreview(io.ComfyNode):
     """A 3D plot of the trajectory's camera frustums, coloured by frame order."""
 
@@ -289,5 +363,6 @@ class TrajectoryToCameraCtrlPoses(io.ComfyNode):
 
 
 TRAJECTORY_NODES: list[type[io.ComfyNode]] = [
-    CameraTrajectory, TrajectoryPreview, TrajectoryFromCameraCtrlPoses, TrajectoryToCameraCtrlPoses,
+    CameraTrajectory, CombineTrajectories, ResampleTrajectory, TrajectoryPreview, TrajectoryFromCameraCtrlPoses,
+    TrajectoryToCameraCtrlPoses,
 ]

@@ -120,3 +120,34 @@ def test_omitted_preset_widgets_take_the_presets_own_defaults(node, preset):
 def test_preset_widgets_are_optional_and_the_fixed_ones_required(node):
     inputs = node("MVC_CameraTrajectory").GET_SCHEMA().inputs
     assert [i.id for i in inputs if not i.optional] == ["preset", "frames", "width", "height", "fov_y_deg"]
+
+
+def test_combine_concatenates_and_composes_like_the_core(node, run):
+    from mvcustom_core.trajectories import compose, concatenate
+
+    a = make_trajectory("orbit", 4, image_size=(32, 32), loop=False, span_deg=90.0)
+    b = make_trajectory("dolly_in", 3, image_size=(32, 32))
+    cat = run(node("MVC_CombineTrajectories"), first=a, second=b, mode="concatenate", drop_repeated=False).args[0]
+    assert len(cat) == 7
+    _same_cameras(cat, concatenate([a, b], drop_repeated=False))
+    roll = make_trajectory("roll", 4, image_size=(32, 32), angle_deg=45.0)
+    composed = run(node("MVC_CombineTrajectories"), first=a, second=roll, mode="compose").args[0]
+    _same_cameras(composed, compose(a, roll))
+    torch.testing.assert_close(composed.centers, a.centers)  # a roll turns the camera, it does not move it
+    with pytest.raises(ValueError, match=r"^MVCustom Combine Trajectories: input 'second' is invalid: .*frames"):
+        run(node("MVC_CombineTrajectories"), first=a, second=b, mode="compose")
+
+
+def test_resample_keeps_the_ends_and_reverses(node, run):
+    from mvcustom_core.trajectories import resample
+
+    src = make_trajectory("spiral", 5, image_size=(32, 32))
+    out = run(node("MVC_ResampleTrajectory"), trajectory=src, frames=9, position_spline="linear").args[0]
+    _same_cameras(out, resample(src, 9, position_spline="linear"))
+    _same_cameras(out[0], src[0], atol=1e-12)
+    _same_cameras(out[-1], src[-1], atol=1e-12)
+    backwards = run(node("MVC_ResampleTrajectory"), trajectory=src, frames=9, position_spline="linear",
+                    reverse=True).args[0]
+    torch.testing.assert_close(backwards.c2w, out.c2w.flip(0))
+    with pytest.raises(ValueError, match=r"^MVCustom Resample Trajectory: input 'frames' must be ≥ 1, got 0"):
+        run(node("MVC_ResampleTrajectory"), trajectory=src, frames=0)
