@@ -10,9 +10,11 @@ float's bits order like the float). The kernel writes only the winning face per 
 barycentrics are then recomputed by the shared torch code, so they match the other paths exactly
 wherever the face ids do.
 
-On a GPU the compiler may contract ``a*b - c*d`` into FMAs, which can flip the inside test or the
-order of two faces within an ulp of each other; on the CPU interpreter (``TRITON_INTERPRET=1``) the
-arithmetic is numpy float32 and bit-identical to torch.
+The kernel asks for IEEE-rounded division (``tl.math.div_rn``) and launches with
+``enable_fp_fusion=False`` so the GPU compiler does not contract ``a*b - c*d`` into FMAs: each float32
+operation then rounds as torch's elementwise kernels do, which is what makes the face ids equal to
+the reference's, ties included. On the CPU interpreter (``TRITON_INTERPRET=1``) the arithmetic is
+numpy float32 and bit-identical to torch; on a GPU this is by construction, not yet measured.
 """
 
 from __future__ import annotations
@@ -74,18 +76,19 @@ def _zbuffer_kernel(
             area = tl.load(g + 9, mask=fmask, other=1.0)[:, None]
             x = pu[None, :]
             y = pv[None, :]
-            # Same expressions, same order as raster.edge_barycentrics.
-            w0 = ((u1 - x) * (v2 - y) - (v1 - y) * (u2 - x)) / area
-            w1 = ((u2 - x) * (v0 - y) - (v2 - y) * (u0 - x)) / area
-            w2 = ((u0 - x) * (v1 - y) - (v0 - y) * (u1 - x)) / area
+            # Same expressions, same order as raster.edge_barycentrics; IEEE divisions (div_rn) and no
+            # FMA contraction (enable_fp_fusion=False at launch) keep the float32 results torch's.
+            w0 = tl.math.div_rn((u1 - x) * (v2 - y) - (v1 - y) * (u2 - x), area)
+            w1 = tl.math.div_rn((u2 - x) * (v0 - y) - (v2 - y) * (u0 - x), area)
+            w2 = tl.math.div_rn((u0 - x) * (v1 - y) - (v0 - y) * (u1 - x), area)
             inside = (w0 >= -inside_eps) & (w1 >= -inside_eps) & (w2 >= -inside_eps)
             inside = inside & hits[:, None] & pix_ok[None, :]
             w0 = tl.maximum(w0, 0.0)
             w1 = tl.maximum(w1, 0.0)
             w2 = tl.maximum(w2, 0.0)
             total = w0 + w1 + w2
-            qsum = w0 / z0 + w1 / z1 + w2 / z2
-            depth = total / qsum
+            qsum = tl.math.div_rn(w0, z0) + tl.math.div_rn(w1, z1) + tl.math.div_rn(w2, z2)
+            depth = tl.math.div_rn(total, qsum)
             bits = depth.to(tl.int32, bitcast=True).to(tl.int64)
             key = (bits << 31) | face[:, None].to(tl.int64)
             key = tl.where(inside, key, big)
@@ -117,7 +120,7 @@ def winners_triton(sf: ScreenFaces) -> Tensor:
     tiles_w = triton.cdiv(w, TILE_W)
     grid = (nf, triton.cdiv(h, TILE_H) * tiles_w)
     _zbuffer_kernel[grid](geom, bbox, keys, t, h, w, tiles_w, INSIDE_EPS,
-                          TILE_H=TILE_H, TILE_W=TILE_W, BLOCK_F=BLOCK_F)
+                          TILE_H=TILE_H, TILE_W=TILE_W, BLOCK_F=BLOCK_F, enable_fp_fusion=False)
     winner = torch.where(keys == _EMPTY, -1, keys & ((1 << 31) - 1))
     return winner.reshape(nf, h, w)
 
