@@ -1,7 +1,8 @@
 """Evaluation protocol: camera pose accuracy (SfM + Sim(3) alignment), reprojection consistency, learned
 similarity metrics when local weights exist, and the Table-2 style report. See ``docs/evaluation.md``.
 
-Heavy dependencies (pycolmap, transformers models) are imported only when a metric needs them.
+Heavy dependencies (pycolmap, transformers models) are imported only when a metric needs them. The
+learned metrics live in :mod:`mvcustom_core.eval.learned` (not re-exported, to keep this import light).
 """
 
 from mvcustom_core.eval.alignment import Similarity, align_by_rotations, align_cameras, umeyama
@@ -9,9 +10,12 @@ from mvcustom_core.eval.errors import EvalInputError, MetricUnavailable
 from mvcustom_core.eval.pose_errors import (DEFAULT_ROT_THRESHOLD_DEG, DEFAULT_TRANS_THRESHOLD, AbsolutePoseErrors,
                                             absolute_pose_errors, accuracy_auc, accuracy_under_thresholds,
                                             relative_pose_errors, rotation_angle_deg, scene_scale)
+from mvcustom_core.eval.protocol import (METRIC_KEYS, EvalOptions, GeneratedSet, LearnedModels, evaluate_folder,
+                                         evaluate_set, find_sets, load_learned_models, load_set)
 from mvcustom_core.eval.reprojection import (ReprojectionScores, masked_psnr, masked_ssim, neighbour_pairs,
                                              reprojection_consistency, warp_into)
 from mvcustom_core.eval.sfm import SfmOptions, SfmResult, frame_png_name, register_frames
+from mvcustom_core.eval.table import TABLE_COLUMNS, summarize, write_report
 
 __all__ = [
     "Similarity", "umeyama", "align_by_rotations", "align_cameras",
@@ -20,4 +24,7 @@ __all__ = [
     "accuracy_auc", "accuracy_under_thresholds", "relative_pose_errors", "rotation_angle_deg", "scene_scale",
     "ReprojectionScores", "masked_psnr", "masked_ssim", "neighbour_pairs", "reprojection_consistency", "warp_into",
     "SfmOptions", "SfmResult", "frame_png_name", "register_frames",
+    "METRIC_KEYS", "EvalOptions", "GeneratedSet", "LearnedModels", "evaluate_folder", "evaluate_set", "find_sets",
+    "load_learned_models", "load_set",
+    "TABLE_COLUMNS", "summarize", "write_report",
 ]
