@@ -1,4 +1,4 @@
-"""Procedural ground-truth scene: a textured subject on a ground plane inside a background dome.
+"""Procedural ground-truth scene: a textured subject on a textured ground plane under a sky at infinity.
 
 Exact RGB, z-depth, subject mask, world points and object ids for any :class:`CameraSet`; see
 ``docs/synthetic.md``.
