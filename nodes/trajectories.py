@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.cameras.formats.cameractrl_poses import (DEFAULT_POSE_SIZE, cameras_from_cameractrl_poses,
                                                             cameras_to_cameractrl_poses)
@@ -17,9 +19,9 @@ from ._common import blame, image_from_hwc, input_named_in, require
 from ._host import io, ui
 from .types import CameraCtrlPoses, Trajectory
 
-__all__ = ["TRAJECTORY_NODES", "CameraTrajectory", "CombineTrajectories", "ResampleTrajectory", "TrajectoryPreview",
-           "TrajectoryFromCameraCtrlPoses", "TrajectoryToCameraCtrlPoses", "PRESET_WIDGET_ORDER",
-           "preset_widget_inputs"]
+__all__ = ["TRAJECTORY_NODES", "CameraTrajectory", "CombineTrajectories", "ResampleTrajectory", "TrajectoryInfo",
+           "TrajectoryPreview", "TrajectoryFromCameraCtrlPoses", "TrajectoryToCameraCtrlPoses",
+           "PRESET_WIDGET_ORDER", "preset_widget_inputs"]
 
 CATEGORY = "MVCustom/camera"
 MAX_FRAMES = 4096
@@ -263,6 +265,37 @@ class ResampleTrajectory(io.ComfyNode):
 _reverse = reverse  # the node's "reverse" input shadows the core function's name inside execute
 
 
+class TrajectoryInfo(io.ComfyNode):
+    """Frame count and image size of a trajectory, to size latents or images to match it."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVC_TrajectoryInfo",
+            display_name="MVCustom Trajectory Info",
+            category=CATEGORY,
+            description=("Reports a trajectory's number of cameras and the image size its intrinsics refer to, "
+                         "e.g. for an Empty Latent Image's batch size, width and height."),
+            inputs=[Trajectory.Input("trajectory", tooltip="The cameras to describe (MVC_CAMERA_TRAJECTORY).")],
+            outputs=[
+                io.Int.Output("frames", tooltip="Number of cameras F."),
+                io.Int.Output("width", tooltip="Image width W in pixels."),
+                io.Int.Output("height", tooltip="Image height H in pixels."),
+                io.String.Output("summary", tooltip="One line: frames, size, path length, mean vertical FOV."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, trajectory: CameraSet) -> io.NodeOutput:
+        cams = _check_trajectory(cls, "trajectory", trajectory)
+        h, w = cams.image_size
+        centers = cams.centers.double()
+        path = float((centers[1:] - centers[:-1]).norm(dim=-1).sum()) if len(cams) > 1 else 0.0
+        fov = float(torch.rad2deg(2 * torch.atan(0.5 * h / cams.K[:, 1, 1].double())).mean())
+        summary = f"{len(cams)} cameras, {w}x{h} px, path length {path:.3g}, mean vertical FOV {fov:.1f} deg"
+        return io.NodeOutput(len(cams), w, h, summary)
+
+
 class TrajectoryPreview(io.ComfyNode):
     """A 3D plot of the trajectory's camera frustums, coloured by frame order."""
 
@@ -363,6 +396,6 @@ class TrajectoryToCameraCtrlPoses(io.ComfyNode):
 
 
 TRAJECTORY_NODES: list[type[io.ComfyNode]] = [
-    CameraTrajectory, CombineTrajectories, ResampleTrajectory, TrajectoryPreview, TrajectoryFromCameraCtrlPoses,
-    TrajectoryToCameraCtrlPoses,
+    CameraTrajectory, CombineTrajectories, ResampleTrajectory, TrajectoryInfo, TrajectoryPreview,
+    TrajectoryFromCameraCtrlPoses, TrajectoryToCameraCtrlPoses,
 ]

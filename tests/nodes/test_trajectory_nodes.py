@@ -151,3 +151,11 @@ def test_resample_keeps_the_ends_and_reverses(node, run):
     torch.testing.assert_close(backwards.c2w, out.c2w.flip(0))
     with pytest.raises(ValueError, match=r"^MVCustom Resample Trajectory: input 'frames' must be ≥ 1, got 0"):
         run(node("MVC_ResampleTrajectory"), trajectory=src, frames=0)
+
+
+def test_info_reports_frames_size_path_and_fov(node, run):
+    cams = make_trajectory("dolly", 5, image_size=(48, 80), fov_y_deg=40.0, distance=0.8)
+    frames, width, height, summary = run(node("MVC_TrajectoryInfo"), trajectory=cams).args
+    assert (frames, width, height) == (5, 80, 48)
+    # a straight dolly of 0.8 units: the path length is the distance; the FOV is the one asked for
+    assert "path length 0.8," in summary and "mean vertical FOV 40.0 deg" in summary
