@@ -10,6 +10,7 @@ from mvcustom_core.ops.feature_mesh import (
     FeatureMeshError,
     build_feature_mesh,
     grid_faces,
+    resample_depth,
 )
 from mvcustom_core.ops.raster import (
     Fragments,
@@ -52,6 +53,7 @@ __all__ = [
     "plan_mesh_render",
     "points_along_rays",
     "rasterize",
+    "resample_depth",
     "stratified_samples",
     "triton_available",
     "trunc_exp",

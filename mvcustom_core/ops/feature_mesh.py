@@ -22,7 +22,8 @@ from torch import Tensor
 from mvcustom_core.cameras.camera_set import CameraSet
 from mvcustom_core.checks import check_shape
 
-__all__ = ["FeatureMesh", "FeatureMeshError", "build_feature_mesh", "grid_faces", "DEFAULT_MAX_REL_DEPTH_JUMP"]
+__all__ = ["FeatureMesh", "FeatureMeshError", "build_feature_mesh", "grid_faces", "resample_depth",
+           "DEFAULT_MAX_REL_DEPTH_JUMP"]
 
 DEFAULT_MAX_REL_DEPTH_JUMP = 0.1
 
@@ -161,3 +162,48 @@ def build_feature_mesh(
     # max - min <= jump * min, written without a division so zero depths cannot make NaNs.
     face_ok &= (fz.amax(dim=-1) - zmin) <= max_rel_depth_jump * zmin
     return FeatureMesh(vertices=vertices, faces=faces[face_ok], pixel_coords=uv, depth=z, grid_size=(h, w))
+
+
+def resample_depth(depth: Tensor, size: tuple[int, int], *, mode: str = "nearest") -> Tensor:
+    """Bring a depth map to a hooked layer's resolution without inventing depths between surfaces.
+
+    Args:
+        depth: ``[H, W]`` or ``[1, 1, H, W]`` camera z-depth; non-finite or non-positive = invalid.
+        size: ``(h, w)`` target grid (e.g. a UNet feature map of the same field of view).
+        mode: ``"nearest"`` — the full-resolution pixel under each target pixel centre
+            ``((j + ½)·W/w, (i + ½)·H/h)`` (its sample lies within half a source pixel of the mesh vertex's ray);
+            ``"min"`` — the nearest valid depth in each target pixel's footprint (integer factors only), which
+            keeps thin foreground structures at the cost of fattening silhouettes by up to half a target pixel.
+            Averaging is not offered: across a silhouette it creates depths on neither surface.
+
+    Returns:
+        ``[h, w]`` depth, invalid pixels as ``0`` (``"min"``: only where the whole footprint is invalid).
+
+    Example:
+        >>> resample_depth(torch.arange(1.0, 17.0).reshape(4, 4), (2, 2), mode="min").tolist()
+        [[1.0, 3.0], [9.0, 11.0]]
+    """
+    if depth.dim() == 4:
+        check_shape(depth, "1 1 H W", "depth")
+        depth = depth[0, 0]
+    dims = check_shape(depth, "H W", "depth")
+    if not depth.is_floating_point():
+        raise FeatureMeshError(f"depth must be a floating-point tensor, got {depth.dtype}")
+    h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise FeatureMeshError(f"size must be positive, got {size}")
+    big_h, big_w = dims["H"], dims["W"]
+    ok = torch.isfinite(depth) & (depth > 0)
+    if mode == "nearest":
+        rows = ((torch.arange(h, device=depth.device) + 0.5) * big_h / h).floor().long().clamp(0, big_h - 1)
+        cols = ((torch.arange(w, device=depth.device) + 0.5) * big_w / w).floor().long().clamp(0, big_w - 1)
+        out = torch.where(ok, depth, torch.zeros_like(depth))
+        return out[rows[:, None], cols[None, :]]
+    if mode == "min":
+        if big_h % h or big_w % w:
+            raise FeatureMeshError(f"mode='min' needs integer factors, got {big_h}x{big_w} -> {h}x{w}")
+        inf = torch.full_like(depth, float("inf"))
+        pooled = -torch.nn.functional.max_pool2d(-torch.where(ok, depth, inf)[None, None], (big_h // h, big_w // w))
+        pooled = pooled[0, 0]
+        return torch.where(torch.isfinite(pooled), pooled, torch.zeros_like(pooled))
+    raise FeatureMeshError(f"mode must be 'nearest' or 'min', got {mode!r}")

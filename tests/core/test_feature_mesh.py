@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from mvcustom_core.cameras import CameraSet, look_at
-from mvcustom_core.ops.feature_mesh import FeatureMeshError, build_feature_mesh, grid_faces
+from mvcustom_core.ops.feature_mesh import FeatureMeshError, build_feature_mesh, grid_faces, resample_depth
 
 
 def _anchor(size=(6, 8)) -> CameraSet:
@@ -103,3 +105,22 @@ def test_bad_inputs_raise_clear_errors():
         build_feature_mesh(torch.ones(2, 4, 4), cam)
     with pytest.raises(ValueError, match="valid"):
         build_feature_mesh(torch.ones(4, 4), cam, valid=torch.ones(3, 4, dtype=torch.bool))
+
+
+def test_resample_depth_samples_under_target_centres_and_min_pools():
+    depth = torch.arange(1.0, 1.0 + 6 * 8).reshape(6, 8)
+    # Target centre (j + 1/2, i + 1/2) at 3x4 is (2j + 1, 2i + 1) at 6x8: source pixel (2i + 1, 2j + 1).
+    assert torch.equal(resample_depth(depth, (3, 4)), depth[1::2, 1::2])
+    assert torch.equal(resample_depth(depth[None, None], (6, 8)), depth)  # identity at the same size
+    depth[0, 1] = float("nan")
+    depth[1, 0] = -1.0
+    depth[4:6, 6:8] = 0.0  # a wholly invalid block
+    low = resample_depth(depth, (3, 4), mode="min")
+    ok = torch.isfinite(depth) & (depth > 0)
+    blocks = torch.where(ok, depth, torch.full_like(depth, math.inf)).reshape(3, 2, 4, 2).amin(dim=(1, 3))
+    assert torch.equal(low, torch.where(torch.isfinite(blocks), blocks, torch.zeros_like(blocks)))
+    assert low[0, 0] == 1.0 and low[2, 3] == 0.0
+    with pytest.raises(FeatureMeshError, match="integer factors"):
+        resample_depth(depth, (4, 4), mode="min")
+    with pytest.raises(FeatureMeshError, match="mode"):
+        resample_depth(depth, (3, 4), mode="mean")
