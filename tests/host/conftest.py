@@ -105,6 +105,12 @@ def _host_paths() -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def host_paths() -> tuple[Path, Path]:
+    """``(COMFYUI_PATH, COMFYUI_PY)``, or skip with the reason."""
+    return _host_paths()
+
+
+@pytest.fixture(scope="session")
 def comfy(tmp_path_factory) -> ComfyServer:
     comfy_root, comfy_py = _host_paths()
     _check_pack_requirements(comfy_py)
