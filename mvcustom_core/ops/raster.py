@@ -27,7 +27,8 @@ Implementations (``impl=``): ``"reference"`` — brute force per frame (every fa
 centre), the spec; ``"torch"`` — bounding-box candidates for all frames at once and a single packed
 (depth, face) ``amin`` scatter, the fast CPU path; ``"triton"`` — a tiled kernel
 (:mod:`mvcustom_core.ops.raster_triton`) that writes the winning face per pixel; ``"auto"`` — Triton
-on CUDA, ``"torch"`` otherwise. All share :func:`project_faces` and :func:`edge_barycentrics`; the
+on CUDA (falling back to ``"torch"`` with a warning if the kernel cannot compile), ``"torch"`` otherwise.
+All share :func:`project_faces` and :func:`edge_barycentrics`; the
 fast paths compare depths as float32 (identical to the reference for float32 input). Barycentrics
 and depth of the winning face are recomputed by one shared function, so equal face ids give equal
 barycentrics.
@@ -391,17 +392,29 @@ def rasterize(
     if image_size != cams.image_size:
         cams = cams.with_image_size(image_size)
     cams = cams.to(device=verts.device, dtype=verts.dtype)
-    if impl == "auto":
-        impl = "triton" if verts.is_cuda and triton_available() else "torch"
+    auto = impl == "auto"
+    if auto:
+        impl = _auto_impl(verts)
 
     sf = project_faces(verts, faces, cams, image_size, z_near)
     if impl == "reference":
         return _rasterize_reference(sf, CANDIDATE_CHUNK)
     if impl == "torch":
         return _rasterize_torch(sf, CANDIDATE_CHUNK)
-    from mvcustom_core.ops.raster_triton import winners_triton
+    try:
+        from mvcustom_core.ops.raster_triton import winners_triton
 
-    return _fragments_from_winners(sf, winners_triton(sf))
+        return _fragments_from_winners(sf, winners_triton(sf))
+    except Exception as err:  # noqa: BLE001 - "auto" must not fail where the torch path works
+        if not auto:
+            raise
+        warnings.warn(f"rasterize: the Triton kernel failed ({type(err).__name__}: {err}); using impl='torch'",
+                      RuntimeWarning, stacklevel=2)
+        return _rasterize_torch(sf, CANDIDATE_CHUNK)
+
+
+def _auto_impl(verts: Tensor) -> str:
+    return "triton" if verts.is_cuda and triton_available() else "torch"
 
 
 def triton_available() -> bool:

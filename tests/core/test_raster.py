@@ -214,3 +214,21 @@ def test_bad_inputs_raise_clear_errors():
     plan = make_render_plan(rasterize(verts, faces, cams), faces)
     with pytest.raises(RasterError, match="rows"):
         apply_plan(plan, torch.zeros(2, 3))
+
+
+def test_auto_falls_back_to_torch_when_the_kernel_fails(monkeypatch):
+    import mvcustom_core.ops.raster as raster
+    import mvcustom_core.ops.raster_triton as raster_triton
+
+    def broken(sf):
+        raise RuntimeError("no kernel today")
+
+    monkeypatch.setattr(raster, "_auto_impl", lambda verts: "triton")
+    monkeypatch.setattr(raster_triton, "winners_triton", broken)
+    verts, faces = _random_soup(10, 4)
+    cams = _ring_cameras(2, (9, 11))
+    with pytest.warns(RuntimeWarning, match="no kernel today"):
+        got = rasterize(verts, faces, cams, impl="auto")
+    assert torch.equal(got.face_idx, rasterize(verts, faces, cams, impl="torch").face_idx)
+    with pytest.raises(RuntimeError, match="no kernel today"):
+        rasterize(verts, faces, cams, impl="triton")
