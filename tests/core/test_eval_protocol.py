@@ -129,3 +129,28 @@ def test_summary_mean_and_std():
     assert s["b"]["mv_dreamsim"][2] == 0
     md = format_markdown(summarize(rows))
     assert "| a | 0.750 (±0.25) | – |" in md
+
+
+def test_folder_progress_interrupt_and_cli_errors(views, tmp_path, capsys):
+    from mvcustom_core.eval.protocol import evaluate_folder
+
+    cams, out = views
+    for name in ("a", "b"):
+        _write_set(tmp_path / "root" / "m" / name, out.rgb, cams)
+    seen = []
+    rows = evaluate_folder(tmp_path / "root", EvalOptions(pose_accuracy=False),
+                           progress=lambda i, n, s: seen.append((i, n, s)))
+    assert seen == [(1, 2, "m/a"), (2, 2, "m/b")]
+    assert [r["set"] for r in rows] == ["a", "b"]
+    assert "no depth" in rows[0]["unavailable"]["reprojection"]
+
+    class Stop(Exception):
+        pass
+
+    def stop():
+        raise Stop
+
+    with pytest.raises(Stop):
+        evaluate_folder(tmp_path / "root", EvalOptions(pose_accuracy=False), check_interrupt=stop)
+    assert main([str(tmp_path / "empty_missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "empty_missing: not a folder" in capsys.readouterr().err
