@@ -88,7 +88,9 @@ class LoadTrajectory(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, file: str, **kwargs) -> bool | str:
+    def validate_inputs(cls, file: str) -> bool | str:
+        """Queue-time check of ``file`` only (ComfyUI passes just the inputs named here, and skips its
+        combo-membership check for them, so a file added after the node list was built still validates)."""
         try:
             _resolve_input(cls, file)
         except NodeInputError as e:

@@ -45,6 +45,10 @@ def test_pack_imports_without_failure(comfy):
     assert f"custom_nodes/{PACK_FOLDER}" in log, f"the pack was not loaded at all:\n{log[-3000:]}"
     failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and PACK_FOLDER in line]
     assert failed == [], "\n".join(failed) + "\n" + log[-4000:]
+    # nothing else about the pack: no traceback through its files, no warning naming it
+    ours = [line for line in log.splitlines() if str(REPO_ROOT) in line or PACK_FOLDER in line]
+    unexpected = [line for line in ours if not re.fullmatch(rf"\s*[\d.]+ seconds: .*/{PACK_FOLDER}", line)]
+    assert unexpected == [], "\n".join(unexpected)
 
 
 def test_every_node_is_in_object_info(comfy):
@@ -110,8 +114,9 @@ def test_missing_trajectory_file_is_reported_with_node_and_input(comfy):
     }
     status, body = comfy.post_prompt(prompt)
     assert status == 400
-    text = json.dumps(body["node_errors"])
-    assert "MVCustom Load Trajectory: input 'file'" in text and "no_such_poses.txt" in text, text
+    errors = body["node_errors"]["1"]["errors"]
+    assert len(errors) == 1, errors  # reported once, against 'file'
+    assert "MVCustom Load Trajectory: input 'file'" in json.dumps(errors) and "no_such_poses.txt" in json.dumps(errors)
 
 
 def _upload(comfy, path: Path) -> dict:
