@@ -17,12 +17,15 @@ Convention (window):
     exactly, and k >= max(H, W) is full dense attention.
 
 Implementations (``impl``):
-    ``"gather"``  keys/values of each query's window are gathered (``index_select``) and attended
-                 with SDPA batched over spatial positions; memory O(positions · F · k²), never the
-                 full ``(F·H·W)²`` matrix; chunked over rows to a memory budget. Runs anywhere.
+    ``"tiled"``   (``"auto"`` for k > 1) each t×t query tile (all frames) attends to the union of its queries'
+                 windows, a (t+k−1)² region of every frame, under a boolean mask, with SDPA. Never the
+                 full ``(F·H·W)²`` matrix: one tile's scores at a time. Runs anywhere, differentiable.
+    ``"gather"``  (``"auto"`` for k = 1) every position's window is gathered (``index_select``) and attended without a mask,
+                 batched over positions: exact work, but keys are copied k² times (slower on CPU).
     ``"flex"``    ``torch.nn.attention.flex_attention`` with a block mask (compiled on CUDA; on CPU
                  the eager flex path materializes the scores: correctness only).
-    ``"auto"``    ``"gather"`` (see docs/sampler.md for the measurements behind the choice).
+    Full attention (``window=None`` or k >= max(H, W)) is one SDPA call, queries chunked on the CPU
+    to a memory budget. Measurements behind the choice: docs/sampler.md.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ __all__ = [
     "motion_modules",
 ]
 
-Impl = Literal["auto", "gather", "flex"]
+Impl = Literal["auto", "tiled", "gather", "flex"]
 
 # Upper bound on the elements of one chunk's scores + gathered keys/values (2**26 fp32 = 256 MiB).
 DEFAULT_CHUNK_ELEMENTS = 1 << 26
@@ -163,6 +166,45 @@ def _gather_windowed(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float 
     return torch.cat(outs, dim=3)
 
 
+def _tile_size(window: int, f: int, b: int, n: int, d: int, chunk_elements: int) -> int:
+    """Square query tile: max(4, ceil(k/2)) (fastest of 4/8/16 on CPU for k = 3, 7 at 16² and 32² latents,
+    docs/sampler.md), halved until the masked scores and the key region fit the budget."""
+    t = max(4, (window + 1) // 2)
+    while t > 1 and b * n * f * f * t * t * (t + window - 1) ** 2 + 3 * b * n * f * (t + window - 1) ** 2 * d > chunk_elements:
+        t = max(1, t // 2)
+    return t
+
+
+def _tiled_windowed(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float | None,
+                    chunk_elements: int, tile: int | None = None) -> Tensor:
+    """Windowed attention by query tiles: each t×t tile (all frames) attends to the union of its
+    queries' windows, a (t+k-1)² region, under a boolean mask. Keys are copied ~((t+k-1)/t)² times
+    instead of k² times (gather path); scores cost ((t+k-1)/k)² of the ideal."""
+    b, n, f, h, w, d = q.shape
+    ky, kx = min(window, h), min(window, w)
+    sy, sx = window_starts(h, window, q.device), window_starts(w, window, q.device)
+    t = tile or _tile_size(window, f, b, n, d, chunk_elements)
+    out = torch.empty_like(q)
+    for y0 in range(0, h, t):
+        y1 = min(h, y0 + t)
+        ry0, ry1 = int(sy[y0]), int(sy[y1 - 1]) + ky
+        jy = torch.arange(ry0, ry1, device=q.device)
+        my = (jy[None] >= sy[y0:y1, None]) & (jy[None] < sy[y0:y1, None] + ky)  # [ty, RY]
+        for x0 in range(0, w, t):
+            x1 = min(w, x0 + t)
+            rx0, rx1 = int(sx[x0]), int(sx[x1 - 1]) + kx
+            jx = torch.arange(rx0, rx1, device=q.device)
+            mx = (jx[None] >= sx[x0:x1, None]) & (jx[None] < sx[x0:x1, None] + kx)  # [tx, RX]
+            spatial = (my[:, None, :, None] & mx[None, :, None, :]).reshape((y1 - y0) * (x1 - x0), -1)
+            mask = spatial.repeat(f, f)  # [F·ty·tx, F·RY·RX], frame-independent
+            qt = q[:, :, :, y0:y1, x0:x1].reshape(b, n, -1, d)
+            kt = k[:, :, :, ry0:ry1, rx0:rx1].reshape(b, n, -1, d)
+            vt = v[:, :, :, ry0:ry1, rx0:rx1].reshape(b, n, -1, d)
+            ot = F_.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale)
+            out[:, :, :, y0:y1, x0:x1] = ot.view(b, n, f, y1 - y0, x1 - x0, d)
+    return out
+
+
 def _flex_windowed(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float | None) -> Tensor:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -204,11 +246,13 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int | None = Non
     h, w = dims["H"], dims["W"]
     if window is None or window >= max(h, w):
         return _full_attention(q, k, v, scale, chunk_elements)
-    if impl in ("auto", "gather"):
+    if impl == "tiled" or (impl == "auto" and window > 1):
+        return _tiled_windowed(q, k, v, window, scale, chunk_elements)
+    if impl in ("auto", "gather"):  # k = 1: per-pixel temporal attention, nothing to mask
         return _gather_windowed(q, k, v, window, scale, chunk_elements)
     if impl == "flex":
         return _flex_windowed(q, k, v, window, scale)
-    raise ValueError(f"impl must be 'auto', 'gather' or 'flex', got {impl!r}")
+    raise ValueError(f"impl must be 'auto', 'tiled', 'gather' or 'flex', got {impl!r}")
 
 
 class DenseSpatioTemporalAttnProcessor:

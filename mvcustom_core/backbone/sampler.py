@@ -55,9 +55,10 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
     "timestep_spacing": "leading",
 }
-# AnimateDiff's motion modules were trained and are sampled with *linear* betas (guoyww/AnimateDiff
-# configs/inference/inference-v*.yaml: beta_schedule "linear"; ComfyUI AnimateDiff-Evolved calls it
-# "sqrt_linear (AnimateDiff)"). CameraCtrl samples with the same (peers.md §1.1).
+# AnimateDiff's motion modules are sampled with *linear* betas: diffusers' AnimateDiff docs build
+# DDIMScheduler(..., beta_schedule="linear", clip_sample=False, steps_offset=1); open-mmlab/mmagic
+# configs/animatediff/*.py use beta_schedule='linear'; ComfyUI AnimateDiff-Evolved's default is
+# "sqrt_linear (AnimateDiff)" (= diffusers "linear"). CameraCtrl likewise (peers.md §1.1).
 ANIMATEDIFF_SCHEDULER_CONFIG: dict[str, Any] = {**SD15_SCHEDULER_CONFIG, "beta_schedule": "linear"}
 
 LATENT_SCALE = 0.18215  # SD1.5 VAE scaling_factor

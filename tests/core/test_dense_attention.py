@@ -87,6 +87,18 @@ def test_gather_matches_masked_reference(generator, f, h, w, k):
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("f,h,w,k,tile", [
+    (2, 5, 6, 1, 2), (2, 5, 6, 2, 3), (2, 7, 7, 3, None), (3, 6, 5, 4, 4), (2, 9, 8, 5, 2), (2, 4, 8, 6, 3),
+    (1, 9, 9, 7, None)])
+def test_tiled_matches_masked_reference(generator, f, h, w, k, tile):
+    from mvcustom_core.backbone.dense_attention import _tiled_windowed
+
+    q, kk, v = (torch.randn(1, 2, f, h, w, 8, generator=generator, dtype=torch.float64) for _ in range(3))
+    ref = windowed_attention_reference(q, kk, v, k)
+    torch.testing.assert_close(_tiled_windowed(q, kk, v, k, None, 1 << 26, tile), ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(dense_attention(q, kk, v, window=k, impl="auto"), ref, rtol=1e-10, atol=1e-10)
+
+
 def test_gather_chunked_rows_equal_unchunked(generator):
     q, k, v = (torch.randn(1, 2, 3, 6, 5, 4, generator=generator, dtype=torch.float64) for _ in range(3))
     whole = dense_attention(q, k, v, window=3)
@@ -115,14 +127,15 @@ def test_window_one_is_per_pixel_temporal_attention(generator):
     torch.testing.assert_close(out, expected.permute(0, 1, 4, 2, 3, 5), rtol=1e-5, atol=1e-6)
 
 
-def test_gather_gradients_match_reference(generator):
+def test_windowed_gradients_match_reference(generator):
     q, k, v = (torch.randn(1, 1, 2, 4, 5, 4, generator=generator, dtype=torch.float64, requires_grad=True)
                for _ in range(3))
     g = torch.randn(1, 1, 2, 4, 5, 4, generator=generator, dtype=torch.float64)
-    ours = torch.autograd.grad((dense_attention(q, k, v, window=3) * g).sum(), (q, k, v))
     ref = torch.autograd.grad((windowed_attention_reference(q, k, v, 3) * g).sum(), (q, k, v))
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for impl in ("tiled", "gather"):
+        ours = torch.autograd.grad((dense_attention(q, k, v, window=3, impl=impl) * g).sum(), (q, k, v))
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_flex_mask_matches_reference_eager(generator):
