@@ -157,3 +157,22 @@ def test_uploaded_pose_file_loads_and_saves(comfy, realestate_pose_files):
     written = comfy.output_dir / "host" / "poses_00001_.json"
     data = json.loads(written.read_text())
     assert len(data["frames"]) == sum(1 for line in src.read_text().splitlines()[1:] if line.strip())
+
+
+def test_runtime_error_reaches_the_user_naming_node_and_input(comfy):
+    traj = {"preset": "orbit", "width": 64, "height": 64, "fov_y_deg": 50.0}
+    prompt = {
+        "1": {"class_type": "MVC_CameraTrajectory", "inputs": {**traj, "frames": 4}},
+        "2": {"class_type": "MVC_CameraTrajectory", "inputs": {**traj, "frames": 3}},
+        "3": {"class_type": "MVC_CombineTrajectories",
+              "inputs": {"first": ["1", 0], "second": ["2", 0], "mode": "compose", "drop_repeated": True}},
+        "4": {"class_type": "MVC_TrajectoryPreview",
+              "inputs": {"trajectory": ["3", 0], "width": 128, "height": 128, "title": ""}},
+    }
+    status, body = comfy.post_prompt(prompt)
+    assert status == 200, body  # valid graph; compose fails at run time (4 vs 3 frames)
+    entry = comfy.wait_history(body["prompt_id"])
+    assert entry["status"]["status_str"] == "error"
+    errors = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+    assert len(errors) == 1 and errors[0]["node_id"] == "3", errors
+    assert errors[0]["exception_message"].startswith("MVCustom Combine Trajectories: input 'second' is invalid")
