@@ -300,6 +300,7 @@ def load_sd15_checkpoint(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     config: Mapping[str, Mapping[str, Any] | str | os.PathLike] | None = None,
+    use_ema: bool = False,
 ) -> SD15Components:
     """Load an SD1.x single-file checkpoint (original LDM key layout) into diffusers/transformers modules.
 
@@ -311,6 +312,8 @@ def load_sd15_checkpoint(
         device: where the weights are placed.
         config: optional overrides ``{"unet": ..., "vae": ..., "text_encoder": ...}``, each a dict or a JSON path;
             defaults are the shipped ``configs/sd15/*.json``.
+        use_ema: take the UNet from the EMA copy (``model_ema.*``, flattened names) that full, unpruned files such
+            as ``v1-5-pruned.ckpt`` carry; pruned files hold only one copy, and then this raises.
 
     Returns:
         SD15Components with modules in eval mode.
@@ -330,6 +333,8 @@ def load_sd15_checkpoint(
         hint = _LAYOUT_HINTS.get(layout, "no 'model.diffusion_model.*' keys found")
         raise CheckpointError(f"{source.path}: not an SD1.x single-file checkpoint: looks like {hint}")
     source = _with_legacy_clip_prefix(source)
+    if use_ema:
+        source = _with_ema_unet(source)
 
     modules = build_sd15_modules(unet_config, vae_config, text_config, device="meta")
     unet_table = unet_key_table(modules.unet.state_dict().keys(), unet_config)
@@ -358,6 +363,39 @@ class _PrefixAliasState(StateFile):
 
     def get(self, key: str) -> Tensor:
         return self._base.get(self._alias[key])
+
+
+class _EmaUNetState(StateFile):
+    """A view of a StateFile whose UNet keys read the EMA copy.
+
+    LDM's ``LitEma`` stores ``model.diffusion_model.<name>`` as ``model_ema.diffusion_model<name without dots>``
+    (as ``diffusers.loaders.single_file_utils.convert_ldm_unet_checkpoint`` reads it with ``extract_ema``).
+    """
+
+    def __init__(self, base: StateFile):  # noqa: D107 - no file is opened
+        self.path = base.path
+        self._base = base
+        self._alias = {k: k for k in base.keys if not k.startswith(UNET_PREFIX)}
+        for key in base.keys:
+            if key.startswith(UNET_PREFIX):
+                ema = "model_ema." + key.removeprefix("model.").replace(".", "")
+                if ema in base:
+                    self._alias[key] = ema
+        self._shapes = {a: base.shape(k) for a, k in self._alias.items()}
+
+    def get(self, key: str) -> Tensor:
+        return self._base.get(self._alias[key])
+
+
+def _with_ema_unet(source: StateFile) -> StateFile:
+    view = _EmaUNetState(source)
+    unet_keys = [k for k in source.keys if k.startswith(UNET_PREFIX)]
+    if not unet_keys or not all(k in view for k in unet_keys):
+        raise CheckpointError(
+            f"{source.path}: use_ema=True but the file has no EMA copy of the UNet ('model_ema.diffusion_model*' "
+            f"keys); pruned checkpoints keep only one set of weights"
+        )
+    return view
 
 
 def _with_legacy_clip_prefix(source: StateFile) -> StateFile:

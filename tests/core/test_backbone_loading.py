@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mvcustom_core.backbone.ldm_keys import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+from mvcustom_core.backbone.ldm_keys import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, unet_key_table
 from mvcustom_core.backbone.loading import (
     CheckpointError,
     build_sd15_modules,
@@ -239,3 +239,31 @@ def test_other_files_are_recognised(tmp_path):
 )
 def test_detect_layout(keys, layout):
     assert detect_layout(keys) == layout
+
+
+def test_ema_weights_are_read_when_asked(tiny, tiny_ldm, tmp_path):
+    ema_unet = tiny_components(seed=4).unet.state_dict()
+    ldm_of = {m.diffusers: m.ldm for m in unet_key_table(ema_unet, tiny.unet.config)}
+    state = dict(tiny_ldm)
+    for name, tensor in ema_unet.items():  # LitEma names: model_ema.diffusion_model<name without dots>
+        state["model_ema." + ldm_of[name].removeprefix("model.").replace(".", "")] = tensor
+    state["model_ema.num_updates"] = torch.tensor(1000)
+    path = _save(state, tmp_path / "full.safetensors")
+    plain = load_sd15_checkpoint(path, config=TINY)
+    ema = load_sd15_checkpoint(path, config=TINY, use_ema=True)
+    assert all(torch.equal(v, plain.unet.state_dict()[k]) for k, v in tiny.unet.state_dict().items())
+    assert all(torch.equal(v, ema.unet.state_dict()[k]) for k, v in ema_unet.items())
+    assert torch.equal(ema.vae.encoder.conv_in.weight, tiny.vae.encoder.conv_in.weight)
+    with pytest.raises(CheckpointError, match="no EMA copy"):
+        load_sd15_checkpoint(_save(tiny_ldm, tmp_path / "pruned.safetensors"), config=TINY, use_ema=True)
+
+
+def test_pickled_code_is_refused(tiny_ldm, tmp_path):
+    path = tmp_path / "code.ckpt"
+    torch.save({"state_dict": tiny_ldm, "callbacks": _NotATensor()}, path)
+    with pytest.raises(CheckpointError, match=r"weights_only=True.*convert it to \.safetensors"):
+        load_sd15_checkpoint(path, config=TINY)
+
+
+class _NotATensor:
+    pass
