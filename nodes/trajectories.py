@@ -149,6 +149,13 @@ def _check_size(node: type, width: int, height: int) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def _check_frames(node: type, frames: Any) -> int:
+    require(node, "frames", isinstance(frames, int) and not isinstance(frames, bool),
+            f"must be an integer, got {frames!r}")
+    require(node, "frames", frames >= 1, f"must be ≥ 1, got {frames}")
+    return frames
+
+
 def _check_trajectory(node: type, input_name: str, value: Any) -> CameraSet:
     require(node, input_name, isinstance(value, CameraSet),
             f"must be an MVC_CAMERA_TRAJECTORY (CameraSet), got {type(value).__name__}")
@@ -184,7 +191,7 @@ class CameraTrajectory(io.ComfyNode):
     def execute(cls, preset: str, frames: int, width: int, height: int, fov_y_deg: float,
                 **parameters: Any) -> io.NodeOutput:
         require(cls, "preset", preset in PRESETS, f"must be one of {list(PRESETS)}, got {preset!r}")
-        require(cls, "frames", isinstance(frames, int) and frames >= 1, f"must be ≥ 1, got {frames}")
+        _check_frames(cls, frames)
         image_size = _check_size(cls, width, height)
         require(cls, "fov_y_deg", 0.0 < float(fov_y_deg) < 180.0, f"must lie in (0, 180), got {fov_y_deg}")
         params = _preset_kwargs(preset, parameters)
@@ -256,7 +263,7 @@ class ResampleTrajectory(io.ComfyNode):
     @classmethod
     def execute(cls, trajectory: CameraSet, frames: int, position_spline: str, reverse: bool) -> io.NodeOutput:
         cams = _check_trajectory(cls, "trajectory", trajectory)
-        require(cls, "frames", isinstance(frames, int) and frames >= 1, f"must be ≥ 1, got {frames}")
+        _check_frames(cls, frames)
         with blame(cls, input_named_in(["frames", "position_spline"], "trajectory")):
             out = resample(cams, frames, position_spline=position_spline)
         return io.NodeOutput(_reverse(out) if reverse else out)

@@ -159,3 +159,8 @@ def test_info_reports_frames_size_path_and_fov(node, run):
     assert (frames, width, height) == (5, 80, 48)
     # a straight dolly of 0.8 units: the path length is the distance; the FOV is the one asked for
     assert "path length 0.8," in summary and "mean vertical FOV 40.0 deg" in summary
+
+
+def test_non_integer_frames_are_named_as_such(node, run):
+    with pytest.raises(ValueError, match=r"^MVCustom Camera Trajectory: input 'frames' must be an integer, got 2.5$"):
+        run(node("MVC_CameraTrajectory"), frames=2.5)
