@@ -159,3 +159,11 @@ def test_web_directory_holds_the_frontend_scripts(pack):
     assert scripts and all(s.endswith(".js") for s in scripts), scripts  # ComfyUI serves only .js
     upload = (web / "js" / "load_trajectory_upload.js").read_text()
     assert '"MVC_LoadTrajectory"' in upload and '"/upload/image"' in upload
+
+
+def test_required_inputs_come_before_optional_ones(node_classes):
+    """The frontend lays widgets out required-first; keeping the schema in that order makes schema order the
+    positional order of ``widgets_values`` in saved workflows (what test_workflows relies on)."""
+    for node_id, cls in node_classes.items():
+        flags = [bool(i.optional) for i in cls.GET_SCHEMA().inputs or []]
+        assert flags == sorted(flags), f"{node_id}: an optional input precedes a required one"
