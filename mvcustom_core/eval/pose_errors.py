@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import check_finite, check_shape
 from mvcustom_core.eval.alignment import Similarity, align_cameras
 
@@ -26,10 +27,15 @@ __all__ = [
     "accuracy_auc",
     "DEFAULT_ROT_THRESHOLD_DEG",
     "DEFAULT_TRANS_THRESHOLD",
+    "DEFAULT_POINT_THRESHOLD_PX",
+    "target_reprojection_errors",
+    "points_consistent_with_targets",
 ]
 
 DEFAULT_ROT_THRESHOLD_DEG = 15.0
 DEFAULT_TRANS_THRESHOLD = 0.1
+# COLMAP's own outlier limit for an observation (mapper filter_max_reproj_error, 4 px).
+DEFAULT_POINT_THRESHOLD_PX = 4.0
 
 
 def rotation_angle_deg(r_a: Tensor, r_b: Tensor) -> Tensor:
@@ -179,3 +185,56 @@ def accuracy_auc(rotation_deg: Tensor, translation: Tensor, max_rot_threshold_de
     ks = torch.arange(1, steps + 1, dtype=torch.float64) / steps
     return float(sum(accuracy_under_thresholds(rotation_deg, translation, float(k) * max_rot_threshold_deg,
                                                float(k) * max_trans_threshold) for k in ks) / steps)
+
+
+def target_reprojection_errors(points: Tensor, obs_point: Tensor, obs_frame: Tensor, obs_uv: Tensor,
+                               alignment: Similarity, targets: CameraSet) -> Tensor:
+    """Pixel error of every SfM observation when its 3D point is seen through the *target* camera.
+
+    The reconstruction's points are moved into the target world by ``alignment`` (the Sim(3) of
+    :func:`absolute_pose_errors`) and projected with the target camera of the observing frame; the error
+    is the distance to the keypoint SfM matched. Small errors mean the generated frames' content is
+    consistent with the target poses pixel by pixel, not only in their centres and orientations.
+
+    Args:
+        points: ``[P, 3]`` reconstruction-frame points.
+        obs_point: ``[M]`` index into ``points`` per observation.
+        obs_frame: ``[M]`` observing frame (index into ``targets``).
+        obs_uv: ``[M, 2]`` keypoint pixels (centres at +0.5).
+        alignment: reconstruction -> target world.
+        targets: the F target cameras.
+
+    Returns:
+        ``[M]`` float64 pixel errors; ``inf`` where the point lands behind the target camera.
+    """
+    dims = check_shape(points, "P 3", "points")
+    m = check_shape(obs_point, "M", "obs_point")
+    check_shape(obs_frame, "M", "obs_frame", m)
+    check_shape(obs_uv, "M 2", "obs_uv", m)
+    if obs_point.numel() == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    if int(obs_point.max()) >= dims["P"] or int(obs_frame.max()) >= targets.num_frames:
+        raise ValueError("obs_point / obs_frame index past the points or the target cameras")
+    world = alignment.apply_points(points.to(torch.float64))[obs_point]  # [M, 3]
+    uv, z = targets.to(dtype=torch.float64)[obs_frame].project(world[:, None, :])  # [M, 1, 2], [M, 1]
+    err = (uv[:, 0] - obs_uv.to(torch.float64)).norm(dim=-1)
+    return torch.where(z[:, 0] > 0, err, torch.full_like(err, float("inf")))
+
+
+def points_consistent_with_targets(errors: Tensor, obs_point: Tensor, num_points: int,
+                                   threshold_px: float = DEFAULT_POINT_THRESHOLD_PX) -> int:
+    """Number of points whose every observation reprojects within ``threshold_px`` through the targets.
+
+    Args:
+        errors: ``[M]`` from :func:`target_reprojection_errors`.
+        obs_point: ``[M]`` point index per observation.
+        num_points: P.
+    """
+    m = check_shape(errors, "M", "errors")
+    check_shape(obs_point, "M", "obs_point", m)
+    if num_points == 0:
+        return 0
+    worst = torch.zeros(num_points, dtype=torch.float64).scatter_reduce(0, obs_point, errors.to(torch.float64),
+                                                                         reduce="amax", include_self=True)
+    seen = torch.zeros(num_points, dtype=torch.bool).index_fill_(0, obs_point, True)
+    return int((seen & (worst < threshold_px)).sum())

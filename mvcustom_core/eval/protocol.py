@@ -29,8 +29,10 @@ from mvcustom_core.checks import check_finite, check_shape
 from mvcustom_core.eval.errors import EvalInputError, MetricUnavailable
 from mvcustom_core.eval.learned import (clip_score, load_clip, load_dino, load_dreamsim, mean_cross_distance,
                                         mean_pairwise_distance, mean_pairwise_similarity)
-from mvcustom_core.eval.pose_errors import (DEFAULT_ROT_THRESHOLD_DEG, DEFAULT_TRANS_THRESHOLD, absolute_pose_errors,
-                                            accuracy_auc, accuracy_under_thresholds)
+from mvcustom_core.eval.pose_errors import (DEFAULT_POINT_THRESHOLD_PX, DEFAULT_ROT_THRESHOLD_DEG,
+                                            DEFAULT_TRANS_THRESHOLD, absolute_pose_errors, accuracy_auc,
+                                            accuracy_under_thresholds, points_consistent_with_targets,
+                                            target_reprojection_errors)
 from mvcustom_core.eval.reprojection import reprojection_consistency
 from mvcustom_core.eval.sfm import SfmOptions, register_frames
 
@@ -41,6 +43,7 @@ CAMERA_FILE_NAMES = ("transforms.json", "poses.txt", "cameras.json", "sparse")
 """Cameras file names looked for in a set folder, in this order."""
 
 METRIC_KEYS = ("num_frames", "num_registered", "cpa", "cpa_auc", "rot_err_deg", "trans_err", "colmap_points",
+               "colmap_points_target", "target_reproj_px",
                "reproj_psnr", "reproj_ssim", "reproj_overlap", "mv_dreamsim", "identity_dreamsim", "mv_clip",
                "identity_clip", "mv_dino", "identity_dino", "text_clip_s")
 """Every numeric key :func:`evaluate_set` returns (NaN when a metric was not computed)."""
@@ -54,6 +57,8 @@ class EvalOptions:
         pose_accuracy: run SfM and score the poses (CPA, errors, # points).
         sfm: registration settings (:class:`~mvcustom_core.eval.sfm.SfmOptions`).
         rot_threshold_deg, trans_threshold: CPA thresholds (degrees; fraction of the path's mean radius).
+        point_threshold_px: an SfM point counts as consistent with the targets when all its observations
+            reproject within this many pixels through the aligned target cameras.
         reprojection: score reprojection consistency when depth is given.
         window: neighbour distance of the reprojection pairs.
         depth_tolerance: relative depth-test tolerance of the warp.
@@ -65,6 +70,7 @@ class EvalOptions:
     sfm: SfmOptions = field(default_factory=SfmOptions)
     rot_threshold_deg: float = DEFAULT_ROT_THRESHOLD_DEG
     trans_threshold: float = DEFAULT_TRANS_THRESHOLD
+    point_threshold_px: float = DEFAULT_POINT_THRESHOLD_PX
     reprojection: bool = True
     window: int = 1
     depth_tolerance: float = 0.02
@@ -100,7 +106,15 @@ def _pose_metrics(frames: Tensor, cams: CameraSet, options: EvalOptions) -> dict
     sfm = register_frames(frames, cams.K, options.sfm)
     err = absolute_pose_errors(sfm.c2w, cams.c2w, sfm.registered)
     reg = sfm.registered
+    target_px, consistent = math.nan, 0.0
+    if err.alignment is not None:
+        px = target_reprojection_errors(sfm.points, sfm.obs_point, sfm.obs_frame, sfm.obs_uv, err.alignment, cams)
+        target_px = float(px.median()) if px.numel() else math.nan
+        consistent = float(points_consistent_with_targets(px, sfm.obs_point, sfm.num_points,
+                                                          options.point_threshold_px))
     return {
+        "colmap_points_target": consistent,
+        "target_reproj_px": target_px,
         "num_registered": float(sfm.num_registered),
         "cpa": accuracy_under_thresholds(err.rotation_deg, err.translation, options.rot_threshold_deg,
                                          options.trans_threshold),

@@ -7,7 +7,7 @@ CPU only and deterministic for a given thread count. COLMAP's image coordinates 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +55,20 @@ class SfmResult:
         registered: ``[F]`` bool.
         num_points: 3D points in the kept (largest) model; 0 when mapping failed.
         focal_px: ``[F]`` float64 focal length COLMAP used (NaN when unregistered).
+        points: ``[P, 3]`` float64 triangulated points (reconstruction frame), P = ``num_points``.
+        obs_point: ``[M]`` int64 index into ``points`` of each observation (one per track element).
+        obs_frame: ``[M]`` int64 frame that observes it.
+        obs_uv: ``[M, 2]`` float64 keypoint position in pixels (centres at +0.5, the pack's convention).
     """
 
     c2w: Tensor
     registered: Tensor
     num_points: int
     focal_px: Tensor
+    points: Tensor = field(default_factory=lambda: torch.zeros(0, 3, dtype=torch.float64))
+    obs_point: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    obs_frame: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    obs_uv: Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.float64))
 
     @property
     def num_registered(self) -> int:
@@ -180,4 +188,16 @@ def _run_sfm(pycolmap, frames: Tensor, K: Tensor | None, options: SfmOptions) ->
             c2w[i] = torch.linalg.inv(torch.from_numpy(w2c))
             registered[i] = True
             focal[i] = float(image.camera.mean_focal_length())
-        return SfmResult(c2w, registered, int(rec.num_points3D()), focal)
+        points, obs_point, obs_frame, obs_uv = [], [], [], []
+        for p, point in enumerate(rec.points3D.values()):
+            points.append(np.asarray(point.xyz, dtype=np.float64))
+            for el in point.track.elements:
+                image = rec.images[el.image_id]
+                obs_point.append(p)
+                obs_frame.append(index[image.name])
+                obs_uv.append(np.asarray(image.points2D[el.point2D_idx].xy, dtype=np.float64))
+        return SfmResult(c2w, registered, int(rec.num_points3D()), focal,
+                         points=torch.from_numpy(np.array(points, dtype=np.float64).reshape(-1, 3)),
+                         obs_point=torch.tensor(obs_point, dtype=torch.int64),
+                         obs_frame=torch.tensor(obs_frame, dtype=torch.int64),
+                         obs_uv=torch.from_numpy(np.array(obs_uv, dtype=np.float64).reshape(-1, 2)))

@@ -26,6 +26,8 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("identity_dreamsim", "Identity ↓"),
     ("text_clip_s", "Text align ↑"),
     ("colmap_points", "# COLMAP points ↑"),
+    ("colmap_points_target", "# points @ targets ↑"),
+    ("target_reproj_px", "Target reproj. (px) ↓"),
     ("rot_err_deg", "Rot. err (°) ↓"),
     ("trans_err", "Trans. err ↓"),
     ("reproj_psnr", "Reproj. PSNR ↑"),
@@ -65,7 +67,8 @@ def _cell(stat: tuple[float, float, int], key: str) -> str:
     mean, std, n = stat
     if n == 0:
         return "–"
-    digits = 2 if key in ("colmap_points", "reproj_psnr", "rot_err_deg") else 3
+    digits = 2 if key in ("colmap_points", "colmap_points_target", "target_reproj_px", "reproj_psnr",
+                          "rot_err_deg") else 3
     return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} (±{std:.2f})"
 
 

@@ -170,3 +170,35 @@ def test_relative_errors_are_similarity_free_and_match_a_perturbation(generator)
     touches = (i == 2) | (j == 2)
     torch.testing.assert_close(rot[touches], torch.full((int(touches.sum()),), 7.0, dtype=DT), rtol=0, atol=1e-9)
     assert float(rot[~touches].max()) < 1e-6
+
+
+def test_target_reprojection_errors_closed_form(generator):
+    from mvcustom_core.cameras import CameraSet
+    from mvcustom_core.eval.alignment import Similarity
+    from mvcustom_core.eval.pose_errors import points_consistent_with_targets, target_reprojection_errors
+
+    tgt = CameraSet.from_fov(_circle_c2w(6, radius=3.0), 50.0, (120, 160))
+    world = 0.6 * torch.randn(40, 3, generator=generator, dtype=DT)
+    uv, _ = tgt.project(world)  # [6, 40, 2]: every point seen by every camera
+    obs_frame = torch.arange(6).repeat_interleave(40)
+    obs_point = torch.arange(40).repeat(6)
+    obs_uv = uv.reshape(-1, 2)
+    # The "reconstruction" lives in another similarity frame: points = S^-1(world), alignment = S.
+    r, t, s = _random_rotation(generator), torch.randn(3, generator=generator, dtype=DT), 0.4
+    recon_points = ((world - t) @ r) / s
+    sim = Similarity(torch.tensor(s, dtype=DT), r, t)
+    err = target_reprojection_errors(recon_points, obs_point, obs_frame, obs_uv, sim, tgt)
+    assert float(err.max()) < 1e-9
+    assert points_consistent_with_targets(err, obs_point, 40) == 40
+    # Roll target 2 by theta about its optical axis: its image turns about the principal point, so each of
+    # its observations moves by 2 r sin(theta / 2), r = distance from the principal point.
+    theta = math.radians(3.0)
+    c2w = tgt.c2w.clone()
+    c2w[2, :3, :3] = c2w[2, :3, :3] @ axis_angle_to_rotation_matrix(torch.tensor([[0.0, 0.0, theta]], dtype=DT))[0]
+    rolled = CameraSet(tgt.K, c2w, tgt.image_size)
+    err = target_reprojection_errors(recon_points, obs_point, obs_frame, obs_uv, sim, rolled)
+    radius = (uv[2] - torch.tensor([80.0, 60.0], dtype=DT)).norm(dim=-1)
+    torch.testing.assert_close(err[obs_frame == 2], 2 * radius * math.sin(theta / 2), rtol=0, atol=1e-9)
+    assert float(err[obs_frame != 2].max()) < 1e-9
+    expected = int((2 * radius * math.sin(theta / 2) < 4.0).sum())
+    assert points_consistent_with_targets(err, obs_point, 40, 4.0) == expected < 40
