@@ -267,3 +267,19 @@ def test_pickled_code_is_refused(tiny_ldm, tmp_path):
 
 class _NotATensor:
     pass
+
+
+def test_tiny_backbone_is_seeded_and_sd_shaped():
+    from mvcustom_core.backbone.tiny import tiny_backbone
+
+    rng = torch.get_rng_state()
+    first, again, other = tiny_backbone(seed=0), tiny_backbone(seed=0), tiny_backbone(seed=1)
+    assert torch.equal(torch.get_rng_state(), rng)  # the global generator is left alone
+    a, b, c = (m.unet.state_dict() for m in (first, again, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv_in.weight"], c["conv_in.weight"])
+    assert "mid_block.motion_modules.0.proj_in.weight" in a  # v2-like adapter
+    with torch.no_grad():
+        latents = first.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+    assert latents.shape == (1, 4, 8, 8)  # SD1.x's factor 8
+    assert len(first.tokenizer) == first.text_encoder.get_input_embeddings().num_embeddings

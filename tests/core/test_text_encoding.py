@@ -138,3 +138,32 @@ def test_shipped_tiny_tokenizer_matches_tiny_text_config():
     assert len(tokenizer) == config["vocab_size"]
     assert tokenizer.bos_token_id == config["bos_token_id"] and tokenizer.eos_token_id == config["eos_token_id"]
     assert len(tokenizer("a photo of sks dog").input_ids) == 7  # one token per word
+
+
+@pytest.fixture
+def comfy_sd1_tokenizer():
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("COMFYUI_PATH")
+    folder = Path(root or "/nonexistent") / "comfy" / "sd1_tokenizer"
+    if not (folder / "vocab.json").is_file():
+        pytest.skip("COMFYUI_PATH unset or without comfy/sd1_tokenizer (the real SD1.x CLIP vocabulary)")
+    return folder
+
+
+def test_real_sd1_tokenizer(comfy_sd1_tokenizer):
+    """ComfyUI's shipped SD1.x tokenizer: our vocab order rebuilds its vocab.json, and ids match transformers'."""
+    from transformers import CLIPTokenizer
+
+    vocab = json.loads((comfy_sd1_tokenizer / "vocab.json").read_text(encoding="utf-8"))
+    lines = (comfy_sd1_tokenizer / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
+    merges = [tuple(line.split()) for line in lines if line.strip()]
+    assert len(merges) == 48894 and clip_vocab(merges) == vocab
+
+    ours = load_tokenizer(comfy_sd1_tokenizer)
+    reference = CLIPTokenizer.from_pretrained(str(comfy_sd1_tokenizer), local_files_only=True)
+    prompts = ["a photo of a dog", "A sks toy, on a wooden table; 3D render!"]
+    got = ours(prompts, padding="max_length", max_length=77).input_ids
+    assert got == reference(prompts, padding="max_length", max_length=77).input_ids
+    assert got[0][:7] == [49406, 320, 1125, 539, 320, 1929, 49407]  # <start> a photo of a dog <end>
