@@ -176,3 +176,19 @@ def test_runtime_error_reaches_the_user_naming_node_and_input(comfy):
     errors = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
     assert len(errors) == 1 and errors[0]["node_id"] == "3", errors
     assert errors[0]["exception_message"].startswith("MVCustom Combine Trajectories: input 'second' is invalid")
+
+
+@pytest.mark.parametrize("name", ["trajectory_preview", "synthetic_views"])
+def test_ui_workflow_widget_values_match_the_servers_widget_order(comfy, name):
+    """example_workflows/ stores widget values by position; check them against the live /object_info order."""
+    ui = json.loads((REPO_ROOT / "example_workflows" / f"{name}.json").read_text())
+    api = _workflow(name)
+    info = comfy.get_json("/object_info")
+    for n in ui["nodes"]:
+        entry = info[n["type"]]
+        specs = {**entry["input"].get("required", {}), **entry["input"].get("optional", {})}
+        order = entry["input_order"]["required"] + entry["input_order"].get("optional", [])
+        widgets = [i for i in order if isinstance(specs[i][0], list)
+                   or specs[i][0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+        constants = {k: v for k, v in api[str(n["id"])]["inputs"].items() if not isinstance(v, list)}
+        assert dict(zip(widgets, n["widgets_values"])) == constants, f"{name} node {n['id']} ({n['type']})"
