@@ -200,8 +200,11 @@ def load_mapped_state(
     what: str,
     dtype: torch.dtype,
     device: torch.device | str,
+    on_tensor: Callable[[], None] | None = None,
 ) -> None:
     """Read every ``table`` entry from ``source`` into ``module`` (built on ``meta``) by assignment.
+
+    ``on_tensor`` is called after each tensor is read (progress; it may raise to interrupt).
 
     Raises:
         CheckpointError: missing keys (count and the first few), or a tensor whose shape differs, naming the key,
@@ -233,6 +236,8 @@ def load_mapped_state(
         target_dtype = dtype if tensor.is_floating_point() else tensor.dtype
         state[m.diffusers] = tensor.to(device=device, dtype=target_dtype, memory_format=torch.contiguous_format,
                                        copy=True)
+        if on_tensor is not None:
+            on_tensor()
     module.load_state_dict(state, strict=True, assign=True)
 
 
@@ -301,6 +306,7 @@ def load_sd15_checkpoint(
     device: torch.device | str = "cpu",
     config: Mapping[str, Mapping[str, Any] | str | os.PathLike] | None = None,
     use_ema: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SD15Components:
     """Load an SD1.x single-file checkpoint (original LDM key layout) into diffusers/transformers modules.
 
@@ -314,6 +320,7 @@ def load_sd15_checkpoint(
             defaults are the shipped ``configs/sd15/*.json``.
         use_ema: take the UNet from the EMA copy (``model_ema.*``, flattened names) that full, unpruned files such
             as ``v1-5-pruned.ckpt`` carry; pruned files hold only one copy, and then this raises.
+        progress: called as ``progress(done, total)`` after each tensor; raise from it to interrupt.
 
     Returns:
         SD15Components with modules in eval mode.
@@ -337,13 +344,14 @@ def load_sd15_checkpoint(
         source = _with_ema_unet(source)
 
     modules = build_sd15_modules(unet_config, vae_config, text_config, device="meta")
-    unet_table = unet_key_table(modules.unet.state_dict().keys(), unet_config)
-    load_mapped_state(modules.unet, unet_table, source, what="SD1.x UNet", dtype=dtype, device=device)
-    vae_table = vae_key_table(modules.vae.state_dict().keys(), vae_config)
-    load_mapped_state(modules.vae, vae_table, source, what="SD1.x VAE", dtype=dtype, device=device)
-    clip_table = clip_key_table(modules.text_encoder.state_dict().keys())
-    load_mapped_state(modules.text_encoder, clip_table, source, what="SD1.x CLIP text encoder", dtype=dtype,
-                      device=device)
+    parts = (
+        (modules.unet, unet_key_table(modules.unet.state_dict().keys(), unet_config), "SD1.x UNet"),
+        (modules.vae, vae_key_table(modules.vae.state_dict().keys(), vae_config), "SD1.x VAE"),
+        (modules.text_encoder, clip_key_table(modules.text_encoder.state_dict().keys()), "SD1.x CLIP text encoder"),
+    )
+    on_tensor = _progress_counter(progress, sum(len(table) for _, table, _ in parts))
+    for module, table, what in parts:
+        load_mapped_state(module, table, source, what=what, dtype=dtype, device=device, on_tensor=on_tensor)
     _restore_clip_position_ids(modules.text_encoder, device)
 
     for module, what in ((modules.unet, "UNet"), (modules.vae, "VAE"), (modules.text_encoder, "text encoder")):
@@ -352,50 +360,45 @@ def load_sd15_checkpoint(
     return modules
 
 
-class _PrefixAliasState(StateFile):
-    """A view of a StateFile with an extra key prefix inserted (old ``cond_stage_model.transformer.*`` files)."""
+class _RenamedView(StateFile):
+    """A StateFile seen through renames ``{name in the view: name in the base file}``; opens nothing."""
 
-    def __init__(self, base: StateFile, old: str, new: str):  # noqa: D107 - no file is opened
+    def __init__(self, base: StateFile, alias: Mapping[str, str]):  # noqa: D107 - deliberately not super()
         self.path = base.path
         self._base = base
-        self._alias = {(new + k[len(old):] if k.startswith(old) and not k.startswith(new) else k): k for k in base.keys}
-        self._shapes = {a: base.shape(k) for a, k in self._alias.items()}
+        self._alias = dict(alias)
+        self._shapes = {name: base.shape(original) for name, original in self._alias.items()}
 
     def get(self, key: str) -> Tensor:
         return self._base.get(self._alias[key])
 
 
-class _EmaUNetState(StateFile):
-    """A view of a StateFile whose UNet keys read the EMA copy.
+def _progress_counter(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None] | None:
+    if progress is None:
+        return None
+    done = 0
 
-    LDM's ``LitEma`` stores ``model.diffusion_model.<name>`` as ``model_ema.diffusion_model<name without dots>``
-    (as ``diffusers.loaders.single_file_utils.convert_ldm_unet_checkpoint`` reads it with ``extract_ema``).
-    """
+    def step() -> None:
+        nonlocal done
+        done += 1
+        progress(done, total)
 
-    def __init__(self, base: StateFile):  # noqa: D107 - no file is opened
-        self.path = base.path
-        self._base = base
-        self._alias = {k: k for k in base.keys if not k.startswith(UNET_PREFIX)}
-        for key in base.keys:
-            if key.startswith(UNET_PREFIX):
-                ema = "model_ema." + key.removeprefix("model.").replace(".", "")
-                if ema in base:
-                    self._alias[key] = ema
-        self._shapes = {a: base.shape(k) for a, k in self._alias.items()}
-
-    def get(self, key: str) -> Tensor:
-        return self._base.get(self._alias[key])
+    return step
 
 
 def _with_ema_unet(source: StateFile) -> StateFile:
-    view = _EmaUNetState(source)
+    # LDM's LitEma stores "model.diffusion_model.<name>" as "model_ema.diffusion_model<name without dots>" (as
+    # diffusers' convert_ldm_unet_checkpoint reads it with extract_ema).
+    alias = {k: k for k in source.keys}
     unet_keys = [k for k in source.keys if k.startswith(UNET_PREFIX)]
-    if not unet_keys or not all(k in view for k in unet_keys):
+    ema_names = {k: "model_ema." + k.removeprefix("model.").replace(".", "") for k in unet_keys}
+    if not unet_keys or not all(ema in source for ema in ema_names.values()):
         raise CheckpointError(
             f"{source.path}: use_ema=True but the file has no EMA copy of the UNet ('model_ema.diffusion_model*' "
             f"keys); pruned checkpoints keep only one set of weights"
         )
-    return view
+    alias.update(ema_names)
+    return _RenamedView(source, alias)
 
 
 def _with_legacy_clip_prefix(source: StateFile) -> StateFile:
@@ -403,7 +406,8 @@ def _with_legacy_clip_prefix(source: StateFile) -> StateFile:
     legacy = "cond_stage_model.transformer."
     if any(k.startswith(CLIP_PREFIX) for k in source.keys) or not any(k.startswith(legacy) for k in source.keys):
         return source
-    return _PrefixAliasState(source, legacy, CLIP_PREFIX)
+    renamed = {(CLIP_PREFIX + k[len(legacy):] if k.startswith(legacy) else k): k for k in source.keys}
+    return _RenamedView(source, renamed)
 
 
 def _restore_clip_position_ids(text_encoder: nn.Module, device: torch.device | str) -> None:
@@ -447,6 +451,10 @@ def build_backbone(components: SD15Components, motion_adapter: nn.Module) -> Any
     and the adapter's tensors are then assigned (their key names coincide with the motion model's), so nothing is
     copied or randomly initialised. Equal, bit for bit, to ``UNetMotionModel.from_unet2d(unet, motion_adapter)``.
 
+    .. warning:: The result *shares* its tensors with ``components.unet`` and ``motion_adapter`` (one copy of the
+       weights in memory). Training or patching one changes the other; ``copy.deepcopy`` the result first when both
+       must diverge. Both inputs must have the same dtype and device.
+
     Raises:
         CheckpointError: the adapter does not fit the UNet (block count, channels, layers per block).
     """
@@ -454,6 +462,11 @@ def build_backbone(components: SD15Components, motion_adapter: nn.Module) -> Any
 
     unet = components.unet
     _check_adapter_fits(unet, motion_adapter)
+    placements = {(t.dtype, t.device) for t in [*unet.parameters(), *motion_adapter.parameters()]}
+    if len(placements) != 1:
+        raise CheckpointError(
+            f"UNet and motion adapter must share one dtype and device, found {sorted(map(str, placements))}"
+        )
     with torch.device("meta"):
         model = UNetMotionModel.from_unet2d(unet, motion_adapter, load_weights=False)
     unet_state = unet.state_dict()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ from .loading import (
     StateFile,
     _ensure_materialized,
     _LAYOUT_HINTS,
+    _progress_counter,
     _read_config,
     detect_layout,
     load_mapped_state,
@@ -181,6 +182,7 @@ def load_motion_module(
     device: torch.device | str = "cpu",
     config: Mapping[str, Any] | str | os.PathLike | None = None,
     max_seq_length: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> nn.Module:
     """Load an AnimateDiff motion module file into a diffusers ``MotionAdapter``.
 
@@ -194,6 +196,7 @@ def load_motion_module(
             ``block_out_channels`` taken from the file.
         max_seq_length: extend the positional encoding to this many frames (sinusoid formula). Must be at least
             the file's length; refused when the stored encoding is not the formula's.
+        progress: called as ``progress(done, total)`` after each tensor; raise from it to interrupt.
 
     Returns:
         ``MotionAdapter`` in eval mode.
@@ -216,7 +219,8 @@ def load_motion_module(
     with torch.device("meta"):
         adapter = MotionAdapter.from_config(adapter_config)
     table = motion_key_table(adapter.state_dict().keys(), original=info.layout == "animatediff_motion_module")
-    load_mapped_state(adapter, table, source, what="AnimateDiff motion module", dtype=dtype, device=device)
+    load_mapped_state(adapter, table, source, what="AnimateDiff motion module", dtype=dtype, device=device,
+                      on_tensor=_progress_counter(progress, len(table)))
     _ensure_materialized(adapter, "MotionAdapter", source.path)
     if max_seq_length is not None and max_seq_length != file_length:
         _extend_positions(adapter, max_seq_length, file_length, source)

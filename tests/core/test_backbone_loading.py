@@ -283,3 +283,29 @@ def test_tiny_backbone_is_seeded_and_sd_shaped():
         latents = first.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
     assert latents.shape == (1, 4, 8, 8)  # SD1.x's factor 8
     assert len(first.tokenizer) == first.text_encoder.get_input_embeddings().num_embeddings
+
+
+def test_progress_reports_every_tensor_and_can_interrupt(tiny_ldm, tmp_path):
+    path = _save(tiny_ldm, tmp_path / "tiny.safetensors")
+    calls = []
+    load_sd15_checkpoint(path, config=TINY, progress=lambda done, total: calls.append((done, total)))
+    total = len(tiny_ldm) - 1  # every tensor but the recomputed position_ids
+    assert calls == [(i, total) for i in range(1, total + 1)]
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(done, total):
+        if done == 10:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        load_sd15_checkpoint(path, config=TINY, progress=stop)
+
+
+def test_backbone_needs_one_dtype(tiny):
+    from mvcustom_core.backbone.loading import build_backbone
+    from mvcustom_core.backbone.tiny import tiny_motion_adapter
+
+    with pytest.raises(CheckpointError, match="one dtype and device"):
+        build_backbone(tiny, tiny_motion_adapter(dtype=torch.float16))

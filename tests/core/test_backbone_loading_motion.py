@@ -65,8 +65,8 @@ def test_original_names_agree_with_diffusers_converter():
     adapter = tiny_motion_adapter(seed=1)
     original = export_motion_module_state_dict(adapter)
     # Original per-module names (guoyww/AnimateDiff motion_module.py): 2 positional encodings per block.
-    assert "down_blocks.1.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.1.pos_encoder.pe" \
-        in original
+    block = "down_blocks.1.motion_modules.0.temporal_transformer.transformer_blocks.0."
+    assert block + "attention_blocks.1.pos_encoder.pe" in original
     assert "up_blocks.0.motion_modules.1.temporal_transformer.transformer_blocks.0.ff_norm.weight" in original
     assert "mid_block.motion_modules.0.temporal_transformer.proj_out.bias" in original
     converted = convert_animatediff_checkpoint_to_diffusers(original)
