@@ -20,10 +20,11 @@ Implementations (``impl``):
     ``"tiled"``   (``"auto"`` for k > 1) each t×t query tile (all frames) attends to the union of its queries'
                  windows, a (t+k−1)² region of every frame, under a boolean mask, with SDPA. Never the
                  full ``(F·H·W)²`` matrix: one tile's scores at a time. Runs anywhere, differentiable.
-    ``"gather"``  (``"auto"`` for k = 1) every position's window is gathered (``index_select``) and attended without a mask,
+    ``"gather"``  every position's window is gathered (``index_select``) and attended without a mask,
                  batched over positions: exact work, but keys are copied k² times (slower on CPU).
     ``"flex"``    ``torch.nn.attention.flex_attention`` with a block mask (compiled on CUDA; on CPU
                  the eager flex path materializes the scores: correctness only).
+    k = 1 under ``"auto"`` is AnimateDiff's per-pixel grouping (one SDPA over frames, no mask).
     Full attention (``window=None`` or k >= max(H, W)) is one SDPA call, queries chunked on the CPU
     to a memory budget. Measurements behind the choice: docs/sampler.md.
 """
@@ -248,7 +249,10 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int | None = Non
         return _full_attention(q, k, v, scale, chunk_elements)
     if impl == "tiled" or (impl == "auto" and window > 1):
         return _tiled_windowed(q, k, v, window, scale, chunk_elements)
-    if impl in ("auto", "gather"):  # k = 1: per-pixel temporal attention, nothing to mask
+    if impl == "auto" and window == 1:  # AnimateDiff's own grouping: per pixel, over frames
+        per_pixel = [t.permute(0, 1, 3, 4, 2, 5) for t in (q, k, v)]  # [B, heads, H, W, F, d]
+        return F_.scaled_dot_product_attention(*per_pixel, scale=scale).permute(0, 1, 4, 2, 3, 5)
+    if impl in ("auto", "gather"):
         return _gather_windowed(q, k, v, window, scale, chunk_elements)
     if impl == "flex":
         return _flex_windowed(q, k, v, window, scale)

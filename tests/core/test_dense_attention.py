@@ -162,10 +162,11 @@ def _eps(unet, x, text):
         return unet(x, torch.tensor(500), text).sample
 
 
-def test_window_one_reproduces_unmodified_motion_modules(unet_and_inputs):
+@pytest.mark.parametrize("impl", ["auto", "tiled", "gather"])
+def test_window_one_reproduces_unmodified_motion_modules(unet_and_inputs, impl):
     unet, x, text = unet_and_inputs
     original = _eps(unet, x, text)
-    assert enable_dense_attention(unet, window=1) == len(motion_modules(unet)) == 7
+    assert enable_dense_attention(unet, window=1, impl=impl) == len(motion_modules(unet)) == 7
     try:
         torch.testing.assert_close(_eps(unet, x, text), original, rtol=1e-5, atol=1e-5)
     finally:
