@@ -298,6 +298,7 @@ class TrajectoryInfo(io.ComfyNode):
         h, w = cams.image_size
         centers = cams.centers.double()
         path = float((centers[1:] - centers[:-1]).norm(dim=-1).sum()) if len(cams) > 1 else 0.0
+        # pinhole: fy = (H / 2) / tan(fov_y / 2), the inverse of CameraSet.from_fov
         fov = float(torch.rad2deg(2 * torch.atan(0.5 * h / cams.K[:, 1, 1].double())).mean())
         summary = f"{len(cams)} cameras, {w}x{h} px, path length {path:.3g}, mean vertical FOV {fov:.1f} deg"
         return io.NodeOutput(len(cams), w, h, summary)
