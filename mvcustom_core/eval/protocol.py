@@ -16,7 +16,7 @@ folder holding frames and a cameras file; the method is the name of the folder a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -102,8 +102,13 @@ def load_learned_models(options: EvalOptions) -> LearnedModels:
     return models
 
 
-def _pose_metrics(frames: Tensor, cams: CameraSet, options: EvalOptions) -> dict[str, float]:
-    sfm = register_frames(frames, cams.K, options.sfm)
+def _pose_metrics(frames: Tensor, cams: CameraSet, options: EvalOptions, notes: dict[str, str]) -> dict[str, float]:
+    sfm_options = options.sfm
+    if sfm_options.known_intrinsics and not torch.allclose(cams.K, cams.K[:1].expand_as(cams.K), rtol=1e-6, atol=1e-6):
+        # COLMAP's shared PINHOLE camera holds one K; a zooming path must let COLMAP estimate per image.
+        sfm_options = replace(sfm_options, known_intrinsics=False, per_image_camera=True)
+        notes["known_intrinsics"] = "target intrinsics differ between frames; COLMAP estimated them per image"
+    sfm = register_frames(frames, cams.K, sfm_options)
     err = absolute_pose_errors(sfm.c2w, cams.c2w, sfm.registered)
     reg = sfm.registered
     target_px, consistent = math.nan, 0.0
@@ -130,11 +135,12 @@ def _learned_metrics(frames: Tensor, references: Tensor | None, prompt: str | No
                      ) -> tuple[dict[str, float], dict[str, str]]:
     out: dict[str, float] = {}
     notes: dict[str, str] = {}
+    embeddings: dict[str, Tensor] = {}
     for name in ("dreamsim", "clip", "dino"):
         model = getattr(models, name)
         if model is None:
             continue
-        emb = model.embed_images(frames)
+        emb = embeddings[name] = model.embed_images(frames)
         out[f"mv_{name}"] = mean_pairwise_distance(emb) if name == "dreamsim" else mean_pairwise_similarity(emb)
         if references is not None:
             ref = model.embed_images(references)
@@ -142,7 +148,7 @@ def _learned_metrics(frames: Tensor, references: Tensor | None, prompt: str | No
             out[f"identity_{name}"] = d if name == "dreamsim" else 1.0 - d
     if prompt and models.clip is not None:
         try:
-            out["text_clip_s"] = clip_score(models.clip.embed_images(frames), models.clip.embed_texts([prompt])[0])
+            out["text_clip_s"] = clip_score(embeddings["clip"], models.clip.embed_texts([prompt])[0])
         except MetricUnavailable as exc:
             notes["text_clip_s"] = str(exc)
     return out, notes
@@ -179,7 +185,7 @@ def evaluate_set(frames: Tensor, cams: CameraSet, *, depth: Tensor | None = None
     result["num_frames"] = float(dims["F"])
     unavailable: dict[str, str] = {}
     if options.pose_accuracy:
-        result.update(_pose_metrics(frames, cams, options))
+        result.update(_pose_metrics(frames, cams, options, unavailable))
     if options.reprojection:
         if depth is None:
             unavailable["reprojection"] = "no depth given (depth.safetensors in the set folder)"

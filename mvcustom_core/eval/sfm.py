@@ -29,6 +29,8 @@ class SfmOptions:
             are meant to be rendered through exactly those cameras, and with unknown focal length small
             images often fail to initialise. ``False`` lets COLMAP estimate one shared SIMPLE_RADIAL camera,
             closer to running plain ``colmap automatic_reconstructor``.
+        per_image_camera: one camera per image (COLMAP ``CameraMode.PER_IMAGE``), for paths whose
+            intrinsics change; only with ``known_intrinsics=False``.
         num_threads: threads for extraction, matching and mapping.
         max_num_features: SIFT features per image.
         min_num_inliers: two-view inliers needed to start a model and to register an image; COLMAP's
@@ -38,6 +40,7 @@ class SfmOptions:
     """
 
     known_intrinsics: bool = True
+    per_image_camera: bool = False
     num_threads: int = 1
     max_num_features: int = 4096
     min_num_inliers: int = 30
@@ -97,8 +100,8 @@ def register_frames(frames: Tensor, K: Tensor | None = None, options: SfmOptions
 
     Args:
         frames: ``[F, 3, H, W]`` RGB in [0, 1].
-        K: ``[F, 3, 3]`` target intrinsics in pixels (used when ``options.known_intrinsics``; the first
-            frame's values are shared by all, as COLMAP's single-camera mode requires).
+        K: ``[F, 3, 3]`` target intrinsics in pixels (used when ``options.known_intrinsics``; they must
+            agree across frames, as COLMAP's single shared camera holds one K).
         options: :class:`SfmOptions`.
 
     Returns:
@@ -114,6 +117,11 @@ def register_frames(frames: Tensor, K: Tensor | None = None, options: SfmOptions
         if K is None:
             raise EvalInputError("K: known_intrinsics=True needs the target intrinsics")
         check_shape(K, "F 3 3", "K", dims)
+        if not torch.allclose(K, K[:1].expand_as(K), rtol=1e-6, atol=1e-6):
+            raise EvalInputError("K: the intrinsics differ between frames; a shared PINHOLE camera needs one K "
+                                 "(use SfmOptions(known_intrinsics=False, per_image_camera=True))")
+        if options.per_image_camera:
+            raise EvalInputError("options: per_image_camera needs known_intrinsics=False")
     previous_level = pycolmap.logging.minloglevel
     if options.quiet:
         pycolmap.logging.minloglevel = 1  # glog levels: 0 INFO, 1 WARNING, 2 ERROR
@@ -145,7 +153,8 @@ def _run_sfm(pycolmap, frames: Tensor, K: Tensor | None, options: SfmOptions) ->
         extraction.num_threads = options.num_threads
         extraction.max_image_size = max(h, w)
         extraction.sift.max_num_features = options.max_num_features
-        pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+        mode = pycolmap.CameraMode.PER_IMAGE if options.per_image_camera else pycolmap.CameraMode.SINGLE
+        pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=mode,
                                   reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
 
         matching = pycolmap.FeatureMatchingOptions()

@@ -102,3 +102,14 @@ def test_register_frames_rejects_missing_intrinsics(orbit):
     _, frames = orbit
     with pytest.raises(ValueError, match="K"):
         register_frames(frames[:2])
+
+
+def test_varying_intrinsics_switch_to_estimated_per_image_cameras(orbit):
+    cams, frames = orbit
+    K = cams.K[:4].clone()
+    K[2, 0, 0] *= 1.1  # a zoom on frame 2
+    zoomed = CameraSet(K, cams.c2w[:4], cams.image_size)
+    with pytest.raises(ValueError, match="intrinsics differ between frames"):
+        register_frames(frames[:4], K)
+    res = evaluate_set(torch.full_like(frames[:4], 0.5), zoomed, options=POSE_ONLY, models=LearnedModels())
+    assert "per image" in res["unavailable"]["known_intrinsics"] and res["cpa"] == 0.0
