@@ -23,6 +23,19 @@ the block's token map, and the mode:
 * ``"render"``: the fused forward above, with FeatureNeRF outputs kept in ``context.outputs`` (opacity,
   expected depth, RGB) for the losses and for depth-aware feature rendering.
 
+Inference additions (method.md §7.1, §4.8):
+
+* **Pose-block ratio** r: with ``context.active_steps = round(r·S)`` set, the blocks fuse only while
+  ``context.step < active_steps`` and are the plain blocks afterwards (paper: 100 % by default; 75/50/25 %
+  trade reference shape for text-driven shape). The sampler reports the step through
+  :func:`pose_step_relay`, a no-op feature hook whose ``step``/``branch`` the sampler sets before each call.
+* **First-step cache** of the rendered map Fy (``context.cache_rendered``): Fy depends only on the cached
+  reference tokens, the target cameras, the text and the grid, never on the noisy target tokens, so for a
+  fixed batch and prompt the cache is exact (CustomDiffusion360; method.md §4.8). The cache key is
+  (block, CFG branch, ``context.target_key``, rows, grid); it holds for one run (one prompt and reference
+  bank): call :meth:`PoseContext.clear_cache` between runs, and set ``target_key`` when target cameras
+  change mid-run (sampling windows).
+
 Row layout: hidden states are ``[R, h·w, C]`` with ``R = B·F`` rows ordered branch-major (``row = b·F + f``,
 the layout of CFG batches ``[uncond frames…, cond frames…]``); row ``r`` is target frame ``r % F``.
 """
@@ -30,16 +43,17 @@ the layout of CFG batches ``[uncond frames…, cond frames…]``); row ``r`` is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Hashable, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
 
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.customization.featurenerf import FeatureNeRF, FeatureNeRFConfig, FeatureNeRFOutput
+from mvcustom_core.backbone.hooks import FeatureHook
 
 __all__ = ["PoseContext", "PoseConditionedBlock", "install_pose_blocks", "pose_blocks", "remove_pose_blocks",
-           "spatial_transformer_blocks", "select_blocks", "PoseBlockError"]
+           "spatial_transformer_blocks", "select_blocks", "PoseBlockError", "pose_step_relay", "active_pose_steps"]
 
 Mode = Literal["off", "capture", "render"]
 
@@ -62,6 +76,11 @@ class PoseContext:
         jitter: stratified jitter of ray samples (training) or fixed bins (inference).
         generator: random source of the jitter.
         ray_chunk: bound on rays rendered at once (memory).
+        step: the sampler's 0-based step index (set by :func:`pose_step_relay`).
+        branch: the CFG branch label of the current model call (``"uncond+cond"``, ``"uncond"``, ``"cond"``).
+        active_steps: fuse only while ``step < active_steps``; None = every step (pose-block ratio 1).
+        cache_rendered: reuse each block's first rendered Fy for later calls with the same key.
+        target_key: hashable id of ``target_cams`` for the cache (change it when the cameras change).
     """
 
     mode: Mode = "off"
@@ -72,8 +91,22 @@ class PoseContext:
     jitter: bool = False
     generator: torch.Generator | None = None
     ray_chunk: int | None = None
+    step: int = 0
+    branch: str = "uncond+cond"
+    active_steps: int | None = None
+    cache_rendered: bool = False
+    target_key: Hashable = None
     _grid: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     _capture: dict[str, list[Tensor]] = field(default_factory=dict, repr=False)
+    _rendered: dict[tuple, tuple[Tensor, list[FeatureNeRFOutput]]] = field(default_factory=dict, repr=False)
+
+    def pose_active(self) -> bool:
+        """Whether the pose blocks fuse at the current step (pose-block ratio)."""
+        return self.active_steps is None or self.step < self.active_steps
+
+    def clear_cache(self) -> None:
+        """Drop cached Fy maps (call between runs: new prompt, references or cameras)."""
+        self._rendered = {}
 
     def begin_capture(self) -> None:
         """Start recording reference tokens; rows of each forward are reference views in order."""
@@ -132,7 +165,7 @@ class PoseConditionedBlock(nn.Module):
                 timestep: Tensor | None = None, cross_attention_kwargs: dict[str, Any] | None = None,
                 class_labels: Tensor | None = None, added_cond_kwargs: dict | None = None) -> Tensor:
         ctx = self.context
-        if ctx.mode != "render" or self.name not in ctx.references:
+        if ctx.mode != "render" or self.name not in ctx.references or not ctx.pose_active():
             out = self.block(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
                              timestep, cross_attention_kwargs, class_labels, added_cond_kwargs)
             if ctx.mode == "capture":
@@ -156,6 +189,14 @@ class PoseConditionedBlock(nn.Module):
         if rows % n_frames:
             raise PoseBlockError(f"{self.name}: batch of {rows} rows is not a multiple of {n_frames} target frames")
         h, w = ctx._grid[self.name]
+        key = None
+        if ctx.cache_rendered:
+            # Valid for one run (fixed prompt and references): callers clear it between runs.
+            key = (self.name, ctx.branch, ctx.target_key, rows, (h, w))
+            if key in ctx._rendered:
+                fy, outs = ctx._rendered[key]
+                ctx.outputs[self.name] = outs
+                return fy
         bank = ctx.references[self.name]
         blk = self.block
         outputs, rendered = [], []
@@ -176,7 +217,10 @@ class PoseConditionedBlock(nn.Module):
             outputs.append(out)
             rendered.append(out.features.flatten(2).transpose(1, 2))  # [F, h·w, C]
         ctx.outputs[self.name] = outputs
-        return torch.cat(rendered)
+        fy = torch.cat(rendered)
+        if key is not None:
+            ctx._rendered[key] = (fy, outputs)
+        return fy
 
 
 def spatial_transformer_blocks(unet: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -253,3 +297,43 @@ def remove_pose_blocks(unet: nn.Module) -> None:
             module.grid_hook.remove()
             parent, leaf = _parent(unet, name)
             parent[int(leaf)] = module.block
+
+
+def active_pose_steps(ratio: float, steps: int) -> int | None:
+    """``round(ratio · steps)`` pose-active steps for a pose-block ratio in [0, 1]; None for ratio 1 (always on)."""
+    if not 0.0 <= float(ratio) <= 1.0:
+        raise PoseBlockError(f"pose-block ratio must be in [0, 1], got {ratio}")
+    return None if float(ratio) == 1.0 else int(round(float(ratio) * steps))
+
+
+class _PoseStepRelay(FeatureHook):
+    """A feature hook that changes nothing and forwards the sampler's ``step``/``branch`` to a PoseContext."""
+
+    def __init__(self, layer_names: list[str], context: PoseContext) -> None:
+        self._context = context
+        super().__init__(layer_names, lambda name, step, features: None)
+
+    @property
+    def step(self) -> int:
+        return self._context.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._context.step = int(value)
+
+    @property
+    def branch(self) -> str:
+        return self._context.branch
+
+    @branch.setter
+    def branch(self, value: str) -> None:
+        self._context.branch = value
+
+
+def pose_step_relay(unet: nn.Module, context: PoseContext) -> FeatureHook:
+    """A :class:`~mvcustom_core.backbone.hooks.FeatureHook` for ``sample(hooks=...)`` that keeps
+    ``context.step`` and ``context.branch`` in sync with the sampler (it never alters features)."""
+    names = [n for n, m in unet.named_modules() if isinstance(m, PoseConditionedBlock)]
+    if not names:
+        raise PoseBlockError("pose_step_relay: the UNet has no pose-conditioned blocks installed")
+    return _PoseStepRelay(names, context)

@@ -1,0 +1,119 @@
+"""Consistency-aware latent completion (CLC, MVCustom Sec. 3.4; method.md §7.3) as a sampler step hook.
+
+For the early steps with timestep ``t ≥ τ`` and each non-anchor frame with keep mask ``m`` (1 where the
+anchor sees the latent, from the DFR geometry at latent resolution, optionally eroded)::
+
+    x̂_0  = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t                     (the scheduler's pred_original_sample)
+    x_t' = √ᾱ_t x̂_0 + √(1−ᾱ_t) ε_new,   ε_new ~ N(0, I)    (re-noise to the same t)
+    x_t ← m ⊙ x_t + (1 − m) ⊙ x_t'                          (only disoccluded latents are refreshed)
+    continue the DDIM step from the modified x_t
+
+Choice for "continue" (open in the paper): no extra UNet pass. The noise consistent with ``x_t'`` and the
+model's ``x̂_0`` is exactly ``ε_new``, so the deterministic DDIM step (Song et al. 2021, eq. 12, η = 0)
+from ``x_t'`` is ``x_{t−1}' = √ᾱ_{t−1} x̂_0 + √(1−ᾱ_{t−1}) ε_new``; in the kept region the step is the
+sampler's own. The hook therefore runs after the scheduler step and returns
+``m ⊙ x_{t−1} + (1 − m) ⊙ x_{t−1}'``. (Euler: ``x_{next}' = x̂_0 + σ_next ε_new``, the same argument in
+the σ parametrization of Karras et al. 2022.) Fresh noise is drawn from the sampler's CPU generator, so a
+seed reproduces the run.
+
+Default τ = 900: with 50 DDIM steps (timesteps 981, 961, …) CLC runs on the first 5 steps, the "first 10–20 %"
+suggested in method.md §7.3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F_nn
+from torch import Tensor
+
+from mvcustom_core.backbone.hooks import StepContext
+from mvcustom_core.checks import check_shape
+
+__all__ = ["CLCPlan", "CLCHook", "CLCError", "erode", "keep_mask", "renoise_to_next", "DEFAULT_CLC_TAU"]
+
+DEFAULT_CLC_TAU = 900
+
+
+class CLCError(ValueError):
+    """Bad CLC settings or masks."""
+
+
+@dataclass(frozen=True)
+class CLCPlan:
+    """CLC settings.
+
+    Attributes:
+        tau: τ, a training timestep in [0, 1000]; CLC acts on steps whose timestep t ≥ τ.
+        erosion: latent pixels the anchor's coverage is shrunk by (a (2e+1)² min-filter), so boundary
+            latents also regenerate.
+    """
+
+    tau: int = DEFAULT_CLC_TAU
+    erosion: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= int(self.tau) <= 1000:
+            raise CLCError(f"CLC tau must be a timestep in [0, 1000], got {self.tau}")
+        if int(self.erosion) < 0:
+            raise CLCError(f"CLC erosion must be >= 0 latent pixels, got {self.erosion}")
+
+
+def erode(mask: Tensor, pixels: int) -> Tensor:
+    """Binary erosion of ``[F, 1, h, w]`` 0/1 masks by a ``(2·pixels+1)²`` square; outside the image counts as 1."""
+    check_shape(mask, "F 1 h w", "mask")
+    if pixels <= 0:
+        return mask.clone()
+    k = 2 * pixels + 1
+    padded = F_nn.pad(1.0 - mask.float(), (pixels,) * 4, value=0.0)
+    return (1.0 - F_nn.max_pool2d(padded, k, stride=1)).to(mask.dtype)
+
+
+def keep_mask(coverage: Tensor, anchor: int, erosion: int) -> Tensor:
+    """``[F, 1, h, w]`` float: 1 where latents are kept (eroded anchor coverage; the anchor frame all 1)."""
+    m = erode(coverage.float(), erosion)
+    m[anchor] = 1.0
+    return m
+
+
+def renoise_to_next(ctx: StepContext, noise: Tensor) -> Tensor:
+    """``x̂_0`` re-noised to the *next* step's noise level with ``noise`` (DDIM ᾱ_{t−1} or Euler σ_next)."""
+    sched = ctx.scheduler
+    x0 = ctx.x0_pred
+    if hasattr(sched, "sigmas") and not hasattr(sched, "final_alpha_cumprod"):  # Euler-type (σ space)
+        sigma_next = sched.sigmas[ctx.step + 1].to(x0)
+        return x0 + sigma_next * noise
+    if hasattr(sched, "alphas_cumprod"):  # DDIM: diffusers' previous-timestep rule
+        prev_t = int(ctx.t) - sched.config.num_train_timesteps // sched.num_inference_steps
+        a_prev = sched.alphas_cumprod[prev_t] if prev_t >= 0 else sched.final_alpha_cumprod
+        a_prev = a_prev.to(x0)
+        return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * noise
+    raise CLCError(f"CLC does not know how to re-noise with {type(sched).__name__}")
+
+
+class CLCHook:
+    """Sampler step hook for CLC (see the module docstring).
+
+    Args:
+        plan: τ and erosion.
+        keep: ``[F, 1, h, w]`` latent keep mask (:func:`keep_mask`), 1 = anchor-visible.
+    ``record`` lists the step indices CLC acted on.
+    """
+
+    def __init__(self, plan: CLCPlan, keep: Tensor) -> None:
+        check_shape(keep, "F 1 h w", "CLC keep mask")
+        self.plan = plan
+        self.keep = keep.float()
+        self.record: list[int] = []
+
+    def on_step(self, ctx: StepContext) -> Tensor | None:
+        if int(ctx.t) < int(self.plan.tau):
+            return None
+        if self.keep.shape[0] != ctx.latents.shape[0] or self.keep.shape[-2:] != ctx.latents.shape[-2:]:
+            raise CLCError(f"CLC mask {tuple(self.keep.shape)} does not match latents {tuple(ctx.latents.shape)}")
+        noise = torch.randn(ctx.latents.shape, generator=ctx.generator, dtype=torch.float32).to(ctx.latents.device)
+        fresh = renoise_to_next(ctx, noise)
+        keep = self.keep.to(ctx.latents.device) > 0.5
+        self.record.append(ctx.step)
+        return torch.where(keep, ctx.latents, fresh.to(ctx.latents.dtype))

@@ -1,0 +1,251 @@
+"""Depth-aware feature rendering (DFR, MVCustom Sec. 3.4, Fig. 3a; method.md §7.2) as a sampler feature hook.
+
+Per hooked UNet layer and denoising step ``i < K``::
+
+    M_a = (P_a, F_a, T_a)                   anchor feature mesh at the layer's resolution
+    (F_n^a, M_n^a) = R(M_a, φ_n)            z-buffered rasterization into every frame n ≠ a
+    F̂_n = M_n^a ⊙ F_n^a + (1 − M_n^a) ⊙ F_n
+
+Geometry (mesh, per-frame vertex ids and barycentric weights) is fixed during sampling, so it is built
+once per layer size (:func:`mvcustom_core.ops.plan_mesh_render`) and each step only gathers the current
+anchor features (:func:`mvcustom_core.ops.apply_plan`). With classifier-free guidance each branch renders
+its own anchor row (the branches are folded into channels: one sparse product for both). The anchor frame
+is never replaced.
+
+Defaults (open choices, method.md §7.2): anchor = middle frame; K = 35 (paper: "the first 35 steps" of
+50 DDIM steps); layers = :func:`default_dfr_layers`, the outputs of the last two upsampling decoder
+blocks (SD1.5 at 512 px: ``up_blocks.1`` → 32×32 = half latent and ``up_blocks.2`` → 64×64 = latent
+resolution), "decoder features at latent and half-latent resolution".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from mvcustom_core.backbone.hooks import FeatureHook
+from mvcustom_core.cameras import CameraSet
+from mvcustom_core.checks import check_shape
+from mvcustom_core.inference.anchor_depth import AlignedDepth, DepthKind, align_depth, field_depth
+from mvcustom_core.ops import (DEFAULT_MAX_REL_DEPTH_JUMP, FeatureMesh, RenderPlan, apply_plan, build_feature_mesh,
+                               plan_mesh_render, resample_depth)
+
+__all__ = ["DFRPlan", "DFRError", "AnchorGeometry", "DFRHook", "default_dfr_layers", "anchor_index",
+           "resolve_anchor_geometry", "DEFAULT_DFR_STEPS"]
+
+DEFAULT_DFR_STEPS = 35
+
+
+class DFRError(ValueError):
+    """Inconsistent DFR settings (anchor out of range, no depth source, unknown layer)."""
+
+
+@dataclass(frozen=True)
+class DFRPlan:
+    """DFR settings; depth is resolved against the customization when sampling starts.
+
+    Attributes:
+        anchor: anchor frame index (negative counts from the end); None = middle frame ``F // 2``.
+        depth: optional ``[H, W]`` raw anchor depth (a depth node's IMAGE, channel-averaged); None = the
+            customized FeatureNeRF's expected depth.
+        depth_kind: ``"disparity"`` (relative inverse depth: MiDaS, Depth Anything; near is bright) or
+            ``"depth"`` (larger is farther: ZoeDepth metric depth).
+        scale, shift: manual alignment; None = least squares against the field's depth on its opaque
+            pixels, or (no customization) the median depth at the anchor camera's distance to the origin.
+        layers: hooked module paths; None = :func:`default_dfr_layers`.
+        steps: K, replacement in steps ``i < K``.
+        max_rel_depth_jump: face culling threshold of the feature mesh (see ``build_feature_mesh``).
+        opacity_threshold: field pixels trusted for alignment / used as field depth.
+    """
+
+    anchor: int | None = None
+    depth: Tensor | None = None
+    depth_kind: DepthKind = "disparity"
+    scale: float | None = None
+    shift: float | None = None
+    layers: tuple[str, ...] | None = None
+    steps: int = DEFAULT_DFR_STEPS
+    max_rel_depth_jump: float = DEFAULT_MAX_REL_DEPTH_JUMP
+    opacity_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise DFRError(f"DFR steps K must be >= 0, got {self.steps}")
+        if self.depth is not None:
+            check_shape(self.depth, "H W", "DFR depth")
+        if self.depth_kind not in ("depth", "disparity"):
+            raise DFRError(f"depth_kind must be 'depth' or 'disparity', got {self.depth_kind!r}")
+
+
+def anchor_index(anchor: int | None, num_frames: int) -> int:
+    """The anchor frame for ``num_frames`` frames (None: the middle frame ``F // 2``)."""
+    a = num_frames // 2 if anchor is None else int(anchor)
+    if a < 0:
+        a += num_frames
+    if not 0 <= a < num_frames:
+        raise DFRError(f"anchor frame {anchor} is outside the trajectory's {num_frames} frames")
+    return a
+
+
+def default_dfr_layers(unet: torch.nn.Module) -> list[str]:
+    """Outputs of the last two decoder blocks that upsample (SD1.5: ``up_blocks.1``, ``up_blocks.2``)."""
+    ups = [f"up_blocks.{i}" for i, b in enumerate(getattr(unet, "up_blocks", []))
+           if getattr(b, "upsamplers", None) is not None]
+    if not ups:
+        raise DFRError(f"{type(unet).__name__} has no upsampling decoder blocks; pass DFR layers explicitly")
+    return ups[-2:]
+
+
+@dataclass
+class AnchorGeometry:
+    """The anchor view's geometry, shared by every hooked layer, window and the CLC masks.
+
+    Attributes:
+        anchor: anchor frame index into ``cams``.
+        cams: all F target cameras (scene frame).
+        depth: ``[H, W]`` anchor z-depth (0 = invalid) at any resolution; resampled per layer.
+        max_rel_depth_jump: face culling threshold.
+    """
+
+    anchor: int
+    cams: CameraSet
+    depth: Tensor
+    max_rel_depth_jump: float = DEFAULT_MAX_REL_DEPTH_JUMP
+    _meshes: dict = field(default_factory=dict, repr=False)
+    _plans: dict = field(default_factory=dict, repr=False)
+
+    def mesh(self, size: tuple[int, int]) -> FeatureMesh:
+        """The anchor feature mesh on an ``(h, w)`` grid (nearest-resampled depth), cached."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self._meshes:
+            depth = resample_depth(self.depth, size, mode="nearest")
+            self._meshes[size] = build_feature_mesh(depth, self.cams[self.anchor],
+                                                    max_rel_depth_jump=self.max_rel_depth_jump)
+        return self._meshes[size]
+
+    def plan(self, size: tuple[int, int]) -> RenderPlan:
+        """Rasterization of :meth:`mesh` into all F cameras at ``size``; the anchor's own coverage is cleared."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self._plans:
+            plan = plan_mesh_render(self.mesh(size), self.cams, size)
+            coverage = plan.coverage.clone()
+            coverage[self.anchor] = False  # the anchor frame is never replaced
+            self._plans[size] = replace(plan, coverage=coverage)
+        return self._plans[size]
+
+    def coverage(self, size: tuple[int, int]) -> Tensor:
+        """``[F, 1, h, w]`` float 0/1: pixels of each frame the anchor sees (0 for the anchor itself)."""
+        return self.plan(size).coverage.float()
+
+    def render(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Render an anchor feature map ``[C, h, w]`` into every frame: ``([F, C, h, w], coverage [F, 1, h, w])``."""
+        size = tuple(features.shape[-2:])
+        return apply_plan(self.plan(size), self.mesh(size).vertex_features(features))
+
+    def points(self) -> Tensor:
+        """``[P, 3]`` world points of the anchor's valid depth pixels (full depth resolution, row-major)."""
+        cam = self.cams[self.anchor].with_image_size(tuple(self.depth.shape)).to(self.depth.device, self.depth.dtype)
+        valid = self.depth > 0
+        uv = cam.pixel_centers()[valid]
+        return cam.unproject(uv[None], self.depth[valid][None])[0]
+
+
+def resolve_anchor_geometry(
+    plan: DFRPlan,
+    cams: CameraSet,
+    *,
+    unet: torch.nn.Module | None = None,
+    pose_context=None,
+) -> tuple[AnchorGeometry, AlignedDepth | None]:
+    """Turn a :class:`DFRPlan` into anchor geometry for the trajectory ``cams``.
+
+    Depth: the plan's depth image aligned to the field's expected depth (needs ``unet`` with pose blocks
+    and ``pose_context``), or to manual scale/shift, or to the anchor's distance to the origin; without a
+    depth image, the field's depth itself.
+
+    Returns:
+        the geometry and the alignment (None when the field depth is used as-is).
+    """
+    a = anchor_index(plan.anchor, cams.num_frames)
+    anchor_cam = cams[a]
+    has_field = unet is not None and pose_context is not None and bool(pose_context.references)
+    if plan.depth is None:
+        if not has_field:
+            raise DFRError("DFR without a depth image uses the customization's FeatureNeRF depth: connect a "
+                           "customization or give an anchor depth image")
+        size = tuple(cams.image_size)
+        depth, _ = field_depth(unet, pose_context, anchor_cam, size, opacity_threshold=plan.opacity_threshold)
+        if not (depth > 0).any():
+            raise DFRError("the customization's FeatureNeRF is transparent from the anchor view (no opacity above "
+                           f"{plan.opacity_threshold}); give an anchor depth image")
+        return AnchorGeometry(a, cams, depth, plan.max_rel_depth_jump), None
+    raw = plan.depth.float()
+    reference = mask = None
+    if plan.scale is None and has_field:
+        reference, opacity = field_depth(unet, pose_context, anchor_cam, tuple(raw.shape),
+                                         opacity_threshold=plan.opacity_threshold)
+        mask = opacity > plan.opacity_threshold
+    center = float(anchor_cam.centers[0].norm())
+    aligned = align_depth(raw, reference, mask, kind=plan.depth_kind, scale=plan.scale, shift=plan.shift,
+                          center_distance=center)
+    return AnchorGeometry(a, cams, aligned.depth, plan.max_rel_depth_jump), aligned
+
+
+class DFRHook(FeatureHook):
+    """Feature replacement at the hooked layers for steps ``step < steps`` (a sampler ``FeatureHook``).
+
+    ``frames`` (set by :class:`~mvcustom_core.inference.windows.WindowedUNet`) lists the trajectory frames
+    of the current model call; None = all F frames. The anchor's vertex features are taken from the first
+    call of each step that contains the anchor and reused for later windows of the same step, so every
+    window renders the same anchor mesh *and* the same anchor features.
+
+    ``record`` (optional list) receives ``(step, name, frames, replaced_rows_mask)`` for tests and previews.
+    """
+
+    def __init__(self, geometry: AnchorGeometry, layers: list[str], steps: int = DEFAULT_DFR_STEPS) -> None:
+        self.geometry = geometry
+        self.num_steps = int(steps)
+        self.frames: Tensor | None = None
+        self._anchor_cache: dict[tuple[str, int], Tensor] = {}
+        self._cache_step = -1
+        self.record: list | None = None
+        super().__init__(layers, self._replace)
+
+    def _replace(self, name: str, step: int, features: Tensor) -> Tensor | None:
+        if step >= self.num_steps or step < 0:
+            return None
+        geo = self.geometry
+        frames = torch.arange(geo.cams.num_frames) if self.frames is None else self.frames.cpu()
+        nf = frames.numel()
+        if features.dim() != 4 or features.shape[0] % nf:
+            raise DFRError(f"DFR layer {name!r} gives {tuple(features.shape)}; expected [N·{nf}, C, h, w] "
+                           "feature maps (hook block or resnet outputs, not transformer tokens)")
+        if step != self._cache_step:
+            self._anchor_cache, self._cache_step = {}, step
+        branches = features.shape[0] // nf
+        rows = features.view(branches, nf, *features.shape[1:])
+        local = (frames == geo.anchor).nonzero()
+        anchors = []
+        for b in range(branches):
+            key = (name, b)
+            if key not in self._anchor_cache:
+                if local.numel() == 0:
+                    raise DFRError(f"DFR: the model call holds frames {frames.tolist()} without the anchor "
+                                   f"{geo.anchor} and no earlier call of step {step} provided its features")
+                self._anchor_cache[key] = rows[b, int(local[0, 0])].detach()
+            anchors.append(self._anchor_cache[key])
+        size = tuple(features.shape[-2:])
+        plan = geo.plan(size)
+        sub = RenderPlan(plan.vert_idx[frames], plan.weights[frames], plan.coverage[frames], plan.num_verts)
+        mesh = geo.mesh(size)
+        vert = torch.cat([mesh.vertex_features(a.float()) for a in anchors], dim=1)  # [V, N·C]
+        rendered, cov = apply_plan(sub, vert)  # [nf, N·C, h, w], [nf, 1, h, w]
+        rendered = rendered.reshape(nf, branches, -1, *size).transpose(0, 1).to(features.dtype)
+        covered = cov.to(features.device)[None] > 0.5  # [1, nf, 1, h, w]
+        out = torch.where(covered, rendered.to(features.device), rows)  # exact copy outside the coverage
+        if self.record is not None:
+            self.record.append((step, name, frames.clone(), covered[0, :, 0].clone()))
+        return out.reshape(features.shape)

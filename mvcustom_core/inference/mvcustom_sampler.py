@@ -1,0 +1,174 @@
+"""The MVCustom sampler: pose-conditioned blocks + DFR + CLC around the plain sampler core (method.md §7.4).
+
+Per step ``i`` of ``S`` (DDIM, CFG 5 by default)::
+
+    pose_on = i < round(r · S)                  pose-block ratio r (default 1.0: every step)
+    dfr_on  = i < K                             feature replacement at the hooked layers (DFRHook)
+    ε       = CFG(unet(x_t, t, text, pose_on, dfr_on))
+    x_{t-1} = ddim_step(ε, t, x_t)
+    if t ≥ τ: refresh the anchor-invisible latents (CLCHook)
+
+Everything is installed as hooks of :func:`mvcustom_core.backbone.sampler.sample` (the sampler knows
+nothing of DFR or CLC). With no customization, no DFR and no CLC the call *is* the plain sampler, bit for
+bit. Trajectories longer than ``window`` frames run through :class:`~mvcustom_core.inference.windows.WindowedUNet`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from mvcustom_core.backbone.sampler import sample
+from mvcustom_core.cameras import CameraSet
+from mvcustom_core.customization.pose_block import PoseContext, active_pose_steps, pose_blocks, pose_step_relay
+from mvcustom_core.inference.clc import CLCError, CLCHook, CLCPlan, keep_mask
+from mvcustom_core.inference.dfr import AnchorGeometry, DFRHook, DFRPlan, default_dfr_layers, resolve_anchor_geometry
+from mvcustom_core.inference.windows import WindowedUNet, plan_windows
+
+__all__ = ["mvcustom_sample", "MVCustomRun", "prepare_run", "DEFAULT_CFG", "DEFAULT_WINDOW", "DEFAULT_OVERLAP"]
+
+DEFAULT_CFG = 5.0  # paper: 3 blurrier, 8 more flicker
+DEFAULT_WINDOW = 16
+DEFAULT_OVERLAP = 4
+
+
+class MVCustomRun:
+    """Hooks and model of one MVCustom sampling call (built by :func:`prepare_run`; inspect in tests).
+
+    Attributes:
+        model: the UNet or its :class:`WindowedUNet`.
+        hooks: for ``sample(hooks=...)``.
+        geometry: anchor geometry (None without DFR).
+        dfr, clc: the hooks (None when off).
+        windows: frame windows.
+    """
+
+    def __init__(self) -> None:
+        self.model: torch.nn.Module | None = None
+        self.hooks: list[Any] = []
+        self.geometry: AnchorGeometry | None = None
+        self.dfr: DFRHook | None = None
+        self.clc: CLCHook | None = None
+        self.windows: list[list[int]] = []
+
+
+def prepare_run(
+    unet: torch.nn.Module,
+    cams: CameraSet,
+    *,
+    pose_context: PoseContext | None = None,
+    dfr: DFRPlan | None = None,
+    clc: CLCPlan | None = None,
+    steps: int = 50,
+    pose_ratio: float = 1.0,
+    window: int = DEFAULT_WINDOW,
+    overlap: int = DEFAULT_OVERLAP,
+    geometry: AnchorGeometry | None = None,
+) -> MVCustomRun:
+    """Build the model wrapper and hooks; sets up ``pose_context`` (render mode, cameras, ratio, cache)."""
+    run = MVCustomRun()
+    nf = cams.num_frames
+    if clc is not None and dfr is None and geometry is None:
+        raise CLCError("latent completion needs the anchor geometry of a DFR plan (connect a DFR plan; "
+                       "steps K = 0 gives geometry without feature replacement)")
+    if dfr is not None and geometry is None:
+        geometry = resolve_anchor_geometry(dfr, cams, unet=unet, pose_context=pose_context)[0]
+    run.geometry = geometry
+    anchor = geometry.anchor if geometry is not None else None
+
+    has_pose = pose_context is not None and any(True for _ in pose_blocks(unet)) and bool(pose_context.references)
+    if has_pose:
+        pose_context.mode = "render"
+        pose_context.target_cams = cams
+        pose_context.target_key = None
+        pose_context.jitter = False
+        pose_context.active_steps = active_pose_steps(pose_ratio, steps)
+        pose_context.cache_rendered = True
+        pose_context.clear_cache()
+        run.hooks.append(pose_step_relay(unet, pose_context))
+
+    if dfr is not None:
+        layers = list(dfr.layers) if dfr.layers else default_dfr_layers(unet)
+        run.dfr = DFRHook(geometry, layers, dfr.steps)
+        run.hooks.append(run.dfr)
+
+    if clc is not None:
+        height, width = cams.image_size
+        keep = keep_mask(geometry.coverage((height // 8, width // 8)), geometry.anchor, clc.erosion)
+        run.clc = CLCHook(clc, keep)
+        run.hooks.append(run.clc)
+
+    run.windows = plan_windows(nf, window, overlap, anchor)
+    if len(run.windows) > 1:
+        window_cams = {}
+
+        def on_window(frames: Tensor | None) -> None:
+            if run.dfr is not None:
+                run.dfr.frames = frames
+            if has_pose:
+                key = None if frames is None else tuple(frames.tolist())
+                if key not in window_cams:
+                    window_cams[key] = cams if frames is None else cams[frames]
+                pose_context.target_cams, pose_context.target_key = window_cams[key], key
+
+        run.model = WindowedUNet(unet, run.windows, anchor, on_window)
+    else:
+        run.model = unet
+    return run
+
+
+def mvcustom_sample(
+    unet: torch.nn.Module,
+    cond: Tensor,
+    uncond: Tensor | None,
+    cams: CameraSet,
+    *,
+    pose_context: PoseContext | None = None,
+    dfr: DFRPlan | None = None,
+    clc: CLCPlan | None = None,
+    seed: int = 0,
+    steps: int = 50,
+    cfg: float = DEFAULT_CFG,
+    pose_ratio: float = 1.0,
+    window: int = DEFAULT_WINDOW,
+    overlap: int = DEFAULT_OVERLAP,
+    scheduler: str = "ddim",
+    scheduler_config: dict | None = None,
+    callback: Callable[[int, int, Tensor], None] | None = None,
+    interrupt: Callable[[], None] | None = None,
+    run: MVCustomRun | None = None,
+) -> Tensor:
+    """Generate one latent frame per camera of the trajectory.
+
+    Args:
+        unet: a ``UNetMotionModel`` (with pose blocks installed when ``pose_context`` is given).
+        cond, uncond: text states ``[1 | F, L, D]`` (CONDITIONING tensors).
+        cams: the trajectory, F cameras in the customization's normalized scene frame; its ``image_size``
+            is the output size (multiples of 8).
+        pose_context: the customization's :class:`PoseContext` (reference bank); None = no pose blocks.
+        dfr, clc: plans, each optional (CLC needs DFR's anchor geometry).
+        seed, steps, cfg: as :func:`~mvcustom_core.backbone.sampler.sample`; CFG default 5 (paper).
+        pose_ratio: pose blocks on the first ``round(r·S)`` steps.
+        window, overlap: frames per model window and shared frames between windows.
+        callback, interrupt: progress ``callback(step, total, x0)`` and interrupt check (raises).
+        run: a prepared :class:`MVCustomRun` (tests inspect its hooks); default built here.
+
+    Returns:
+        latents ``[F, 4, H/8, W/8]`` in the diffusion space (× 0.18215), float32.
+    """
+    height, width = cams.image_size
+    if run is None:
+        run = prepare_run(unet, cams, pose_context=pose_context, dfr=dfr, clc=clc, steps=steps,
+                          pose_ratio=pose_ratio, window=window, overlap=overlap)
+    hooks = list(run.hooks)
+    try:
+        return sample(run.model, cond, uncond, cams.num_frames, height, width, steps, cfg, scheduler, seed,
+                      hooks=hooks, callback=callback, interrupt=interrupt, scheduler_config=scheduler_config)
+    finally:
+        if pose_context is not None:
+            pose_context.clear_cache()
+            pose_context.mode = "off"
+            pose_context.active_steps = None
+            pose_context.target_key = None

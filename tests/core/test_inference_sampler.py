@@ -1,0 +1,141 @@
+"""The MVCustom sampler on a tiny UNetMotionModel: plain-sampler parity, DFR replacement (only steps < K, only
+hooked layers, anchor untouched, each CFG branch its own anchor) against an independent rendering, CLC only for
+t ≥ τ, and windows that render the same anchor features into shared frames."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mvcustom_core.backbone.hooks import FeatureHook
+from mvcustom_core.backbone.sampler import make_scheduler, sample
+from mvcustom_core.cameras import CameraSet, look_at
+from mvcustom_core.inference import CLCPlan, DFRPlan, mvcustom_sample, prepare_run
+from mvcustom_core.ops import apply_plan_reference, build_feature_mesh, plan_mesh_render, resample_depth
+
+SIZE, STEPS = 64, 3  # 8×8 latents
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    torch.manual_seed(0)
+    unet2d = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, norm_num_groups=8,
+        attention_head_dim=8, sample_size=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
+                            motion_num_attention_heads=2, motion_max_seq_length=32)
+    return UNetMotionModel.from_unet2d(unet2d, adapter).eval()
+
+
+@pytest.fixture(scope="module")
+def text():
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+
+
+def _cams(n: int) -> CameraSet:
+    az = torch.linspace(-0.25, 0.25, n)
+    eye = torch.stack([2.5 * torch.sin(az), torch.full_like(az, -0.3), -2.5 * torch.cos(az)], dim=-1)
+    return CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (SIZE, SIZE))
+
+
+def _recorder(layers, store):
+    return FeatureHook(layers, lambda name, step, feats: store.append((step, name, feats.clone())) or None)
+
+
+def test_all_off_is_the_plain_sampler_bit_for_bit(unet, text):
+    cond, uncond = text
+    plain = sample(unet, cond, uncond, 3, SIZE, SIZE, STEPS, 5.0, seed=11)
+    assert torch.equal(mvcustom_sample(unet, cond, uncond, _cams(3), seed=11, steps=STEPS), plain)
+
+
+def test_dfr_replaces_covered_non_anchor_features_in_early_steps_only(unet, text):
+    cond, uncond = text
+    cams, depth = _cams(3), torch.full((SIZE, SIZE), 2.5)
+    plan = DFRPlan(depth=depth, depth_kind="depth", scale=1.0, steps=2, layers=("up_blocks.0",))
+    run = prepare_run(unet, cams, dfr=plan, steps=STEPS)
+    before, after, other = [], [], []
+    # Forward hooks run in registration order: `before` sees the module output, `after` the replaced one.
+    hooks = [_recorder(["up_blocks.0"], before), run.dfr, _recorder(["up_blocks.0"], after),
+             _recorder(["up_blocks.1.resnets.0"], other)]
+    run.hooks = hooks[:1] + run.hooks + hooks[2:]
+    mvcustom_sample(unet, cond, uncond, cams, dfr=plan, seed=3, steps=STEPS, run=run)
+    assert [s for s, _, _ in before] == [0, 1, 2] and len(other) == 3
+
+    a = run.geometry.anchor
+    assert a == 1
+    mesh = build_feature_mesh(resample_depth(depth, (8, 8)), cams[a])  # independent of the hook's cache
+    ref_plan = plan_mesh_render(mesh, cams, (8, 8))
+    for (step, _, pre), (_, _, post) in zip(before, after):
+        if step >= plan.steps:
+            assert torch.equal(pre, post)
+            continue
+        for branch in range(2):  # batched CFG: uncond frames then cond frames, each with its own anchor
+            rows = slice(3 * branch, 3 * branch + 3)
+            rendered, cov = apply_plan_reference(ref_plan, mesh.vertex_features(pre[rows][a]))
+            covered = (cov > 0).expand_as(rendered).clone()
+            covered[a] = False
+            assert covered[[0, 2]].any()
+            torch.testing.assert_close(post[rows][covered], rendered[covered], rtol=1e-5, atol=1e-5)
+            assert torch.equal(post[rows][~covered], pre[rows][~covered])  # anchor and uncovered untouched
+
+
+def test_clc_acts_only_on_steps_with_t_at_least_tau(unet, text):
+    cond, uncond = text
+    cams = _cams(3)
+    plan = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="depth", scale=1.0, steps=0)
+    clc = CLCPlan(tau=500, erosion=0)
+    base = mvcustom_sample(unet, cond, uncond, cams, dfr=plan, seed=5, steps=STEPS)
+    run = prepare_run(unet, cams, dfr=plan, clc=clc, steps=STEPS)
+    out = mvcustom_sample(unet, cond, uncond, cams, dfr=plan, clc=clc, seed=5, steps=STEPS, run=run)
+    assert run.clc in run.hooks
+    sched = make_scheduler("ddim")
+    sched.set_timesteps(STEPS)
+    assert sched.timesteps.tolist() == [667, 334, 1]
+    assert run.clc.record == [0]  # only t = 667 >= 500
+    keep = run.clc.keep > 0.5
+    assert keep[run.geometry.anchor].all() and not keep.all()
+    assert not torch.equal(out, base)
+    # K = 0 means DFR only supplies geometry: without CLC the run equals the plain sampler.
+    assert torch.equal(base, sample(unet, cond, uncond, 3, SIZE, SIZE, STEPS, 5.0, seed=5))
+
+
+def test_windows_render_the_same_anchor_features_into_shared_frames(unet, text):
+    cond, uncond = text
+    cams = _cams(7)
+    plan = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="depth", scale=1.0, steps=1,
+                   layers=("up_blocks.0",))
+    run = prepare_run(unet, cams, dfr=plan, steps=2, window=4, overlap=1)
+    assert run.windows == [[0, 1, 2, 3], [2, 3, 4, 5], [3, 5, 6]] or len(run.windows) > 1
+    after = []
+    frames_seen = []
+    rec = FeatureHook(["up_blocks.0"], lambda n, s, f: after.append((s, run.dfr.frames.clone(), f.clone())) or None)
+    run.hooks = run.hooks + [rec]
+    out = mvcustom_sample(unet, cond, uncond, cams, dfr=plan, seed=2, steps=2, run=run)
+    assert out.shape == (7, 4, 8, 8) and torch.isfinite(out).all()
+    step0 = [(fr, f) for s, fr, f in after if s == 0]
+    assert len(step0) == len(run.windows)
+    cov = run.geometry.coverage((8, 8)) > 0
+    # A frame shared by two windows gets bit-identical replaced features where the anchor sees it.
+    shared = 0
+    for i in range(len(step0)):
+        for j in range(i + 1, len(step0)):
+            (fi, xi), (fj, xj) = step0[i], step0[j]
+            for frame in set(fi.tolist()) & set(fj.tolist()) - {run.geometry.anchor}:
+                ri, rj = fi.tolist().index(frame), fj.tolist().index(frame)
+                m = cov[frame].expand(xi.shape[1], -1, -1)
+                for b in range(2):
+                    assert torch.equal(xi[b * len(fi) + ri][m], xj[b * len(fj) + rj][m])
+                shared += 1
+    assert shared > 0
