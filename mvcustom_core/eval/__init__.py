@@ -7,9 +7,11 @@ learned metrics live in :mod:`mvcustom_core.eval.learned` (not re-exported, to k
 
 from mvcustom_core.eval.alignment import Similarity, align_by_rotations, align_cameras, umeyama
 from mvcustom_core.eval.errors import EvalInputError, MetricUnavailable
-from mvcustom_core.eval.pose_errors import (DEFAULT_ROT_THRESHOLD_DEG, DEFAULT_TRANS_THRESHOLD, AbsolutePoseErrors,
-                                            absolute_pose_errors, accuracy_auc, accuracy_under_thresholds,
-                                            relative_pose_errors, rotation_angle_deg, scene_scale)
+from mvcustom_core.eval.pose_errors import (DEFAULT_POINT_THRESHOLD_PX, DEFAULT_ROT_THRESHOLD_DEG,
+                                            DEFAULT_TRANS_THRESHOLD, AbsolutePoseErrors, absolute_pose_errors,
+                                            accuracy_auc, accuracy_under_thresholds, points_consistent_with_targets,
+                                            relative_pose_errors, rotation_angle_deg, scene_scale,
+                                            target_reprojection_errors)
 from mvcustom_core.eval.protocol import (METRIC_KEYS, EvalOptions, GeneratedSet, LearnedModels, evaluate_folder,
                                          evaluate_set, find_sets, load_learned_models, load_set)
 from mvcustom_core.eval.reprojection import (ReprojectionScores, masked_psnr, masked_ssim, neighbour_pairs,
@@ -22,6 +24,7 @@ __all__ = [
     "EvalInputError", "MetricUnavailable",
     "DEFAULT_ROT_THRESHOLD_DEG", "DEFAULT_TRANS_THRESHOLD", "AbsolutePoseErrors", "absolute_pose_errors",
     "accuracy_auc", "accuracy_under_thresholds", "relative_pose_errors", "rotation_angle_deg", "scene_scale",
+    "DEFAULT_POINT_THRESHOLD_PX", "points_consistent_with_targets", "target_reprojection_errors",
     "ReprojectionScores", "masked_psnr", "masked_ssim", "neighbour_pairs", "reprojection_consistency", "warp_into",
     "SfmOptions", "SfmResult", "frame_png_name", "register_frames",
     "METRIC_KEYS", "EvalOptions", "GeneratedSet", "LearnedModels", "evaluate_folder", "evaluate_set", "find_sets",
