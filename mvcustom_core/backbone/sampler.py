@@ -146,6 +146,8 @@ def sample(
     latents: Tensor | None = None,
     scheduler_config: dict[str, Any] | None = None,
     cfg_batch: bool = True,
+    start_step: int = 0,
+    end_step: int | None = None,
 ) -> Tensor:
     """Denoise F frames jointly from noise (or from given ``latents`` at the first timestep).
 
@@ -168,6 +170,10 @@ def sample(
             by ``init_noise_sigma``).
         cfg_batch: run both guidance branches in one model call (faster) or one after the other (half
             the activation memory).
+        start_step, end_step: run only steps ``[start_step, end_step)`` of the ``steps``-step schedule
+            (step indices as in ``StepContext.step``); with ``start_step > 0`` pass ``latents`` noised to
+            that step's timestep (``scheduler.timesteps[start_step]``). Running ``[0, k)`` and then
+            ``[k, steps)`` on its result equals one run (deterministic samplers: DDIM η = 0, Euler).
 
     Returns:
         Latents [F, 4, H/8, W/8], float32, diffusion space (VAE latents × 0.18215), on the UNet's device.
@@ -176,6 +182,11 @@ def sample(
         raise ValueError(f"height and width must be positive multiples of 8, got {height}×{width}")
     if steps < 1 or num_frames < 1:
         raise ValueError(f"steps and num_frames must be >= 1, got {steps}, {num_frames}")
+    end_step = steps if end_step is None else end_step
+    if not 0 <= start_step < end_step <= steps:
+        raise ValueError(f"need 0 <= start_step < end_step <= steps, got {start_step}, {end_step}, {steps}")
+    if start_step > 0 and latents is None:
+        raise ValueError("start_step > 0 needs latents noised to timesteps[start_step]")
     device = next(unet.parameters()).device
     generator = torch.Generator().manual_seed(int(seed))
     sched = make_scheduler(scheduler, scheduler_config if scheduler_config is not None else SD15_SCHEDULER_CONFIG)
@@ -198,6 +209,8 @@ def sample(
         for h in feature_hooks:
             h.install(unet)
         for i, t in enumerate(sched.timesteps):
+            if not start_step <= i < end_step:
+                continue
             if interrupt is not None:
                 interrupt()
             for h in feature_hooks:

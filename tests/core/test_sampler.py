@@ -205,3 +205,17 @@ def test_decode_latents_undoes_the_scale_and_maps_to_unit_range():
     assert images.shape == (3, 3, 8, 8)
     torch.testing.assert_close(images, expected, rtol=1e-5, atol=1e-6)
     assert math.isclose(vae.config.scaling_factor, 0.18215)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_split_run_equals_one_run(unet, text, scheduler):
+    cond, uncond = text
+    whole = sample(unet, cond, uncond, F, SIZE, SIZE, steps=3, cfg=2.0, seed=4, scheduler=scheduler)
+    head = sample(unet, cond, uncond, F, SIZE, SIZE, steps=3, cfg=2.0, seed=4, scheduler=scheduler, end_step=1)
+    tail = sample(unet, cond, uncond, F, SIZE, SIZE, steps=3, cfg=2.0, seed=4, scheduler=scheduler,
+                  latents=head, start_step=1)
+    assert torch.equal(tail, whole)
+    with pytest.raises(ValueError, match="start_step"):
+        sample(unet, cond, None, F, SIZE, SIZE, steps=3, start_step=1)
+    with pytest.raises(ValueError, match="start_step"):
+        sample(unet, cond, None, F, SIZE, SIZE, steps=3, start_step=2, end_step=2, latents=head)
