@@ -1,8 +1,9 @@
 """Dense spatio-temporal attention: time and peak memory vs frames and window; sampler steps/s.
 
 ``run(quick)`` returns one row per measurement. Attention rows compare, side by side in the same
-run, AnimateDiff's 1D temporal attention (``temporal``), the windowed gather path (``window k``), full
-dense attention (``full``), the tiled and gather window paths and, where affordable, the naive masked reference and flex_attention.
+run, AnimateDiff's 1D temporal attention (``temporal``), the tiled and gather window paths
+(``window k``), full dense attention (``full``) and, where affordable, the naive masked reference and
+compiled flex_attention (full mode only: its compile takes minutes on a CPU).
 Widths are SD1.5's top level: 320 channels = 8 heads × 40. Peak memory: CUDA allocator peak on a GPU;
 on the CPU the rise of the process's peak resident set (VmHWM after resetting it), which includes the
 inputs' temporaries but not allocator-cached memory.
@@ -110,12 +111,10 @@ def _flex_rows(device: torch.device) -> list[dict]:
     config = f"F=16 latent={side}x{side} C={HEADS * HEAD_DIM} window 7"
     rows = []
     try:
-        if device.type == "cpu":
-            from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
         t0 = time.perf_counter()
-        _flex_windowed(q, k, v, 7, None)
+        _flex_windowed(q, k, v, 7, None, compile=True)  # includes torch.compile
         first = (time.perf_counter() - t0) * 1e3
-        ms, mb = _measure(lambda: _flex_windowed(q, k, v, 7, None), device, 2)
+        ms, mb = _measure(lambda: _flex_windowed(q, k, v, 7, None, compile=True), device, 2)
         rows.append({"name": "window 7 (flex_attention)", "config": config, "time_ms": ms, "peak_mem_mb": mb,
                      "first_call_ms": first})
         ms_g, mb_g = _measure(lambda: dense_attention(q, k, v, window=7, impl="tiled"), device, 2)

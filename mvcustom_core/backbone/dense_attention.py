@@ -171,7 +171,10 @@ def _tile_size(window: int, f: int, b: int, n: int, d: int, chunk_elements: int)
     """Square query tile: max(4, ceil(k/2)) (fastest of 4/8/16 on CPU for k = 3, 7 at 16² and 32² latents,
     docs/sampler.md), halved until the masked scores and the key region fit the budget."""
     t = max(4, (window + 1) // 2)
-    while t > 1 and b * n * f * f * t * t * (t + window - 1) ** 2 + 3 * b * n * f * (t + window - 1) ** 2 * d > chunk_elements:
+    while t > 1:
+        region = (t + window - 1) ** 2
+        if b * n * f * (f * t * t * region + 3 * region * d) <= chunk_elements:  # scores + k, v, q
+            break
         t = max(1, t // 2)
     return t
 
@@ -206,7 +209,10 @@ def _tiled_windowed(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float |
     return out
 
 
-def _flex_windowed(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float | None) -> Tensor:
+def _flex_windowed(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float | None,
+                   compile: bool | None = None) -> Tensor:
+    """flex_attention with a block mask of the window convention; compiled by default on CUDA only
+    (a CPU compile took 82 s for one shape here, the eager path materializes the scores)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     b, n, f, h, w, d = q.shape
@@ -221,7 +227,8 @@ def _flex_windowed(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float | 
         return (ty >= y0) & (ty < y0 + ky) & (tx >= x0) & (tx < x0 + kx)
 
     block_mask = create_block_mask(mask_mod, None, None, tokens, tokens, device=q.device)
-    attend = torch.compile(flex_attention, dynamic=False) if q.is_cuda else flex_attention
+    attend = torch.compile(flex_attention, dynamic=False) if (q.is_cuda if compile is None else compile) \
+        else flex_attention
     out = attend(*(t.reshape(b, n, tokens, d) for t in (q, k, v)), block_mask=block_mask, scale=scale)
     return out.reshape(b, n, f, h, w, d)
 

@@ -256,3 +256,28 @@ def test_window_schedule_cosine_full_and_even():
         WindowSchedule(start=5, end=3, steps=3)
     with pytest.raises(ValueError, match="shape"):
         WindowSchedule(start=1, end=3, steps=3, shape="exp")
+
+
+def test_window_one_gradients_equal_original_for_training(unet_and_inputs):
+    """Stage-0 training starts at k = 1: the motion-module gradients equal AnimateDiff's."""
+    unet, x, text = unet_and_inputs
+    params = [p for n, p in unet.named_parameters() if "motion_modules" in n and "attn1.to_q" in n]
+
+    def grads():
+        unet.zero_grad()
+        (unet(x, torch.tensor(500), text).sample ** 2).mean().backward()
+        return [p.grad.clone() for p in params]
+
+    original = grads()
+    enable_dense_attention(unet, window=1, impl="tiled")
+    try:
+        dense = grads()
+        set_dense_window(unet, 3)
+        wider = grads()
+    finally:
+        disable_dense_attention(unet)
+        unet.zero_grad()
+    for a, b in zip(dense, original):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert max((a - b).abs().max() for a, b in zip(wider, original)) > 1e-6
+    assert all(torch.isfinite(g).all() for g in wider)
