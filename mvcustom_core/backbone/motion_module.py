@@ -165,13 +165,20 @@ def motion_adapter_config(
     info: MotionModuleInfo, config: Mapping[str, Any] | str | os.PathLike | None = None
 ) -> dict[str, Any]:
     """The ``MotionAdapter`` config for a file: ``config`` as given, else the shipped v2 (mid block) or v3 config
-    with the file's mid block, encoding length and channels."""
+    with the file's encoding length.
+
+    Raises:
+        CheckpointError: without ``config``, channels other than SD1.5's (e.g. a 3-level SDXL / HotShot-XL module).
+    """
     adapter_config = _read_config(config, "animatediff/v2" if info.has_mid_block else "animatediff/v3")
     if config is None:
-        adapter_config["use_motion_mid_block"] = info.has_mid_block
+        expected = tuple(adapter_config["block_out_channels"])
+        if info.block_out_channels != expected:
+            raise CheckpointError(
+                f"motion module channels {list(info.block_out_channels)} are not SD1.5's {list(expected)} "
+                f"(an SDXL / HotShot-XL motion module?); pass config= for another backbone"
+            )
         adapter_config["motion_max_seq_length"] = info.max_seq_length
-        if info.block_out_channels:
-            adapter_config["block_out_channels"] = list(info.block_out_channels)
     return adapter_config
 
 
@@ -192,8 +199,8 @@ def load_motion_module(
         dtype: floating dtype of the result.
         device: where the weights are placed.
         config: optional MotionAdapter config (dict or JSON path); default: shipped ``animatediff/v2`` when the
-            file has a mid-block module, ``animatediff/v3`` otherwise, with ``motion_max_seq_length`` and
-            ``block_out_channels`` taken from the file.
+            file has a mid-block module, ``animatediff/v3`` otherwise, with ``motion_max_seq_length`` taken from the
+            file (SD1.5 channels required).
         max_seq_length: extend the positional encoding to this many frames (sinusoid formula). Must be at least
             the file's length; refused when the stored encoding is not the formula's.
         progress: called as ``progress(done, total)`` after each tensor; raise from it to interrupt.
@@ -209,7 +216,10 @@ def load_motion_module(
 
     source = open_state_file(path)
     info = inspect_motion_module(source)
-    adapter_config = motion_adapter_config(info, config)
+    try:
+        adapter_config = motion_adapter_config(info, config)
+    except CheckpointError as error:
+        raise CheckpointError(f"{source.path}: {error}") from None
     file_length = int(adapter_config["motion_max_seq_length"])
     if file_length != info.max_seq_length:
         raise CheckpointError(

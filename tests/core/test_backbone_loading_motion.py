@@ -121,6 +121,19 @@ def test_default_config_is_picked_from_the_header(config, version):
     assert all(header.shape(m.ldm) == shapes[m.diffusers] for m in table)
 
 
+def test_sdxl_motion_module_is_named(tmp_path):
+    # 3-level SDXL-style module (diffusers CHECKPOINT_KEY_NAMES "animatediff_sdxl_beta"); zero-size tensors keep it
+    # cheap: only the header matters before the config is chosen.
+    state = {}
+    for block, channels in enumerate((320, 640, 1280)):
+        prefix = f"down_blocks.{block}.motion_modules.0.temporal_transformer."
+        state[prefix + "proj_in.weight"] = torch.zeros(channels, 0)
+        state[prefix + "transformer_blocks.0.attention_blocks.0.pos_encoder.pe"] = torch.zeros(1, 32, 0)
+    path = _save(state, tmp_path / "mm_sdxl_v10_beta.safetensors")
+    with pytest.raises(CheckpointError, match=r"channels \[320, 640, 1280\] are not SD1.5's .*SDXL"):
+        load_motion_module(path)
+
+
 def test_sinusoid_matches_closed_form_and_diffusers():
     from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 
