@@ -139,3 +139,67 @@ def test_windows_render_the_same_anchor_features_into_shared_frames(unet, text):
                     assert torch.equal(xi[b * len(fi) + ri][m], xj[b * len(fj) + rj][m])
                 shared += 1
     assert shared > 0
+
+
+@pytest.fixture(scope="module")
+def customized(unet):
+    """A copy of the tiny UNet with one pose block that sees geometry, and its captured reference bank."""
+    import copy
+
+    from mvcustom_core.customization.pose_block import PoseContext, install_pose_blocks, pose_blocks
+
+    model, ctx = copy.deepcopy(unet), PoseContext()
+    install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
+    block = next(pose_blocks(model))
+    with torch.no_grad():
+        block.featurenerf.decoder.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
+        c = block.fuse.out_features
+        block.fuse.weight[:, c:] = torch.eye(c)
+    refs = _cams(4).transformed(torch.eye(4), 1.0)
+    g = torch.Generator().manual_seed(1)
+    ctx.begin_capture()
+    with torch.no_grad():
+        model(torch.randn(1, 4, 4, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(4, 5, 32, generator=g))
+    ctx.end_capture(refs)
+    return model, ctx, block
+
+
+def test_customized_sampler_pose_ratio_and_single_fy_render(customized, unet, text):
+    model, ctx, block = customized
+    cond, uncond = text
+    cams = _cams(3)
+    plain = sample(unet, cond, uncond, 3, SIZE, SIZE, STEPS, 5.0, seed=4)
+    assert torch.equal(mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, seed=4, steps=STEPS,
+                                       pose_ratio=0.0), plain)  # pose blocks off on every step
+    calls = []
+    handle = block.featurenerf.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        full = mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, seed=4, steps=STEPS)
+        assert len(calls) == 2  # one render per CFG branch at the first step, cached afterwards
+        part = mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, seed=4, steps=STEPS, pose_ratio=0.34)
+    finally:
+        handle.remove()
+    assert not torch.allclose(full, plain, atol=1e-4) and not torch.allclose(part, full, atol=1e-4)
+    assert ctx.mode == "off" and not ctx._rendered  # state restored after the run
+
+
+def test_field_depth_equals_the_blocks_expected_depth_and_drives_dfr(customized, text):
+    from mvcustom_core.inference import field_depth, ray_length_to_z
+
+    model, ctx, block = customized
+    anchor = _cams(3)[1]
+    depth, opacity = field_depth(model, ctx, anchor, (8, 8), opacity_threshold=0.0)
+    ctx.mode, ctx.target_cams = "render", anchor
+    try:
+        with torch.no_grad():  # a render-mode forward of the anchor frame, with text
+            model(torch.randn(1, 4, 1, 8, 8), 500, encoder_hidden_states=text[0])
+    finally:
+        ctx.mode = "off"
+    out = ctx.outputs[block.name][0]
+    torch.testing.assert_close(opacity, out.opacity[0])
+    expected = ray_length_to_z(out.expected_depth[0] / out.opacity[0].clamp_min(1e-6), anchor)
+    torch.testing.assert_close(depth, expected, rtol=1e-5, atol=1e-6)  # density is text-independent
+    # The random field is faint (opacity ~0.1-0.3): trust pixels above 0.1 for the anchor depth.
+    run = prepare_run(model, _cams(3), pose_context=ctx, dfr=DFRPlan(steps=1, opacity_threshold=0.1), steps=STEPS)
+    full = field_depth(model, ctx, anchor, (SIZE, SIZE), opacity_threshold=0.1)[0]
+    assert (full > 0).any() and torch.equal(run.geometry.depth, full)

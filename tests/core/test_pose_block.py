@@ -8,8 +8,8 @@ from diffusers import UNet2DConditionModel
 
 from mvcustom_core.cameras import CameraSet, look_at
 from mvcustom_core.customization.pose_block import (
-    PoseBlockError, PoseConditionedBlock, PoseContext, install_pose_blocks, pose_blocks, remove_pose_blocks,
-    select_blocks, spatial_transformer_blocks)
+    PoseBlockError, PoseConditionedBlock, PoseContext, active_pose_steps, install_pose_blocks, pose_blocks,
+    pose_step_relay, remove_pose_blocks, select_blocks, spatial_transformer_blocks)
 
 TEXT_DIM = 16
 
@@ -160,3 +160,71 @@ def test_render_without_cameras_or_with_a_wrong_batch_is_refused():
     ctx.target_cams = _ring(2)
     with pytest.raises(PoseBlockError, match="not a multiple of 2"):
         unet(*_inputs(3))
+
+
+def test_pose_ratio_turns_the_blocks_into_plain_blocks_after_the_active_steps():
+    unet, ctx = _unet(), PoseContext()
+    x, t, text = _inputs(2)
+    with torch.no_grad():
+        plain = unet(x, t, text).sample
+    install_pose_blocks(unet, ctx, "0", config_overrides={"num_samples": 8})
+    _make_block_see_geometry(next(pose_blocks(unet)))
+    _captured(unet, ctx, _ring(2, offset=0.4))
+    ctx.mode, ctx.target_cams = "render", _ring(2)
+    ctx.active_steps = active_pose_steps(0.5, 4)
+    assert ctx.active_steps == 2 and active_pose_steps(1.0, 50) is None and active_pose_steps(0.0, 50) == 0
+    with torch.no_grad():
+        ctx.step = 1
+        fused = unet(x, t, text).sample
+        ctx.step = 2
+        after = unet(x, t, text).sample
+    assert not torch.allclose(fused, plain, atol=1e-4)
+    assert torch.equal(after, plain)
+    with pytest.raises(PoseBlockError, match=r"\[0, 1\]"):
+        active_pose_steps(1.5, 10)
+
+
+def test_first_step_cache_renders_once_and_is_exact():
+    unet, ctx = _unet(), PoseContext()
+    install_pose_blocks(unet, ctx, "0", config_overrides={"num_samples": 8})
+    block = next(pose_blocks(unet))
+    _make_block_see_geometry(block)
+    _captured(unet, ctx, _ring(2, offset=0.4))
+    ctx.mode, ctx.target_cams = "render", _ring(2)
+    calls = []
+    block.featurenerf.register_forward_hook(lambda *_: calls.append(1))
+    x1, t, text = _inputs(2, seed=1)
+    x2 = _inputs(2, seed=2)[0]  # other noisy latents, same prompt and cameras (a later step)
+    with torch.no_grad():
+        expected = [unet(x, t, text).sample for x in (x1, x2)]
+        assert len(calls) == 2
+        ctx.cache_rendered = True
+        cached = [unet(x, t, text).sample for x in (x1, x2)]
+    assert len(calls) == 3  # rendered at the first cached call only
+    assert all(torch.equal(a, b) for a, b in zip(cached, expected))
+    ctx.target_key = "other window"
+    with torch.no_grad():
+        unet(x1, t, text)
+    assert len(calls) == 4  # new cameras key: rendered again
+    ctx.clear_cache()
+    assert not ctx._rendered
+
+
+def test_step_relay_forwards_the_sampler_step_and_branch():
+    unet, ctx = _unet(), PoseContext()
+    install_pose_blocks(unet, ctx, "every_other")
+    relay = pose_step_relay(unet, ctx)
+    assert relay.layer_names == [b.name for b in pose_blocks(unet)]
+    relay.step, relay.branch = 7, "cond"
+    assert (ctx.step, ctx.branch) == (7, "cond")
+    x, t, text = _inputs(1)
+    with relay.installed(unet), torch.no_grad():
+        assert torch.equal(unet(x, t, text).sample, remove_and_run(unet, x, t, text))
+
+
+def remove_and_run(unet, x, t, text):
+    ctx = next(pose_blocks(unet)).context
+    mode, ctx.mode = ctx.mode, "off"
+    out = unet(x, t, text).sample
+    ctx.mode = mode
+    return out
