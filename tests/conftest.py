@@ -14,8 +14,9 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-# Two cores on the dev machines and in CI: keep torch from oversubscribing them.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores on the dev machines and in CI: keep torch from oversubscribing them (an explicit
+# OMP_NUM_THREADS, e.g. 1 when several suites share the machine, wins).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
 
 # Per-dtype comparison tolerances (rtol, atol), kornia's table.
 TOLERANCES = {
