@@ -219,15 +219,20 @@ def load_mapped_state(
             f"{source.path}: not an {what}: missing {len(missing)} of {len(table)} keys, such as "
             f"{', '.join(repr(k) for k in missing[:3])}"
         )
+    # All shapes are checked from the header before any tensor is read.
+    wrong = []
+    for m in table:
+        want = expected[m.diffusers] + ((1, 1) if m.conv1x1 else ())
+        if source.shape(m.ldm) != want:
+            wrong.append((m.ldm, source.shape(m.ldm), want))
+    if wrong:
+        key, got, want = wrong[0]
+        more = f" (and {len(wrong) - 1} more tensors of other shapes)" if len(wrong) > 1 else ""
+        raise CheckpointError(
+            f"{source.path}: not an {what}: tensor {key!r} has shape {list(got)}, expected {list(want)}{more}"
+        )
     state: dict[str, Tensor] = {}
     for m in table:
-        want = expected[m.diffusers]
-        want_in_file = want + (1, 1) if m.conv1x1 else want
-        got = source.shape(m.ldm)
-        if got != want_in_file:
-            raise CheckpointError(
-                f"{source.path}: not an {what}: tensor {m.ldm!r} has shape {list(got)}, expected {list(want_in_file)}"
-            )
         tensor = source.get(m.ldm)
         if m.conv1x1:
             tensor = tensor[:, :, 0, 0]
