@@ -345,6 +345,7 @@ def load_sd15_checkpoint(
         hint = _LAYOUT_HINTS.get(layout, "no 'model.diffusion_model.*' keys found")
         raise CheckpointError(f"{source.path}: not an SD1.x single-file checkpoint: looks like {hint}")
     source = _with_legacy_clip_prefix(source)
+    _check_unet_input_channels(source, unet_config)
     if use_ema:
         source = _with_ema_unet(source)
 
@@ -376,6 +377,20 @@ class _RenamedView(StateFile):
 
     def get(self, key: str) -> Tensor:
         return self._base.get(self._alias[key])
+
+
+def _check_unet_input_channels(source: StateFile, unet_config: Mapping[str, Any]) -> None:
+    key = UNET_PREFIX + "input_blocks.0.0.weight"
+    if key not in source or len(source.shape(key)) != 4:
+        return
+    channels, expected = source.shape(key)[1], unet_config["in_channels"]
+    if channels != expected:
+        kind = {9: "an inpainting UNet (latent + mask + masked image)", 8: "an instruct-pix2pix UNet"}.get(
+            channels, "a UNet of another input width")
+        raise CheckpointError(
+            f"{source.path}: the UNet takes {channels} input channels, the config {expected}: looks like {kind}; "
+            f"pass config={{'unet': {{..., 'in_channels': {channels}}}}} to load it anyway"
+        )
 
 
 def _progress_counter(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None] | None:

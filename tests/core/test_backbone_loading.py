@@ -309,3 +309,13 @@ def test_backbone_needs_one_dtype(tiny):
 
     with pytest.raises(CheckpointError, match="one dtype and device"):
         build_backbone(tiny, tiny_motion_adapter(dtype=torch.float16))
+
+
+def test_inpainting_unet_is_named(tiny_ldm, tmp_path):
+    key = UNET_PREFIX + "input_blocks.0.0.weight"
+    state = dict(tiny_ldm, **{key: torch.zeros(32, 9, 3, 3)})
+    with pytest.raises(CheckpointError, match="takes 9 input channels, the config 4: looks like an inpainting UNet"):
+        load_sd15_checkpoint(_save(state, tmp_path / "inpaint.safetensors"), config=TINY)
+    loaded = load_sd15_checkpoint(tmp_path / "inpaint.safetensors", config=dict(TINY, unet=dict(TINY["unet"],
+                                                                                                 in_channels=9)))
+    assert loaded.unet.conv_in.weight.shape == (32, 9, 3, 3)
