@@ -257,8 +257,11 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int | None = Non
     if impl == "tiled" or (impl == "auto" and window > 1):
         return _tiled_windowed(q, k, v, window, scale, chunk_elements)
     if impl == "auto" and window == 1:  # AnimateDiff's own grouping: per pixel, over frames
-        per_pixel = [t.permute(0, 1, 3, 4, 2, 5) for t in (q, k, v)]  # [B, heads, H, W, F, d]
-        return F_.scaled_dot_product_attention(*per_pixel, scale=scale).permute(0, 1, 4, 2, 3, 5)
+        b, n, f, h, w, d = q.shape
+        # [B·H·W, heads, F, d]: a view (no copy) of the processor's [B·H·W, F, heads·d] projections
+        per_pixel = [t.permute(0, 3, 4, 1, 2, 5).reshape(b * h * w, n, f, d) for t in (q, k, v)]
+        out = F_.scaled_dot_product_attention(*per_pixel, scale=scale)
+        return out.view(b, h, w, n, f, d).permute(0, 3, 4, 1, 2, 5)
     if impl in ("auto", "gather"):
         return _gather_windowed(q, k, v, window, scale, chunk_elements)
     if impl == "flex":
