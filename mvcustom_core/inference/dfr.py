@@ -34,7 +34,7 @@ from mvcustom_core.ops import (DEFAULT_MAX_REL_DEPTH_JUMP, FeatureMesh, RenderPl
                                plan_mesh_render, resample_depth)
 
 __all__ = ["DFRPlan", "DFRError", "AnchorGeometry", "DFRHook", "default_dfr_layers", "anchor_index",
-           "resolve_anchor_geometry", "DEFAULT_DFR_STEPS"]
+           "resolve_anchor_geometry", "dfr_previews", "DEFAULT_DFR_STEPS"]
 
 DEFAULT_DFR_STEPS = 35
 
@@ -192,6 +192,40 @@ def resolve_anchor_geometry(
     aligned = align_depth(raw, reference, mask, kind=plan.depth_kind, scale=plan.scale, shift=plan.shift,
                           center_distance=center)
     return AnchorGeometry(a, cams, aligned.depth, plan.max_rel_depth_jump), aligned
+
+
+def dfr_previews(geometry: AnchorGeometry, image: Tensor | None = None, max_size: int = 128
+                 ) -> tuple[Tensor, Tensor]:
+    """What DFR will do, as pictures at the trajectory's aspect (long side ≤ ``max_size``).
+
+    Args:
+        geometry: the anchor geometry.
+        image: ``[3, H, W]`` anchor colours in [0, 1]; None = the anchor depth, colour-mapped.
+
+    Returns:
+        completion ``[F, 1, h, w]``: 1 where the anchor does not see the frame (the region CLC completes;
+        the project page's "rendered mask" shows this), 0 on the anchor frame; and views ``[F, 3, h, w]``:
+        the anchor colours rendered into every frame (black where uncovered; the anchor frame itself
+        shows the unwarped anchor picture).
+    """
+    from mvcustom_core.files import colorize
+
+    big_h, big_w = geometry.cams.image_size
+    factor = min(1.0, max_size / max(big_h, big_w))
+    size = (max(2, round(big_h * factor)), max(2, round(big_w * factor)))
+    depth = resample_depth(geometry.depth, size, mode="nearest")
+    if image is None:
+        colours = colorize(depth[None, None], depth[None, None] > 0)[0]
+    else:
+        check_shape(image, "3 H W", "anchor image")
+        colours = torch.nn.functional.interpolate(image.float()[None], size=size, mode="bilinear",
+                                                  align_corners=False)[0]
+    views, coverage = geometry.render(colours.to(geometry.depth.dtype))
+    views = views.contiguous()
+    views[geometry.anchor] = colours.to(views.dtype)
+    completion = 1.0 - coverage
+    completion[geometry.anchor] = 0.0
+    return completion.float(), views.float().clamp(0, 1)
 
 
 class DFRHook(FeatureHook):

@@ -1,0 +1,318 @@
+"""Inference nodes: DFR plan, latent completion plan, the MVCustom sampler and the export of a generated set.
+
+Thin adapters: every computation lives in :mod:`mvcustom_core.inference`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mvcustom_core.backbone.sampler import conditioning_to_tensor, to_comfy_latent
+from mvcustom_core.cameras import CameraSet
+from mvcustom_core.customization.pose_block import PoseContext
+from mvcustom_core.inference import (AnchorGeometry, CLCPlan, DFRPlan, depth_from_image, mvcustom_sample,
+                                     prepare_run, resolve_anchor_geometry)
+from mvcustom_core.inference.clc import DEFAULT_CLC_TAU
+from mvcustom_core.inference.dfr import DEFAULT_DFR_STEPS, anchor_index, dfr_previews
+from mvcustom_core.inference.export import export_views
+from mvcustom_core.inference.mvcustom_sampler import DEFAULT_CFG, DEFAULT_OVERLAP, DEFAULT_WINDOW
+from mvcustom_core.ops import DEFAULT_MAX_REL_DEPTH_JUMP
+
+from ._common import (NodeInputError, Progress, blame, image_from_chw, image_to_chw, input_named_in, require)
+from ._host import folder_paths, io, model_management, ui
+from .types import Backbone, CLCPlan as CLCPlanType, Customization, DFRPlan as DFRPlanType, Trajectory
+
+__all__ = ["INFERENCE_NODES", "DepthAwareFeatureRendering", "LatentCompletion", "MVCustomSampler", "ExportViews"]
+
+CATEGORY = "MVCustom/inference"
+
+DEPTH_SOURCES = {
+    "customization field": None,
+    "depth image (disparity, near = bright)": "disparity",
+    "depth image (depth, far = bright)": "depth",
+}
+
+
+def _trajectory(node: type, value: Any, name: str = "trajectory") -> CameraSet:
+    require(node, name, isinstance(value, CameraSet),
+            f"must be an MVC_CAMERA_TRAJECTORY (CameraSet), got {type(value).__name__}")
+    return value
+
+
+def _unet(node: type, model: Any) -> torch.nn.Module:
+    """The UNetMotionModel inside an MVC_BACKBONE value (a Backbone, or a patcher holding one in ``.model``)."""
+    for candidate in (model, getattr(model, "model", None)):
+        unet = getattr(candidate, "unet", None)
+        if isinstance(unet, torch.nn.Module):
+            return unet
+    if isinstance(model, torch.nn.Module) and hasattr(model, "up_blocks"):
+        return model
+    raise NodeInputError(node, "model", f"must be an MVC_BACKBONE (a backbone with a UNet), got {type(model).__name__}")
+
+
+def _pose_context(node: type, unet: torch.nn.Module, customization: Any) -> PoseContext | None:
+    """The customization's PoseContext on ``unet`` (installs the customization when it is a file object)."""
+    if customization is None:
+        return None
+    if isinstance(customization, PoseContext):
+        return customization
+    ctx = getattr(customization, "pose_context", None)
+    if isinstance(ctx, PoseContext):
+        return ctx
+    try:
+        from mvcustom_core.customization import apply_customization  # engineer J's loader
+    except ImportError as e:
+        raise NodeInputError(node, "customization", f"cannot be applied: {e}") from e
+    with blame(node, "customization"):
+        return apply_customization(unet, customization)
+
+
+def _anchor_picture(node: type, name: str, image: torch.Tensor, anchor: int, frames: int) -> torch.Tensor:
+    """One ``[3, H, W]`` picture of the anchor from an IMAGE batch of 1 or of all F frames."""
+    batch = image_to_chw(node, name, image)
+    require(node, name, batch.shape[0] in (1, frames),
+            f"must hold 1 image or one per frame ({frames}), got {batch.shape[0]}")
+    return batch[0 if batch.shape[0] == 1 else anchor]
+
+
+class DepthAwareFeatureRendering(io.ComfyNode):
+    """Settings of DFR plus previews of what it will replace."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVC_DepthAwareFeatureRendering",
+            display_name="MVCustom Depth-Aware Feature Rendering",
+            category=CATEGORY,
+            description=("Depth-aware feature rendering (MVCustom Sec. 3.4): the anchor frame's UNet features are "
+                         "placed on a mesh from the anchor depth and rendered into every other frame, replacing "
+                         "their features where the anchor sees them during the first K steps. Previews need a "
+                         "depth image; with the customization's field depth they are computed at sampling."),
+            inputs=[
+                Trajectory.Input("trajectory", tooltip="The cameras to generate (for the previews and the anchor)."),
+                io.Int.Input("anchor_frame", default=-1, min=-1, max=4095,
+                             tooltip="Frame whose features are rendered into the others; -1 = the middle frame."),
+                io.Combo.Input("depth_source", options=list(DEPTH_SOURCES), default=list(DEPTH_SOURCES)[0],
+                               tooltip=("Anchor depth: the customized FeatureNeRF's expected depth, or a depth node's "
+                                        "IMAGE (MiDaS / Depth Anything give disparity; ZoeDepth metric depth).")),
+                io.Int.Input("steps", default=DEFAULT_DFR_STEPS, min=0, max=1000,
+                             tooltip="K: replace features in the first K denoising steps (paper: 35 of 50)."),
+                io.String.Input("layers", default="",
+                                tooltip=("Comma-separated UNet module paths to hook; empty = the outputs of the last "
+                                         "two upsampling decoder blocks (latent and half-latent resolution).")),
+                io.Float.Input("scale", default=0.0, min=0.0, max=1e4, step=0.001,
+                               tooltip=("Manual depth scale (disparity: scale of 1/z); 0 = least squares against "
+                                        "the field's depth, or the median at the anchor's distance to the origin.")),
+                io.Float.Input("shift", default=0.0, min=-1e4, max=1e4, step=0.001,
+                               tooltip="Manual depth shift, used with a manual scale."),
+                io.Float.Input("max_rel_depth_jump", default=DEFAULT_MAX_REL_DEPTH_JUMP, min=0.001, max=10.0,
+                               step=0.01, tooltip="Mesh faces spanning a larger relative depth jump are dropped."),
+                io.Image.Input("depth_image", optional=True,
+                               tooltip="Depth node output for the anchor frame (1 image, or one per frame)."),
+                io.Image.Input("anchor_image", optional=True,
+                               tooltip="Anchor frame picture, only to colour the rendered-view preview."),
+            ],
+            outputs=[
+                DFRPlanType.Output("dfr_plan", tooltip="DFR settings for the MVCustom Sampler."),
+                io.Image.Output("completion_masks",
+                                tooltip="White where the anchor does not see a frame (the region CLC completes)."),
+                io.Image.Output("rendered_views", tooltip="The anchor picture (or depth) rendered into every frame."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, trajectory: CameraSet, anchor_frame: int, depth_source: str, steps: int, layers: str,
+                scale: float, shift: float, max_rel_depth_jump: float, depth_image: torch.Tensor | None = None,
+                anchor_image: torch.Tensor | None = None) -> io.NodeOutput:
+        cams = _trajectory(cls, trajectory)
+        require(cls, "depth_source", depth_source in DEPTH_SOURCES,
+                f"must be one of {list(DEPTH_SOURCES)}, got {depth_source!r}")
+        anchor = None if int(anchor_frame) < 0 else int(anchor_frame)
+        with blame(cls, "anchor_frame"):
+            a = anchor_index(anchor, cams.num_frames)
+        kind = DEPTH_SOURCES[depth_source]
+        depth = None
+        if kind is not None:
+            require(cls, "depth_image", depth_image is not None, f"must be connected for depth source {depth_source!r}")
+            depth = depth_from_image(_anchor_picture(cls, "depth_image", depth_image, a, cams.num_frames))
+        names = tuple(n.strip() for n in layers.split(",") if n.strip()) or None
+        with blame(cls, input_named_in(["steps", "depth_kind", "scale", "shift", "max_rel_depth_jump"], "steps")):
+            plan = DFRPlan(anchor=anchor, depth=depth, depth_kind=kind or "disparity",
+                           scale=float(scale) if scale > 0 else None, shift=float(shift) if scale > 0 else None,
+                           layers=names, steps=int(steps), max_rel_depth_jump=float(max_rel_depth_jump))
+        if depth is None:  # field depth: known only once the customization is applied
+            blank = torch.zeros(1, 3, 8, 8)
+            return io.NodeOutput(plan, image_from_chw(blank), image_from_chw(blank))
+        picture = None if anchor_image is None else _anchor_picture(cls, "anchor_image", anchor_image, a,
+                                                                     cams.num_frames)
+        with blame(cls, "depth_image"):
+            geometry, _ = resolve_anchor_geometry(plan, cams)
+            completion, views = dfr_previews(geometry, picture)
+        return io.NodeOutput(plan, image_from_chw(completion.expand(-1, 3, -1, -1)), image_from_chw(views))
+
+
+class LatentCompletion(io.ComfyNode):
+    """Settings of consistency-aware latent completion."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVC_LatentCompletion",
+            display_name="MVCustom Latent Completion",
+            category=CATEGORY,
+            description=("Consistency-aware latent completion (MVCustom Sec. 3.4): in the early steps (t ≥ τ) the "
+                         "latents the anchor cannot see are re-noised from the predicted clean latents with fresh "
+                         "noise, so newly revealed regions are imagined instead of smeared. Needs a DFR plan."),
+            inputs=[
+                io.Int.Input("tau", default=DEFAULT_CLC_TAU, min=0, max=1000,
+                             tooltip="τ: act on steps whose timestep t ≥ τ (900 ≈ the first 10 % of steps)."),
+                io.Int.Input("erosion", default=1, min=0, max=16,
+                             tooltip="Shrink the anchor-visible region by this many latent pixels first."),
+            ],
+            outputs=[CLCPlanType.Output("clc_plan", tooltip="Latent completion settings for the MVCustom Sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, tau: int, erosion: int) -> io.NodeOutput:
+        with blame(cls, input_named_in(["tau", "erosion"], "tau")):
+            return io.NodeOutput(CLCPlan(tau=int(tau), erosion=int(erosion)))
+
+
+class MVCustomSampler(io.ComfyNode):
+    """The MVCustom sampling loop."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVC_MVCustomSampler",
+            display_name="MVCustom Sampler",
+            category=CATEGORY,
+            description=("Generates one frame per trajectory camera jointly (DDIM), with the customization's "
+                         "pose-conditioned blocks, depth-aware feature rendering and latent completion. The LATENT "
+                         "goes to the standard VAE Decode. Without customization and plans it is the plain sampler."),
+            inputs=[
+                Backbone.Input("model", tooltip="SD1.5 + motion module backbone (MVC_BACKBONE)."),
+                Trajectory.Input("trajectory", tooltip=("Target cameras in the customization's normalized scene "
+                                                        "frame; their image size is the output size.")),
+                io.Conditioning.Input("positive", tooltip="Prompt with the subject token (CLIPTextEncode)."),
+                io.Conditioning.Input("negative", tooltip="Negative prompt (the unconditional CFG branch)."),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+                             tooltip="Initial noise and CLC noise; equal seeds give identical latents."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps (paper: DFR in the first 35)."),
+                io.Float.Input("cfg", default=DEFAULT_CFG, min=1.0, max=30.0, step=0.1,
+                               tooltip="Guidance scale (paper: 5; 3 blurrier, 8 more flicker)."),
+                io.Float.Input("pose_ratio", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="Pose blocks active on the first ratio × steps steps (paper default 100 %)."),
+                io.Int.Input("window", default=DEFAULT_WINDOW, min=2, max=256,
+                             tooltip="Frames per model call; longer trajectories run as overlapping windows."),
+                io.Int.Input("overlap", default=DEFAULT_OVERLAP, min=0, max=255,
+                             tooltip="Frames shared by consecutive windows (blended)."),
+                Customization.Input("customization", optional=True, tooltip="Subject customization (MVC_CUSTOMIZATION)."),
+                DFRPlanType.Input("dfr_plan", optional=True, tooltip="Depth-aware feature rendering settings."),
+                CLCPlanType.Input("clc_plan", optional=True, tooltip="Latent completion settings (needs a DFR plan)."),
+            ],
+            outputs=[
+                io.Latent.Output("latent", tooltip="Frames as a LATENT batch [F, 4, H/8, W/8] for VAE Decode."),
+                DFRPlanType.Output("anchor", tooltip=("The DFR plan with the resolved anchor depth (metric z in the "
+                                                      "scene frame), for the export's point cloud; None without DFR.")),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model: Any, trajectory: CameraSet, positive: Any, negative: Any, seed: int, steps: int,
+                cfg: float, pose_ratio: float, window: int, overlap: int, customization: Any = None,
+                dfr_plan: DFRPlan | None = None, clc_plan: CLCPlan | None = None) -> io.NodeOutput:
+        cams = _trajectory(cls, trajectory)
+        unet = _unet(cls, model)
+        h, w = cams.image_size
+        require(cls, "trajectory", h % 8 == 0 and w % 8 == 0, f"image size must be multiples of 8, got {h}x{w}")
+        require(cls, "dfr_plan", dfr_plan is None or isinstance(dfr_plan, DFRPlan),
+                f"must be an MVC_DFR_PLAN, got {type(dfr_plan).__name__}")
+        require(cls, "clc_plan", clc_plan is None or isinstance(clc_plan, CLCPlan),
+                f"must be an MVC_CLC_PLAN, got {type(clc_plan).__name__}")
+        require(cls, "clc_plan", clc_plan is None or dfr_plan is not None,
+                "needs a dfr_plan too (its anchor geometry defines the regions to complete)")
+        with blame(cls, "positive"):
+            cond = conditioning_to_tensor(positive)
+        with blame(cls, "negative"):
+            uncond = conditioning_to_tensor(negative)
+        ctx = _pose_context(cls, unet, customization)
+        device = next(unet.parameters()).device
+        cams_dev = cams.to(device=device, dtype=torch.float32)
+        with blame(cls, input_named_in(["dfr_plan", "window", "overlap", "pose_ratio", "clc_plan"], "dfr_plan")):
+            run = prepare_run(unet, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan, steps=int(steps),
+                              pose_ratio=float(pose_ratio), window=int(window), overlap=int(overlap))
+        progress = Progress(int(steps))
+        with blame(cls, "positive"):
+            latents = mvcustom_sample(unet, cond, uncond, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan,
+                                      seed=int(seed), steps=int(steps), cfg=float(cfg), pose_ratio=float(pose_ratio),
+                                      callback=lambda i, total, _x0: progress.callback(i + 1, total),
+                                      interrupt=model_management.throw_exception_if_processing_interrupted, run=run)
+        anchor = None
+        if run.geometry is not None:
+            anchor = DFRPlan(anchor=run.geometry.anchor, depth=run.geometry.depth.detach().float().cpu(),
+                             depth_kind="depth", scale=1.0, shift=0.0, layers=dfr_plan.layers, steps=dfr_plan.steps,
+                             max_rel_depth_jump=dfr_plan.max_rel_depth_jump)
+        return io.NodeOutput(to_comfy_latent(latents), anchor)
+
+
+class ExportViews(io.ComfyNode):
+    """Writes frames, cameras and the anchor point cloud."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVC_ExportViews",
+            display_name="MVCustom Export Views",
+            category=CATEGORY,
+            description=("Writes the generated frames as PNGs with their cameras as transforms.json (NeRF / "
+                         "instant-ngp layout) and, given the sampler's anchor, the anchor depth as a coloured PLY "
+                         "point cloud, into <output>/<prefix>_<counter>/. Every file is written atomically."),
+            inputs=[
+                io.Image.Input("images", tooltip="Decoded frames, one per trajectory camera."),
+                Trajectory.Input("trajectory", tooltip="The cameras the frames were generated for."),
+                io.String.Input("folder_prefix", default="mvcustom/views",
+                                tooltip="Folder prefix inside the output folder; a counter is appended."),
+                io.Combo.Input("ply_format", options=["binary", "ascii"], default="binary",
+                               tooltip="PLY encoding of the anchor point cloud."),
+                DFRPlanType.Input("anchor", optional=True,
+                                  tooltip="The sampler's 'anchor' output (resolved depth) for the point cloud."),
+            ],
+            outputs=[io.String.Output("folder", tooltip="The written folder, relative to the output folder.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images: torch.Tensor, trajectory: CameraSet, folder_prefix: str, ply_format: str,
+                anchor: DFRPlan | None = None) -> io.NodeOutput:
+        cams = _trajectory(cls, trajectory)
+        frames = image_to_chw(cls, "images", images)  # IMAGE [F, H, W, C] -> [F, 3, H, W]
+        require(cls, "images", frames.shape[0] == cams.num_frames,
+                f"has {frames.shape[0]} frames but the trajectory has {cams.num_frames} cameras")
+        require(cls, "ply_format", ply_format in ("binary", "ascii"), f"must be 'binary' or 'ascii', got {ply_format!r}")
+        require(cls, "folder_prefix", bool(folder_prefix and folder_prefix.strip()), "must not be empty")
+        require(cls, "anchor", anchor is None or (isinstance(anchor, DFRPlan) and anchor.depth is not None
+                                                  and anchor.depth_kind == "depth" and anchor.scale == 1.0),
+                "must be the MVCustom Sampler's 'anchor' output (a resolved metric depth)")
+        output_dir = folder_paths.get_output_directory()
+        try:
+            parent, stem, counter, subfolder, _ = folder_paths.get_save_image_path(folder_prefix, output_dir)
+        except Exception as e:  # ComfyUI raises a bare Exception for a prefix that leaves the output folder
+            raise NodeInputError(cls, "folder_prefix", f"is invalid: {e}") from e
+        name = f"{stem}_{counter:05}"
+        with blame(cls, "images"):
+            result = export_views(Path(parent) / name, frames, cams,
+                                  anchor=None if anchor is None else anchor.anchor,
+                                  anchor_depth=None if anchor is None else anchor.depth,
+                                  binary_ply=ply_format == "binary")
+        relative = Path(subfolder, name).as_posix()
+        summary = f"saved {relative}: {len(result.images)} frames, transforms.json" + (", anchor_points.ply"
+                                                                                       if result.ply else "")
+        return io.NodeOutput(relative, ui=ui.PreviewText(summary))
+
+
+INFERENCE_NODES: list[type[io.ComfyNode]] = [DepthAwareFeatureRendering, LatentCompletion, MVCustomSampler,
+                                             ExportViews]

@@ -1,0 +1,148 @@
+"""Inference nodes against the core: plain-sampler parity through the node, DFR previews, CLC plan, export files,
+progress and interrupts, errors naming node and input."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mvcustom_core.backbone.sampler import sample, to_comfy_latent
+from mvcustom_core.cameras import CameraSet, look_at
+from mvcustom_core.cameras.formats import load_camera_file
+from mvcustom_core.inference import CLCPlan, DFRPlan, resolve_anchor_geometry
+from mvcustom_core.inference.dfr import dfr_previews
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    torch.manual_seed(0)
+    unet2d = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, norm_num_groups=8,
+        attention_head_dim=8, sample_size=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
+                            motion_num_attention_heads=2, motion_max_seq_length=32)
+    return SimpleNamespace(unet=UNetMotionModel.from_unet2d(unet2d, adapter).eval())
+
+
+def _cams(n: int = 3) -> CameraSet:
+    az = torch.linspace(-0.25, 0.25, n)
+    eye = torch.stack([2.5 * torch.sin(az), torch.full_like(az, -0.3), -2.5 * torch.cos(az)], dim=-1)
+    return CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (SIZE, SIZE))
+
+
+def _conditioning(seed: int):
+    return [[torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(seed)), {}]]
+
+
+def _depth_image(value: float = 0.4, frames: int = 1) -> torch.Tensor:
+    return torch.full((frames, SIZE, SIZE, 3), value)
+
+
+def test_nodes_are_registered(node_classes):
+    assert {"MVC_DepthAwareFeatureRendering", "MVC_LatentCompletion", "MVC_MVCustomSampler",
+            "MVC_ExportViews"} <= set(node_classes)
+
+
+def test_latent_completion_plan_and_bad_tau(node, run):
+    cls = node("MVC_LatentCompletion")
+    (plan,) = run(cls, tau=800, erosion=2).args
+    assert plan == CLCPlan(tau=800, erosion=2)
+    assert run(cls).args[0] == CLCPlan()  # node defaults = core defaults
+    with pytest.raises(ValueError, match=r"^MVCustom Latent Completion: input 'tau' is invalid"):
+        run(cls, tau=2000)
+
+
+def test_dfr_node_plan_and_previews_equal_the_core(node, run):
+    cams = _cams()
+    cls = node("MVC_DepthAwareFeatureRendering")
+    plan, completion, views = run(cls, trajectory=cams, depth_source="depth image (disparity, near = bright)",
+                                  depth_image=_depth_image(0.4), scale=1.0, shift=0.0, steps=20).args
+    assert plan.depth_kind == "disparity" and plan.steps == 20 and plan.anchor is None
+    assert plan.scale == 1.0 and torch.equal(plan.depth, torch.full((SIZE, SIZE), 0.4))
+    geometry, aligned = resolve_anchor_geometry(plan, cams)
+    torch.testing.assert_close(geometry.depth, torch.full((SIZE, SIZE), 2.5))  # z = 1 / (1 · 0.4)
+    expected_completion, expected_views = dfr_previews(geometry)
+    assert completion.shape == (3, SIZE, SIZE, 3) and views.shape == (3, SIZE, SIZE, 3)
+    torch.testing.assert_close(completion[..., 0], expected_completion[:, 0])
+    torch.testing.assert_close(views, expected_views.permute(0, 2, 3, 1))
+    assert completion[1].max() == 0 and completion[0].mean() > 0  # anchor = middle frame, never completed
+
+
+def test_dfr_node_field_source_and_errors(node, run):
+    cls = node("MVC_DepthAwareFeatureRendering")
+    plan, completion, _ = run(cls, trajectory=_cams()).args
+    assert plan.depth is None and completion.shape[0] == 1
+    name = "MVCustom Depth-Aware Feature Rendering"
+    with pytest.raises(ValueError, match=rf"^{name}: input 'depth_image' must be connected"):
+        run(cls, trajectory=_cams(), depth_source="depth image (depth, far = bright)")
+    with pytest.raises(ValueError, match=rf"^{name}: input 'anchor_frame' is invalid"):
+        run(cls, trajectory=_cams(), anchor_frame=7)
+    with pytest.raises(ValueError, match=rf"^{name}: input 'depth_image' must hold 1 image or one per frame"):
+        run(cls, trajectory=_cams(), depth_source="depth image (depth, far = bright)",
+            depth_image=_depth_image(frames=2))
+
+
+SAMPLER = dict(seed=3, steps=2, cfg=5.0, pose_ratio=1.0, window=16, overlap=4)
+
+
+def test_sampler_node_without_plans_is_the_plain_sampler(node, run, backbone, host):
+    cams = _cams()
+    bars = host["comfy.utils"].ProgressBar.instances
+    before = len(bars)
+    latent, anchor = run(node("MVC_MVCustomSampler"), model=backbone, trajectory=cams, positive=_conditioning(1),
+                         negative=_conditioning(2), **SAMPLER).args
+    expected = sample(backbone.unet, _conditioning(1)[0][0], _conditioning(2)[0][0], 3, SIZE, SIZE, 2, 5.0, seed=3)
+    assert torch.equal(latent["samples"], to_comfy_latent(expected)["samples"]) and anchor is None
+    assert (bars[before].total, bars[before].current) == (2, 2)
+
+
+def test_sampler_node_with_dfr_and_clc_then_export(node, run, backbone, comfy_dirs, mm):
+    cams = _cams()
+    plan = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="depth", scale=1.0, steps=1)
+    latent, anchor = run(node("MVC_MVCustomSampler"), model=backbone, trajectory=cams, positive=_conditioning(1),
+                         negative=_conditioning(2), dfr_plan=plan, clc_plan=CLCPlan(tau=500), **SAMPLER).args
+    assert latent["samples"].shape == (3, 4, 8, 8)
+    assert anchor.anchor == 1 and torch.equal(anchor.depth, torch.full((SIZE, SIZE), 2.5))
+
+    frames = torch.rand(3, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
+    (folder,) = run(node("MVC_ExportViews"), images=frames, trajectory=cams, anchor=anchor).args
+    out = comfy_dirs["output"] / folder
+    back = load_camera_file(out / "transforms.json")
+    torch.testing.assert_close(back.c2w.float(), cams.c2w, rtol=0, atol=1e-6)
+    assert len(list((out / "images").glob("*.png"))) == 3 and (out / "anchor_points.ply").is_file()
+
+    mm.interrupt_requested = True
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run(node("MVC_MVCustomSampler"), model=backbone, trajectory=cams, positive=_conditioning(1),
+                negative=_conditioning(2), **SAMPLER)
+    finally:
+        mm.interrupt_requested = False
+
+
+def test_sampler_node_errors_name_the_input(node, run, backbone):
+    cls = node("MVC_MVCustomSampler")
+    base = dict(model=backbone, trajectory=_cams(), positive=_conditioning(1), negative=_conditioning(2), **SAMPLER)
+    with pytest.raises(ValueError, match=r"^MVCustom Sampler: input 'clc_plan' needs a dfr_plan"):
+        run(cls, **base, clc_plan=CLCPlan())
+    with pytest.raises(ValueError, match=r"^MVCustom Sampler: input 'model' must be an MVC_BACKBONE"):
+        run(cls, **{**base, "model": "checkpoint.safetensors"})
+    with pytest.raises(ValueError, match=r"^MVCustom Sampler: input 'positive' is invalid"):
+        run(cls, **{**base, "positive": [[torch.zeros(1, 5, 32), {}], [torch.zeros(1, 5, 32), {}]]})
+    with pytest.raises(ValueError, match=r"^MVCustom Export Views: input 'images' has 2 frames"):
+        run(node("MVC_ExportViews"), images=torch.zeros(2, 8, 8, 3), trajectory=_cams())
