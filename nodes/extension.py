@@ -8,7 +8,6 @@ defined under ``nodes/`` is registered here exactly once.
 from __future__ import annotations
 
 from ._host import ComfyExtension, io
-from .backbone import BACKBONE_NODES
 from .camera_files import CAMERA_FILE_NODES
 from .inference import INFERENCE_NODES
 from .synthetic import SYNTHETIC_NODES
@@ -20,7 +19,6 @@ NODE_LISTS: dict[str, list[type[io.ComfyNode]]] = {
     "trajectories": TRAJECTORY_NODES,
     "camera_files": CAMERA_FILE_NODES,
     "synthetic": SYNTHETIC_NODES,
-    "backbone": BACKBONE_NODES,
     "inference": INFERENCE_NODES,
 }
 NODES: list[type[io.ComfyNode]] = [node for nodes in NODE_LISTS.values() for node in nodes]
