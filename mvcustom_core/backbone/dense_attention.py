@@ -274,8 +274,9 @@ class DenseSpatioTemporalAttnProcessor:
 
     The motion module hands its attentions ``[B·H·W, F, C]`` tokens (per-frame position encoding
     already added); this processor regroups them to ``[B, F·H·W, C]`` (windowed or full), attends,
-    and returns the original layout. ``spatial_shape`` (H, W) is set by a forward pre-hook on the
-    motion module that ``enable_dense_attention`` installs, since the tokens alone do not carry it.
+    and returns the original layout. The tokens alone do not carry (H, W): a forward pre-hook that
+    ``enable_dense_attention`` installs on the motion module writes it on the module's attentions for
+    the duration of the call (on the modules themselves, so a deep copy of the model stays correct).
     """
 
     def __init__(self, window: int | None = None, impl: Impl = "auto",
@@ -284,7 +285,6 @@ class DenseSpatioTemporalAttnProcessor:
         self.window = window
         self.impl = impl
         self.chunk_elements = chunk_elements
-        self.spatial_shape: tuple[int, int] | None = None
 
     def __call__(self, attn: Any, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                  attention_mask: Tensor | None = None, temb: Tensor | None = None) -> Tensor:
@@ -293,10 +293,11 @@ class DenseSpatioTemporalAttnProcessor:
                                       "(got encoder_hidden_states or attention_mask)")
         if attn.spatial_norm is not None or attn.group_norm is not None:
             raise NotImplementedError("dense spatio-temporal attention: spatial_norm/group_norm are not supported")
-        if self.spatial_shape is None:
+        spatial_shape = getattr(attn, _SHAPE_ATTR, None)
+        if spatial_shape is None:
             raise RuntimeError("DenseSpatioTemporalAttnProcessor has no spatial shape: install it with "
                                "enable_dense_attention(unet), which hooks the motion modules")
-        h, w = self.spatial_shape
+        h, w = spatial_shape
         rows, f, _ = hidden_states.shape
         if rows % (h * w):
             raise ValueError(f"dense attention: {rows} token groups is not a multiple of H·W = {h}·{w}")
@@ -328,6 +329,22 @@ class _DenseAttentionState:
 
 
 _STATE_ATTR = "_mvcustom_dense_attention"
+_SHAPE_ATTR = "_mvcustom_spatial_shape"
+
+
+def _attentions(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in module.transformer_blocks.modules() if hasattr(m, "processor")]
+
+
+def _record_spatial_shape(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    x = args[0] if args else kwargs["hidden_states"]  # [B·F, C, H, W]
+    for attn in _attentions(module):
+        setattr(attn, _SHAPE_ATTR, (int(x.shape[-2]), int(x.shape[-1])))
+
+
+def _clear_spatial_shape(module: torch.nn.Module, _args: tuple, _output: Any) -> None:
+    for attn in _attentions(module):  # no stale shape for a later call from elsewhere
+        setattr(attn, _SHAPE_ATTR, None)
 
 
 def motion_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -361,17 +378,12 @@ def enable_dense_attention(unet: torch.nn.Module, window: int | None = None, *, 
     state = _DenseAttentionState()
     for module in modules.values():
         proc = DenseSpatioTemporalAttnProcessor(window, impl, chunk_elements)
-
-        def record_shape(_m, args, kwargs, proc=proc):
-            x = args[0] if args else kwargs["hidden_states"]  # [B·F, C, H, W]
-            proc.spatial_shape = (int(x.shape[-2]), int(x.shape[-1]))
-
-        state.handles.append(module.register_forward_pre_hook(record_shape, with_kwargs=True))
-        for attn in module.transformer_blocks.modules():
-            if isinstance(attn, Attention):
-                if not attn.is_cross_attention:
-                    state.saved[attn] = attn.processor
-                    attn.set_processor(proc)
+        attns = [a for a in module.transformer_blocks.modules() if isinstance(a, Attention) and not a.is_cross_attention]
+        for attn in attns:
+            state.saved[attn] = attn.processor
+            attn.set_processor(proc)
+        state.handles.append(module.register_forward_pre_hook(_record_spatial_shape, with_kwargs=True))
+        state.handles.append(module.register_forward_hook(_clear_spatial_shape))
         state.processors.append(proc)
     setattr(unet, _STATE_ATTR, state)
     return len(modules)

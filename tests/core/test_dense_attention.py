@@ -281,3 +281,21 @@ def test_window_one_gradients_equal_original_for_training(unet_and_inputs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert max((a - b).abs().max() for a, b in zip(wider, original)) > 1e-6
     assert all(torch.isfinite(g).all() for g in wider)
+
+
+def test_deepcopy_of_an_enabled_model_stays_correct(unet_and_inputs):
+    """Model patchers copy models: the copy must run its own shapes and disable on its own modules."""
+    import copy
+
+    unet, x, text = unet_and_inputs
+    original = _eps(unet, x, text)
+    enable_dense_attention(unet, window=3)
+    try:
+        dense = _eps(unet, x, text)
+        clone = copy.deepcopy(unet)
+    finally:
+        disable_dense_attention(unet)
+    assert torch.equal(_eps(clone, x, text), dense)
+    assert torch.equal(_eps(unet, x, text), original)
+    assert disable_dense_attention(clone) is True
+    torch.testing.assert_close(_eps(clone, x, text), original, rtol=0, atol=0)
