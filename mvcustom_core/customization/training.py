@@ -1,0 +1,418 @@
+"""Per-subject training (MVCustom Stage 1, method.md §6): FeatureNeRF + fusion layers + the subject token.
+
+Trained: every pose-conditioned block's FeatureNeRF and ``W_fuse`` (learning rate ``lr``) and the subject
+token's input embedding (``token_lr``, lower). Frozen: everything else (UNet incl. motion modules, text
+encoder, VAE). One step:
+
+1. draw F target photos (sorted, they form one clip whose cameras are the clip's target cameras) and N
+   other photos as references, a target timestep ``t ~ U[0, T)`` and a reference timestep
+   ``t_ref ~ U[0, reference_max_timestep)`` (low noise, method.md §4.2);
+2. reference latents noised to ``t_ref`` go through the UNet without gradients with the pose context in
+   *capture* mode: every pose block stores its output tokens (the reference bank of this step);
+3. target latents noised to ``t`` go through the UNet in *render* mode with the prompt
+   ``"photo of a <token> <class word>"``: every pose block renders FeatureNeRF from the bank for the
+   target cameras;
+4. loss ``L = λ_diff L_diff + Σ_blocks (λ_fg L_fg + λ_bg L_bg + λ_rgb L_rgb)`` (method.md §6.2,
+   :mod:`mvcustom_core.customization.losses`), AdamW step.
+
+Afterwards the reference bank for inference is captured once from ``bank_views`` photos spread evenly over
+the set, for both CFG branches (empty prompt, then the subject prompt), so inference needs no photos.
+
+Checkpoints (``torch.save``, read back with ``weights_only=True``) hold the trainable weights, the
+optimizer state and the random generator state; they are written atomically every ``checkpoint_every``
+steps, at the end, and when the loop is interrupted (an exception from the progress callback, e.g.
+ComfyUI's cancel, or ``KeyboardInterrupt``). A run resumed from a checkpoint gives the same result as an
+uninterrupted run: every random draw comes from one CPU generator whose state is saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from mvcustom_core.customization.file_format import (
+    Customization, backbone_fingerprint, check_backbone, customization_from_unet)
+from mvcustom_core.customization.losses import FeatureNeRFLossWeights, featurenerf_losses, masked_denoising_loss
+from mvcustom_core.customization.pose_block import (
+    PoseContext, install_pose_blocks, pose_blocks, remove_pose_blocks)
+from mvcustom_core.customization.reference_poses import ReferenceSet
+from mvcustom_core.customization.token import DEFAULT_TOKEN, add_subject_token, remove_subject_token
+from mvcustom_core.files import atomic_write
+
+__all__ = ["TrainingConfig", "TrainingResult", "TrainingError", "CHECKPOINT_FORMAT", "train_customization",
+           "encode_references", "unet_epsilon", "capture_reference_bank", "bank_indices", "load_checkpoint"]
+
+CHECKPOINT_FORMAT = "mvcustom.training-checkpoint/1"
+ProgressFn = Callable[[int, int, dict], None]
+
+
+class TrainingError(ValueError):
+    """Training settings or a checkpoint that cannot be used."""
+
+
+@dataclass
+class TrainingConfig:
+    """Settings of one customization run (all saved with the result).
+
+    Attributes:
+        class_word: the subject's category ("car"); initialises the token and fills the prompt.
+        token: the new token written in prompts.
+        prompt_template: training prompt; ``{token}`` and ``{class_word}`` are filled in.
+        steps: optimizer steps (CustomDiffusion360: ~1.6k).
+        lr: AdamW learning rate of FeatureNeRF and fusion (CustomDiffusion360: 1e-4).
+        token_lr: learning rate of the token embedding; lower by default (0.05 × lr, CustomDiffusion360's
+            low-lr multiplier).
+        weight_decay: AdamW weight decay of the pose weights (the token has none).
+        frames: F target frames per step (one clip).
+        references: N reference views per step.
+        bank_views: reference views stored for inference (CustomDiffusion360: 8).
+        reference_max_timestep: reference noise ``t_ref ~ U[0, this)``; the bank uses ``bank_timestep``.
+        bank_timestep: timestep of the stored reference bank.
+        blocks: which spatial transformer blocks get pose conditioning (see ``select_blocks``).
+        featurenerf: FeatureNeRF config overrides (``num_samples``, ``near``, ``far`` …).
+        denoise_weight, fg_weight, bg_weight, rgb_weight: loss weights (method.md §6.2: 1, 10, 10, 5).
+        mask_dilate: dilation of the subject mask for the denoising loss (0/1: no mask, whole image).
+        mask_denoising: average the denoising loss inside the dilated mask (CustomDiffusion360) or everywhere.
+        seed: seeds every random draw.
+        checkpoint_every: steps between checkpoints.
+        ray_chunk: FeatureNeRF rays per chunk (memory bound).
+    """
+
+    class_word: str
+    token: str = DEFAULT_TOKEN
+    prompt_template: str = "photo of a {token} {class_word}"
+    steps: int = 1600
+    lr: float = 1e-4
+    token_lr: float = 5e-6
+    weight_decay: float = 1e-2
+    frames: int = 4
+    references: int = 4
+    bank_views: int = 8
+    reference_max_timestep: int = 50
+    bank_timestep: int = 0
+    blocks: str = "every_other"
+    featurenerf: dict = field(default_factory=dict)
+    denoise_weight: float = 1.0
+    fg_weight: float = 10.0
+    bg_weight: float = 10.0
+    rgb_weight: float = 5.0
+    mask_dilate: int = 7
+    mask_denoising: bool = True
+    seed: int = 0
+    checkpoint_every: int = 100
+    ray_chunk: int | None = None
+
+    def prompt(self) -> str:
+        return self.prompt_template.format(token=self.token, class_word=self.class_word)
+
+    def check(self) -> None:
+        """Raise :class:`TrainingError` naming the first bad setting."""
+        ints = {"steps": 1, "frames": 1, "references": 1, "bank_views": 1, "reference_max_timestep": 1,
+                "checkpoint_every": 1, "bank_timestep": 0, "mask_dilate": 0}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise TrainingError(f"{name} must be an integer ≥ {low}, got {value!r}")
+        for name in ("lr", "token_lr", "weight_decay", "denoise_weight", "fg_weight", "bg_weight", "rgb_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise TrainingError(f"{name} must be a finite number ≥ 0, got {value!r}")
+        if not self.class_word or not self.class_word.strip():
+            raise TrainingError("class_word must be a word such as 'car', 'chair' or 'teddybear'")
+        if "{token}" not in self.prompt_template:
+            raise TrainingError(f"prompt_template must contain {{token}}, got {self.prompt_template!r}")
+
+    def resume_key(self) -> dict:
+        """Settings that must match for a checkpoint to be resumed (``steps`` may grow)."""
+        d = asdict(self)
+        for k in ("steps", "checkpoint_every"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class TrainingResult:
+    """Outcome of :func:`train_customization`.
+
+    Attributes:
+        customization: the trained subject (save it with ``save_customization``).
+        losses: per step ``{"total", "denoise", "fg", "bg", "rgb"}`` floats (steps of this call only when
+            resumed; earlier ones come from the checkpoint).
+        resumed_from: step the run resumed at (0 for a fresh run).
+    """
+
+    customization: Customization
+    losses: list[dict[str, float]]
+    resumed_from: int = 0
+
+
+# --------------------------------------------------------------------------------- UNet helpers
+def _has_motion(unet: nn.Module) -> bool:
+    return any(hasattr(b, "motion_modules") for b in getattr(unet, "down_blocks", []))
+
+
+def unet_epsilon(unet: nn.Module, latents: Tensor, timestep: Tensor | int, text: Tensor) -> Tensor:
+    """ε prediction for F frames ``[F, 4, h, w]`` as one clip; ``text [1 | F, L, D]``.
+
+    A ``UNetMotionModel`` sees the frames as one video ``[1, 4, F, h, w]`` (text repeated per frame); a
+    plain ``UNet2DConditionModel`` sees them as an image batch. Returns ``[F, 4, h, w]``.
+    """
+    f = latents.shape[0]
+    text = text.expand(f, -1, -1) if text.shape[0] == 1 else text
+    t = torch.as_tensor(timestep, device=latents.device).reshape(-1)[:1]
+    if _has_motion(unet):
+        video = latents.permute(1, 0, 2, 3)[None]
+        return unet(video, t, encoder_hidden_states=text).sample[0].permute(1, 0, 2, 3)
+    return unet(latents, t.expand(f), encoder_hidden_states=text).sample
+
+
+@torch.no_grad()
+def encode_references(vae: nn.Module, images: Tensor, chunk: int = 4) -> Tensor:
+    """``[M, 3, H, W]`` in [0, 1] → diffusion-space latents ``[M, 4, H/8, W/8]`` (posterior mean × scale)."""
+    param = next(vae.parameters())
+    scale = float(getattr(vae.config, "scaling_factor", 0.18215))
+    parts = [vae.encode((images[i:i + chunk].to(param) * 2 - 1)).latent_dist.mean * scale
+             for i in range(0, images.shape[0], chunk)]
+    return torch.cat(parts).float()
+
+
+def bank_indices(num_images: int, views: int) -> Tensor:
+    """``min(views, M)`` indices spread evenly over ``M`` photos (CustomDiffusion360 keeps 8)."""
+    v = min(views, num_images)
+    return (torch.arange(v) * num_images // v).long()
+
+
+@torch.no_grad()
+def capture_reference_bank(unet: nn.Module, ctx: PoseContext, latents: Tensor, ref_cams, texts: list[Tensor],
+                           timestep: int, noise: Tensor | None = None, scheduler=None) -> None:
+    """Capture the reference bank of N views ``latents [N, 4, h, w]``, one branch per text ``[1, L, D]``.
+
+    ``noise`` (``[N, 4, h, w]``) is added at ``timestep`` with ``scheduler.add_noise`` when given.
+    """
+    x = latents
+    if noise is not None:
+        x = scheduler.add_noise(latents, noise.to(latents), torch.tensor([timestep]))
+    ctx.begin_capture()
+    try:
+        for text in texts:
+            unet_epsilon(unet, x, timestep, text)
+    except BaseException:
+        ctx.mode = "off"
+        raise
+    ctx.end_capture(ref_cams, branches=len(texts))
+
+
+# --------------------------------------------------------------------------------- checkpoints
+def _trainable_state(unet: nn.Module, token_vector: Tensor) -> dict[str, Any]:
+    pose = {b.name: {k: v.detach().clone() for k, v in b.state_dict().items() if not k.startswith("block.")}
+            for b in pose_blocks(unet)}
+    return {"pose": pose, "token": token_vector.detach().clone()}
+
+
+def _write_checkpoint(path: Path, step: int, unet: nn.Module, token_vector: Tensor, optimizer, gen_state: Tensor,
+                      config: TrainingConfig, fingerprint: dict, losses: list) -> None:
+    payload = {"format": CHECKPOINT_FORMAT, "step": int(step), **_trainable_state(unet, token_vector),
+               "optimizer": optimizer.state_dict(), "generator": gen_state.clone(),
+               "config": json.dumps(asdict(config)), "resume_key": json.dumps(config.resume_key()),
+               "backbone": json.dumps(fingerprint), "losses": json.dumps(losses)}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint (``torch.load(weights_only=True)``)."""
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise TrainingError(f"{path}: not a readable training checkpoint: {error}") from error
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path}: not an MVCustom training checkpoint ({CHECKPOINT_FORMAT})")
+    return data
+
+
+# --------------------------------------------------------------------------------- training
+def _sample_step(gen: torch.Generator, m: int, frames: int, refs: int) -> tuple[Tensor, Tensor]:
+    """Sorted F target indices and N reference indices drawn from the other photos."""
+    f = min(frames, m - 1)
+    perm = torch.randperm(m, generator=gen)
+    targets = perm[:f].sort().values
+    rest = perm[f:]
+    return targets, rest[:min(refs, rest.numel())]
+
+
+def train_customization(
+    backbone: Any,
+    reference: ReferenceSet,
+    config: TrainingConfig,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: ProgressFn | None = None,
+) -> TrainingResult:
+    """Train a subject customization (see the module docstring).
+
+    Args:
+        backbone: object with ``unet`` (``UNetMotionModel`` or ``UNet2DConditionModel``), ``vae``,
+            ``text_encoder`` and ``tokenizer`` (:class:`~mvcustom_core.backbone.loading.Backbone`). It is
+            restored afterwards (pose blocks and token removed, gradient flags reset; the tokenizer is
+            copied, not extended).
+        reference: checked photos, masks and normalized cameras (``prepare_reference_set``); image sides
+            must be multiples of 8.
+        config: :class:`TrainingConfig`.
+        checkpoint: checkpoint file; resumed from when it exists and ``resume``.
+        progress: ``progress(done, total, losses)`` after every step; raising in it stops the run cleanly
+            (a checkpoint is written first when ``checkpoint`` is set), then the exception propagates.
+
+    Returns:
+        :class:`TrainingResult`.
+    """
+    config.check()
+    unet, vae, text_encoder = backbone.unet, backbone.vae, backbone.text_encoder
+    if getattr(backbone, "tokenizer", None) is None:
+        raise TrainingError("the backbone has no tokenizer; the subject token needs one")
+    m, (h, w) = len(reference), reference.images.shape[-2:]
+    if h % 8 or w % 8:
+        raise TrainingError(f"reference images are {w}x{h}; both sides must be multiples of 8 (VAE factor)")
+    if next(pose_blocks(unet), None) is not None:
+        raise TrainingError("the UNet already has pose blocks installed; train on a clean backbone")
+    tokenizer = copy.deepcopy(backbone.tokenizer)
+    device = next(unet.parameters()).device
+    fingerprint = backbone_fingerprint(unet)
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    state = load_checkpoint(ckpt_path) if ckpt_path is not None and resume and ckpt_path.exists() else None
+    if state is not None:
+        if json.loads(state["resume_key"]) != config.resume_key():
+            raise TrainingError(f"{ckpt_path}: checkpoint was written with other settings; delete it or train "
+                                f"with the same settings (only steps may change)")
+        check_backbone(json.loads(state["backbone"]), unet, f"checkpoint {ckpt_path}")
+
+    from diffusers import DDPMScheduler
+
+    from mvcustom_core.backbone.sampler import ANIMATEDIFF_SCHEDULER_CONFIG, SD15_SCHEDULER_CONFIG
+
+    sched_config = ANIMATEDIFF_SCHEDULER_CONFIG if _has_motion(unet) else SD15_SCHEDULER_CONFIG
+    scheduler = DDPMScheduler(**{k: v for k, v in sched_config.items()
+                                 if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                          "steps_offset", "clip_sample", "prediction_type")})
+    num_t = scheduler.config.num_train_timesteps
+
+    flags = {p: p.requires_grad for module in (unet, vae, text_encoder) for p in module.parameters()}
+    ctx = PoseContext(ray_chunk=config.ray_chunk)
+    weights = FeatureNeRFLossWeights(fg=config.fg_weight, bg=config.bg_weight, rgb=config.rgb_weight)
+    try:
+        for module in (unet, vae, text_encoder):
+            module.requires_grad_(False)
+        with torch.random.fork_rng(devices=[]):  # pose weights drawn from the seed, global RNG untouched
+            torch.manual_seed(config.seed)
+            install_pose_blocks(unet, ctx, config.blocks, config_overrides=dict(config.featurenerf))
+        token_emb = add_subject_token(text_encoder, tokenizer, config.token, class_word=config.class_word)
+        pose_params = [p for b in pose_blocks(unet) for n, p in b.named_parameters() if not n.startswith("block.")]
+        for p in pose_params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW([
+            {"params": pose_params, "lr": config.lr, "weight_decay": config.weight_decay},
+            {"params": [token_emb.vector], "lr": config.token_lr, "weight_decay": 0.0}])
+        gen = torch.Generator().manual_seed(config.seed)
+        start, history = 0, []
+        if state is not None:
+            for block in pose_blocks(unet):
+                block.load_state_dict(state["pose"][block.name], strict=False)
+            with torch.no_grad():
+                token_emb.vector.copy_(state["token"])
+            optimizer.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            start, history = int(state["step"]), json.loads(state["losses"])
+
+        images = reference.images.to(device)
+        masks = reference.masks.to(device)
+        cams = reference.cameras
+        latents = encode_references(vae, images)
+        prompt, empty = config.prompt(), ""
+        from mvcustom_core.backbone.text import encode_prompt
+
+        end = config.steps
+        done, gen_done = start, gen.get_state()
+        new_losses: list[dict[str, float]] = []
+
+        def save(step: int, gen_state: Tensor) -> None:
+            if ckpt_path is not None:
+                _write_checkpoint(ckpt_path, step, unet, token_emb.vector, optimizer, gen_state, config,
+                                  fingerprint, history)
+
+        try:
+            for step in range(start, end):
+                targets, refs = _sample_step(gen, m, config.frames, config.references)
+                t = torch.randint(0, num_t, (1,), generator=gen)
+                t_ref = torch.randint(0, config.reference_max_timestep, (1,), generator=gen)
+                noise = torch.randn(latents[targets].shape, generator=gen).to(latents)
+                ref_noise = torch.randn(latents[refs].shape, generator=gen).to(latents)
+                ctx.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+
+                with torch.no_grad():
+                    ref_text = encode_prompt(text_encoder, tokenizer, prompt)
+                ctx.jitter = False
+                capture_reference_bank(unet, ctx, latents[refs], cams[refs], [ref_text], int(t_ref),
+                                       ref_noise, scheduler)
+
+                ctx.mode, ctx.target_cams, ctx.jitter = "render", cams[targets], True
+                ctx.outputs = {}
+                text = encode_prompt(text_encoder, tokenizer, prompt)
+                noisy = scheduler.add_noise(latents[targets], noise, t)
+                eps = unet_epsilon(unet, noisy, t.to(device), text)
+                target_masks = masks[targets]
+                parts = {"denoise": masked_denoising_loss(
+                    eps, noise, target_masks if config.mask_denoising else None, dilate=config.mask_dilate)
+                    * config.denoise_weight}
+                fg = bg = rgb = torch.zeros((), device=device)
+                for outs in ctx.outputs.values():
+                    for out in outs:
+                        terms = featurenerf_losses(out, target_masks, images[targets], weights)
+                        fg, bg = fg + terms["fg"], bg + terms["bg"]
+                        rgb = rgb + terms.get("rgb", torch.zeros((), device=device))
+                parts.update(fg=fg, bg=bg, rgb=rgb)
+                total = sum(parts.values())
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                ctx.mode, ctx.outputs = "off", {}
+
+                done, gen_done = step + 1, gen.get_state()
+                record = {"total": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+                history.append(record)
+                new_losses.append(record)
+                if done % config.checkpoint_every == 0 or done == end:
+                    save(done, gen_done)
+                if progress is not None:
+                    progress(done, config.steps, record)
+        except BaseException:
+            ctx.mode, ctx.outputs = "off", {}
+            save(done, gen_done)  # the last completed step: resuming continues exactly there
+            raise
+
+        # Inference bank: evenly spread photos, uncond (row 0) and cond (row 1) branches, fixed noise.
+        idx = bank_indices(m, config.bank_views)
+        bank_gen = torch.Generator().manual_seed(config.seed + 1)
+        bank_noise = torch.randn(latents[idx].shape, generator=bank_gen)
+        with torch.no_grad():
+            texts = [encode_prompt(text_encoder, tokenizer, empty), encode_prompt(text_encoder, tokenizer, prompt)]
+        capture_reference_bank(unet, ctx, latents[idx], cams[idx], texts, config.bank_timestep, bank_noise,
+                               scheduler)
+        training = {"config": asdict(config), "steps_done": done, "final_losses": history[-1] if history else {},
+                    "num_photos": m, "bank_indices": idx.tolist()}
+        customization = customization_from_unet(
+            unet, ctx, token=config.token, class_word=config.class_word, token_embedding=token_emb.vector,
+            prompt_template=config.prompt_template, training=training)
+        return TrainingResult(customization, new_losses, start)
+    finally:
+        remove_pose_blocks(unet)
+        remove_subject_token(text_encoder)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)

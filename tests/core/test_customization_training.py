@@ -1,0 +1,163 @@
+"""Customization training on the tiny backbone and the synthetic subject.
+
+Checks: the FeatureNeRF losses fall; only FeatureNeRF, fusion and the token change while the backbone is
+left exactly as it was; an interrupted run (exception in the progress callback, or a process killed with
+SIGKILL after its first checkpoint) resumed from its checkpoint equals an uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from mvcustom_core.backbone.tiny import tiny_backbone
+from mvcustom_core.customization.pose_block import pose_blocks
+from mvcustom_core.customization.reference_poses import prepare_reference_set
+from mvcustom_core.customization.token import class_word_embedding, subject_token_embedding
+from mvcustom_core.customization.training import (
+    TrainingConfig, TrainingError, bank_indices, load_checkpoint, train_customization)
+from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
+
+REPO = Path(__file__).resolve().parents[2]
+SIZE = 64
+
+
+def _reference_set():
+    cams = turntable_cameras(6, elevation_deg=20.0, radius=2.5, image_size=(SIZE, SIZE), fov_y_deg=45.0)
+    render = SyntheticScene(seed=1, ground=False).render(cams)
+    return prepare_reference_set(render.rgb, render.mask, cams, center=torch.zeros(3))
+
+
+def _config(**overrides) -> TrainingConfig:
+    base = dict(class_word="dog", steps=4, frames=2, references=2, bank_views=3, lr=1e-2, token_lr=1e-3,
+                featurenerf={"num_samples": 8}, checkpoint_every=2, seed=5)
+    return TrainingConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models' ops are far too small for two threads: on a busy machine they only add waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return tiny_backbone(seed=0)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _reference_set()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(backbone, reference):
+    return train_customization(backbone, reference, _config())
+
+
+def _assert_same_customization(a, b):
+    assert a.blocks == b.blocks
+    for name in a.blocks:
+        assert a.weights[name].keys() == b.weights[name].keys()
+        for key in a.weights[name]:
+            assert torch.equal(a.weights[name][key], b.weights[name][key]), (name, key)
+        assert torch.equal(a.references[name], b.references[name]), name
+    assert torch.equal(a.token_embedding, b.token_embedding)
+
+
+def test_losses_fall_and_only_the_intended_parameters_change(backbone, reference):
+    before = {m: copy.deepcopy(getattr(backbone, m).state_dict()) for m in ("unet", "vae", "text_encoder")}
+    vocab = len(backbone.tokenizer)
+    result = train_customization(backbone, reference, _config(steps=16, checkpoint_every=100))
+    fnerf = [r["fg"] + r["bg"] for r in result.losses]
+    assert sum(fnerf[-4:]) < 0.7 * sum(fnerf[:4]), fnerf
+
+    # The backbone is exactly as before: same tensors, no pose blocks, no token, same vocabulary and flags.
+    for m, state in before.items():
+        after = getattr(backbone, m).state_dict()
+        assert after.keys() == state.keys(), m
+        assert all(torch.equal(after[k], state[k]) for k in state), m
+    assert next(pose_blocks(backbone.unet), None) is None
+    assert subject_token_embedding(backbone.text_encoder) is None
+    assert len(backbone.tokenizer) == vocab
+
+    # What was trained moved away from its initialisation.
+    c = result.customization
+    for name in c.blocks:
+        width = c.featurenerf[name]["channels"]
+        fuse = c.weights[name]["fuse.weight"]
+        assert torch.equal(fuse[:, :width] != torch.eye(width), fuse[:, :width] != torch.eye(width))
+        assert fuse[:, width:].abs().max() > 0  # the Fy half starts at zero
+        assert c.weights[name]["featurenerf.decoder.weight"].abs().max() > 0  # zero-initialised density head
+    init = class_word_embedding(backbone.text_encoder, backbone.tokenizer, "dog")
+    assert (c.token_embedding[0] - init).abs().max() > 0
+
+    # Bank: both CFG branches, views spread over the photos, stored with their cameras.
+    idx = bank_indices(len(reference), 3)
+    for name in c.blocks:
+        assert c.references[name].shape[:2] == (2, 3)
+    torch.testing.assert_close(c.ref_cams.c2w, reference.cameras.c2w[idx])
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(backbone, reference, uninterrupted, tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+
+    def stop_at_three(done, total, losses):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_customization(backbone, reference, _config(), checkpoint=ckpt, progress=stop_at_three)
+    assert load_checkpoint(ckpt)["step"] == 3  # the interrupt wrote the last completed step
+    resumed = train_customization(backbone, reference, _config(), checkpoint=ckpt)
+    assert resumed.resumed_from == 3 and len(resumed.losses) == 1
+    _assert_same_customization(resumed.customization, uninterrupted.customization)
+    assert resumed.losses[-1] == uninterrupted.losses[-1]
+
+
+def test_process_killed_after_first_checkpoint_resumes_to_the_same_result(backbone, reference, uninterrupted,
+                                                                          tmp_path):
+    ckpt = tmp_path / "killed.ckpt"
+    script = textwrap.dedent(f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {str(REPO)!r})
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_customization_training import _config, _reference_set
+        from mvcustom_core.backbone.tiny import tiny_backbone
+        from mvcustom_core.customization.training import train_customization
+
+        def die(done, total, losses):
+            if done == 3:  # after the checkpoint at step 2, before the one at step 4
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        train_customization(tiny_backbone(seed=0), _reference_set(), _config(), checkpoint={str(ckpt)!r},
+                            progress=die)
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert load_checkpoint(ckpt)["step"] == 2
+    resumed = train_customization(backbone, reference, _config(), checkpoint=ckpt)
+    assert resumed.resumed_from == 2
+    _assert_same_customization(resumed.customization, uninterrupted.customization)
+
+
+def test_checkpoint_with_other_settings_and_bad_settings_are_refused(backbone, reference, tmp_path):
+    ckpt = tmp_path / "a.ckpt"
+    train_customization(backbone, reference, _config(steps=1, checkpoint_every=1), checkpoint=ckpt)
+    with pytest.raises(TrainingError, match="other settings"):
+        train_customization(backbone, reference, _config(steps=2, lr=5e-3), checkpoint=ckpt)
+    with pytest.raises(TrainingError, match="steps must be"):
+        train_customization(backbone, reference, _config(steps=0))
+    with pytest.raises(TrainingError, match="class_word"):
+        train_customization(backbone, reference, _config(class_word=" "))
