@@ -121,6 +121,10 @@ def test_full_size_sd15_key_sets(sd15_meta):
     """Shipped configs give the real SD1.5 layout: 686 UNet, 248 VAE, 197 CLIP keys (incl. position_ids)."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
+    # SD1.5 parameter counts: UNet 859,520,964 as diffusers' ModelMixin.num_parameters docstring prints for the
+    # stable-diffusion-v1-5 unet (models/modeling_utils.py); VAE 83.65 M and CLIP ViT-L/14 text 123.06 M as quoted.
+    sizes = [sum(p.numel() for p in m.parameters()) for m in (sd15_meta.unet, sd15_meta.vae, sd15_meta.text_encoder)]
+    assert sizes == [859_520_964, 83_653_863, 123_060_480]
     ldm = export_ldm_state_dict(sd15_meta)
     counts = {prefix: sum(k.startswith(prefix) for k in ldm) for prefix in (UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX)}
     assert counts == {UNET_PREFIX: 686, VAE_PREFIX: 248, CLIP_PREFIX: 197}
