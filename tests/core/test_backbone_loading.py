@@ -287,6 +287,15 @@ def test_tiny_backbone_is_seeded_and_sd_shaped():
         latents = first.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
     assert latents.shape == (1, 4, 8, 8)  # SD1.x's factor 8
     assert len(first.tokenizer) == first.text_encoder.get_input_embeddings().num_embeddings
+    # The motion modules are live (random, not zero-initialised): editing frame 2 changes frame 0's prediction.
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(1, 4, 3, 8, 8, generator=g)
+    edited = video.clone()
+    edited[:, :, 2] += 1
+    text = torch.randn(3, 77, 32, generator=g)
+    with torch.no_grad():
+        change = first.unet(video, 10, text).sample[:, :, 0] - first.unet(edited, 10, text).sample[:, :, 0]
+    assert change.abs().max() > 1e-3
 
 
 def test_progress_reports_every_tensor_and_can_interrupt(tiny_ldm, tmp_path):
