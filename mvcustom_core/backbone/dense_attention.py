@@ -31,6 +31,7 @@ Implementations (``impl``):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -209,26 +210,42 @@ def _tiled_windowed(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float |
     return out
 
 
-def _flex_windowed(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float | None,
-                   compile: bool | None = None) -> Tensor:
-    """flex_attention with a block mask of the window convention; compiled by default on CUDA only
-    (a CPU compile took 82 s for one shape here, the eager path materializes the scores)."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+@functools.lru_cache(maxsize=32)
+def _flex_block_mask(f: int, h: int, w: int, window: int, device: str):
+    """Block mask of the window convention over tokens ``(f·H + y)·W + x``; cached per shape (building
+    it evaluates the mask on every block pair)."""
+    from torch.nn.attention.flex_attention import create_block_mask
 
-    b, n, f, h, w, d = q.shape
     ky, kx = min(window, h), min(window, w)
-    sy, sx = window_starts(h, window, q.device), window_starts(w, window, q.device)
+    sy, sx = window_starts(h, window, device), window_starts(w, window, device)
     hw, tokens = h * w, f * h * w
 
-    def mask_mod(bi, hi, qi, ki):  # token index = (f·H + y)·W + x
+    def mask_mod(bi, hi, qi, ki):
         qy, qx = (qi % hw) // w, qi % w
         ty, tx = (ki % hw) // w, ki % w
         y0, x0 = sy[qy], sx[qx]
         return (ty >= y0) & (ty < y0 + ky) & (tx >= x0) & (tx < x0 + kx)
 
-    block_mask = create_block_mask(mask_mod, None, None, tokens, tokens, device=q.device)
-    attend = torch.compile(flex_attention, dynamic=False) if (q.is_cuda if compile is None else compile) \
-        else flex_attention
+    return create_block_mask(mask_mod, None, None, tokens, tokens, device=device)
+
+
+@functools.cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex_windowed(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float | None,
+                   compile: bool | None = None) -> Tensor:
+    """flex_attention with a block mask of the window convention; compiled by default on CUDA only
+    (a CPU compile took 82 s for one shape here, the eager path materializes the scores)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    b, n, f, h, w, d = q.shape
+    tokens = f * h * w
+    block_mask = _flex_block_mask(f, h, w, window, str(q.device))
+    attend = _compiled_flex_attention() if (q.is_cuda if compile is None else compile) else flex_attention
     out = attend(*(t.reshape(b, n, tokens, d) for t in (q, k, v)), block_mask=block_mask, scale=scale)
     return out.reshape(b, n, f, h, w, d)
 
