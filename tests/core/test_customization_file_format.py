@@ -1,0 +1,152 @@
+"""Customization file: exact round trip, apply_customization reproduces the trained UNet, wrong backbones refused."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+
+from mvcustom_core.backbone.tiny import tiny_backbone
+from mvcustom_core.customization.file_format import (
+    FORMAT_VERSION, BackboneMismatchError, CustomizationFileError, apply_customization, backbone_fingerprint,
+    customization_from_unet, load_customization, save_customization)
+from mvcustom_core.customization.pose_block import PoseContext, install_pose_blocks, pose_blocks
+from mvcustom_core.customization.training import capture_reference_bank, unet_epsilon
+from mvcustom_core.synthetic import turntable_cameras
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_backbone(seed=0).unet
+
+
+def _inputs(frames: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(frames, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g)
+
+
+@pytest.fixture(scope="module")
+def trained(unet):
+    """A UNet with pose blocks whose weights are far from their initialisation, its context and customization."""
+    src, ctx = copy.deepcopy(unet), PoseContext()
+    torch.manual_seed(0)
+    install_pose_blocks(src, ctx, "every_other", config_overrides={"num_samples": 6})
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for block in pose_blocks(src):
+            for p in block.featurenerf.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+            block.fuse.weight.add_(torch.randn(block.fuse.weight.shape, generator=g) * 0.1)
+    refs = turntable_cameras(3, radius=1.0, image_size=(64, 64), start_azimuth_deg=10.0)
+    latents, text = _inputs(3, seed=2)
+    capture_reference_bank(src, ctx, latents, refs, [torch.zeros_like(text), text], timestep=0)
+    cust = customization_from_unet(src, ctx, token="<mvc-subject>", class_word="car",
+                                   token_embedding=torch.randn(32, generator=g), training={"steps": 7})
+    return src, ctx, cust
+
+
+def test_round_trip_is_exact(trained, tmp_path):
+    _, _, cust = trained
+    path = save_customization(tmp_path / "subject.safetensors", cust)
+    back = load_customization(path)
+    assert back.blocks == cust.blocks and back.featurenerf == cust.featurenerf
+    assert back.backbone == cust.backbone and back.training == {"steps": 7}
+    assert (back.token, back.class_word, back.prompt()) == ("<mvc-subject>", "car", "photo of a <mvc-subject> car")
+    for name in cust.blocks:
+        assert back.weights[name].keys() == cust.weights[name].keys()
+        assert all(torch.equal(back.weights[name][k], v) for k, v in cust.weights[name].items())
+        assert torch.equal(back.references[name], cust.references[name])
+        assert back.references[name].shape[:2] == (2, 3)  # uncond + cond branch, 3 views
+    assert torch.equal(back.ref_cams.K, cust.ref_cams.K) and torch.equal(back.ref_cams.c2w, cust.ref_cams.c2w)
+    assert back.ref_cams.image_size == (64, 64)
+    assert torch.equal(back.token_embedding, cust.token_embedding.reshape(1, -1))
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_applied_customization_renders_like_the_trained_unet(unet, trained, tmp_path):
+    src, src_ctx, cust = trained
+    dst = copy.deepcopy(unet)
+    ctx = apply_customization(dst, load_customization(save_customization(tmp_path / "c.safetensors", cust)))
+    assert [b.name for b in pose_blocks(dst)] == cust.blocks
+    targets = turntable_cameras(2, radius=1.0, image_size=(64, 64), start_azimuth_deg=55.0)
+    x, text = _inputs(2, seed=3)
+    outs = []
+    for model, context in ((src, src_ctx), (dst, ctx)):
+        context.mode, context.target_cams, context.jitter = "render", targets, False
+        with torch.no_grad():
+            # Two CFG branches as the sampler batches them: [uncond frames, cond frames].
+            video = torch.cat([x, x]).reshape(2, 2, 4, 8, 8).permute(0, 2, 1, 3, 4)
+            texts = torch.cat([torch.zeros_like(text).expand(2, -1, -1), text.expand(2, -1, -1)])
+            outs.append(model(video, torch.tensor([500]), encoder_hidden_states=texts).sample)
+    assert torch.equal(outs[0], outs[1])
+    # The pose blocks really act: rendering differs from the plain backbone.
+    with torch.no_grad():
+        plain = unet(video, torch.tensor([500]), encoder_hidden_states=texts).sample
+    assert (plain - outs[0]).abs().max() > 1e-4
+    with pytest.raises(CustomizationFileError, match="already has pose blocks"):
+        apply_customization(dst, cust)
+
+
+def test_another_backbone_is_refused_naming_the_difference(trained):
+    _, _, cust = trained
+    other = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
+    with pytest.raises(BackboneMismatchError, match="width 32.*width 16|another backbone"):
+        apply_customization(other, cust)
+    assert next(pose_blocks(other), None) is None  # nothing was installed
+    wider_text = copy.deepcopy(cust)
+    wider_text.backbone = {**cust.backbone, "cross_attention_dim": 768}
+    with pytest.raises(BackboneMismatchError, match="text width 768"):
+        apply_customization(other, wider_text)
+
+
+def test_fingerprint_lists_spatial_blocks_with_widths_whether_wrapped_or_not(unet, trained):
+    plain = backbone_fingerprint(unet)
+    assert plain == backbone_fingerprint(trained[0])
+    assert plain["cross_attention_dim"] == 32
+    assert [w for _, w in plain["blocks"]] == [32, 32, 32, 64]  # 3 blocks at 32 channels, mid block at 64
+    assert all("motion_modules" not in n for n, _ in plain["blocks"])
+
+
+def test_foreign_newer_and_broken_files_are_refused(trained, tmp_path):
+    _, _, cust = trained
+    embedding = tmp_path / "emb.safetensors"
+    save_file({"emb_params": torch.zeros(1, 32)}, str(embedding))
+    with pytest.raises(CustomizationFileError, match="not an MVCustom customization"):
+        load_customization(embedding)
+    good = save_customization(tmp_path / "good.safetensors", cust)
+    from safetensors import safe_open
+
+    with safe_open(str(good), "pt") as f:
+        meta = f.metadata()
+    newer = tmp_path / "newer.safetensors"
+    save_file(load_file(str(good)), str(newer), metadata={**meta, "version": str(FORMAT_VERSION + 1)})
+    with pytest.raises(CustomizationFileError, match="newer"):
+        load_customization(newer)
+    missing = tmp_path / "missing.safetensors"
+    tensors = {k: v for k, v in load_file(str(good)).items() if not k.startswith("reference.")}
+    save_file(tensors, str(missing), metadata=meta)
+    with pytest.raises(CustomizationFileError, match="no reference bank"):
+        load_customization(missing)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(CustomizationFileError, match="truncated"):
+        load_customization(truncated)
+    with pytest.raises(CustomizationFileError, match="no such"):
+        load_customization(tmp_path / "absent.safetensors")
+    assert json.loads(meta["blocks"]) == cust.blocks
