@@ -163,8 +163,9 @@ def resolve_anchor_geometry(
     """Turn a :class:`DFRPlan` into anchor geometry for the trajectory ``cams``.
 
     Depth: the plan's depth image aligned to the field's expected depth (needs ``unet`` with pose blocks
-    and ``pose_context``), or to manual scale/shift, or to the anchor's distance to the origin; without a
-    depth image, the field's depth itself.
+    and ``pose_context``; fitted on the field's latent-resolution render, opaque pixels only), or to manual
+    scale/shift, or to the anchor's distance to the origin; without a depth image, the field's depth itself
+    at latent resolution.
 
     Returns:
         the geometry and the alignment (None when the field depth is used as-is).
@@ -172,25 +173,30 @@ def resolve_anchor_geometry(
     a = anchor_index(plan.anchor, cams.num_frames)
     anchor_cam = cams[a]
     has_field = unet is not None and pose_context is not None and bool(pose_context.references)
+    # The field is rendered at latent resolution (the finest hooked layer's): a full-resolution render
+    # would cost H·W·24 FeatureNeRF points for a mesh that is built at layer resolution anyway.
+    height, width = cams.image_size
+    field_size = (max(2, height // 8), max(2, width // 8))
     if plan.depth is None:
         if not has_field:
             raise DFRError("DFR without a depth image uses the customization's FeatureNeRF depth: connect a "
                            "customization or give an anchor depth image")
-        size = tuple(cams.image_size)
-        depth, _ = field_depth(unet, pose_context, anchor_cam, size, opacity_threshold=plan.opacity_threshold)
+        depth, _ = field_depth(unet, pose_context, anchor_cam, field_size, opacity_threshold=plan.opacity_threshold)
         if not (depth > 0).any():
             raise DFRError("the customization's FeatureNeRF is transparent from the anchor view (no opacity above "
                            f"{plan.opacity_threshold}); give an anchor depth image")
         return AnchorGeometry(a, cams, depth, plan.max_rel_depth_jump), None
     raw = plan.depth.float()
-    reference = mask = None
-    if plan.scale is None and has_field:
-        reference, opacity = field_depth(unet, pose_context, anchor_cam, tuple(raw.shape),
+    scale, shift = plan.scale, plan.shift
+    if scale is None and has_field:
+        reference, opacity = field_depth(unet, pose_context, anchor_cam, field_size,
                                          opacity_threshold=plan.opacity_threshold)
-        mask = opacity > plan.opacity_threshold
+        # Fit on the field's grid (nearest samples of the depth image), then map the full image.
+        small = resample_depth(raw, field_size, mode="nearest")
+        fit = align_depth(small, reference, (opacity > plan.opacity_threshold) & (small > 0), kind=plan.depth_kind)
+        scale, shift = fit.scale, fit.shift
     center = float(anchor_cam.centers[0].norm())
-    aligned = align_depth(raw, reference, mask, kind=plan.depth_kind, scale=plan.scale, shift=plan.shift,
-                          center_distance=center)
+    aligned = align_depth(raw, kind=plan.depth_kind, scale=scale, shift=shift, center_distance=center)
     return AnchorGeometry(a, cams, aligned.depth, plan.max_rel_depth_jump), aligned
 
 
@@ -264,7 +270,7 @@ class DFRHook(FeatureHook):
         local = (frames == geo.anchor).nonzero()
         anchors = []
         for b in range(branches):
-            key = (name, b)
+            key = (name, self.branch, b)  # sequential CFG: each branch call brings its own anchor
             if key not in self._anchor_cache:
                 if local.numel() == 0:
                     raise DFRError(f"DFR: the model call holds frames {frames.tolist()} without the anchor "

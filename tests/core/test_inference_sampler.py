@@ -10,7 +10,7 @@ import torch
 from mvcustom_core.backbone.hooks import FeatureHook
 from mvcustom_core.backbone.sampler import make_scheduler, sample
 from mvcustom_core.cameras import CameraSet, look_at
-from mvcustom_core.inference import CLCPlan, DFRPlan, mvcustom_sample, prepare_run
+from mvcustom_core.inference import CLCPlan, DFRPlan, mvcustom_sample, prepare_run, resolve_anchor_geometry
 from mvcustom_core.ops import apply_plan_reference, build_feature_mesh, plan_mesh_render, resample_depth
 
 SIZE, STEPS = 64, 3  # 8×8 latents
@@ -200,6 +200,34 @@ def test_field_depth_equals_the_blocks_expected_depth_and_drives_dfr(customized,
     expected = ray_length_to_z(out.expected_depth[0] / out.opacity[0].clamp_min(1e-6), anchor)
     torch.testing.assert_close(depth, expected, rtol=1e-5, atol=1e-6)  # density is text-independent
     # The random field is faint (opacity ~0.1-0.3): trust pixels above 0.1 for the anchor depth.
+    # Field depth is rendered at latent resolution (8×8 here).
     run = prepare_run(model, _cams(3), pose_context=ctx, dfr=DFRPlan(steps=1, opacity_threshold=0.1), steps=STEPS)
-    full = field_depth(model, ctx, anchor, (SIZE, SIZE), opacity_threshold=0.1)[0]
-    assert (full > 0).any() and torch.equal(run.geometry.depth, full)
+    ref8 = field_depth(model, ctx, anchor, (8, 8), opacity_threshold=0.1)[0]
+    assert (ref8 > 0).any() and torch.equal(run.geometry.depth, ref8)
+
+    # A full-resolution disparity image is aligned to that field depth on its opaque pixels.
+    disparity = torch.where(ref8 > 0, (1 / ref8.clamp_min(1e-6) - 0.05) / 0.3, torch.full_like(ref8, 7.0))
+    image = disparity.repeat_interleave(8, 0).repeat_interleave(8, 1)  # nearest upsampling to 64×64
+    plan = DFRPlan(depth=image, depth_kind="disparity", opacity_threshold=0.1)
+    geometry, aligned = resolve_anchor_geometry(plan, _cams(3), unet=model, pose_context=ctx)
+    assert aligned.scale == pytest.approx(0.3, rel=1e-4) and aligned.shift == pytest.approx(0.05, abs=1e-4)
+    big = ref8.repeat_interleave(8, 0).repeat_interleave(8, 1)
+    torch.testing.assert_close(geometry.depth[big > 0], big[big > 0], rtol=1e-4, atol=0)
+
+
+def test_sequential_cfg_branches_use_their_own_anchor_features():
+    from mvcustom_core.inference import AnchorGeometry, DFRHook
+
+    cams = _cams(3)
+    geometry = AnchorGeometry(1, cams, torch.full((SIZE, SIZE), 2.5))
+    hook = DFRHook(geometry, ["layer"], steps=1)
+    feats = {b: torch.randn(3, 5, 8, 8, generator=torch.Generator().manual_seed(i)) for i, b in
+             enumerate(("uncond", "cond"))}
+    outs = {}
+    for branch in ("uncond", "cond"):  # one step, branches one after the other
+        hook.branch = branch
+        outs[branch] = hook.fn("layer", 0, feats[branch])
+    for branch in ("uncond", "cond"):
+        rendered, cov = geometry.render(feats[branch][1])
+        m = (cov > 0).expand_as(rendered)
+        torch.testing.assert_close(outs[branch][m], rendered[m])

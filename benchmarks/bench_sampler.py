@@ -1,0 +1,122 @@
+"""MVCustom sampler overhead: DFR + CLC hooks against the plain sampler, same UNet, steps, frames, in one run.
+
+Goal (issue "Inference"): ≤ 1.10× the plain sampler's time and ≤ 1.15× its peak memory. DFR replaces features
+at the default layers (the last two upsampling decoder blocks) in the first 70 % of the steps (35/50 in the
+paper), CLC refreshes the uncovered latents for t ≥ 900; the anchor depth is a plane 2.5 units in front
+of the middle camera and the cameras orbit ±15°.
+
+Sizes: CPU uses a mid-size random UNetMotionModel (widths 64/128/128, 8 frames, 128×128 px, 4 steps); a GPU
+uses the SD1.5 UNet + AnimateDiff v3 motion module shapes with random weights (16 frames, 256×256 px, 10
+steps, fp16). Peak memory is CUDA's ``max_memory_allocated``; on CPU it is "not measured" (no allocator
+statistics). The one-off geometry (mesh + rasterization per layer size) is part of the timed sampler call.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from mvcustom_core.backbone.sampler import sample
+from mvcustom_core.cameras import CameraSet, look_at
+from mvcustom_core.inference import CLCPlan, DFRPlan, mvcustom_sample
+
+__all__ = ["run", "make_unet"]
+
+
+def make_unet(full: bool, device: str, dtype: torch.dtype):
+    """Random UNetMotionModel: SD1.5 + AnimateDiff v3 shapes (``full``) or a mid-size CPU config."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    from mvcustom_core.backbone.loading import shipped_config
+
+    torch.manual_seed(0)
+    if full:
+        unet2d = UNet2DConditionModel.from_config(shipped_config("sd15/unet"))
+        adapter = MotionAdapter.from_config(shipped_config("animatediff/v3"))
+    else:
+        unet2d = UNet2DConditionModel(
+            block_out_channels=(64, 128, 128), layers_per_block=1, cross_attention_dim=64, norm_num_groups=16,
+            attention_head_dim=8, sample_size=16,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+        adapter = MotionAdapter(block_out_channels=(64, 128, 128), motion_layers_per_block=1,
+                                motion_norm_num_groups=16, motion_num_attention_heads=2, motion_max_seq_length=32)
+    unet = UNetMotionModel.from_unet2d(unet2d, adapter).eval()
+    unet = unet.to(device) if dtype == torch.float32 else unet.to(device=device, dtype=dtype)
+    return unet, unet2d.config.cross_attention_dim
+
+
+def _cams(frames: int, size: int) -> CameraSet:
+    az = torch.linspace(-0.26, 0.26, frames)
+    eye = torch.stack([2.5 * torch.sin(az), torch.full_like(az, -0.4), -2.5 * torch.cos(az)], dim=-1)
+    return CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (size, size))
+
+
+def run(quick: bool) -> list[dict]:
+    rows: list[dict] = []
+    configs = [("cpu", torch.float32, False)]
+    if torch.cuda.is_available():
+        configs.append(("cuda", torch.float16, True))
+    for device, dtype, full in configs:
+        frames, size, steps = (16, 256, 10) if full else ((4, 64, 2) if quick else (8, 128, 4))
+        unet, text_dim = make_unet(full, device, dtype)
+        g = torch.Generator().manual_seed(0)
+        cond, uncond = torch.randn(1, 77, text_dim, generator=g), torch.randn(1, 77, text_dim, generator=g)
+        cams = _cams(frames, size).to(device=device)
+        dfr = DFRPlan(depth=torch.full((size, size), 2.5, device=device), depth_kind="depth", scale=1.0,
+                      steps=max(1, round(0.7 * steps)))
+        clc = CLCPlan(tau=900 if steps >= 10 else 500)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+        def plain():
+            return sample(unet, cond, uncond, frames, size, size, steps, 5.0, seed=1)
+
+        def full_sampler():
+            return mvcustom_sample(unet, cond, uncond, cams, dfr=dfr, clc=clc, seed=1, steps=steps)
+
+        def measure(fn):
+            if device == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            elapsed = time.perf_counter() - t0
+            peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+            return elapsed, peak
+
+        plain()  # warm-up (allocator, kernels)
+        full_sampler()
+        repeats = 3 if (full or not quick) else 2
+        samples = {"plain": [], "mvcustom": []}
+        peaks = {"plain": 0, "mvcustom": 0}
+        for _ in range(repeats):  # interleaved so load changes hit both sides alike
+            for name, fn in (("plain", plain), ("mvcustom", full_sampler)):
+                t, p = measure(fn)
+                samples[name].append(t)
+                peaks[name] = max(peaks[name], p or 0)
+        t_plain, t_mv = statistics.median(samples["plain"]), statistics.median(samples["mvcustom"])
+        shape = f"{frames} frames x {size}² px, {steps} steps, {'SD1.5+AD v3 shapes' if full else 'mid-size UNet'}"
+        row = {"name": f"MVCustom (DFR + CLC) vs plain sampler, {device}", "shape": shape,
+               "plain_s": t_plain, "mvcustom_s": t_mv, "time_ratio": t_mv / t_plain, "time_goal": "<= 1.10"}
+        if device == "cuda":
+            row.update(plain_peak_gb=peaks["plain"] / 2**30, mvcustom_peak_gb=peaks["mvcustom"] / 2**30,
+                       memory_ratio=peaks["mvcustom"] / max(peaks["plain"], 1), memory_goal="<= 1.15")
+        else:
+            row["note"] = "peak memory not measured on CPU (no allocator statistics)"
+        rows.append(row)
+        del unet
+    if not torch.cuda.is_available():
+        rows.append({"name": "MVCustom (DFR + CLC) vs plain sampler, cuda", "note": "not measured: no GPU"})
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    from benchmarks.run_all import to_markdown
+
+    print(to_markdown(run(quick="--quick" in sys.argv)))
