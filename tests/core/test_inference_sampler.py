@@ -231,3 +231,22 @@ def test_sequential_cfg_branches_use_their_own_anchor_features():
         rendered, cov = geometry.render(feats[branch][1])
         m = (cov > 0).expand_as(rendered)
         torch.testing.assert_close(outs[branch][m], rendered[m])
+
+
+def test_windows_give_each_window_its_cameras_and_cache_entry(customized, text):
+    model, ctx, block = customized
+    cond, uncond = text
+    seen = []
+    handle = block.featurenerf.register_forward_hook(
+        lambda _m, args, _out: seen.append(args[2].c2w.clone()))  # target cameras of each render
+    try:
+        cams = _cams(3)
+        run = prepare_run(model, cams, pose_context=ctx, steps=STEPS, window=2, overlap=0,
+                          dfr=DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="depth", scale=1.0, steps=1))
+        assert run.windows == [[0, 1], [1, 2]]
+        mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, seed=1, steps=STEPS, run=run)
+    finally:
+        handle.remove()
+    assert len(seen) == 4  # 2 windows × 2 CFG branches, first step only
+    for c2w, frames in zip(seen, ([0, 1], [0, 1], [1, 2], [1, 2])):
+        assert torch.equal(c2w, cams.c2w[frames])
