@@ -145,13 +145,6 @@ class AnchorGeometry:
         size = tuple(features.shape[-2:])
         return apply_plan(self.plan(size), self.mesh(size).vertex_features(features))
 
-    def points(self) -> Tensor:
-        """``[P, 3]`` world points of the anchor's valid depth pixels (full depth resolution, row-major)."""
-        cam = self.cams[self.anchor].with_image_size(tuple(self.depth.shape)).to(self.depth.device, self.depth.dtype)
-        valid = self.depth > 0
-        uv = cam.pixel_centers()[valid]
-        return cam.unproject(uv[None], self.depth[valid][None])[0]
-
 
 def resolve_anchor_geometry(
     plan: DFRPlan,
@@ -186,7 +179,7 @@ def resolve_anchor_geometry(
             raise DFRError("the customization's FeatureNeRF is transparent from the anchor view (no opacity above "
                            f"{plan.opacity_threshold}); give an anchor depth image")
         return AnchorGeometry(a, cams, depth, plan.max_rel_depth_jump), None
-    raw = plan.depth.float()
+    raw = plan.depth.to(device=cams.K.device, dtype=torch.float32)
     scale, shift = plan.scale, plan.shift
     if scale is None and has_field:
         reference, opacity = field_depth(unet, pose_context, anchor_cam, field_size,

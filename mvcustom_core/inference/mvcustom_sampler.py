@@ -22,7 +22,8 @@ from torch import Tensor
 
 from mvcustom_core.backbone.sampler import sample
 from mvcustom_core.cameras import CameraSet
-from mvcustom_core.customization.pose_block import PoseContext, active_pose_steps, pose_blocks, pose_step_relay
+from mvcustom_core.customization.pose_block import (PoseBlockError, PoseContext, active_pose_steps, pose_blocks,
+                                                    pose_step_relay)
 from mvcustom_core.inference.clc import CLCError, CLCHook, CLCPlan, keep_mask
 from mvcustom_core.inference.dfr import AnchorGeometry, DFRHook, DFRPlan, default_dfr_layers, resolve_anchor_geometry
 from mvcustom_core.inference.windows import WindowedUNet, plan_windows
@@ -78,7 +79,10 @@ def prepare_run(
     run.geometry = geometry
     anchor = geometry.anchor if geometry is not None else None
 
-    has_pose = pose_context is not None and any(True for _ in pose_blocks(unet)) and bool(pose_context.references)
+    has_pose = pose_context is not None and bool(pose_context.references)
+    if has_pose and not any(True for _ in pose_blocks(unet)):
+        raise PoseBlockError("the customization's pose context has a reference bank but the UNet has no pose "
+                             "blocks installed (apply the customization to this backbone first)")
     if has_pose:
         pose_context.mode = "render"
         pose_context.target_cams = cams

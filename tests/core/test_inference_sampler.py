@@ -250,3 +250,11 @@ def test_windows_give_each_window_its_cameras_and_cache_entry(customized, text):
     assert len(seen) == 4  # 2 windows × 2 CFG branches, first step only
     for c2w, frames in zip(seen, ([0, 1], [0, 1], [1, 2], [1, 2])):
         assert torch.equal(c2w, cams.c2w[frames])
+
+
+def test_a_reference_bank_without_installed_pose_blocks_is_refused(unet):
+    from mvcustom_core.customization.pose_block import PoseBlockError, PoseContext
+
+    ctx = PoseContext(references={"down_blocks.0.attentions.0.transformer_blocks.0": torch.zeros(1, 2, 32, 8, 8)})
+    with pytest.raises(PoseBlockError, match="no pose blocks installed"):
+        prepare_run(unet, _cams(3), pose_context=ctx, steps=STEPS)
