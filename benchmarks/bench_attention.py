@@ -83,8 +83,9 @@ def attention_rows(quick: bool, device: torch.device) -> list[dict]:
             base_ms, base_mb = _measure(lambda: _temporal(q, k, v), device, repeats)
             rows.append({"name": "temporal (AnimateDiff)", "config": config, "time_ms": base_ms,
                          "peak_mem_mb": base_mb, "ratio_vs_temporal": 1.0})
-            cases = [(f"window {w} (tiled)", lambda w=w: dense_attention(q, k, v, window=w, impl="tiled"))
-                     for w in windows]
+            cases = [("window 1 (auto: per-pixel grouping)", lambda: dense_attention(q, k, v, window=1))]
+            cases += [(f"window {w} (tiled)", lambda w=w: dense_attention(q, k, v, window=w, impl="tiled"))
+                      for w in windows if w > 1]
             cases += [(f"window {w} (gather)", lambda w=w: dense_attention(q, k, v, window=w, impl="gather"))
                       for w in windows if w <= 3 or quick]
             cases.append(("full (SDPA)", lambda: dense_attention(q, k, v, window=None)))
@@ -158,7 +159,8 @@ def sampler_rows(quick: bool, device: torch.device) -> list[dict]:
         disable_dense_attention(unet)
         sps = steps / (ms / 1e3)
         base = base or sps
-        rows.append({"name": f"sampler {name}", "config": config, "time_ms": ms / steps, "peak_mem_mb": mb,
+        rows.append({"name": f"sampler {name} (time per step)", "config": config, "time_ms": ms / steps,
+                     "peak_mem_mb": mb,
                      "steps_per_s": sps, "ratio_vs_temporal": base / sps})
     return rows
 
