@@ -12,8 +12,8 @@ import torch
 
 from mvcustom_core.backbone.sampler import conditioning_to_tensor, to_comfy_latent
 from mvcustom_core.cameras import CameraSet
-from mvcustom_core.customization.pose_block import PoseContext
-from mvcustom_core.inference import (AnchorGeometry, CLCPlan, DFRPlan, depth_from_image, mvcustom_sample,
+from mvcustom_core.customization.pose_block import PoseContext, remove_pose_blocks
+from mvcustom_core.inference import (CLCPlan, DFRPlan, depth_from_image, mvcustom_sample,
                                      prepare_run, resolve_anchor_geometry)
 from mvcustom_core.inference.clc import DEFAULT_CLC_TAU
 from mvcustom_core.inference.dfr import DEFAULT_DFR_STEPS, anchor_index, dfr_previews
@@ -53,21 +53,23 @@ def _unet(node: type, model: Any) -> torch.nn.Module:
     raise NodeInputError(node, "model", f"must be an MVC_BACKBONE (a backbone with a UNet), got {type(model).__name__}")
 
 
-def _pose_context(node: type, unet: torch.nn.Module, customization: Any) -> PoseContext | None:
-    """The customization's PoseContext on ``unet`` (installs the customization when it is a file object)."""
+def _pose_context(node: type, unet: torch.nn.Module, customization: Any) -> tuple[PoseContext | None, bool]:
+    """The customization's PoseContext on ``unet`` and whether this call installed its pose blocks.
+
+    A :class:`~mvcustom_core.customization.Customization` (the loader node's value) is installed for the run
+    only and removed afterwards, so the shared backbone stays the plain backbone; a PoseContext is used as is
+    (its blocks are already installed).
+    """
     if customization is None:
-        return None
+        return None, False
     if isinstance(customization, PoseContext):
-        return customization
-    ctx = getattr(customization, "pose_context", None)
-    if isinstance(ctx, PoseContext):
-        return ctx
-    try:
-        from mvcustom_core.customization import apply_customization  # engineer J's loader
-    except ImportError as e:
-        raise NodeInputError(node, "customization", f"cannot be applied: {e}") from e
+        return customization, False
+    from mvcustom_core.customization import Customization, apply_customization
+
+    require(node, "customization", isinstance(customization, Customization),
+            f"must be an MVC_CUSTOMIZATION, got {type(customization).__name__}")
     with blame(node, "customization"):
-        return apply_customization(unet, customization)
+        return apply_customization(unet, customization), True
 
 
 def _anchor_picture(node: type, name: str, image: torch.Tensor, anchor: int, frames: int) -> torch.Tensor:
@@ -239,18 +241,27 @@ class MVCustomSampler(io.ComfyNode):
             cond = conditioning_to_tensor(positive)
         with blame(cls, "negative"):
             uncond = conditioning_to_tensor(negative)
-        ctx = _pose_context(cls, unet, customization)
-        device = next(unet.parameters()).device
-        cams_dev = cams.to(device=device, dtype=torch.float32)
-        with blame(cls, input_named_in(["dfr_plan", "window", "overlap", "pose_ratio", "clc_plan"], "dfr_plan")):
-            run = prepare_run(unet, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan, steps=int(steps),
-                              pose_ratio=float(pose_ratio), window=int(window), overlap=int(overlap))
-        progress = Progress(int(steps))
-        with blame(cls, "positive"):
-            latents = mvcustom_sample(unet, cond, uncond, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan,
-                                      seed=int(seed), steps=int(steps), cfg=float(cfg), pose_ratio=float(pose_ratio),
-                                      callback=lambda i, total, _x0: progress.callback(i + 1, total),
-                                      interrupt=model_management.throw_exception_if_processing_interrupted, run=run)
+        if callable(getattr(model, "load", None)):
+            model.load()  # MVCBackbone: ComfyUI's model management places the modules
+        ctx, installed = _pose_context(cls, unet, customization)
+        try:
+            device = next(unet.parameters()).device
+            cams_dev = cams.to(device=device, dtype=torch.float32)
+            inputs = ["dfr_plan", "window", "overlap", "pose_ratio", "clc_plan", "customization"]
+            with blame(cls, input_named_in(inputs, "dfr_plan")):
+                run = prepare_run(unet, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan, steps=int(steps),
+                                  pose_ratio=float(pose_ratio), window=int(window), overlap=int(overlap))
+            progress = Progress(int(steps))
+            with blame(cls, "positive"):
+                latents = mvcustom_sample(unet, cond, uncond, cams_dev, pose_context=ctx, dfr=dfr_plan,
+                                          clc=clc_plan, seed=int(seed), steps=int(steps), cfg=float(cfg),
+                                          pose_ratio=float(pose_ratio),
+                                          callback=lambda i, total, _x0: progress.callback(i + 1, total),
+                                          interrupt=model_management.throw_exception_if_processing_interrupted,
+                                          run=run)
+        finally:
+            if installed:
+                remove_pose_blocks(unet)
         anchor = None
         if run.geometry is not None:
             anchor = DFRPlan(anchor=run.geometry.anchor, depth=run.geometry.depth.detach().float().cpu(),

@@ -146,3 +146,37 @@ def test_sampler_node_errors_name_the_input(node, run, backbone):
         run(cls, **{**base, "positive": [[torch.zeros(1, 5, 32), {}], [torch.zeros(1, 5, 32), {}]]})
     with pytest.raises(ValueError, match=r"^MVCustom Export Views: input 'images' has 2 frames"):
         run(node("MVC_ExportViews"), images=torch.zeros(2, 8, 8, 3), trajectory=_cams())
+
+
+def test_sampler_node_applies_a_customization_for_the_run_only(node, run, backbone):
+    import copy
+
+    from mvcustom_core.customization import PoseContext, install_pose_blocks, pose_blocks
+    from mvcustom_core.customization.file_format import customization_from_unet
+    from mvcustom_core.inference import mvcustom_sample
+
+    model, ctx = copy.deepcopy(backbone.unet), PoseContext()
+    install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
+    block = next(pose_blocks(model))
+    with torch.no_grad():
+        block.featurenerf.decoder.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
+        block.fuse.weight[:, block.fuse.out_features:] = torch.eye(block.fuse.out_features)
+    ctx.begin_capture()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        model(torch.randn(1, 4, 2, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(2, 5, 32, generator=g))
+    ctx.end_capture(_cams(2))
+    custom = customization_from_unet(model, ctx, token="<s>", class_word="car", token_embedding=torch.zeros(32))
+
+    cams = _cams()
+    args = dict(model=backbone, trajectory=cams, positive=_conditioning(1), negative=_conditioning(2),
+                customization=custom, **SAMPLER)
+    first = run(node("MVC_MVCustomSampler"), **args).args[0]["samples"]
+    assert next(pose_blocks(backbone.unet), None) is None  # removed after the run
+    second = run(node("MVC_MVCustomSampler"), **args).args[0]["samples"]
+    expected = mvcustom_sample(model, _conditioning(1)[0][0], _conditioning(2)[0][0], cams, pose_context=ctx,
+                               seed=3, steps=2)
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, to_comfy_latent(expected)["samples"], rtol=0, atol=1e-5)
+    plain = run(node("MVC_MVCustomSampler"), **{**args, "customization": None}).args[0]["samples"]
+    assert not torch.allclose(plain, first, atol=1e-4)
