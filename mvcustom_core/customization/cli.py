@@ -11,7 +11,7 @@ Examples::
 Photos are read in file-name order; masks are grey images with the same names (or sorted alike) in
 ``--masks``, or the photos' alpha channel. Cameras come from ``--cameras FILE`` (any format of
 ``load_camera_file``), ``--turntable`` (evenly around the subject in photo order) or ``--sfm`` (pycolmap).
-Training writes ``<out>.ckpt`` periodically and resumes from it when the same command is run again
+Training writes ``<out>.training`` periodically and resumes from it when the same command is run again
 (Ctrl-C stops cleanly after writing it).
 """
 
@@ -31,7 +31,8 @@ from mvcustom_core.customization.reference_poses import (
     ReferenceInputError, check_reference_inputs, estimate_reference_cameras, prepare_reference_set, reference_cameras_from_file,
     turntable_reference_cameras)
 from mvcustom_core.customization.token import DEFAULT_TOKEN, save_comfy_embedding
-from mvcustom_core.customization.training import TrainingConfig, TrainingError, train_customization
+from mvcustom_core.customization.training import (
+    TrainingConfig, TrainingError, checkpoint_path_for, train_customization)
 
 __all__ = ["main", "build_parser", "read_photos"]
 
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--samples", type=int, default=24, help="FeatureNeRF samples per ray")
     t.add_argument("--out", type=Path, required=True, help="customization file to write (.safetensors)")
     t.add_argument("--embedding", type=Path, help="also write the token as a ComfyUI embedding file")
-    t.add_argument("--no-resume", action="store_true", help="ignore an existing <out>.ckpt")
+    t.add_argument("--no-resume", action="store_true", help="ignore an existing <out>.training checkpoint")
     i = sub.add_parser("info", help="describe a customization file")
     i.add_argument("file", type=Path)
     return parser
@@ -165,7 +166,7 @@ def _train(args) -> int:
         parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
         print(f"step {done}/{total}  {parts}", flush=True)
 
-    checkpoint = args.out.with_name(args.out.name + ".ckpt")
+    checkpoint = checkpoint_path_for(args.out)
     try:
         result = train_customization(backbone, reference, config, checkpoint=checkpoint,
                                      resume=not args.no_resume, progress=report)

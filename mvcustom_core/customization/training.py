@@ -48,6 +48,7 @@ from mvcustom_core.customization.token import DEFAULT_TOKEN, add_subject_token, 
 from mvcustom_core.files import atomic_write
 
 __all__ = ["TrainingConfig", "TrainingResult", "TrainingError", "CHECKPOINT_FORMAT", "train_customization",
+           "checkpoint_path_for",
            "encode_references", "unet_epsilon", "capture_reference_bank", "bank_indices", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "mvcustom.training-checkpoint/1"
@@ -166,12 +167,14 @@ def unet_epsilon(unet: nn.Module, latents: Tensor, timestep: Tensor | int, text:
     plain ``UNet2DConditionModel`` sees them as an image batch. Returns ``[F, 4, h, w]``.
     """
     f = latents.shape[0]
+    param = next(unet.parameters())  # conv_in: the backbone's device and dtype
+    latents, text = latents.to(param), text.to(param)
     text = text.expand(f, -1, -1) if text.shape[0] == 1 else text
-    t = torch.as_tensor(timestep, device=latents.device).reshape(-1)[:1]
+    t = torch.as_tensor(timestep, device=param.device).reshape(-1)[:1]
     if _has_motion(unet):
         video = latents.permute(1, 0, 2, 3)[None]
-        return unet(video, t, encoder_hidden_states=text).sample[0].permute(1, 0, 2, 3)
-    return unet(latents, t.expand(f), encoder_hidden_states=text).sample
+        return unet(video, t, encoder_hidden_states=text).sample[0].permute(1, 0, 2, 3).float()
+    return unet(latents, t.expand(f), encoder_hidden_states=text).sample.float()
 
 
 @torch.no_grad()
@@ -224,6 +227,13 @@ def _write_checkpoint(path: Path, step: int, unet: nn.Module, token_vector: Tens
                "config": json.dumps(asdict(config)), "resume_key": json.dumps(config.resume_key()),
                "backbone": json.dumps(fingerprint), "losses": json.dumps(losses)}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def checkpoint_path_for(output: str | os.PathLike) -> Path:
+    """Where training toward ``output`` keeps its checkpoint: ``<output>.training`` beside it (a suffix no
+    model folder lists as weights)."""
+    output = Path(output)
+    return output.with_name(output.name + ".training")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def test_train_writes_the_customization_and_embedding_then_info_describes_it(pho
     c = load_customization(out)
     assert c.class_word == "dog" and c.ref_cams.num_frames == 2 and c.training["steps_done"] == 2
     assert torch.equal(load_file(str(emb))["emb_params"], c.token_embedding)
-    assert (out.parent / "subject.safetensors.ckpt").is_file()
+    assert (out.parent / "subject.safetensors.training").is_file()
     assert main(["info", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["prompt"] == "photo of a <mvc-subject> dog" and info["reference_views"] == 2

@@ -1,0 +1,272 @@
+"""Subject customization nodes: reference cameras from photos, training, loading a customization file.
+
+Files: a customization goes to ``models/mvcustom/<name>.safetensors`` (format in
+``mvcustom_core/customization/file_format.py``), its subject token also to ``models/embeddings/<name>.safetensors``
+so the standard CLIP Text Encode understands ``embedding:<name>``; the training checkpoint is
+``models/mvcustom/<name>.safetensors.training`` (a suffix no loader lists), used to resume an interrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mvcustom_core.cameras import CameraSet
+from mvcustom_core.customization.file_format import FORMAT_NAME, Customization, load_customization, save_customization
+from mvcustom_core.customization.reference_poses import (
+    estimate_reference_cameras, prepare_reference_set, turntable_reference_cameras)
+from mvcustom_core.customization.token import save_comfy_embedding
+from mvcustom_core.customization.training import TrainingConfig, checkpoint_path_for, train_customization
+
+from ._common import NodeInputError, Progress, blame, image_to_chw, input_named_in, require
+from ._host import folder_paths, io, ui
+from .types import Backbone, Customization as CustomizationType, Trajectory
+
+__all__ = ["CUSTOMIZATION_NODES", "ReferenceCameras", "TrainCustomization", "LoadCustomization",
+           "customization_folder", "list_customizations", "CUSTOMIZATION_FOLDER"]
+
+CATEGORY = "MVCustom/customization"
+CUSTOMIZATION_FOLDER = "mvcustom"
+_POSE_MODES = ["turntable", "structure_from_motion"]
+
+
+def customization_folder() -> Path:
+    """``models/mvcustom`` (the first registered ``mvcustom`` folder, else under ``folder_paths.models_dir``)."""
+    names = getattr(folder_paths, "folder_names_and_paths", {})
+    if CUSTOMIZATION_FOLDER in names and names[CUSTOMIZATION_FOLDER][0]:
+        return Path(names[CUSTOMIZATION_FOLDER][0][0])
+    return Path(folder_paths.models_dir) / CUSTOMIZATION_FOLDER
+
+
+def _embeddings_folder() -> Path:
+    names = getattr(folder_paths, "folder_names_and_paths", {})
+    if "embeddings" in names and names["embeddings"][0]:
+        return Path(names["embeddings"][0][0])
+    return Path(folder_paths.models_dir) / "embeddings"
+
+
+def _is_customization(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == FORMAT_NAME
+    except Exception:  # unreadable files are simply not offered
+        return False
+
+
+def list_customizations(folder: str | os.PathLike | None = None) -> list[str]:
+    """Customization files (by header, not just suffix) under ``folder`` (default :func:`customization_folder`),
+    ``/``-separated relative paths, sorted. Motion modules kept in the same folder are skipped."""
+    try:
+        root = Path(folder) if folder is not None else customization_folder()
+    except (AttributeError, TypeError):  # a host without model folders
+        return []
+    if not root.is_dir():
+        return []
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors")
+                  if not p.name.startswith(".") and _is_customization(p))
+
+
+class ReferenceCameras(io.ComfyNode):
+    """Cameras for reference photos: an assumed turntable, or structure-from-motion on the photos."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVC_ReferenceCameras",
+            display_name="MVCustom Reference Cameras",
+            category=CATEGORY,
+            description=("Cameras of the subject's reference photos, one per photo, for Train Customization. "
+                         "'turntable' assumes the photos go evenly around the subject at one elevation (in photo "
+                         "order); 'structure_from_motion' estimates them with pycolmap on the CPU (needs textured, "
+                         "overlapping photos). Pose files (CO3D, transforms.json, COLMAP) load with Load Trajectory."),
+            inputs=[
+                io.Image.Input("images", tooltip="The reference photos, IMAGE [N, H, W, 3]."),
+                io.Combo.Input("mode", options=_POSE_MODES, default=_POSE_MODES[0],
+                               tooltip="How to get the poses."),
+                io.Float.Input("elevation_deg", default=15.0, min=-89.0, max=89.0, step=1.0,
+                               tooltip="Turntable: camera elevation above the subject, degrees."),
+                io.Float.Input("fov_y_deg", default=40.0, min=1.0, max=179.0, step=0.5,
+                               tooltip="Vertical field of view of the photos, degrees (both modes)."),
+                io.Float.Input("start_azimuth_deg", default=0.0, min=-360.0, max=360.0, step=1.0,
+                               tooltip="Turntable: azimuth of the first photo, degrees."),
+                io.Boolean.Input("clockwise", default=False, tooltip="Turntable: photos go clockwise."),
+            ],
+            outputs=[Trajectory.Output("cameras", tooltip="One camera per photo (MVC_CAMERA_TRAJECTORY).")],
+        )
+
+    @classmethod
+    def execute(cls, images: torch.Tensor, mode: str, elevation_deg: float, fov_y_deg: float,
+                start_azimuth_deg: float, clockwise: bool) -> io.NodeOutput:
+        require(cls, "mode", mode in _POSE_MODES, f"must be one of {_POSE_MODES}, got {mode!r}")
+        require(cls, "fov_y_deg", 0.0 < float(fov_y_deg) < 180.0, f"must be in (0, 180), got {fov_y_deg}")
+        photos = image_to_chw(cls, "images", images)
+        require(cls, "images", photos.shape[0] >= 2, f"has {photos.shape[0]} photo; need at least 2 views")
+        size = tuple(photos.shape[-2:])
+        with blame(cls, "images"):
+            if mode == "turntable":
+                cams = turntable_reference_cameras(photos.shape[0], size, elevation_deg=float(elevation_deg),
+                                                   fov_y_deg=float(fov_y_deg),
+                                                   start_azimuth_deg=float(start_azimuth_deg),
+                                                   clockwise=bool(clockwise))
+            else:
+                cams = estimate_reference_cameras(photos, fov_y_deg=float(fov_y_deg))
+        return io.NodeOutput(cams)
+
+
+def _core_backbone(value: Any) -> Any:
+    """The core backbone of an ``MVC_BACKBONE`` value, placed by ComfyUI's model management when it can be."""
+    load = getattr(value, "load", None)
+    return load() if callable(load) else value
+
+
+class TrainCustomization(io.ComfyNode):
+    """Trains FeatureNeRF + fusion + the subject token on reference photos; writes the customization file."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        defaults = TrainingConfig(class_word="x")
+        return io.Schema(
+            node_id="MVC_TrainCustomization",
+            display_name="MVCustom Train Customization",
+            category=CATEGORY,
+            description=("Learns a subject from its photos (MVCustom stage 1): FeatureNeRF and fusion layers of the "
+                         "pose-conditioned blocks and a new subject token, everything else frozen. Writes "
+                         "models/mvcustom/<name>.safetensors (weights, reference features, cameras, token) and "
+                         "models/embeddings/<name>.safetensors (write 'embedding:<name>' in CLIP Text Encode). "
+                         "Cancel stops after writing a checkpoint; running again resumes from it."),
+            inputs=[
+                Backbone.Input("backbone", tooltip="The backbone to customize (MVC_BACKBONE)."),
+                io.Image.Input("images", tooltip="Reference photos of the subject, IMAGE [N, H, W, 3]; sides "
+                                                 "multiples of 8."),
+                io.Mask.Input("masks", tooltip="Subject masks, MASK [N, H, W], 1 = subject."),
+                Trajectory.Input("cameras", tooltip="One camera per photo (Reference Cameras or Load Trajectory); "
+                                                    "normalized around the subject before training."),
+                io.String.Input("class_word", default="object",
+                                tooltip="The subject's category ('car', 'chair', 'teddybear'); initialises the token."),
+                io.String.Input("name", default="my_subject",
+                                tooltip="File name (no suffix) in models/mvcustom and models/embeddings."),
+                io.Int.Input("steps", default=defaults.steps, min=1, max=100000, tooltip="Optimizer steps."),
+                io.Float.Input("lr", default=defaults.lr, min=0.0, max=1.0, step=1e-5, round=1e-7,
+                               tooltip="Learning rate of FeatureNeRF and fusion layers."),
+                io.Float.Input("token_lr", default=defaults.token_lr, min=0.0, max=1.0, step=1e-6, round=1e-8,
+                               tooltip="Learning rate of the subject token (lower)."),
+                io.Int.Input("frames", default=defaults.frames, min=1, max=64,
+                             tooltip="Target frames per step (one clip)."),
+                io.Int.Input("references", default=defaults.references, min=1, max=64,
+                             tooltip="Reference views per step."),
+                io.Int.Input("samples", default=24, min=2, max=128, tooltip="FeatureNeRF samples per ray."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip="Seeds every random draw of the run."),
+                io.Boolean.Input("invert_mask", default=False,
+                                 tooltip="Invert the masks (ComfyUI's Load Image gives 1 where the photo is "
+                                         "transparent)."),
+                io.Boolean.Input("resume", default=True,
+                                 tooltip="Continue from the checkpoint of an interrupted run with the same settings."),
+            ],
+            outputs=[
+                CustomizationType.Output("customization", tooltip="The trained subject (MVC_CUSTOMIZATION)."),
+                io.String.Output("prompt", tooltip="A prompt using the subject's embedding for CLIP Text Encode."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, backbone: Any, images: torch.Tensor, masks: torch.Tensor, cameras: CameraSet,
+                class_word: str, name: str, steps: int, lr: float, token_lr: float, frames: int, references: int,
+                samples: int, seed: int, invert_mask: bool, resume: bool) -> io.NodeOutput:
+        require(cls, "backbone", all(hasattr(backbone, a) for a in ("unet", "vae", "text_encoder")),
+                f"must be an MVC_BACKBONE, got {type(backbone).__name__}")
+        require(cls, "backbone", getattr(backbone, "tokenizer", None) is not None,
+                "has no CLIP tokenizer (comfy/sd1_tokenizer was not found), which the subject token needs")
+        require(cls, "cameras", isinstance(cameras, CameraSet),
+                f"must be an MVC_CAMERA_TRAJECTORY (CameraSet), got {type(cameras).__name__}")
+        require(cls, "class_word", isinstance(class_word, str) and class_word.strip() != "",
+                "must be a word such as 'car', 'chair' or 'teddybear'")
+        stem = (name or "").strip()
+        require(cls, "name", stem != "" and Path(stem).name == stem and not stem.startswith("."),
+                f"must be a plain file name without folders, got {name!r}")
+        photos = image_to_chw(cls, "images", images)
+        require(cls, "masks", isinstance(masks, torch.Tensor) and masks.ndim in (2, 3),
+                f"must be a MASK [N, H, W], got {getattr(masks, 'shape', type(masks).__name__)}")
+        mask = masks.float()[None] if masks.ndim == 2 else masks.float()
+        mask = 1.0 - mask if invert_mask else mask
+        require(cls, "images", photos.shape[-2] % 8 == 0 and photos.shape[-1] % 8 == 0,
+                f"are {photos.shape[-1]}x{photos.shape[-2]}; both sides must be multiples of 8 (resize them)")
+        with blame(cls, input_named_in(["images", "masks", "cameras"], "images")):
+            reference = prepare_reference_set(photos, mask[:, None], cameras)
+        config = TrainingConfig(class_word=class_word.strip(), steps=int(steps), lr=float(lr),
+                                token_lr=float(token_lr), frames=int(frames), references=int(references),
+                                seed=int(seed), featurenerf={"num_samples": int(samples)})
+        with blame(cls, input_named_in(["steps", "lr", "token_lr", "frames", "references", "class_word"], "steps")):
+            config.check()
+        out = customization_folder() / f"{stem}.safetensors"
+        progress = Progress(config.steps)
+        with blame(cls, "backbone"):
+            result = train_customization(_core_backbone(backbone), reference, config,
+                                         checkpoint=checkpoint_path_for(out), resume=bool(resume),
+                                         progress=lambda done, total, losses: progress.callback(done, total))
+        save_customization(out, result.customization)
+        save_comfy_embedding(_embeddings_folder() / f"{stem}.safetensors", result.customization.token_embedding)
+        prompt = f"photo of a embedding:{stem} {config.class_word}"
+        last = result.customization.training.get("final_losses", {})
+        summary = (f"saved models/{CUSTOMIZATION_FOLDER}/{stem}.safetensors and models/embeddings/{stem}.safetensors "
+                   f"after {result.customization.training.get('steps_done')} steps; final loss "
+                   f"{last.get('total', float('nan')):.4f}. Prompt: {prompt}")
+        return io.NodeOutput(result.customization, prompt, ui=ui.PreviewText(summary))
+
+
+class LoadCustomization(io.ComfyNode):
+    """Reads a customization file from models/mvcustom."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files = list_customizations()
+        return io.Schema(
+            node_id="MVC_LoadCustomization",
+            display_name="MVCustom Load Customization",
+            category=CATEGORY,
+            description=("Loads a trained subject from models/mvcustom: pose-conditioned block weights, reference "
+                         "features and cameras, and the subject token. No reference photos are needed. Refused "
+                         "at sampling by a backbone other than the one it was trained on."),
+            inputs=[io.Combo.Input("customization", options=files, default=files[0] if files else None,
+                                   tooltip="Customization file in models/mvcustom.")],
+            outputs=[
+                CustomizationType.Output("customization_out", display_name="customization",
+                                         tooltip="The subject (MVC_CUSTOMIZATION)."),
+                io.String.Output("prompt", tooltip="A prompt using the subject's embedding (if models/embeddings has "
+                                                   "the file of the same name)."),
+            ],
+        )
+
+    @classmethod
+    def _path(cls, customization: str) -> Path:
+        require(cls, "customization", isinstance(customization, str) and customization.strip() != "",
+                "is empty: train a subject (Train Customization) or put a file into models/mvcustom")
+        path = customization_folder() / customization
+        if not path.is_file():
+            raise NodeInputError(cls, "customization", f"names {customization!r}, which does not exist ({path})")
+        return path
+
+    @classmethod
+    def fingerprint_inputs(cls, customization: str) -> str:
+        try:
+            stat = cls._path(customization).stat()
+        except NodeInputError:
+            return customization
+        return f"{customization}:{stat.st_mtime_ns}:{stat.st_size}"
+
+    @classmethod
+    def execute(cls, customization: str) -> io.NodeOutput:
+        path = cls._path(customization)
+        with blame(cls, "customization"):
+            loaded: Customization = load_customization(path)
+        prompt = f"photo of a embedding:{path.stem} {loaded.class_word}"
+        return io.NodeOutput(loaded, prompt)
+
+
+CUSTOMIZATION_NODES: list[type[io.ComfyNode]] = [ReferenceCameras, TrainCustomization, LoadCustomization]
