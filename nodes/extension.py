@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._host import ComfyExtension, io
 from .camera_files import CAMERA_FILE_NODES
+from .customization import CUSTOMIZATION_NODES
 from .inference import INFERENCE_NODES
 from .synthetic import SYNTHETIC_NODES
 from .trajectories import TRAJECTORY_NODES
@@ -19,6 +20,7 @@ NODE_LISTS: dict[str, list[type[io.ComfyNode]]] = {
     "trajectories": TRAJECTORY_NODES,
     "camera_files": CAMERA_FILE_NODES,
     "synthetic": SYNTHETIC_NODES,
+    "customization": CUSTOMIZATION_NODES,
     "inference": INFERENCE_NODES,
 }
 NODES: list[type[io.ComfyNode]] = [node for nodes in NODE_LISTS.values() for node in nodes]
