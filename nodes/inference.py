@@ -92,7 +92,7 @@ class DepthAwareFeatureRendering(io.ComfyNode):
             description=("Depth-aware feature rendering (MVCustom Sec. 3.4): the anchor frame's UNet features are "
                          "placed on a mesh from the anchor depth and rendered into every other frame, replacing "
                          "their features where the anchor sees them during the first K steps. Previews need a "
-                         "depth image; with the customization's field depth they are computed at sampling."),
+                         "depth image, or a model and customization for the field depth (blank otherwise)."),
             inputs=[
                 Trajectory.Input("trajectory", tooltip="The cameras to generate (for the previews and the anchor)."),
                 io.Int.Input("anchor_frame", default=-1, min=-1, max=4095,
@@ -116,6 +116,10 @@ class DepthAwareFeatureRendering(io.ComfyNode):
                                tooltip="Depth node output for the anchor frame (1 image, or one per frame)."),
                 io.Image.Input("anchor_image", optional=True,
                                tooltip="Anchor frame picture, only to colour the rendered-view preview."),
+                Backbone.Input("model", optional=True,
+                               tooltip="With a customization: previews of the field depth (and its alignment)."),
+                Customization.Input("customization", optional=True,
+                                    tooltip="With a model: previews of the field depth (and its alignment)."),
             ],
             outputs=[
                 DFRPlanType.Output("dfr_plan", tooltip="DFR settings for the MVCustom Sampler."),
@@ -128,7 +132,8 @@ class DepthAwareFeatureRendering(io.ComfyNode):
     @classmethod
     def execute(cls, trajectory: CameraSet, anchor_frame: int, depth_source: str, steps: int, layers: str,
                 scale: float, shift: float, max_rel_depth_jump: float, depth_image: torch.Tensor | None = None,
-                anchor_image: torch.Tensor | None = None) -> io.NodeOutput:
+                anchor_image: torch.Tensor | None = None, model: Any = None,
+                customization: Any = None) -> io.NodeOutput:
         cams = _trajectory(cls, trajectory)
         require(cls, "depth_source", depth_source in DEPTH_SOURCES,
                 f"must be one of {list(DEPTH_SOURCES)}, got {depth_source!r}")
@@ -145,14 +150,21 @@ class DepthAwareFeatureRendering(io.ComfyNode):
             plan = DFRPlan(anchor=anchor, depth=depth, depth_kind=kind or "disparity",
                            scale=float(scale) if scale > 0 else None, shift=float(shift) if scale > 0 else None,
                            layers=names, steps=int(steps), max_rel_depth_jump=float(max_rel_depth_jump))
-        if depth is None:  # field depth: known only once the customization is applied
+        have_field = model is not None and customization is not None
+        if depth is None and not have_field:  # field depth: known once the customization is applied
             blank = torch.zeros(1, 3, 8, 8)
             return io.NodeOutput(plan, image_from_chw(blank), image_from_chw(blank))
         picture = None if anchor_image is None else _anchor_picture(cls, "anchor_image", anchor_image, a,
                                                                      cams.num_frames)
-        with blame(cls, "depth_image"):
-            geometry, _ = resolve_anchor_geometry(plan, cams)
-            completion, views = dfr_previews(geometry, picture)
+        unet = _unet(cls, model) if have_field else None
+        ctx, installed = _pose_context(cls, unet, customization) if have_field else (None, False)
+        try:
+            with blame(cls, "depth_image" if depth is not None else "customization"):
+                geometry, _ = resolve_anchor_geometry(plan, cams, unet=unet, pose_context=ctx)
+                completion, views = dfr_previews(geometry, picture)
+        finally:
+            if installed:
+                remove_pose_blocks(unet)
         return io.NodeOutput(plan, image_from_chw(completion.expand(-1, 3, -1, -1)), image_from_chw(views))
 
 

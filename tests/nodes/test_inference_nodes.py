@@ -180,3 +180,30 @@ def test_sampler_node_applies_a_customization_for_the_run_only(node, run, backbo
     torch.testing.assert_close(first, to_comfy_latent(expected)["samples"], rtol=0, atol=1e-5)
     plain = run(node("MVC_MVCustomSampler"), **{**args, "customization": None}).args[0]["samples"]
     assert not torch.allclose(plain, first, atol=1e-4)
+
+
+def test_dfr_node_field_previews_with_model_and_customization(node, run, backbone):
+    import copy
+
+    from mvcustom_core.customization import PoseContext, install_pose_blocks, pose_blocks
+    from mvcustom_core.customization.file_format import customization_from_unet
+
+    model, ctx = copy.deepcopy(backbone.unet), PoseContext()
+    install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
+    with torch.no_grad():
+        next(pose_blocks(model)).featurenerf.decoder.weight.normal_(0, 4.0, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    ctx.begin_capture()
+    with torch.no_grad():
+        model(torch.randn(1, 4, 2, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(2, 5, 32, generator=g))
+    ctx.end_capture(_cams(2))
+    custom = customization_from_unet(model, ctx, token="<s>", class_word="car", token_embedding=torch.zeros(32))
+    cams = _cams()
+    plan, completion, views = run(node("MVC_DepthAwareFeatureRendering"), trajectory=cams, model=backbone,
+                                  customization=custom).args
+    assert next(pose_blocks(backbone.unet), None) is None  # installed for the preview only
+    geometry, _ = resolve_anchor_geometry(plan, cams, unet=model, pose_context=ctx)  # the core on the same field
+    assert (geometry.depth > 0).any()
+    expected_completion, expected_views = dfr_previews(geometry)
+    torch.testing.assert_close(completion[..., 0], expected_completion[:, 0])
+    torch.testing.assert_close(views, expected_views.permute(0, 2, 3, 1))
