@@ -21,7 +21,6 @@ resolution), "decoder features at latent and half-latent resolution".
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 import torch
 from torch import Tensor
