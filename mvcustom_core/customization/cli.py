@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("steps", int), ("lr", float), ("token_lr", float), ("frames", int), ("references", int),
                        ("bank_views", int), ("seed", int), ("checkpoint_every", int),
                        ("fg_weight", float), ("bg_weight", float), ("rgb_weight", float),
-                       ("denoise_weight", float), ("reference_max_timestep", int), ("ray_chunk", int)):
+                       ("denoise_weight", float), ("reference_max_timestep", int), ("ray_chunk", int),
+                       ("text_dropout", float)):
         t.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
     t.add_argument("--blocks", default=defaults.blocks, help="'every_other', 'all' or block indices/names")
     t.add_argument("--samples", type=int, default=24, help="FeatureNeRF samples per ray")
@@ -158,6 +159,7 @@ def _train(args) -> int:
         checkpoint_every=args.checkpoint_every, fg_weight=args.fg_weight, bg_weight=args.bg_weight,
         rgb_weight=args.rgb_weight, denoise_weight=args.denoise_weight,
         reference_max_timestep=args.reference_max_timestep, ray_chunk=args.ray_chunk, blocks=args.blocks,
+        text_dropout=args.text_dropout,
         featurenerf={"num_samples": args.samples})
     config.check()
     backbone = _backbone(args)

@@ -10,8 +10,8 @@ encoder, VAE). One step:
 2. reference latents noised to ``t_ref`` go through the UNet without gradients with the pose context in
    *capture* mode: every pose block stores its output tokens (the reference bank of this step);
 3. target latents noised to ``t`` go through the UNet in *render* mode with the prompt
-   ``"photo of a <token> <class word>"``: every pose block renders FeatureNeRF from the bank for the
-   target cameras;
+   ``"photo of a <token> <class word>"`` (the empty prompt with probability ``text_dropout``, in both
+   streams): every pose block renders FeatureNeRF from the bank for the target cameras;
 4. loss ``L = λ_diff L_diff + Σ_blocks (λ_fg L_fg + λ_bg L_bg + λ_rgb L_rgb)`` (method.md §6.2,
    :mod:`mvcustom_core.customization.losses`), AdamW step.
 
@@ -82,6 +82,8 @@ class TrainingConfig:
         denoise_weight, fg_weight, bg_weight, rgb_weight: loss weights (method.md §6.2: 1, 10, 10, 5).
         mask_dilate: dilation of the subject mask for the denoising loss (0/1: no mask, whole image).
         mask_denoising: average the denoising loss inside the dilated mask (CustomDiffusion360) or everywhere.
+        text_dropout: probability that a step uses the empty prompt (references and targets), so the
+            unconditional CFG branch also sees pose blocks in training (CustomDiffusion360: 0.1).
         seed: seeds every random draw.
         checkpoint_every: steps between checkpoints.
         ray_chunk: FeatureNeRF rays per chunk (memory bound).
@@ -107,6 +109,7 @@ class TrainingConfig:
     rgb_weight: float = 5.0
     mask_dilate: int = 7
     mask_denoising: bool = True
+    text_dropout: float = 0.1
     seed: int = 0
     checkpoint_every: int = 100
     ray_chunk: int | None = None
@@ -126,6 +129,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise TrainingError(f"{name} must be a finite number ≥ 0, got {value!r}")
+        if not (isinstance(self.text_dropout, (int, float)) and 0.0 <= self.text_dropout <= 1.0):
+            raise TrainingError(f"text_dropout must be in [0, 1], got {self.text_dropout!r}")
         if not self.class_word or not self.class_word.strip():
             raise TrainingError("class_word must be a word such as 'car', 'chair' or 'teddybear'")
         if "{token}" not in self.prompt_template:
@@ -365,16 +370,17 @@ def train_customization(
                 noise = torch.randn(latents[targets].shape, generator=gen).to(latents)
                 ref_noise = torch.randn(latents[refs].shape, generator=gen).to(latents)
                 ctx.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+                step_prompt = empty if float(torch.rand((), generator=gen)) < config.text_dropout else prompt
 
                 with torch.no_grad():
-                    ref_text = encode_prompt(text_encoder, tokenizer, prompt)
+                    ref_text = encode_prompt(text_encoder, tokenizer, step_prompt)
                 ctx.jitter = False
                 capture_reference_bank(unet, ctx, latents[refs], cams[refs], [ref_text], int(t_ref),
                                        ref_noise, scheduler)
 
                 ctx.mode, ctx.target_cams, ctx.jitter = "render", cams[targets], True
                 ctx.outputs = {}
-                text = encode_prompt(text_encoder, tokenizer, prompt)
+                text = encode_prompt(text_encoder, tokenizer, step_prompt)
                 noisy = scheduler.add_noise(latents[targets], noise, t)
                 eps = unet_epsilon(unet, noisy, t.to(device), text)
                 target_masks = masks[targets]

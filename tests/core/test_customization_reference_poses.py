@@ -9,7 +9,8 @@ import torch
 
 from mvcustom_core.cameras import CameraSet, save_camera_file
 from mvcustom_core.customization.reference_poses import (
-    ReferenceInputError, check_reference_inputs, prepare_reference_set, reference_cameras_from_file,
+    ReferenceInputError, check_reference_inputs, estimate_reference_cameras, prepare_reference_set,
+    reference_cameras_from_file,
     turntable_reference_cameras)
 from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 
@@ -84,3 +85,34 @@ def test_pose_file_cameras_are_normalized_to_the_unit_sphere_around_the_subject(
     subject = torch.tensor([1.0, -2.0, 0.5, 1.0])
     torch.testing.assert_close((ref.new_from_old @ subject)[:3], torch.zeros(3), rtol=0, atol=1e-5)
     assert isinstance(ref.cameras, CameraSet) and len(ref) == 5
+
+
+def _relative_rotation_errors_deg(a: CameraSet, b: CameraSet) -> torch.Tensor:
+    """Angles between the pairwise relative rotations of two camera sets (invariant to their world frames)."""
+    ra, rb = a.c2w[:, :3, :3], b.c2w[:, :3, :3]
+    rel_a = ra[:, None].transpose(-1, -2) @ ra[None]
+    rel_b = rb[:, None].transpose(-1, -2) @ rb[None]
+    d = rel_a.transpose(-1, -2) @ rel_b
+    return torch.rad2deg(torch.acos(((d.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)))
+
+
+def test_structure_from_motion_recovers_the_orbit_up_to_a_similarity():
+    pytest.importorskip("pycolmap")
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # 8 views 8 degrees apart of the texture-rich subject on its ground (as in test_eval_sfm).
+        cams = turntable_cameras(45, elevation_deg=25.0, radius=2.5, image_size=(256, 256), fov_y_deg=45.0)
+        cams = cams[list(range(8))]
+        render = SyntheticScene(seed=0).render(cams)
+        estimated = estimate_reference_cameras(render.rgb, fov_y_deg=45.0)
+    finally:
+        torch.set_num_threads(torch_threads)
+    torch.testing.assert_close(estimated.K, cams.K)  # assumed intrinsics = the true ones here
+    est = prepare_reference_set(render.rgb, render.mask, estimated).cameras
+    true = prepare_reference_set(render.rgb, render.mask, cams).cameras
+    assert _relative_rotation_errors_deg(est, true).max() < 1.0
+    # After normalization both sets have the same scale: pairwise camera distances agree.
+    assert (torch.cdist(est.centers, est.centers) - torch.cdist(true.centers, true.centers)).abs().max() < 0.02
+    with pytest.raises(ReferenceInputError, match="structure-from-motion registered"):
+        estimate_reference_cameras(torch.full((3, 3, 64, 64), 0.5), fov_y_deg=45.0)  # featureless photos
