@@ -299,3 +299,26 @@ def test_deepcopy_of_an_enabled_model_stays_correct(unet_and_inputs):
     assert torch.equal(_eps(unet, x, text), original)
     assert disable_dense_attention(clone) is True
     torch.testing.assert_close(_eps(clone, x, text), original, rtol=0, atol=0)
+
+
+def test_per_frame_position_encoding_is_kept_for_every_token(unet_and_inputs):
+    """Full dense attention is symmetric in frames except for the sinusoidal pe the block adds per
+    frame: without pe, permuting the input frames permutes the output; with it, it does not."""
+    unet, _, _ = unet_and_inputs
+    module = next(iter(motion_modules(unet).values()))
+    hs = torch.randn(3, module.in_channels, 4, 4, generator=torch.Generator().manual_seed(5))  # F = 3
+    perm = torch.tensor([2, 0, 1])
+    enable_dense_attention(unet, window=None)
+    saved = [blk.pos_embed.pe.clone() for blk in module.transformer_blocks]
+    try:
+        with torch.no_grad():
+            with_pe = (module(hs[perm], num_frames=3), module(hs, num_frames=3)[perm])
+            for blk in module.transformer_blocks:
+                blk.pos_embed.pe.zero_()
+            without_pe = (module(hs[perm], num_frames=3), module(hs, num_frames=3)[perm])
+    finally:
+        for blk, pe in zip(module.transformer_blocks, saved):
+            blk.pos_embed.pe.copy_(pe)
+        disable_dense_attention(unet)
+    torch.testing.assert_close(*without_pe, rtol=1e-5, atol=1e-5)
+    assert (with_pe[0] - with_pe[1]).abs().max() > 1e-3
