@@ -8,6 +8,7 @@ defined under ``nodes/`` is registered here exactly once.
 from __future__ import annotations
 
 from ._host import ComfyExtension, io
+from .backbone import BACKBONE_NODES
 from .camera_files import CAMERA_FILE_NODES
 from .customization import CUSTOMIZATION_NODES
 from .inference import INFERENCE_NODES
@@ -20,6 +21,7 @@ NODE_LISTS: dict[str, list[type[io.ComfyNode]]] = {
     "trajectories": TRAJECTORY_NODES,
     "camera_files": CAMERA_FILE_NODES,
     "synthetic": SYNTHETIC_NODES,
+    "backbone": BACKBONE_NODES,
     "customization": CUSTOMIZATION_NODES,
     "inference": INFERENCE_NODES,
 }

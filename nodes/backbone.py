@@ -1,0 +1,236 @@
+"""Backbone nodes: SD1.5 checkpoint + AnimateDiff motion module (or the tiny random backbone) -> ``MVC_BACKBONE``.
+
+Files come from ComfyUI's model folders: ``checkpoints`` for SD1.x single files, ``animatediff_models`` for motion
+modules (registered here when AnimateDiff-Evolved has not done so: ``models/animatediff_models``, plus the pack's
+``models/mvcustom``, where ``scripts/train_backbone.py`` output can be put). The modules are wrapped in ComfyUI
+``ModelPatcher`` objects, so ComfyUI's model management loads and offloads them (:meth:`MVCBackbone.load`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mvcustom_core.backbone.dense_attention import enable_dense_attention
+from mvcustom_core.backbone.loading import Backbone, build_backbone, load_sd15_checkpoint
+from mvcustom_core.backbone.motion_module import load_motion_module
+from mvcustom_core.backbone.text import load_tokenizer
+from mvcustom_core.backbone.tiny import tiny_backbone
+
+from . import _host
+from ._common import NodeInputError, Progress, blame, require
+from ._host import comfy_utils, folder_paths, io, model_management
+from .types import Backbone as BackboneType
+
+__all__ = ["BACKBONE_NODES", "MVCBackbone", "LoadBackbone", "TinyBackbone", "register_model_folders",
+           "MOTION_FOLDER", "PACK_FOLDER", "DTYPES"]
+
+CATEGORY = "MVCustom/backbone"
+MOTION_FOLDER = "animatediff_models"
+PACK_FOLDER = "mvcustom"
+DTYPES = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_WINDOW_TOOLTIP = ("Dense spatio-temporal attention window k of the motion modules: 0 = full attention over all "
+                   "frames and positions, 1 = AnimateDiff's temporal attention, k = a k x k spatial window.")
+
+
+@dataclass
+class MVCBackbone:
+    """What an ``MVC_BACKBONE`` socket carries.
+
+    ``unet``, ``vae``, ``text_encoder`` and ``tokenizer`` read through to ``backbone``; consumers call :meth:`load`
+    before running the modules so ComfyUI places (and can later offload) them.
+
+    Attributes:
+        backbone: the core :class:`~mvcustom_core.backbone.loading.Backbone` (``unet`` is a ``UNetMotionModel``
+            with dense attention installed at ``window``).
+        patchers: ComfyUI ``ModelPatcher`` per module (``"unet"``, ``"vae"``, ``"text_encoder"``).
+        window: dense-attention window (``None`` = full).
+        dtype: floating dtype of the UNet.
+        source: what it was loaded from, for display.
+    """
+
+    backbone: Backbone
+    patchers: dict[str, Any]
+    window: int | None
+    dtype: torch.dtype
+    source: str = ""
+
+    @property
+    def unet(self) -> Any:
+        return self.backbone.unet
+
+    @property
+    def vae(self) -> Any:
+        return self.backbone.vae
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.backbone.text_encoder
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.backbone.tokenizer
+
+    def load(self, memory_required: int = 0) -> Backbone:
+        """Load all three modules onto ComfyUI's torch device through its model management; returns the core
+        backbone (other models are offloaded as ComfyUI decides)."""
+        model_management.load_models_gpu(list(self.patchers.values()), memory_required=memory_required)
+        return self.backbone
+
+
+def _model_patcher_class():
+    # ComfyUI imports go through nodes/_host.py; it does not import comfy.model_patcher yet (requested from its
+    # owner), so until it does the module is looked up by name.
+    module = getattr(_host, "model_patcher", None) or importlib.import_module("comfy.model_patcher")
+    return module.ModelPatcher
+
+
+def _wrap(backbone: Backbone, window: int | None, dtype: torch.dtype, source: str) -> MVCBackbone:
+    patcher = _model_patcher_class()
+    load_device, offload_device = model_management.get_torch_device(), model_management.unet_offload_device()
+    patchers = {name: patcher(getattr(backbone, name), load_device=load_device, offload_device=offload_device)
+                for name in ("unet", "vae", "text_encoder")}
+    return MVCBackbone(backbone, patchers, window, dtype, source)
+
+
+def register_model_folders() -> None:
+    """Register ``animatediff_models`` (as AnimateDiff-Evolved does) and the pack's ``mvcustom`` folder.
+
+    Both folders list motion modules here; existing registrations (and extra_model_paths.yaml entries) are kept.
+    """
+    names = getattr(folder_paths, "folder_names_and_paths", None)
+    if names is None:  # a host without model folders (the tier-2 fake)
+        return
+    models_dir = folder_paths.models_dir
+    extensions = folder_paths.supported_pt_extensions
+    for key in (MOTION_FOLDER, PACK_FOLDER):
+        if key not in names:
+            names[key] = ([os.path.join(models_dir, key)], extensions)
+    for path in (os.path.join(models_dir, MOTION_FOLDER), os.path.join(models_dir, PACK_FOLDER)):
+        if path not in folder_paths.get_folder_paths(MOTION_FOLDER):
+            folder_paths.add_model_folder_path(MOTION_FOLDER, path)
+
+
+def _model_files(key: str) -> list[str]:
+    register_model_folders()
+    lister = getattr(folder_paths, "get_filename_list", None)
+    if lister is None:  # a host without model folders (the tier-2 fake)
+        return []
+    try:
+        return list(lister(key))
+    except KeyError:
+        return []
+
+
+def _resolve(node: type, input_name: str, key: str, name: str) -> Path:
+    require(node, input_name, isinstance(name, str) and name.strip() != "",
+            f"is empty: put a file into ComfyUI's models/{key} folder and pick it")
+    register_model_folders()
+    path = folder_paths.get_full_path(key, name)
+    if path is None:
+        folders = folder_paths.get_folder_paths(key) if key in getattr(folder_paths, "folder_names_and_paths", {}) \
+            else [f"models/{key}"]
+        raise NodeInputError(node, input_name, f"names {name!r}, which is not in the '{key}' folders {folders}")
+    return Path(path)
+
+
+def _dtype(choice: str, default) -> torch.dtype:
+    return DTYPES[choice] if DTYPES[choice] is not None else default()
+
+
+def _comfy_tokenizer():
+    """ComfyUI's own SD1.x CLIP tokenizer files (``comfy/sd1_tokenizer``), if present."""
+    folder = Path(getattr(comfy_utils, "__file__", "") or ".").parent / "sd1_tokenizer"
+    return load_tokenizer(folder) if (folder / "vocab.json").is_file() else None
+
+
+class LoadBackbone(io.ComfyNode):
+    """SD1.5 checkpoint + AnimateDiff motion module -> a UNetMotionModel with dense attention."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        checkpoints = _model_files("checkpoints")
+        motions = _model_files(MOTION_FOLDER)
+        return io.Schema(
+            node_id="MVC_LoadBackbone",
+            display_name="MVCustom Load Backbone",
+            category=CATEGORY,
+            description=("Loads an SD1.x single-file checkpoint (models/checkpoints) and an AnimateDiff motion module "
+                         "(models/animatediff_models or models/mvcustom; v1/v2/v3, original or diffusers layout, "
+                         "or a module trained with scripts/train_backbone.py) into one video UNet whose temporal "
+                         "attention is MVCustom's dense spatio-temporal attention."),
+            inputs=[
+                io.Combo.Input("checkpoint", options=checkpoints, default=checkpoints[0] if checkpoints else None,
+                               tooltip="SD1.x single-file checkpoint (.safetensors or .ckpt) in models/checkpoints."),
+                io.Combo.Input("motion_module", options=motions, default=motions[0] if motions else None,
+                               tooltip="AnimateDiff motion module in models/animatediff_models or models/mvcustom "
+                                       "(e.g. mm_sd_v15_v2.ckpt, v3_sd15_mm.ckpt)."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                               tooltip="Weight dtype; auto = ComfyUI's choice for this device (UNet/text encoder "
+                                       "as for a diffusion model, VAE as for a VAE)."),
+                io.Int.Input("window", default=0, min=0, max=256, tooltip=_WINDOW_TOOLTIP),
+            ],
+            outputs=[BackboneType.Output("backbone", tooltip="The loaded backbone (MVC_BACKBONE).")],
+        )
+
+    @classmethod
+    def execute(cls, checkpoint: str, motion_module: str, dtype: str, window: int) -> io.NodeOutput:
+        require(cls, "dtype", dtype in DTYPES, f"must be one of {list(DTYPES)}, got {dtype!r}")
+        require(cls, "window", int(window) >= 0, f"must be ≥ 0 (0 = full attention), got {window}")
+        checkpoint_path = _resolve(cls, "checkpoint", "checkpoints", checkpoint)
+        motion_path = _resolve(cls, "motion_module", MOTION_FOLDER, motion_module)
+        unet_dtype = _dtype(dtype, model_management.unet_dtype)
+        vae_dtype = _dtype(dtype, model_management.vae_dtype)
+        progress = Progress(3)
+        with blame(cls, "checkpoint"):
+            components = load_sd15_checkpoint(checkpoint_path, dtype=unet_dtype)
+        progress.step()
+        with blame(cls, "motion_module"):
+            adapter = load_motion_module(motion_path, dtype=unet_dtype)
+        progress.step()
+        with blame(cls, "motion_module"):
+            unet = build_backbone(components, adapter)
+        components.vae.to(vae_dtype)
+        backbone = Backbone(unet=unet, vae=components.vae, text_encoder=components.text_encoder,
+                            tokenizer=_comfy_tokenizer())
+        k = int(window) or None
+        enable_dense_attention(backbone.unet, k)
+        progress.step()
+        return io.NodeOutput(_wrap(backbone, k, unet_dtype, f"{checkpoint} + {motion_module}"))
+
+
+class TinyBackbone(io.ComfyNode):
+    """The tiny random backbone: a complete, weight-free stand-in for demos and tests."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVC_TinyBackbone",
+            display_name="MVCustom Tiny Backbone (random)",
+            category=CATEGORY,
+            description=("A tiny randomly initialised SD1.x-shaped backbone (UNet, motion module, VAE, CLIP text "
+                         "encoder and tokenizer) that needs no weight files. Its pictures are noise: it is for "
+                         "trying graphs and tests, not for results."),
+            inputs=[
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip="Seeds every weight; equal seeds give identical models."),
+                io.Int.Input("window", default=0, min=0, max=256, tooltip=_WINDOW_TOOLTIP),
+            ],
+            outputs=[BackboneType.Output("backbone", tooltip="The tiny backbone (MVC_BACKBONE), float32.")],
+        )
+
+    @classmethod
+    def execute(cls, seed: int, window: int) -> io.NodeOutput:
+        require(cls, "window", int(window) >= 0, f"must be ≥ 0 (0 = full attention), got {window}")
+        backbone = tiny_backbone(seed=int(seed))
+        k = int(window) or None
+        enable_dense_attention(backbone.unet, k)
+        return io.NodeOutput(_wrap(backbone, k, torch.float32, f"tiny (seed {int(seed)})"))
+
+
+BACKBONE_NODES: list[type[io.ComfyNode]] = [LoadBackbone, TinyBackbone]

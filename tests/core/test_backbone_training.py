@@ -1,0 +1,267 @@
+"""Backbone-stage training on the tiny backbone: data layout, sampling, frozen layers, loss, stop/resume, export."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mvcustom_core.backbone.dense_attention import dense_attention_window
+from mvcustom_core.backbone.motion_module import inspect_motion_module, load_motion_module
+from mvcustom_core.backbone.loading import open_state_file, shipped_config
+from mvcustom_core.backbone.tiny import tiny_backbone
+from mvcustom_core.backbone.training import (
+    TrainConfig,
+    diffusion_loss,
+    find_checkpoints,
+    freeze_for_motion_training,
+    motion_state_dict,
+    save_motion_module,
+    train_motion_module,
+    _encode_batch,
+    _noise_scheduler,
+)
+from mvcustom_core.backbone.video_data import (
+    StepSampler,
+    VideoClipDataset,
+    VideoDataError,
+    collate_clips,
+    scan_clips,
+)
+
+SIZE = 32  # pixels -> 4x4 latents at the top UNet level, 2x2 below
+
+
+def moving_square(frames: int, shift: int, width: int = SIZE, height: int = SIZE) -> list[np.ndarray]:
+    out = []
+    for f in range(frames):
+        a = np.full((height, width, 3), 40, np.uint8)
+        x = (4 + 4 * f + shift) % (width - 8)
+        a[8:16, x:x + 8] = (230, 120, 20)
+        out.append(a)
+    return out
+
+
+def write_clip(folder, frames: list[np.ndarray], names=None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, a in enumerate(frames):
+        Image.fromarray(a).save(folder / (names[i] if names else f"{i:03d}.png"))
+
+
+@pytest.fixture
+def clip_root(tmp_path):
+    root = tmp_path / "clips"
+    for c in range(2):
+        write_clip(root / f"clip{c}", moving_square(5, 3 * c))
+        (root / f"clip{c}.txt").write_text(f"square {c}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_backbone(seed=0)
+
+
+def small_config(**kw) -> TrainConfig:
+    base = dict(steps=6, learning_rate=1e-3, window_start=1, window_end=3, window_steps=4, checkpoint_every=0,
+                weight_decay=0.0, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_captions_from_sidecar_csv_and_jsonl(tmp_path):
+    a = tmp_path / "sidecar"
+    write_clip(a / "x", moving_square(2, 0))
+    write_clip(a / "y", moving_square(2, 1))
+    (a / "x.txt").write_text(" a dog \n")
+    (a / "y" / "caption.txt").write_text("a cat")
+    assert [(c.name, c.caption) for c in scan_clips(a)] == [("x", "a dog"), ("y", "a cat")]
+
+    b = tmp_path / "csv"
+    write_clip(b / "set" / "x", moving_square(2, 0))
+    (b / "captions.csv").write_text('clip,caption\nset/x,"red, running"\n')
+    assert [(c.name, c.caption) for c in scan_clips(b)] == [("set/x", "red, running")]
+
+    c = tmp_path / "jsonl"
+    write_clip(c / "x", moving_square(2, 0))
+    (c / "captions.jsonl").write_text(json.dumps({"video": "x", "text": "blue"}) + "\n\n")
+    assert [(k.name, k.caption) for k in scan_clips(c)] == [("x", "blue")]
+
+
+def test_frames_in_natural_order(tmp_path):
+    frames = moving_square(3, 0)
+    write_clip(tmp_path / "c", frames, names=["f10.png", "f2.jpg", "f1.png"])
+    (tmp_path / "c.txt").write_text("x")
+    (clip,) = scan_clips(tmp_path)
+    assert [p.name for p in clip.frames] == ["f1.png", "f2.jpg", "f10.png"]
+
+
+def test_scan_errors_name_the_problem(tmp_path):
+    write_clip(tmp_path / "a", moving_square(2, 0))
+    with pytest.raises(VideoDataError, match=r"1 clips have no caption.*\['a'\]"):
+        scan_clips(tmp_path)
+    assert scan_clips(tmp_path, default_caption="")[0].caption == ""
+    (tmp_path / "a.txt").write_text("ok")
+    (tmp_path / "b.mp4").write_bytes(b"\0")
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        with pytest.raises(VideoDataError, match=r"b\.mp4.*need PyAV"):
+            scan_clips(tmp_path)
+        assert [c.name for c in scan_clips(tmp_path, videos="skip")] == ["a"]
+    (tmp_path / "captions.csv").write_text("clip,notes\na,x\n")
+    with pytest.raises(VideoDataError, match=r"captions\.csv:2: needs a clip field"):
+        scan_clips(tmp_path, videos="skip")
+    with pytest.raises(VideoDataError, match="dataset folder not found"):
+        scan_clips(tmp_path / "missing")
+
+
+def test_item_is_the_centre_crop_scaled_to_minus_one_one(tmp_path):
+    frames = [np.random.default_rng(i).integers(0, 256, (32, 48, 3), dtype=np.uint8) for i in range(6)]
+    write_clip(tmp_path / "c", frames)
+    (tmp_path / "c.txt").write_text("wide")
+    dataset = VideoClipDataset(scan_clips(tmp_path), num_frames=3, size=(32, 32), stride=2)
+    item = dataset[(0, 7)]
+    # 6 frames, 3 wanted 2 apart: span 5, start in {0, 1}.
+    start = dataset.frame_indices(6, torch.Generator().manual_seed(7))[0]
+    assert start in (0, 1)
+    expected = torch.stack([torch.from_numpy(frames[start + 2 * i][:, 8:40]).permute(2, 0, 1) for i in range(3)])
+    torch.testing.assert_close(item["pixels"], expected.float() / 255 * 2 - 1, atol=1e-6, rtol=0)
+    assert item["caption"] == "wide"
+    # A stride too long for the clip is lowered so the frames still fit.
+    for seed in range(8):
+        picks = dataset.frame_indices(4, torch.Generator().manual_seed(seed))
+        assert picks in ([0, 1, 2], [1, 2, 3])
+
+
+def test_short_clips_are_left_out_with_a_warning(clip_root):
+    write_clip(clip_root / "short", moving_square(2, 0))
+    (clip_root / "short.txt").write_text("s")
+    with pytest.warns(UserWarning, match=r"fewer than 4 frames.*short"):
+        dataset = VideoClipDataset(scan_clips(clip_root), num_frames=4, size=(SIZE, SIZE))
+    assert dataset.fingerprint() == ["clip0", "clip1"]
+
+
+def test_step_sampler_partitions_epochs_and_resumes_mid_stream():
+    n, batch, steps = 5, 4, 10
+    whole = StepSampler(n, batch, seed=1, start_step=0, end_step=steps)
+    items = list(whole)
+    clips = [c for c, _ in items]
+    for epoch in range(len(clips) // n):  # every epoch is a permutation of the clips
+        assert sorted(clips[epoch * n:(epoch + 1) * n]) == list(range(n))
+    assert len({s for _, s in items}) == len(items)  # distinct per-sample seeds
+    ranks = [list(StepSampler(n, batch, seed=1, start_step=0, end_step=steps, rank=r, world_size=2))
+             for r in range(2)]
+    for step in range(steps):
+        assert ranks[0][2 * step:2 * step + 2] + ranks[1][2 * step:2 * step + 2] == items[4 * step:4 * step + 4]
+    resumed = list(StepSampler(n, batch, seed=1, start_step=7, end_step=steps))
+    assert resumed == items[7 * batch:]
+    assert list(StepSampler(n, batch, seed=2, start_step=0, end_step=steps)) != items
+
+
+# -------------------------------------------------------------------------------------------- training
+def test_only_motion_modules_train(tiny):
+    unet = copy.deepcopy(tiny.unet)
+    names = freeze_for_motion_training(unet)
+    assert names and all(".motion_modules." in f".{n}" for n in names)
+    assert {n for n, p in unet.named_parameters() if p.requires_grad} == set(names)
+    assert set(names) == {n for n, _ in unet.named_parameters() if "motion_modules" in n}
+
+
+def _fixed_eval_loss(backbone, dataset) -> float:
+    """Mean loss over both clips and four fixed noise draws (same draws before and after training)."""
+    config = small_config()
+    scheduler = _noise_scheduler(config)
+    batch = collate_clips([dataset[(i, 0)] for i in range(len(dataset))])
+    total = 0.0
+    with torch.no_grad():
+        for draw in range(4):
+            generator = torch.Generator().manual_seed(100 + draw)
+            latents, text = _encode_batch(backbone, batch, torch.device("cpu"), torch.float32, generator)
+            total += float(diffusion_loss(backbone.unet, latents, text, scheduler, generator))
+    return total / 4
+
+
+def test_loss_decreases_and_spatial_layers_stay_frozen(tiny, clip_root, tmp_path):
+    backbone = copy.deepcopy(tiny)
+    dataset = VideoClipDataset(scan_clips(clip_root), num_frames=4, size=(SIZE, SIZE))
+    before_state = {k: v.clone() for k, v in backbone.unet.state_dict().items()}
+    from mvcustom_core.backbone.dense_attention import enable_dense_attention
+
+    enable_dense_attention(backbone.unet, 3)  # evaluate both with the final window
+    loss_before = _fixed_eval_loss(backbone, dataset)
+    result = train_motion_module(backbone, dataset, tmp_path / "run", small_config(steps=30, window_steps=1))
+    backbone.unet.eval()
+    loss_after = _fixed_eval_loss(backbone, dataset)
+    assert result.step == 30 and not result.stopped and len(result.losses) == 30
+    assert loss_after < 0.8 * loss_before, (loss_before, loss_after)
+    after_state = backbone.unet.state_dict()
+    changed = {k for k in before_state if not torch.equal(before_state[k], after_state[k])}
+    assert changed and all(".motion_modules." in f".{k}" for k in changed)
+    assert all(not p.requires_grad for p in backbone.vae.parameters())
+
+
+def test_stop_by_sigterm_then_resume_equals_uninterrupted_run(tiny, clip_root, tmp_path):
+    dataset = VideoClipDataset(scan_clips(clip_root), num_frames=4, size=(SIZE, SIZE))
+    config = small_config(steps=6, checkpoint_every=2, keep_checkpoints=2)
+
+    straight = copy.deepcopy(tiny)
+    windows_straight = []
+    train_motion_module(straight, dataset, tmp_path / "a", config,
+                        progress=lambda p: windows_straight.append((p.step, p.window, p.loss)))
+
+    def terminate_at_3(p):
+        if p.step == 3:
+            signal.raise_signal(signal.SIGTERM)
+
+    first = copy.deepcopy(tiny)
+    stopped = train_motion_module(first, dataset, tmp_path / "b", config, progress=terminate_at_3)
+    assert stopped.stopped and stopped.step == 3 and stopped.motion_module is None
+    assert [c.step for c in find_checkpoints(tmp_path / "b")] == [2, 3]  # keep_checkpoints=2 pruned nothing yet
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+    resumed = copy.deepcopy(tiny)  # a fresh process: weights come from the checkpoint only
+    windows_resumed = []
+    done = train_motion_module(resumed, dataset, tmp_path / "b", config,
+                               progress=lambda p: windows_resumed.append((p.step, p.window, p.loss)))
+    assert done.step == 6 and not done.stopped
+    assert windows_resumed == windows_straight[3:]  # same windows and bit-identical losses from step 4 on
+    assert dense_attention_window(resumed.unet) == dense_attention_window(straight.unet) == 3
+    for name, tensor in motion_state_dict(straight.unet).items():
+        torch.testing.assert_close(motion_state_dict(resumed.unet)[name], tensor, atol=1e-6, rtol=0)
+    assert [c.step for c in find_checkpoints(tmp_path / "b")] == [4, 6]  # older ones pruned
+
+
+def test_saved_motion_module_loads_with_the_animatediff_loader(tiny, tmp_path):
+    unet = copy.deepcopy(tiny.unet)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "motion_modules" in name:
+                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    path = save_motion_module(unet, tmp_path / "mm.safetensors")
+    source = open_state_file(path)
+    info = inspect_motion_module(source)
+    assert info.layout == "animatediff_motion_module" and info.has_mid_block and info.version == "v2"
+    assert all(".temporal_transformer." in k for k in source.keys)
+    adapter = load_motion_module(path, config=shipped_config("tiny/motion_adapter"))
+    expected = motion_state_dict(unet)
+    assert set(adapter.state_dict()) == set(expected)
+    for name, tensor in adapter.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_resume_refuses_changed_settings_or_data(tiny, clip_root, tmp_path):
+    dataset = VideoClipDataset(scan_clips(clip_root), num_frames=4, size=(SIZE, SIZE))
+    train_motion_module(copy.deepcopy(tiny), dataset, tmp_path, small_config(steps=1))
+    with pytest.raises(ValueError, match=r"cannot resume with a different learning_rate"):
+        train_motion_module(copy.deepcopy(tiny), dataset, tmp_path, small_config(steps=2, learning_rate=5e-4))
+    with pytest.raises(ValueError, match=r"the dataset changed"):
+        train_motion_module(copy.deepcopy(tiny), VideoClipDataset(dataset.clips[:1], 4, (SIZE, SIZE)), tmp_path,
+                            small_config(steps=2))
+    with pytest.raises(ValueError, match=r"holds checkpoints"):
+        train_motion_module(copy.deepcopy(tiny), dataset, tmp_path, small_config(steps=2), resume=False)

@@ -1,0 +1,156 @@
+"""Backbone nodes against the core loaders, with ComfyUI's model folders, ModelPatcher and model management faked.
+
+The tier-2 fake (fake_comfy.py) has no model folders, ``comfy.model_patcher`` or ``load_models_gpu``; the doubles
+below follow ComfyUI's signatures (``folder_paths.get_full_path``/``get_filename_list``/``add_model_folder_path``,
+``ModelPatcher(model, load_device, offload_device, size=0)``, ``load_models_gpu(models, memory_required=0)``).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+from mvcustom_core.backbone.dense_attention import dense_attention_window
+from mvcustom_core.backbone.loading import export_ldm_state_dict, shipped_config
+from mvcustom_core.backbone.tiny import TINY_CONFIGS, tiny_backbone, tiny_components
+
+EXTENSIONS = {".ckpt", ".pt", ".bin", ".pth", ".safetensors", ".sft"}
+
+
+class FakeModelPatcher:
+    def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+        self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+
+
+@pytest.fixture
+def models(host, tmp_path, monkeypatch):
+    """ComfyUI's models/ folder in tmp_path, with the folder_paths / model management / ModelPatcher doubles."""
+    fp, mm = host["folder_paths"], host["comfy.model_management"]
+    models_dir = tmp_path / "models"
+    (models_dir / "checkpoints").mkdir(parents=True)
+    names = {"checkpoints": ([str(models_dir / "checkpoints")], EXTENSIONS)}
+
+    def get_filename_list(key):
+        found = []
+        for folder in names[key][0]:
+            for dirpath, _, files in os.walk(folder):
+                found += [os.path.relpath(os.path.join(dirpath, f), folder).replace(os.sep, "/") for f in files
+                          if not names[key][1] or os.path.splitext(f)[1] in names[key][1]]
+        return sorted(set(found))
+
+    def get_full_path(key, name):
+        if key not in names:
+            return None
+        for folder in names[key][0]:
+            if os.path.isfile(os.path.join(folder, name)):
+                return os.path.join(folder, name)
+        return None
+
+    def add_model_folder_path(key, path, is_default=False):
+        paths = names.setdefault(key, ([], set()))[0]
+        if path not in paths:
+            paths.insert(0, path) if is_default else paths.append(path)
+
+    for name, value in dict(models_dir=str(models_dir), supported_pt_extensions=EXTENSIONS,
+                            folder_names_and_paths=names, get_filename_list=get_filename_list,
+                            get_full_path=get_full_path, add_model_folder_path=add_model_folder_path,
+                            get_folder_paths=lambda key: list(names[key][0])).items():
+        monkeypatch.setattr(fp, name, value, raising=False)
+    loaded = []
+    monkeypatch.setattr(mm, "unet_offload_device", lambda: torch.device("cpu"), raising=False)
+    monkeypatch.setattr(mm, "unet_dtype", lambda *a, **k: torch.float32, raising=False)
+    monkeypatch.setattr(mm, "vae_dtype", lambda *a, **k: torch.float32, raising=False)
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, memory_required=0, **k: loaded.append(list(models)),
+                        raising=False)
+    patcher_module = types.ModuleType("comfy.model_patcher")
+    patcher_module.ModelPatcher = FakeModelPatcher
+    monkeypatch.setitem(sys.modules, "comfy.model_patcher", patcher_module)
+    return types.SimpleNamespace(dir=models_dir, folders=names, loaded=loaded)
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    """A tiny SD1.x single-file checkpoint and a tiny AnimateDiff-layout motion module."""
+    from safetensors.torch import save_file
+
+    from mvcustom_core.backbone.training import save_motion_module
+
+    folder = tmp_path_factory.mktemp("tiny_files")
+    save_file(export_ldm_state_dict(tiny_components(seed=4)), str(folder / "tiny_sd15.safetensors"))
+    save_motion_module(tiny_backbone(seed=4).unet, folder / "tiny_mm.safetensors")
+    return folder
+
+
+def test_tiny_backbone_node_wraps_the_core_backbone_in_model_patchers(node, run, models):
+    result = run(node("MVC_TinyBackbone"), seed=2, window=3).args[0]
+    expected = tiny_backbone(seed=2)
+    for name, tensor in expected.unet.state_dict().items():
+        assert torch.equal(result.backbone.unet.state_dict()[name], tensor), name
+    assert result.window == dense_attention_window(result.backbone.unet) == 3
+    assert set(result.patchers) == {"unet", "vae", "text_encoder"}
+    for name, patcher in result.patchers.items():
+        assert patcher.model is getattr(result.backbone, name)
+        assert patcher.load_device == patcher.offload_device == torch.device("cpu")
+    assert result.load() is result.backbone
+    assert models.loaded == [list(result.patchers.values())]
+    full = run(node("MVC_TinyBackbone"), seed=2, window=0).args[0]
+    assert full.window is None and dense_attention_window(full.backbone.unet) is None
+
+
+def test_model_folders_are_registered_and_listed(node, models, tiny_files):
+    cls = node("MVC_LoadBackbone")
+    (models.dir / "animatediff_models").mkdir()
+    (models.dir / "mvcustom").mkdir()
+    os.link(tiny_files / "tiny_mm.safetensors", models.dir / "mvcustom" / "trained.safetensors")
+    os.link(tiny_files / "tiny_mm.safetensors", models.dir / "animatediff_models" / "mm.safetensors")
+    os.link(tiny_files / "tiny_sd15.safetensors", models.dir / "checkpoints" / "sd.safetensors")
+    inputs = {i.id: i for i in cls.GET_SCHEMA().inputs}
+    assert inputs["checkpoint"].options == ["sd.safetensors"]
+    assert inputs["motion_module"].options == ["mm.safetensors", "trained.safetensors"]
+    assert models.folders["animatediff_models"][0] == [str(models.dir / "animatediff_models"),
+                                                      str(models.dir / "mvcustom")]
+
+
+def test_load_node_builds_the_backbone_from_files(node, run, models, tiny_files, pack, monkeypatch):
+    module = importlib.import_module(f"{pack.__name__}.nodes.backbone")
+    # The shipped configs are SD1.5-sized; point the loaders at the tiny ones for this file pair.
+    tiny_configs = {k: shipped_config(v) for k, v in TINY_CONFIGS.items()}
+    monkeypatch.setattr(module, "load_sd15_checkpoint",
+                        functools.partial(module.load_sd15_checkpoint, config=tiny_configs))
+    monkeypatch.setattr(module, "load_motion_module", functools.partial(
+        module.load_motion_module, config=shipped_config("tiny/motion_adapter")))
+    (models.dir / "animatediff_models").mkdir()
+    os.link(tiny_files / "tiny_mm.safetensors", models.dir / "animatediff_models" / "mm.safetensors")
+    os.link(tiny_files / "tiny_sd15.safetensors", models.dir / "checkpoints" / "sd.safetensors")
+    result = run(node("MVC_LoadBackbone"), checkpoint="sd.safetensors", motion_module="mm.safetensors",
+                 dtype="bf16", window=5).args[0]
+    expected = tiny_backbone(seed=4)
+    state = result.backbone.unet.state_dict()
+    for name, tensor in expected.unet.state_dict().items():
+        assert torch.equal(state[name], tensor.to(torch.bfloat16)), name
+    assert result.backbone.vae.dtype == torch.bfloat16 and result.dtype == torch.bfloat16
+    assert dense_attention_window(result.backbone.unet) == 5
+    assert set(result.patchers) == {"unet", "vae", "text_encoder"}
+
+
+def test_load_node_errors_name_node_and_input(node, run, models, tiny_files):
+    cls = node("MVC_LoadBackbone")
+    (models.dir / "animatediff_models").mkdir()
+    os.link(tiny_files / "tiny_mm.safetensors", models.dir / "animatediff_models" / "mm.safetensors")
+    os.link(tiny_files / "tiny_mm.safetensors", models.dir / "checkpoints" / "mm_in_checkpoints.safetensors")
+    with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'checkpoint' names 'nope\.safetensors', "
+                                         r"which is not in the 'checkpoints' folders"):
+        run(cls, checkpoint="nope.safetensors", motion_module="mm.safetensors")
+    with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'checkpoint' is invalid: .*not an SD1\.x "
+                                         r"single-file checkpoint: looks like an AnimateDiff motion module"):
+        run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="mm.safetensors")
+    with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'motion_module' is empty"):
+        run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="")
+    with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'window' must be ≥ 0"):
+        run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="mm.safetensors", window=-1)
