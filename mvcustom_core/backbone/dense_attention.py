@@ -66,6 +66,11 @@ def _check_window(window: int | None) -> None:
         raise ValueError(f"window must be a positive int or None (full attention), got {window!r}")
 
 
+def _check_impl(impl: str) -> None:
+    if impl not in ("auto", "tiled", "gather", "flex"):
+        raise ValueError(f"impl must be 'auto', 'tiled', 'gather' or 'flex', got {impl!r}")
+
+
 def window_starts(length: int, window: int, device: torch.device | str | None = None) -> Tensor:
     """First index of the (clamped) window of every position along one axis.
 
@@ -258,8 +263,8 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int | None = Non
         q, k, v: [B, heads, F, H, W, d].
         window: k (see the module's Convention) or None for full attention.
         scale: softmax scale, default ``d ** -0.5``.
-        impl: ``"auto"``, ``"gather"`` or ``"flex"``.
-        chunk_elements: memory budget of one chunk in tensor elements (CPU full and gather paths).
+        impl: ``"auto"``, ``"tiled"``, ``"gather"`` or ``"flex"`` (module docstring).
+        chunk_elements: memory budget of one chunk in tensor elements (CPU full, tiled, gather paths).
 
     Returns:
         [B, heads, F, H, W, d].
@@ -268,6 +273,7 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int | None = Non
     check_shape(k, "B N F H W D", "k", dims)
     check_shape(v, "B N F H W D", "v", dims)
     _check_window(window)
+    _check_impl(impl)
     h, w = dims["H"], dims["W"]
     if window is None or window >= max(h, w):
         return _full_attention(q, k, v, scale, chunk_elements)
@@ -279,11 +285,9 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int | None = Non
         per_pixel = [t.permute(0, 3, 4, 1, 2, 5).reshape(b * h * w, n, f, d) for t in (q, k, v)]
         out = F_.scaled_dot_product_attention(*per_pixel, scale=scale)
         return out.view(b, h, w, n, f, d).permute(0, 3, 4, 1, 2, 5)
-    if impl in ("auto", "gather"):
+    if impl == "gather":
         return _gather_windowed(q, k, v, window, scale, chunk_elements)
-    if impl == "flex":
-        return _flex_windowed(q, k, v, window, scale)
-    raise ValueError(f"impl must be 'auto', 'tiled', 'gather' or 'flex', got {impl!r}")
+    return _flex_windowed(q, k, v, window, scale)
 
 
 class DenseSpatioTemporalAttnProcessor:
@@ -299,6 +303,7 @@ class DenseSpatioTemporalAttnProcessor:
     def __init__(self, window: int | None = None, impl: Impl = "auto",
                  chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> None:
         _check_window(window)
+        _check_impl(impl)
         self.window = window
         self.impl = impl
         self.chunk_elements = chunk_elements
@@ -387,6 +392,7 @@ def enable_dense_attention(unet: torch.nn.Module, window: int | None = None, *, 
     from diffusers.models.attention_processor import Attention
 
     _check_window(window)
+    _check_impl(impl)
     modules = motion_modules(unet)
     if not modules:
         raise ValueError(f"enable_dense_attention: {type(unet).__name__} has no AnimateDiff motion modules "

@@ -69,6 +69,14 @@ def test_window_mask_interior_is_centred_box_and_counts_are_constant():
     assert bool(window_mask(4, 5, None).all())
 
 
+def test_bad_impl_raises():
+    q = torch.zeros(1, 1, 2, 3, 3, 4)
+    with pytest.raises(ValueError, match="impl"):
+        dense_attention(q, q, q, window=None, impl="natten")
+    with pytest.raises(ValueError, match="impl"):
+        enable_dense_attention(tiny_motion_unet(), window=3, impl="cuda")
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.0, True])
 def test_bad_window_raises(bad):
     q = torch.zeros(1, 1, 2, 3, 3, 4)
