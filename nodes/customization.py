@@ -140,7 +140,7 @@ class TrainCustomization(io.ComfyNode):
                          "models/embeddings/<name>.safetensors (write 'embedding:<name>' in CLIP Text Encode). "
                          "Cancel stops after writing a checkpoint; running again resumes from it."),
             inputs=[
-                Backbone.Input("backbone", tooltip="The backbone to customize (MVC_BACKBONE)."),
+                Backbone.Input("backbone", tooltip="The backbone to customize (MVC_BACKBONE), loaded in fp32."),
                 io.Image.Input("images", tooltip="Reference photos of the subject, IMAGE [N, H, W, 3]; sides "
                                                  "multiples of 8."),
                 io.Mask.Input("masks", tooltip="Subject masks, MASK [N, H, W], 1 = subject."),
@@ -183,6 +183,9 @@ class TrainCustomization(io.ComfyNode):
                 f"must be an MVC_BACKBONE, got {type(backbone).__name__}")
         require(cls, "backbone", getattr(backbone, "tokenizer", None) is not None,
                 "has no CLIP tokenizer (comfy/sd1_tokenizer was not found), which the subject token needs")
+        dtype = getattr(backbone, "dtype", torch.float32)
+        require(cls, "backbone", dtype == torch.float32,
+                f"is {dtype}; training needs float32 weights: set dtype to fp32 in Load Backbone")
         require(cls, "cameras", isinstance(cameras, CameraSet),
                 f"must be an MVC_CAMERA_TRAJECTORY (CameraSet), got {type(cameras).__name__}")
         require(cls, "class_word", isinstance(class_word, str) and class_word.strip() != "",

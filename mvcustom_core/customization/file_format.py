@@ -281,6 +281,8 @@ def apply_customization(unet: nn.Module, customization: Customization, context: 
         if missing or result.unexpected_keys:
             raise CustomizationFileError(f"{where}: pose block {name} weights do not fit (missing {missing[:3]}, "
                                          f"unexpected {result.unexpected_keys[:3]})")
+        # FeatureNeRF runs in float32 by design; the fusion acts on the block's tokens, in the block's dtype.
+        block.fuse.to(block.block.norm1.weight.dtype)
     ctx.references = {name: c.references[name].to(next(by_name[name].parameters()).device) for name in c.blocks}
     ctx.ref_cams = c.ref_cams
     ctx.mode = "off"

@@ -298,6 +298,10 @@ def train_customization(
         raise TrainingError(f"reference images are {w}x{h}; both sides must be multiples of 8 (VAE factor)")
     if next(pose_blocks(unet), None) is not None:
         raise TrainingError("the UNet already has pose blocks installed; train on a clean backbone")
+    unet_dtype = next(unet.parameters()).dtype
+    if unet_dtype != torch.float32:
+        raise TrainingError(f"the backbone UNet is {unet_dtype}; training needs float32 weights (the trained fusion "
+                            f"layers sit in the UNet's token path): load the backbone with dtype fp32")
     tokenizer = copy.deepcopy(backbone.tokenizer)
     device = next(unet.parameters()).device
     fingerprint = backbone_fingerprint(unet)

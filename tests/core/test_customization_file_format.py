@@ -150,3 +150,22 @@ def test_foreign_newer_and_broken_files_are_refused(trained, tmp_path):
     with pytest.raises(CustomizationFileError, match="no such"):
         load_customization(tmp_path / "absent.safetensors")
     assert json.loads(meta["blocks"]) == cust.blocks
+
+
+def test_applied_to_a_bfloat16_backbone_the_fusion_follows_the_block_dtype(unet, trained):
+    src, src_ctx, cust = trained
+    half = copy.deepcopy(unet).to(torch.bfloat16)
+    ctx = apply_customization(half, cust)
+    assert all(b.fuse.weight.dtype == torch.bfloat16 and next(b.featurenerf.parameters()).dtype == torch.float32
+               for b in pose_blocks(half))
+    targets = turntable_cameras(2, radius=1.0, image_size=(64, 64), start_azimuth_deg=55.0)
+    x, text = _inputs(2, seed=4)
+    video = x.permute(1, 0, 2, 3)[None]  # [1, 4, F, h, w]
+    outs = []
+    for model, context, dtype in ((src, src_ctx, torch.float32), (half, ctx, torch.bfloat16)):
+        context.mode, context.target_cams, context.jitter = "render", targets, False
+        with torch.no_grad():
+            outs.append(model(video.to(dtype), torch.tensor([500]),
+                              encoder_hidden_states=text.expand(2, -1, -1).to(dtype)).sample.float())
+    # bfloat16 keeps 8 bits of mantissa: the two agree to a few percent, not bit for bit.
+    assert (outs[1] - outs[0]).norm() / outs[0].norm() < 0.05

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -161,3 +162,7 @@ def test_checkpoint_with_other_settings_and_bad_settings_are_refused(backbone, r
         train_customization(backbone, reference, _config(steps=0))
     with pytest.raises(TrainingError, match="class_word"):
         train_customization(backbone, reference, _config(class_word=" "))
+    half = SimpleNamespace(unet=copy.deepcopy(backbone.unet).to(torch.bfloat16), vae=backbone.vae,
+                           text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer)
+    with pytest.raises(TrainingError, match="needs float32"):
+        train_customization(half, reference, _config())
