@@ -54,6 +54,32 @@ def _cams(frames: int, size: int) -> CameraSet:
     return CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (size, size))
 
 
+def _pose_cache_row(unet, cond, uncond, cams, steps, shape) -> dict:
+    """Customized sampler with the first-step Fy cache vs rendering Fy at every step (method.md §4.8)."""
+    import copy
+
+    from mvcustom_core.customization.pose_block import PoseContext, install_pose_blocks
+
+    model, ctx = copy.deepcopy(unet), PoseContext()
+    install_pose_blocks(model, ctx, "every_other")
+    refs = _cams(4, cams.image_size[0]).transformed(torch.eye(4), 1.0)
+    h = cams.image_size[0] // 8
+    ctx.begin_capture()
+    with torch.no_grad():
+        model(torch.randn(1, 4, 4, h, h), 50, encoder_hidden_states=cond.expand(4, -1, -1))
+    ctx.end_capture(refs)
+    times = {}
+    for cached in (True, False):
+        t0 = time.perf_counter()
+        mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, seed=1, steps=steps,
+                        cache_pose_features=cached)
+        times[cached] = time.perf_counter() - t0
+    return {"name": "pose blocks (every other, 4 references): Fy cached vs rendered every step, cpu",
+            "shape": shape, "plain_s": times[False], "mvcustom_s": times[True],
+            "time_ratio": times[True] / times[False],
+            "note": "plain_s column: Fy rendered every step; mvcustom_s: cached after the first step"}
+
+
 def run(quick: bool) -> list[dict]:
     rows: list[dict] = []
     configs = [("cpu", torch.float32, False)]
@@ -108,6 +134,8 @@ def run(quick: bool) -> list[dict]:
         else:
             row["note"] = "peak memory not measured on CPU (no allocator statistics)"
         rows.append(row)
+        if not full:
+            rows.append(_pose_cache_row(unet, cond, uncond, cams, steps, shape))
         del unet
     if not torch.cuda.is_available():
         rows.append({"name": "MVCustom (DFR + CLC) vs plain sampler, cuda", "note": "not measured: no GPU"})

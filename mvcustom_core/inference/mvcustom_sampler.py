@@ -67,6 +67,7 @@ def prepare_run(
     window: int = DEFAULT_WINDOW,
     overlap: int = DEFAULT_OVERLAP,
     geometry: AnchorGeometry | None = None,
+    cache_pose_features: bool = True,
 ) -> MVCustomRun:
     """Build the model wrapper and hooks; sets up ``pose_context`` (render mode, cameras, ratio, cache)."""
     run = MVCustomRun()
@@ -89,7 +90,7 @@ def prepare_run(
         pose_context.target_key = None
         pose_context.jitter = False
         pose_context.active_steps = active_pose_steps(pose_ratio, steps)
-        pose_context.cache_rendered = True
+        pose_context.cache_rendered = bool(cache_pose_features)
         pose_context.clear_cache()
         run.hooks.append(pose_step_relay(unet, pose_context))
 
@@ -143,6 +144,7 @@ def mvcustom_sample(
     callback: Callable[[int, int, Tensor], None] | None = None,
     interrupt: Callable[[], None] | None = None,
     run: MVCustomRun | None = None,
+    cache_pose_features: bool = True,
 ) -> Tensor:
     """Generate one latent frame per camera of the trajectory.
 
@@ -158,6 +160,7 @@ def mvcustom_sample(
         window, overlap: frames per model window and shared frames between windows.
         callback, interrupt: progress ``callback(step, total, x0)`` and interrupt check (raises).
         run: a prepared :class:`MVCustomRun` (tests inspect its hooks); default built here.
+        cache_pose_features: render each pose block's Fy once and reuse it (exact; method.md §4.8).
 
     Returns:
         latents ``[F, 4, H/8, W/8]`` in the diffusion space (× 0.18215), float32.
@@ -165,7 +168,8 @@ def mvcustom_sample(
     height, width = cams.image_size
     if run is None:
         run = prepare_run(unet, cams, pose_context=pose_context, dfr=dfr, clc=clc, steps=steps,
-                          pose_ratio=pose_ratio, window=window, overlap=overlap)
+                          pose_ratio=pose_ratio, window=window, overlap=overlap,
+                          cache_pose_features=cache_pose_features)
     hooks = list(run.hooks)
     try:
         return sample(run.model, cond, uncond, cams.num_frames, height, width, steps, cfg, scheduler, seed,
