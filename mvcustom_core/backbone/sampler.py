@@ -172,7 +172,8 @@ def sample(
             the activation memory).
         start_step, end_step: run only steps ``[start_step, end_step)`` of the ``steps``-step schedule
             (step indices as in ``StepContext.step``); with ``start_step > 0`` pass ``latents`` noised to
-            that step's timestep (``scheduler.timesteps[start_step]``). Running ``[0, k)`` and then
+            that step's timestep t = ``scheduler.timesteps[start_step]`` in the scheduler's own space
+            (DDIM: √ᾱ_t x0 + √(1−ᾱ_t) ε, i.e. ``add_noise``; Euler: x0 + σ_t ε). Running ``[0, k)`` and then
             ``[k, steps)`` on its result equals one run (deterministic samplers: DDIM η = 0, Euler).
 
     Returns:
@@ -185,6 +186,8 @@ def sample(
     end_step = steps if end_step is None else end_step
     if not 0 <= start_step < end_step <= steps:
         raise ValueError(f"need 0 <= start_step < end_step <= steps, got {start_step}, {end_step}, {steps}")
+    if eta != 0.0 and scheduler != "ddim":
+        raise ValueError(f"eta applies to DDIM only (scheduler={scheduler!r})")
     if start_step > 0 and latents is None:
         raise ValueError("start_step > 0 needs latents noised to timesteps[start_step]")
     device = next(unet.parameters()).device

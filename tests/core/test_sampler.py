@@ -150,6 +150,8 @@ def test_per_frame_prompts_and_bad_text_batch(unet, text):
         sample(unet, cond.expand(3, -1, -1), None, F, SIZE, SIZE, steps=1)
     with pytest.raises(ValueError, match="multiples of 8"):
         sample(unet, cond, None, F, 60, SIZE, steps=1)
+    with pytest.raises(ValueError, match="eta"):
+        sample(unet, cond, None, F, SIZE, SIZE, steps=1, scheduler="euler", eta=0.5)
 
 
 def test_interrupt_stops_cleanly_and_progress_reports(unet, text):
