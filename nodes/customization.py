@@ -8,6 +8,7 @@ so the standard CLIP Text Encode understands ``embedding:<name>``; the training 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = ["CUSTOMIZATION_NODES", "ReferenceCameras", "TrainCustomization", "Loa
            "customization_folder", "list_customizations", "CUSTOMIZATION_FOLDER"]
 
 CATEGORY = "MVCustom/customization"
+log = logging.getLogger(__name__)
 CUSTOMIZATION_FOLDER = "mvcustom"
 _POSE_MODES = ["turntable", "structure_from_motion"]
 
@@ -209,10 +211,17 @@ class TrainCustomization(io.ComfyNode):
             config.check()
         out = customization_folder() / f"{stem}.safetensors"
         progress = Progress(config.steps)
+        every = max(1, config.steps // 100)
+
+        def report(done: int, total: int, losses: dict) -> None:
+            if done % every == 0 or done == total:
+                log.info("%s: step %d/%d %s", cls.__name__, done, total,
+                         " ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+            progress.callback(done, total)
+
         with blame(cls, "backbone"):
             result = train_customization(_core_backbone(backbone), reference, config,
-                                         checkpoint=checkpoint_path_for(out), resume=bool(resume),
-                                         progress=lambda done, total, losses: progress.callback(done, total))
+                                         checkpoint=checkpoint_path_for(out), resume=bool(resume), progress=report)
         save_customization(out, result.customization)
         save_comfy_embedding(_embeddings_folder() / f"{stem}.safetensors", result.customization.token_embedding)
         prompt = f"photo of a embedding:{stem} {config.class_word}"

@@ -46,8 +46,9 @@ def photos():
     return render.rgb.permute(0, 2, 3, 1).contiguous(), render.mask[:, 0].contiguous(), cams
 
 
-def test_train_writes_customization_and_embedding_that_the_loader_lists(nodes, backbone, photos, tmp_path):
+def test_train_writes_customization_and_embedding_that_the_loader_lists(nodes, backbone, photos, tmp_path, caplog):
     images, masks, cams = photos
+    caplog.set_level("INFO")
     cust, prompt = run_node(nodes.TrainCustomization, backbone=backbone, images=images, masks=masks,
                             cameras=cams, **SMALL).args
     models = tmp_path / "models"
@@ -56,6 +57,8 @@ def test_train_writes_customization_and_embedding_that_the_loader_lists(nodes, b
     emb = load_file(str(models / "embeddings" / "subject.safetensors"))
     assert list(emb) == ["emb_params"] and torch.equal(emb["emb_params"], cust.token_embedding)
     assert cust.training["steps_done"] == 2 and cust.ref_cams.num_frames == 4  # bank: min(8, 4 photos)
+    logged = [r.getMessage() for r in caplog.records if "TrainCustomization: step" in r.getMessage()]
+    assert logged[-1].startswith("TrainCustomization: step 2/2 total ")  # loss reported with progress
 
     # A motion module kept in the same folder is not offered as a customization.
     save_file({"down_blocks.0.motion_modules.0.weight": torch.zeros(2)}, str(models / "mvcustom" / "mm.safetensors"))
