@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mvcustom_core.cameras import save_camera_file
 from mvcustom_core.customization.cli import main, read_photos
 from mvcustom_core.customization.file_format import load_customization
 from mvcustom_core.files import save_png
@@ -72,5 +73,9 @@ def test_bad_inputs_exit_2_with_a_message_naming_them(photo_folders, tmp_path, c
     assert "no alpha channel" in capsys.readouterr().err
     assert main(["train", "--images", str(images), "--masks", str(masks), "--steps", "0"] + common) == 2
     assert "steps must be" in capsys.readouterr().err
+    three = save_camera_file(turntable_cameras(3, image_size=(64, 64)), tmp_path / "transforms.json")
+    assert main(["train", "--images", str(images), "--masks", str(masks), "--cameras", str(three), "--tiny",
+                 "--class-word", "dog", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "cameras: 3 cameras for 4 images" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "absent.safetensors")]) == 2
     assert "no such customization file" in capsys.readouterr().err
