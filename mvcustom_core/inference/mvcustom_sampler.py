@@ -28,7 +28,7 @@ from mvcustom_core.inference.clc import CLCError, CLCHook, CLCPlan, keep_mask
 from mvcustom_core.inference.dfr import AnchorGeometry, DFRHook, DFRPlan, default_dfr_layers, resolve_anchor_geometry
 from mvcustom_core.inference.windows import WindowedUNet, plan_windows
 
-__all__ = ["mvcustom_sample", "MVCustomRun", "prepare_run", "DEFAULT_CFG", "DEFAULT_WINDOW", "DEFAULT_OVERLAP"]
+__all__ = ["mvcustom_sample", "MVCustomRun", "prepare_run", "check_trajectory_in_scene", "DEFAULT_CFG", "DEFAULT_WINDOW", "DEFAULT_OVERLAP"]
 
 DEFAULT_CFG = 5.0  # paper: 3 blurrier, 8 more flicker
 DEFAULT_WINDOW = 16
@@ -53,6 +53,22 @@ class MVCustomRun:
         self.dfr: DFRHook | None = None
         self.clc: CLCHook | None = None
         self.windows: list[list[int]] = []
+
+
+def check_trajectory_in_scene(unet: torch.nn.Module, cams: CameraSet) -> None:
+    """Refuse target cameras whose rays cannot reach the subject: farther from the origin than FeatureNeRF's ``far``.
+
+    Customizations live in a normalized scene frame (subject at the origin, reference cameras within radius 1;
+    method.md §4.3) and the field samples rays on [near, far] = [0, 2] from each target camera, so a camera
+    farther than ``far`` from the origin renders nothing of the subject: the trajectory was not normalized.
+    """
+    far = min(b.featurenerf.config.far for b in pose_blocks(unet))
+    dist = cams.centers.norm(dim=-1)
+    bad = (dist > far).nonzero().flatten().tolist()
+    if bad:
+        raise PoseBlockError(f"trajectory frame {bad[0]} is {float(dist[bad[0]]):.3g} units from the scene origin, "
+                             f"beyond the customization's FeatureNeRF far plane ({far:g}); put the trajectory in the "
+                             "customization's normalized frame (subject at the origin, cameras within ~1-2 units)")
 
 
 def prepare_run(
@@ -85,6 +101,7 @@ def prepare_run(
         raise PoseBlockError("the customization's pose context has a reference bank but the UNet has no pose "
                              "blocks installed (apply the customization to this backbone first)")
     if has_pose:
+        check_trajectory_in_scene(unet, cams)
         pose_context.mode = "render"
         pose_context.target_cams = cams
         pose_context.target_key = None

@@ -46,7 +46,7 @@ def text():
 
 def _cams(n: int) -> CameraSet:
     az = torch.linspace(-0.25, 0.25, n)
-    eye = torch.stack([2.5 * torch.sin(az), torch.full_like(az, -0.3), -2.5 * torch.cos(az)], dim=-1)
+    eye = torch.stack([1.8 * torch.sin(az), torch.full_like(az, -0.3), -1.8 * torch.cos(az)], dim=-1)
     return CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (SIZE, SIZE))
 
 
@@ -258,3 +258,12 @@ def test_a_reference_bank_without_installed_pose_blocks_is_refused(unet):
     ctx = PoseContext(references={"down_blocks.0.attentions.0.transformer_blocks.0": torch.zeros(1, 2, 32, 8, 8)})
     with pytest.raises(PoseBlockError, match="no pose blocks installed"):
         prepare_run(unet, _cams(3), pose_context=ctx, steps=STEPS)
+
+
+def test_an_unnormalized_trajectory_is_refused_with_pose_blocks(customized):
+    from mvcustom_core.customization.pose_block import PoseBlockError
+
+    model, ctx, _ = customized
+    far = _cams(3).transformed(torch.eye(4), 2.0)  # twice the scene scale: cameras ~3.6 units out
+    with pytest.raises(PoseBlockError, match="trajectory frame 0 is 3.6.* units from the scene origin"):
+        prepare_run(model, far, pose_context=ctx, steps=STEPS)

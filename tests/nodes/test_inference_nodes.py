@@ -41,7 +41,7 @@ def backbone():
 
 def _cams(n: int = 3) -> CameraSet:
     az = torch.linspace(-0.25, 0.25, n)
-    eye = torch.stack([2.5 * torch.sin(az), torch.full_like(az, -0.3), -2.5 * torch.cos(az)], dim=-1)
+    eye = torch.stack([1.8 * torch.sin(az), torch.full_like(az, -0.3), -1.8 * torch.cos(az)], dim=-1)
     return CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (SIZE, SIZE))
 
 
