@@ -259,7 +259,7 @@ class MVCustomSampler(io.ComfyNode):
         try:
             device = next(unet.parameters()).device
             cams_dev = cams.to(device=device, dtype=torch.float32)
-            inputs = ["dfr_plan", "window", "overlap", "pose_ratio", "clc_plan", "customization"]
+            inputs = ["trajectory", "dfr_plan", "window", "overlap", "pose_ratio", "clc_plan", "customization"]
             with blame(cls, input_named_in(inputs, "dfr_plan")):
                 run = prepare_run(unet, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan, steps=int(steps),
                                   pose_ratio=float(pose_ratio), window=int(window), overlap=int(overlap))

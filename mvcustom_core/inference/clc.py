@@ -61,7 +61,13 @@ class CLCPlan:
 
 
 def erode(mask: Tensor, pixels: int) -> Tensor:
-    """Binary erosion of ``[F, 1, h, w]`` 0/1 masks by a ``(2·pixels+1)²`` square; outside the image counts as 1."""
+    """Binary erosion of ``[F, 1, h, w]`` 0/1 masks by a ``(2·pixels+1)²`` square; outside the image counts as 1.
+
+    Example:
+        >>> m = torch.zeros(1, 1, 5, 5); m[..., 1:4, 1:4] = 1
+        >>> erode(m, 1)[0, 0].nonzero().tolist()
+        [[2, 2]]
+    """
     check_shape(mask, "F 1 h w", "mask")
     if pixels <= 0:
         return mask.clone()

@@ -37,6 +37,10 @@ def plan_windows(num_frames: int, size: int = 16, overlap: int = 4, anchor: int 
 
     Returns:
         sorted frame lists; a single window ``[0 … F−1]`` when ``num_frames <= size``.
+
+    Example:
+        >>> plan_windows(10, size=5, overlap=2, anchor=4)
+        [[0, 1, 2, 3, 4], [2, 3, 4, 5, 6], [4, 5, 6, 7, 8], [4, 6, 7, 8, 9]]
     """
     if size < 2 or not 0 <= overlap:
         raise WindowError(f"window size must be >= 2 and overlap >= 0, got size {size}, overlap {overlap}")
