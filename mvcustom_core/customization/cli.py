@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
     t.add_argument("--blocks", default=defaults.blocks, help="'every_other', 'all' or block indices/names")
     t.add_argument("--samples", type=int, default=24, help="FeatureNeRF samples per ray")
+    t.add_argument("--timesteps", choices=["cubic", "uniform"], default=defaults.timesteps,
+                   help="training timestep distribution (cubic: biased to high noise)")
     t.add_argument("--out", type=Path, required=True, help="customization file to write (.safetensors)")
     t.add_argument("--embedding", type=Path, help="also write the token as a ComfyUI embedding file")
     t.add_argument("--no-resume", action="store_true", help="ignore an existing <out>.training checkpoint")
@@ -159,7 +161,7 @@ def _train(args) -> int:
         checkpoint_every=args.checkpoint_every, fg_weight=args.fg_weight, bg_weight=args.bg_weight,
         rgb_weight=args.rgb_weight, denoise_weight=args.denoise_weight,
         reference_max_timestep=args.reference_max_timestep, ray_chunk=args.ray_chunk, blocks=args.blocks,
-        text_dropout=args.text_dropout,
+        text_dropout=args.text_dropout, timesteps=args.timesteps,
         featurenerf={"num_samples": args.samples})
     config.check()
     backbone = _backbone(args)

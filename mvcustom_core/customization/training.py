@@ -5,7 +5,8 @@ token's input embedding (``token_lr``, lower). Frozen: everything else (UNet inc
 encoder, VAE). One step:
 
 1. draw F target photos (sorted, they form one clip whose cameras are the clip's target cameras) and N
-   other photos as references, a target timestep ``t ~ U[0, T)`` and a reference timestep
+   other photos as references, a target timestep ``t`` (cubic: ``t = ⌊(1 − u³) T⌋``, ``u ~ U[0, 1)``, biased
+   to high noise as CustomDiffusion360's training, method.md §6.4; or uniform) and a reference timestep
    ``t_ref ~ U[0, reference_max_timestep)`` (low noise, method.md §4.2);
 2. reference latents noised to ``t_ref`` go through the UNet without gradients with the pose context in
    *capture* mode: every pose block stores its output tokens (the reference bank of this step);
@@ -48,7 +49,7 @@ from mvcustom_core.customization.token import DEFAULT_TOKEN, add_subject_token, 
 from mvcustom_core.files import atomic_write
 
 __all__ = ["TrainingConfig", "TrainingResult", "TrainingError", "CHECKPOINT_FORMAT", "train_customization",
-           "checkpoint_path_for",
+           "checkpoint_path_for", "sample_timesteps",
            "encode_references", "unet_epsilon", "capture_reference_bank", "bank_indices", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "mvcustom.training-checkpoint/1"
@@ -84,6 +85,8 @@ class TrainingConfig:
         mask_denoising: average the denoising loss inside the dilated mask (CustomDiffusion360) or everywhere.
         text_dropout: probability that a step uses the empty prompt (references and targets), so the
             unconditional CFG branch also sees pose blocks in training (CustomDiffusion360: 0.1).
+        timesteps: ``"cubic"`` (``t = ⌊(1 − u³) T⌋``; the "cubic sampling" of diffusers'
+            ``examples/t2i_adapter/train_t2i_adapter_sdxl.py``) or ``"uniform"`` (``t ~ U{0 … T−1}``).
         seed: seeds every random draw.
         checkpoint_every: steps between checkpoints.
         ray_chunk: FeatureNeRF rays per chunk (memory bound).
@@ -110,6 +113,7 @@ class TrainingConfig:
     mask_dilate: int = 7
     mask_denoising: bool = True
     text_dropout: float = 0.1
+    timesteps: str = "cubic"
     seed: int = 0
     checkpoint_every: int = 100
     ray_chunk: int | None = None
@@ -131,6 +135,8 @@ class TrainingConfig:
                 raise TrainingError(f"{name} must be a finite number ≥ 0, got {value!r}")
         if not (isinstance(self.text_dropout, (int, float)) and 0.0 <= self.text_dropout <= 1.0):
             raise TrainingError(f"text_dropout must be in [0, 1], got {self.text_dropout!r}")
+        if self.timesteps not in ("cubic", "uniform"):
+            raise TrainingError(f"timesteps must be 'cubic' or 'uniform', got {self.timesteps!r}")
         if not self.class_word or not self.class_word.strip():
             raise TrainingError("class_word must be a word such as 'car', 'chair' or 'teddybear'")
         if "{token}" not in self.prompt_template:
@@ -254,6 +260,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- training
+def sample_timesteps(gen: torch.Generator, n: int, num_train_timesteps: int, kind: str = "cubic") -> Tensor:
+    """``[n]`` int64 training timesteps: ``⌊(1 − u³) T⌋`` (cubic) or ``⌊u T⌋`` (uniform), ``u ~ U[0, 1)``."""
+    u = torch.rand((n,), generator=gen, dtype=torch.float64)
+    t = (1 - u**3) * num_train_timesteps if kind == "cubic" else u * num_train_timesteps
+    return t.long().clamp(0, num_train_timesteps - 1)
+
+
 def _sample_step(gen: torch.Generator, m: int, frames: int, refs: int) -> tuple[Tensor, Tensor]:
     """Sorted F target indices and N reference indices drawn from the other photos."""
     f = min(frames, m - 1)
@@ -369,7 +382,7 @@ def train_customization(
         try:
             for step in range(start, end):
                 targets, refs = _sample_step(gen, m, config.frames, config.references)
-                t = torch.randint(0, num_t, (1,), generator=gen)
+                t = sample_timesteps(gen, 1, num_t, config.timesteps)
                 t_ref = torch.randint(0, config.reference_max_timestep, (1,), generator=gen)
                 noise = torch.randn(latents[targets].shape, generator=gen).to(latents)
                 ref_noise = torch.randn(latents[refs].shape, generator=gen).to(latents)

@@ -23,7 +23,7 @@ from mvcustom_core.customization.pose_block import pose_blocks
 from mvcustom_core.customization.reference_poses import prepare_reference_set
 from mvcustom_core.customization.token import class_word_embedding, subject_token_embedding
 from mvcustom_core.customization.training import (
-    TrainingConfig, TrainingError, bank_indices, load_checkpoint, train_customization)
+    TrainingConfig, TrainingError, bank_indices, load_checkpoint, sample_timesteps, train_customization)
 from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,3 +166,13 @@ def test_checkpoint_with_other_settings_and_bad_settings_are_refused(backbone, r
                            text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer)
     with pytest.raises(TrainingError, match="needs float32"):
         train_customization(half, reference, _config())
+
+
+def test_training_timesteps_follow_their_distributions():
+    """Cubic: P(t < xT) = P(u > (1 − x)^(1/3)) = 1 − (1 − x)^(1/3), biased to high noise; uniform: x."""
+    cubic = sample_timesteps(torch.Generator().manual_seed(0), 20000, 1000, "cubic")
+    uniform = sample_timesteps(torch.Generator().manual_seed(0), 20000, 1000, "uniform")
+    assert int(cubic.min()) >= 0 and int(cubic.max()) <= 999 and cubic.dtype == torch.int64
+    for x in (0.1, 0.5, 0.9):
+        assert abs(float((cubic < x * 1000).double().mean()) - (1 - (1 - x) ** (1 / 3))) < 0.01
+        assert abs(float((uniform < x * 1000).double().mean()) - x) < 0.01
