@@ -26,10 +26,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from mvcustom_core.customization.file_format import CustomizationFileError, load_customization, save_customization
+from mvcustom_core.customization.file_format import (
+    CustomizationFileError, load_customization, save_customization)
 from mvcustom_core.customization.reference_poses import (
-    ReferenceInputError, check_reference_inputs, estimate_reference_cameras, prepare_reference_set, reference_cameras_from_file,
-    turntable_reference_cameras)
+    ReferenceInputError, check_reference_inputs, estimate_reference_cameras, prepare_reference_set,
+    reference_cameras_from_file, turntable_reference_cameras)
 from mvcustom_core.customization.token import DEFAULT_TOKEN, save_comfy_embedding
 from mvcustom_core.customization.training import (
     TrainingConfig, TrainingError, checkpoint_path_for, train_customization)

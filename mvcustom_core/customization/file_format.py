@@ -33,11 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from mvcustom_core.cameras import CameraSet
-from mvcustom_core.customization.featurenerf import FeatureNeRFConfig
 from mvcustom_core.customization.pose_block import (
     PoseConditionedBlock, PoseContext, install_pose_blocks, pose_blocks)
 from mvcustom_core.files import atomic_write
@@ -264,7 +262,6 @@ def apply_customization(unet: nn.Module, customization: Customization, context: 
         raise CustomizationFileError("the UNet already has pose blocks installed; remove_pose_blocks() first")
     check_backbone(c.backbone, unet, where)
     ctx = context or PoseContext()
-    by_name: dict[str, PoseConditionedBlock] = {}
     for name in c.blocks:
         overrides = {k: v for k, v in c.featurenerf[name].items() if k != "channels"}
         install_pose_blocks(unet, ctx, which=name, config_overrides=overrides)

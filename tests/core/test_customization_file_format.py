@@ -15,7 +15,7 @@ from mvcustom_core.customization.file_format import (
     FORMAT_VERSION, BackboneMismatchError, CustomizationFileError, apply_customization, backbone_fingerprint,
     customization_from_unet, load_customization, save_customization)
 from mvcustom_core.customization.pose_block import PoseContext, install_pose_blocks, pose_blocks
-from mvcustom_core.customization.training import capture_reference_bank, unet_epsilon
+from mvcustom_core.customization.training import capture_reference_bank
 from mvcustom_core.synthetic import turntable_cameras
 
 
