@@ -169,6 +169,14 @@ class TrainCustomization(io.ComfyNode):
                                          "transparent)."),
                 io.Boolean.Input("resume", default=True,
                                  tooltip="Continue from the checkpoint of an interrupted run with the same settings."),
+                io.Float.Input("fg_weight", default=defaults.fg_weight, min=0.0, max=1000.0, step=0.5, optional=True,
+                               tooltip="Weight of the FeatureNeRF opacity-vs-mask loss (CustomDiffusion360: 10)."),
+                io.Float.Input("bg_weight", default=defaults.bg_weight, min=0.0, max=1000.0, step=0.5, optional=True,
+                               tooltip="Weight of the background-alpha loss (CustomDiffusion360: 10)."),
+                io.Float.Input("rgb_weight", default=defaults.rgb_weight, min=0.0, max=1000.0, step=0.5, optional=True,
+                               tooltip="Weight of the FeatureNeRF RGB loss (CustomDiffusion360: 5)."),
+                io.Float.Input("denoise_weight", default=defaults.denoise_weight, min=0.0, max=1000.0, step=0.1,
+                               optional=True, tooltip="Weight of the masked denoising loss."),
             ],
             outputs=[
                 CustomizationType.Output("customization", tooltip="The trained subject (MVC_CUSTOMIZATION)."),
@@ -180,7 +188,8 @@ class TrainCustomization(io.ComfyNode):
     @classmethod
     def execute(cls, backbone: Any, images: torch.Tensor, masks: torch.Tensor, cameras: CameraSet,
                 class_word: str, name: str, steps: int, lr: float, token_lr: float, frames: int, references: int,
-                samples: int, seed: int, invert_mask: bool, resume: bool) -> io.NodeOutput:
+                samples: int, seed: int, invert_mask: bool, resume: bool, fg_weight: float = 10.0,
+                bg_weight: float = 10.0, rgb_weight: float = 5.0, denoise_weight: float = 1.0) -> io.NodeOutput:
         require(cls, "backbone", all(hasattr(backbone, a) for a in ("unet", "vae", "text_encoder")),
                 f"must be an MVC_BACKBONE, got {type(backbone).__name__}")
         require(cls, "backbone", getattr(backbone, "tokenizer", None) is not None,
@@ -206,8 +215,12 @@ class TrainCustomization(io.ComfyNode):
             reference = prepare_reference_set(photos, mask[:, None], cameras)
         config = TrainingConfig(class_word=class_word.strip(), steps=int(steps), lr=float(lr),
                                 token_lr=float(token_lr), frames=int(frames), references=int(references),
-                                seed=int(seed), featurenerf={"num_samples": int(samples)})
-        with blame(cls, input_named_in(["steps", "lr", "token_lr", "frames", "references", "class_word"], "steps")):
+                                seed=int(seed), featurenerf={"num_samples": int(samples)}, fg_weight=float(fg_weight),
+                                bg_weight=float(bg_weight), rgb_weight=float(rgb_weight),
+                                denoise_weight=float(denoise_weight))
+        names = ["steps", "lr", "token_lr", "frames", "references", "class_word", "fg_weight", "bg_weight",
+                 "rgb_weight", "denoise_weight"]
+        with blame(cls, input_named_in(names, "steps")):
             config.check()
         out = customization_folder() / f"{stem}.safetensors"
         progress = Progress(config.steps)

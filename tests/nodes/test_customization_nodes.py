@@ -83,6 +83,7 @@ def test_bad_inputs_are_named(nodes, backbone, photos):
         (dict(name="../escape"), "input 'name'"),
         (dict(class_word=" "), "input 'class_word'"),
         (dict(backbone=object()), "input 'backbone'"),
+        (dict(bg_weight=-1.0), "input 'bg_weight'.*≥ 0"),
     ]
     for override, pattern in cases:
         with pytest.raises(ValueError, match=pattern):
