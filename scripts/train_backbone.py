@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -121,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise SystemExit(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}: "
+                         "each would train alone and overwrite the others' checkpoints (on CPU-only machines set "
+                         "ACCELERATE_USE_CPU=1)")
     result = train_motion_module(backbone, dataset, args.output, config, resume=resume, accelerator=accelerator,
                                  progress=report if accelerator.is_main_process else None)
     if accelerator.is_main_process:

@@ -12,11 +12,12 @@ Objective (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", eq. 14; A
 ``get_velocity``). Betas default to AnimateDiff's linear schedule (``sampler.ANIMATEDIFF_SCHEDULER_CONFIG``).
 
 Determinism and resume:
-    - every random draw of step ``s`` on process ``r`` (VAE posterior sample, noise, timesteps) comes from a
-      generator seeded by ``(seed, s, r)``; the data order from :class:`~.video_data.StepSampler`; the window
-      from ``schedule(s)``. A run stopped after step ``k`` and resumed therefore repeats the uninterrupted run
-      (bit-identical on the same device and process count: the checkpoint holds fp32 weights, AdamW moments and
-      the LR-scheduler state).
+    - every random draw of a sample (its clip and frames, caption dropout, VAE posterior sample, noise, timestep)
+      comes from generators seeded by ``(seed, p)``, ``p`` its position in the global sample stream
+      (:class:`~.video_data.StepSampler`); the window is ``schedule(step)``. A run stopped after step ``k`` and
+      resumed therefore repeats the uninterrupted run (bit-identical on the same device: the checkpoint holds
+      fp32 weights, AdamW moments and the LR-scheduler state), and the process count only changes how the global
+      batch is split (DDP averages gradients of equal shares: the same update up to summation order).
     - Checkpoint ``<output_dir>/checkpoints/step-<8 digits>/``: ``motion_module.safetensors`` (trained weights in
       the original AnimateDiff layout, fp32: loads with :func:`~.motion_module.load_motion_module`, ComfyUI
       AnimateDiff-Evolved and AnimateDiff itself), ``optimizer.pt`` (optimizer + LR-scheduler state dicts;
@@ -69,6 +70,7 @@ __all__ = [
     "motion_adapter_from_unet",
     "save_motion_module",
     "window_schedule",
+    "sample_noise",
     "diffusion_loss",
     "find_checkpoints",
     "latest_checkpoint",
@@ -81,7 +83,8 @@ STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"step-(\d{8})")
 
 # Fields that may differ on resume without changing what the run computes.
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "num_workers", "log_every"}
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "num_workers", "log_every",
+                      "batch_size"}  # batch_size x processes (the global batch) is checked separately
 
 
 @dataclass
@@ -286,10 +289,16 @@ def _save_adapter(adapter: nn.Module, path: str | Path, *, dtype: torch.dtype | 
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata or {}))
 
 
-def _load_motion_weights(adapter: nn.Module, path: Path) -> None:
-    """Copy a motion-module file into ``adapter`` (a :func:`motion_adapter_from_unet` view: the UNet changes too)."""
-    state = load_motion_module(path, dtype=torch.float32, config=dict(adapter.config)).state_dict()
-    own = adapter.state_dict()
+def _save_unet_motion(unet: nn.Module, adapter: nn.Module, path: Path, step: int) -> Path:
+    # Re-point the adapter at the UNet's current tensors: wrappers (DDP) may have replaced the storage it shared.
+    adapter.load_state_dict(motion_state_dict(unet), strict=True, assign=True)
+    return _save_adapter(adapter, path, metadata={"step": str(step)})
+
+
+def _load_motion_weights(unet: nn.Module, adapter_config: dict[str, Any], path: Path) -> None:
+    """Copy a motion-module file into the motion modules of ``unet``."""
+    state = load_motion_module(path, dtype=torch.float32, config=adapter_config).state_dict()
+    own = motion_state_dict(unet)
     if set(state) != set(own):
         raise ValueError(f"{path}: motion module does not fit the model: "
                          f"{sorted(set(own) ^ set(state))[:3]} differ")
@@ -312,8 +321,18 @@ def _noise_scheduler(config: TrainConfig):
     return DDPMScheduler(**config.noise_scheduler, prediction_type=config.prediction_type)
 
 
-def diffusion_loss(unet: nn.Module, latents: Tensor, text: Tensor, noise_scheduler: Any,
-                   generator: torch.Generator) -> Tensor:
+def sample_noise(seeds: list[int], latent_shape: tuple[int, ...], num_train_timesteps: int) -> tuple[Tensor, Tensor]:
+    """Per-sample diffusion noise ``[B, *latent_shape]`` and timesteps ``[B]`` (CPU) from each sample's seed."""
+    noise, timesteps = [], []
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(sample_seed(seed, 0x7EA1))
+        noise.append(torch.randn(latent_shape, generator=generator))
+        timesteps.append(torch.randint(0, num_train_timesteps, (), generator=generator))
+    return torch.stack(noise), torch.stack(timesteps)
+
+
+def diffusion_loss(unet: nn.Module, latents: Tensor, text: Tensor, noise_scheduler: Any, noise: Tensor,
+                   timesteps: Tensor) -> Tensor:
     """Denoising loss of one batch (module docstring): mean squared error of the UNet's prediction.
 
     Args:
@@ -321,15 +340,14 @@ def diffusion_loss(unet: nn.Module, latents: Tensor, text: Tensor, noise_schedul
         latents: ``[B, 4, F, h, w]`` scaled VAE latents ``z0``.
         text: ``[B, 77, C]`` conditioning (repeated per frame here, as diffusers >= 0.30 wants ``[B·F, 77, C]``).
         noise_scheduler: diffusers ``DDPMScheduler`` (``add_noise``, ``get_velocity``, ``config``).
-        generator: CPU generator for the noise and the timesteps.
+        noise: ``ε`` shaped like ``latents``.
+        timesteps: ``[B]`` integer timesteps.
 
     Returns:
         Scalar fp32 loss.
     """
-    b, _, f = latents.shape[:3]
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator)
-    timesteps = timesteps.to(latents.device)
+    f = latents.shape[2]
+    noise, timesteps = noise.to(latents), timesteps.to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -340,13 +358,15 @@ def diffusion_loss(unet: nn.Module, latents: Tensor, text: Tensor, noise_schedul
 
 
 @torch.no_grad()
-def _encode_batch(backbone: Backbone, batch: dict, device: torch.device, dtype: torch.dtype,
-                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """``pixels [B, F, 3, H, W]`` -> latents ``[B, 4, F, h, w]`` (fp32) and text ``[B, 77, C]``."""
+def _encode_batch(backbone: Backbone, batch: dict, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``pixels [B, F, 3, H, W]`` -> latents ``[B, 4, F, h, w]`` (fp32; posterior samples drawn from each sample's
+    ``batch["seed"]``) and text ``[B, 77, C]``."""
     pixels = batch["pixels"]
     b, f = pixels.shape[:2]
     posterior = backbone.vae.encode(pixels.flatten(0, 1).to(device=device, dtype=dtype)).latent_dist
-    eps = torch.randn(posterior.mean.shape, generator=generator, dtype=torch.float32).to(posterior.mean)
+    per_sample = posterior.mean.shape[1:]
+    eps = torch.cat([torch.randn((f, *per_sample), generator=torch.Generator().manual_seed(sample_seed(s, 0x1A7E)))
+                     for s in batch["seed"]]).to(posterior.mean)
     z0 = (posterior.mean + posterior.std * eps) * backbone.vae.config.scaling_factor
     latents = z0.float().unflatten(0, (b, f)).permute(0, 2, 1, 3, 4).contiguous()
     text = encode_prompt(backbone.text_encoder, backbone.tokenizer, list(batch["caption"]))
@@ -383,13 +403,13 @@ def _read_checkpoint(path: Path) -> CheckpointInfo:
     return CheckpointInfo(path, int(state["step"]), state)
 
 
-def _save_checkpoint(output_dir: Path, step: int, adapter: nn.Module, optimizer: torch.optim.Optimizer,
+def _save_checkpoint(output_dir: Path, step: int, unet: nn.Module, adapter: nn.Module, optimizer: torch.optim.Optimizer,
                      lr_scheduler: Any, state: dict[str, Any], keep: int) -> Path:
     folder = output_dir / "checkpoints" / f"step-{step:08d}"
     if folder.exists():  # an incomplete or older copy of this step
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    _save_adapter(adapter, folder / MOTION_MODULE_FILE, metadata={"step": str(step)})
+    _save_unet_motion(unet, adapter, folder / MOTION_MODULE_FILE, step)
     payload = {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}
     atomic_write(folder / OPTIMIZER_FILE, lambda tmp: torch.save(payload, tmp))
     atomic_write_text(folder / STATE_FILE, json.dumps(state, indent=2) + "\n")
@@ -407,9 +427,11 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, fingerprint: li
         raise ValueError(f"{where}: cannot resume with a different {', '.join(changed)} "
                          f"({', '.join(f'{k}: {old[k]!r} -> {new[k]!r}' for k in changed)}); "
                          "start a new output folder or restore the settings")
-    if saved.get("world_size", world_size) != world_size:
-        raise ValueError(f"{where}: saved with {saved['world_size']} processes, resumed with {world_size}: the "
-                         "data order and noise would differ; resume with the same process count")
+    global_batch = config.batch_size * world_size
+    if saved.get("global_batch", global_batch) != global_batch:
+        raise ValueError(f"{where}: saved with a global batch of {saved['global_batch']} clips per step "
+                         f"(batch_size x processes), resumed with {global_batch} = {config.batch_size} x "
+                         f"{world_size}; keep batch_size x processes equal to resume")
     if saved.get("clips") is not None and saved["clips"] != fingerprint:
         raise ValueError(f"{where}: the dataset changed since the checkpoint ({len(saved['clips'])} clips then, "
                          f"{len(fingerprint)} now); resume on the same clips")
@@ -503,7 +525,7 @@ def train_motion_module(
     unet.to(device).train()
     if unet.dtype != torch.float32:  # fp32 master weights; autocast computes in fp16/bf16
         unet.float()
-    adapter = motion_adapter_from_unet(unet)  # shares the UNet's motion tensors: saving reads the trained values
+    adapter = motion_adapter_from_unet(unet)  # config and key layout of the saved files
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     factor = 2 ** (len(backbone.vae.config.block_out_channels) - 1)
@@ -529,7 +551,7 @@ def train_motion_module(
     start_step = 0
     if checkpoint is not None:
         _check_resumable(checkpoint.state, config, fingerprint, world_size, checkpoint.path)
-        _load_motion_weights(adapter, checkpoint.path / MOTION_MODULE_FILE)
+        _load_motion_weights(unet, dict(adapter.config), checkpoint.path / MOTION_MODULE_FILE)
         payload = torch.load(checkpoint.path / OPTIMIZER_FILE, map_location=device, weights_only=True)
         optimizer.load_state_dict(payload["optimizer"])
         lr_scheduler.load_state_dict(payload["lr_scheduler"])
@@ -538,6 +560,7 @@ def train_motion_module(
 
     model, optimizer = accelerator.prepare(unet, optimizer)
     noise_scheduler = _noise_scheduler(config)
+    num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
     sampler = StepSampler(len(dataset), config.batch_size * world_size, seed=config.seed, start_step=start_step,
                           end_step=config.steps, rank=rank, world_size=world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
@@ -546,7 +569,8 @@ def train_motion_module(
 
     def trainer_state(step: int) -> dict[str, Any]:
         return {"step": step, "window": schedule(max(step - 1, 0)), "next_window": schedule(step),
-                "config": config.to_json(), "world_size": world_size, "clips": fingerprint,
+                "config": config.to_json(), "world_size": world_size,
+                "global_batch": config.batch_size * world_size, "clips": fingerprint,
                 "trainable_parameters": len(trainable_names), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
     last_checkpoint: Path | None = None
@@ -555,8 +579,8 @@ def train_motion_module(
         nonlocal last_checkpoint
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            last_checkpoint = _save_checkpoint(output_dir, step, adapter, optimizer, lr_scheduler, trainer_state(step),
-                                               config.keep_checkpoints)
+            last_checkpoint = _save_checkpoint(output_dir, step, unet, adapter, optimizer, lr_scheduler,
+                                               trainer_state(step), config.keep_checkpoints)
         accelerator.wait_for_everyone()
 
     flag, losses, step = _StopFlag(), [], start_step
@@ -567,10 +591,10 @@ def train_motion_module(
             window = schedule(step)
             set_dense_window(unet, window)
             batch = next(batches)
-            generator = torch.Generator().manual_seed(sample_seed(config.seed, 0x7EA1, step, rank))
-            latents, text = _encode_batch(backbone, batch, device, weight_dtype, generator)
+            latents, text = _encode_batch(backbone, batch, device, weight_dtype)
+            noise, timesteps = sample_noise(batch["seed"], latents.shape[1:], num_train_timesteps)
             with accelerator.autocast():
-                loss = diffusion_loss(model, latents, text, noise_scheduler, generator)
+                loss = diffusion_loss(model, latents, text, noise_scheduler, noise, timesteps)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning rate "
                                          "or use bf16 instead of fp16")
@@ -607,7 +631,7 @@ def train_motion_module(
     else:
         last_checkpoint = checkpoint.path
     if accelerator.is_main_process:
-        final = _save_adapter(adapter, output_dir / MOTION_MODULE_FILE, metadata={"step": str(step)})
+        final = _save_unet_motion(unet, adapter, output_dir / MOTION_MODULE_FILE, step)
     accelerator.wait_for_everyone()
     return TrainResult(step, False, losses, last_checkpoint, final)
 

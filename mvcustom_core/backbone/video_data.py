@@ -276,7 +276,7 @@ def resize_center_crop(frames: Tensor, size: tuple[int, int]) -> Tensor:
 class VideoClipDataset(torch.utils.data.Dataset):
     """Fixed-length frame windows of captioned clips, indexed by ``(clip index, sample seed)``.
 
-    ``dataset[(i, s)]`` -> ``{"pixels": [F, 3, H, W] in [-1, 1], "caption": str, "clip": int}``: ``F`` frames
+    ``dataset[(i, s)]`` -> ``{"pixels": [F, 3, H, W] in [-1, 1], "caption": str, "clip": int, "seed": s}``: ``F`` frames
     ``stride`` apart from a start drawn with seed ``s`` (the stride is lowered for clips too short for it), caption
     replaced by ``""`` with probability ``caption_dropout`` (classifier-free guidance training).
 
@@ -340,15 +340,17 @@ class VideoClipDataset(torch.utils.data.Dataset):
             pixels = _decode_video(clip.path, self.frame_indices(length, generator))
         pixels = resize_center_crop(pixels, self.size) * 2.0 - 1.0
         drop = float(torch.rand((), generator=generator)) < self.caption_dropout
-        return {"pixels": pixels, "caption": "" if drop else clip.caption, "clip": index}
+        return {"pixels": pixels, "caption": "" if drop else clip.caption, "clip": index, "seed": int(seed)}
 
 
 def collate_clips(items: Sequence[dict]) -> dict:
-    """Batch dataset items: ``pixels [B, F, 3, H, W]``, ``caption list[str]``, ``clip LongTensor [B]``."""
+    """Batch dataset items: ``pixels [B, F, 3, H, W]``, ``caption list[str]``, ``clip LongTensor [B]``,
+    ``seed list[int]`` (each sample's seed, for the trainer's per-sample noise)."""
     return {
         "pixels": torch.stack([item["pixels"] for item in items]),
         "caption": [item["caption"] for item in items],
         "clip": torch.tensor([item["clip"] for item in items], dtype=torch.long),
+        "seed": [item["seed"] for item in items],
     }
 
 

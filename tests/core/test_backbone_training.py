@@ -21,6 +21,7 @@ from mvcustom_core.backbone.training import (
     find_checkpoints,
     freeze_for_motion_training,
     motion_state_dict,
+    sample_noise,
     save_motion_module,
     train_motion_module,
     _encode_batch,
@@ -175,15 +176,14 @@ def test_only_motion_modules_train(tiny):
 
 def _fixed_eval_loss(backbone, dataset) -> float:
     """Mean loss over both clips and four fixed noise draws (same draws before and after training)."""
-    config = small_config()
-    scheduler = _noise_scheduler(config)
-    batch = collate_clips([dataset[(i, 0)] for i in range(len(dataset))])
+    scheduler = _noise_scheduler(small_config())
     total = 0.0
     with torch.no_grad():
         for draw in range(4):
-            generator = torch.Generator().manual_seed(100 + draw)
-            latents, text = _encode_batch(backbone, batch, torch.device("cpu"), torch.float32, generator)
-            total += float(diffusion_loss(backbone.unet, latents, text, scheduler, generator))
+            batch = collate_clips([dataset[(i, 1000 + 10 * draw + i)] for i in range(len(dataset))])
+            latents, text = _encode_batch(backbone, batch, torch.device("cpu"), torch.float32)
+            noise, timesteps = sample_noise(batch["seed"], latents.shape[1:], 1000)
+            total += float(diffusion_loss(backbone.unet, latents, text, scheduler, noise, timesteps))
     return total / 4
 
 
