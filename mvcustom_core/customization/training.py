@@ -29,6 +29,7 @@ uninterrupted run: every random draw comes from one CPU generator whose state is
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -49,7 +50,7 @@ from mvcustom_core.customization.token import DEFAULT_TOKEN, add_subject_token, 
 from mvcustom_core.files import atomic_write
 
 __all__ = ["TrainingConfig", "TrainingResult", "TrainingError", "CHECKPOINT_FORMAT", "train_customization",
-           "checkpoint_path_for", "sample_timesteps",
+           "checkpoint_path_for", "sample_timesteps", "reference_digest",
            "encode_references", "unet_epsilon", "capture_reference_bank", "bank_indices", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "mvcustom.training-checkpoint/1"
@@ -231,9 +232,17 @@ def _trainable_state(unet: nn.Module, token_vector: Tensor) -> dict[str, Any]:
     return {"pose": pose, "token": token_vector.detach().clone()}
 
 
+def reference_digest(reference: ReferenceSet) -> str:
+    """SHA-256 of the photos, masks and cameras: a checkpoint only resumes on the same data."""
+    digest = hashlib.sha256()
+    for x in (reference.images, reference.masks, reference.cameras.K, reference.cameras.c2w):
+        digest.update(x.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _write_checkpoint(path: Path, step: int, unet: nn.Module, token_vector: Tensor, optimizer, gen_state: Tensor,
-                      config: TrainingConfig, fingerprint: dict, losses: list) -> None:
-    payload = {"format": CHECKPOINT_FORMAT, "step": int(step), **_trainable_state(unet, token_vector),
+                      config: TrainingConfig, fingerprint: dict, losses: list, data: str) -> None:
+    payload = {"format": CHECKPOINT_FORMAT, "step": int(step), "data": data, **_trainable_state(unet, token_vector),
                "optimizer": optimizer.state_dict(), "generator": gen_state.clone(),
                "config": json.dumps(asdict(config)), "resume_key": json.dumps(config.resume_key()),
                "backbone": json.dumps(fingerprint), "losses": json.dumps(losses)}
@@ -319,12 +328,16 @@ def train_customization(
     device = next(unet.parameters()).device
     fingerprint = backbone_fingerprint(unet)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    data_digest = reference_digest(reference)
     state = load_checkpoint(ckpt_path) if ckpt_path is not None and resume and ckpt_path.exists() else None
     if state is not None:
         if json.loads(state["resume_key"]) != config.resume_key():
             raise TrainingError(f"{ckpt_path}: checkpoint was written with other settings; delete it or train "
                                 f"with the same settings (only steps may change)")
         check_backbone(json.loads(state["backbone"]), unet, f"checkpoint {ckpt_path}")
+        if state.get("data") != data_digest:
+            raise TrainingError(f"{ckpt_path}: checkpoint was written for other photos, masks or cameras; delete it "
+                                f"or train on the same reference set")
 
     from diffusers import DDPMScheduler
 
@@ -377,7 +390,7 @@ def train_customization(
         def save(step: int, gen_state: Tensor) -> None:
             if ckpt_path is not None:
                 _write_checkpoint(ckpt_path, step, unet, token_emb.vector, optimizer, gen_state, config,
-                                  fingerprint, history)
+                                  fingerprint, history, data_digest)
 
         try:
             for step in range(start, end):

@@ -158,6 +158,10 @@ def test_checkpoint_with_other_settings_and_bad_settings_are_refused(backbone, r
     train_customization(backbone, reference, _config(steps=1, checkpoint_every=1), checkpoint=ckpt)
     with pytest.raises(TrainingError, match="other settings"):
         train_customization(backbone, reference, _config(steps=2, lr=5e-3), checkpoint=ckpt)
+    other = copy.copy(reference)
+    other.images = reference.images.flip(0)
+    with pytest.raises(TrainingError, match="other photos"):
+        train_customization(backbone, other, _config(steps=2, checkpoint_every=1), checkpoint=ckpt)
     with pytest.raises(TrainingError, match="steps must be"):
         train_customization(backbone, reference, _config(steps=0))
     with pytest.raises(TrainingError, match="class_word"):
