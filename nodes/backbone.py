@@ -27,7 +27,7 @@ from ._common import NodeInputError, Progress, blame, require
 from ._host import comfy_utils, folder_paths, io, model_management
 from .types import Backbone as BackboneType
 
-__all__ = ["BACKBONE_NODES", "MVCBackbone", "LoadBackbone", "TinyBackbone", "register_model_folders",
+__all__ = ["BACKBONE_NODES", "MVCBackbone", "HostedModule", "LoadBackbone", "TinyBackbone", "register_model_folders",
            "MOTION_FOLDER", "PACK_FOLDER", "DTYPES"]
 
 CATEGORY = "MVCustom/backbone"
@@ -48,7 +48,8 @@ class MVCBackbone:
     Attributes:
         backbone: the core :class:`~mvcustom_core.backbone.loading.Backbone` (``unet`` is a ``UNetMotionModel``
             with dense attention installed at ``window``).
-        patchers: ComfyUI ``ModelPatcher`` per module (``"unet"``, ``"vae"``, ``"text_encoder"``).
+        patchers: ComfyUI ``ModelPatcher`` per module (``"unet"``, ``"vae"``, ``"text_encoder"``), each holding a
+            :class:`HostedModule` around the module.
         window: dense-attention window (``None`` = full).
         dtype: floating dtype of the UNet.
         source: what it was loaded from, for display.
@@ -90,10 +91,27 @@ def _model_patcher_class():
     return module.ModelPatcher
 
 
+class HostedModule(torch.nn.Module):
+    """One diffusers / transformers module as ComfyUI's ``ModelPatcher`` wants it.
+
+    The patcher records placement by assigning ``model.device``, a read-only property on diffusers and transformers
+    models; this holder keeps a plain ``device`` attribute and the module as its only child (``.module``).
+    """
+
+    def __init__(self, module: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.module = module
+        self.device = device
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+
 def _wrap(backbone: Backbone, window: int | None, dtype: torch.dtype, source: str) -> MVCBackbone:
     patcher = _model_patcher_class()
     load_device, offload_device = model_management.get_torch_device(), model_management.unet_offload_device()
-    patchers = {name: patcher(getattr(backbone, name), load_device=load_device, offload_device=offload_device)
+    patchers = {name: patcher(HostedModule(getattr(backbone, name), offload_device), load_device=load_device,
+                              offload_device=offload_device)
                 for name in ("unet", "vae", "text_encoder")}
     return MVCBackbone(backbone, patchers, window, dtype, source)
 

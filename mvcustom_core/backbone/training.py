@@ -25,7 +25,8 @@ Determinism and resume:
       written last: a folder without it is incomplete and ignored. Every file is written atomically.
       ``<output_dir>/motion_module.safetensors`` is the final result.
     - SIGTERM / SIGINT (Ctrl-C) during :func:`train_motion_module` finish the current step, save a checkpoint
-      and return with ``stopped=True``; a second Ctrl-C aborts at once.
+      and return with ``stopped=True``. A ``KeyboardInterrupt`` (a second Ctrl-C, or any when signals are not
+      handled) abandons the current step and saves the last completed one the same way.
 
 Multi-GPU / multi-node: pass an ``accelerate.Accelerator`` (or let one be made): DDP, mixed precision
 (``fp16`` / ``bf16`` autocast with fp32 master weights; the frozen VAE and text encoder are cast to that dtype),
@@ -583,47 +584,59 @@ def train_motion_module(
                                                trainer_state(step), config.keep_checkpoints)
         accelerator.wait_for_everyone()
 
-    flag, losses, step = _StopFlag(), [], start_step
+    flag, losses, step, updating = _StopFlag(), [], start_step, False
     batches = iter(loader)
+
+    def stop_here(reason: str) -> TrainResult:
+        checkpoint_now(step)
+        accelerator.print(f"stopped at step {step} ({reason}); checkpoint {last_checkpoint}")
+        return TrainResult(step, True, losses, last_checkpoint, None)
+
     with _stop_on_signals(flag) if handle_signals else _null_context():
-        while step < config.steps:
-            started = time.perf_counter()
-            window = schedule(step)
-            set_dense_window(unet, window)
-            batch = next(batches)
-            latents, text = _encode_batch(backbone, batch, device, weight_dtype)
-            noise, timesteps = sample_noise(batch["seed"], latents.shape[1:], num_train_timesteps)
-            with accelerator.autocast():
-                loss = diffusion_loss(model, latents, text, noise_scheduler, noise, timesteps)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning rate "
-                                         "or use bf16 instead of fp16")
-            accelerator.backward(loss)
-            if config.max_grad_norm is not None and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-            learning_rate = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            mean_loss = float(accelerator.reduce(loss.detach(), "mean")) if world_size > 1 else float(loss.detach())
-            losses.append(mean_loss)
-            if progress is not None:
-                log = step == start_step + 1 or step == config.steps or step % max(1, config.log_every) == 0
-                progress(TrainProgress(step, config.steps, mean_loss, window, learning_rate,
-                                       time.perf_counter() - started, log))
-            if should_stop is not None and should_stop():
-                flag.set("should_stop")
-            stop = flag.reason is not None
-            if world_size > 1:  # every process stops at the same step, or collectives would hang
-                stop = bool(accelerator.reduce(torch.tensor(float(stop), device=device), "sum") > 0)
-            if stop:
-                checkpoint_now(step)
-                accelerator.print(f"stopped at step {step} ({flag.reason or 'another process'}); "
-                                  f"checkpoint {last_checkpoint}")
-                return TrainResult(step, True, losses, last_checkpoint, None)
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                checkpoint_now(step)
+        try:
+            while step < config.steps:
+                started = time.perf_counter()
+                window = schedule(step)
+                set_dense_window(unet, window)
+                batch = next(batches)
+                latents, text = _encode_batch(backbone, batch, device, weight_dtype)
+                noise, timesteps = sample_noise(batch["seed"], latents.shape[1:], num_train_timesteps)
+                with accelerator.autocast():
+                    loss = diffusion_loss(model, latents, text, noise_scheduler, noise, timesteps)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning "
+                                             "rate or use bf16 instead of fp16")
+                accelerator.backward(loss)
+                if config.max_grad_norm is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+                learning_rate = optimizer.param_groups[0]["lr"]
+                updating = True  # weights, optimizer and step disagree until the step is counted
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                updating = False
+                mean_loss = float(accelerator.reduce(loss.detach(), "mean")) if world_size > 1 else float(loss.detach())
+                losses.append(mean_loss)
+                if progress is not None:
+                    log = step == start_step + 1 or step == config.steps or step % max(1, config.log_every) == 0
+                    progress(TrainProgress(step, config.steps, mean_loss, window, learning_rate,
+                                           time.perf_counter() - started, log))
+                if should_stop is not None and should_stop():
+                    flag.set("should_stop")
+                stop = flag.reason is not None
+                if world_size > 1:  # every process stops at the same step, or collectives would hang
+                    stop = bool(accelerator.reduce(torch.tensor(float(stop), device=device), "sum") > 0)
+                if stop:
+                    return stop_here(flag.reason or "another process")
+                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                    checkpoint_now(step)
+        except KeyboardInterrupt:
+            # Not turned into a flag (second Ctrl-C, signals not handled, another thread): save the last completed
+            # step unless the update was half applied or other processes would wait for this one forever.
+            if updating or world_size > 1:
+                raise
+            return stop_here("KeyboardInterrupt")
 
     final = None
     if step > start_step or checkpoint is None or checkpoint.step != step:

@@ -265,3 +265,22 @@ def test_resume_refuses_changed_settings_or_data(tiny, clip_root, tmp_path):
                             small_config(steps=2))
     with pytest.raises(ValueError, match=r"holds checkpoints"):
         train_motion_module(copy.deepcopy(tiny), dataset, tmp_path, small_config(steps=2), resume=False)
+
+
+def test_keyboard_interrupt_checkpoints_the_last_completed_step(tiny, clip_root, tmp_path):
+    dataset = VideoClipDataset(scan_clips(clip_root), num_frames=4, size=(SIZE, SIZE))
+
+    def interrupt_at_2(p):
+        if p.step == 2:
+            raise KeyboardInterrupt
+
+    backbone = copy.deepcopy(tiny)
+    result = train_motion_module(backbone, dataset, tmp_path, small_config(steps=5), progress=interrupt_at_2,
+                                 handle_signals=False)
+    assert result.stopped and result.step == 2 and result.checkpoint.name == "step-00000002"
+    saved = load_motion_module(result.checkpoint / "motion_module.safetensors",
+                               config=shipped_config("tiny/motion_adapter"))
+    for name, tensor in motion_state_dict(backbone.unet).items():
+        assert torch.equal(saved.state_dict()[name], tensor), name
+    state = json.loads((result.checkpoint / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["global_batch"] == 1 and state["clips"] == ["clip0", "clip1"]

@@ -24,8 +24,16 @@ EXTENSIONS = {".ckpt", ".pt", ".bin", ".pth", ".safetensors", ".sft"}
 
 
 class FakeModelPatcher:
+    """Records its arguments and, like ComfyUI's, assigns ``model.device`` (at init and when loaded)."""
+
     def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
         self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+        if not hasattr(model, "device") or model.device is None:
+            model.device = offload_device
+
+    def load(self, device_to):
+        self.model.to(device_to)
+        self.model.device = device_to
 
 
 @pytest.fixture
@@ -66,8 +74,12 @@ def models(host, tmp_path, monkeypatch):
     monkeypatch.setattr(mm, "unet_offload_device", lambda: torch.device("cpu"), raising=False)
     monkeypatch.setattr(mm, "unet_dtype", lambda *a, **k: torch.float32, raising=False)
     monkeypatch.setattr(mm, "vae_dtype", lambda *a, **k: torch.float32, raising=False)
-    monkeypatch.setattr(mm, "load_models_gpu", lambda models, memory_required=0, **k: loaded.append(list(models)),
-                        raising=False)
+    def load_models_gpu(models, memory_required=0, **kwargs):
+        for patcher in models:
+            patcher.load(patcher.load_device)
+        loaded.append(list(models))
+
+    monkeypatch.setattr(mm, "load_models_gpu", load_models_gpu, raising=False)
     patcher_module = types.ModuleType("comfy.model_patcher")
     patcher_module.ModelPatcher = FakeModelPatcher
     monkeypatch.setitem(sys.modules, "comfy.model_patcher", patcher_module)
@@ -95,7 +107,9 @@ def test_tiny_backbone_node_wraps_the_core_backbone_in_model_patchers(node, run,
     assert result.window == dense_attention_window(result.backbone.unet) == 3
     assert set(result.patchers) == {"unet", "vae", "text_encoder"}
     for name, patcher in result.patchers.items():
-        assert patcher.model is getattr(result.backbone, name)
+        assert patcher.model.module is getattr(result.backbone, name)
+        assert dict(patcher.model.named_parameters()).keys() == {
+            f"module.{k}" for k, _ in getattr(result.backbone, name).named_parameters()}
         assert patcher.load_device == patcher.offload_device == torch.device("cpu")
     assert result.load() is result.backbone
     assert models.loaded == [list(result.patchers.values())]
