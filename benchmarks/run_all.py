@@ -18,17 +18,18 @@ import importlib
 import os
 import platform
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
 import torch
 
+from mvcustom_core.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = [
     ("Dense spatio-temporal attention", "benchmarks.bench_attention"),
     ("Feature-mesh rasterizer (DFR op)", "benchmarks.bench_raster"),
-    ("FeatureNeRF and customization step", "benchmarks.bench_featurenerf"),
+    ("FeatureNeRF and customization step", "benchmarks.bench_customization"),
     ("MVCustom sampler overhead", "benchmarks.bench_sampler"),
 ]
 
@@ -59,14 +60,6 @@ def to_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (seconds)")
@@ -92,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = (f"# Performance record\n\nWritten by `python -m benchmarks.run_all{' --quick' if args.quick else ''}` "
             f"on {stamp}.\n\nMachine: {machine_description()}\n\n")
-    write_atomic(args.out, head + "\n".join(sections))
+    atomic_write_text(args.out, head + "\n".join(sections))
     print(f"wrote {args.out}")
     return 0
 

@@ -23,11 +23,12 @@ __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "save_png"
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary path beside ``path``, then move it into place.
 
-    For writers that want a file name (``torch.save``, ``safetensors.torch.save_file``, PIL).
+    For writers that want a file name (``torch.save``, ``safetensors.torch.save_file``, PIL,
+    matplotlib). The temporary name keeps ``path``'s suffix, since writers may pick the format from it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))

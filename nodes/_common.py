@@ -7,14 +7,14 @@ errors read alike across the pack and no node re-implements a layout conversion.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
+
+from mvcustom_core.files import atomic_write as write_atomically  # noqa: F401  (the node layer's name for it)
 
 from ._host import comfy_utils, model_management
 
@@ -124,24 +124,6 @@ def mask_from_core(x: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------- files
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``.
-
-    The temporary name keeps ``path``'s suffix, since writers may pick the format from it. A reader
-    never sees a half-written file, and a failed write leaves nothing behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 # ---------------------------------------------------------------------------------------- progress
 def check_interrupted() -> None:
     """Raise ComfyUI's interrupt exception if the user pressed Cancel (never catch it)."""

@@ -6,9 +6,7 @@ Usage: ``python scripts/make_synthetic_figure.py [--out docs/img/synthetic.png] 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +18,7 @@ import torch  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from mvcustom_core.files import atomic_write  # noqa: E402
 from mvcustom_core.synthetic import SyntheticScene, turntable_cameras  # noqa: E402
 
 
@@ -55,16 +54,7 @@ def main() -> None:
     fig.suptitle(f"SyntheticScene(seed={args.seed}, subject='default', max_frequency=8), elevation 12°, "
                  f"{args.size}² px, 3×3 supersampling", fontsize=10)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=args.out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, args.out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(args.out, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight"))
     print(f"wrote {args.out}")
 
 

@@ -6,9 +6,7 @@ Usage: ``python scripts/make_trajectory_figure.py [--out docs/img/trajectories.p
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib.image
@@ -17,6 +15,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from mvcustom_core.files import atomic_write  # noqa: E402
 from mvcustom_core.trajectories import make_trajectory, render_trajectory_preview  # noqa: E402
 
 # (title, preset, frames, parameters)
@@ -49,15 +48,7 @@ def main() -> None:
     rows = [torch.cat(panels[r : r + args.columns], dim=1) for r in range(0, len(panels), args.columns)]
     grid = torch.cat(rows, dim=0).clamp(0, 1).numpy()
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=args.out.parent)
-    os.close(fd)
-    try:
-        matplotlib.image.imsave(tmp, grid)
-        os.replace(tmp, args.out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(args.out, lambda tmp: matplotlib.image.imsave(tmp, grid))
     print(f"wrote {args.out} ({grid.shape[1]}x{grid.shape[0]})")
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from mvcustom_core.cameras.camera_set import CameraSet
+from mvcustom_core.files import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 
 __all__ = ["PoseFileError", "atomic_write_bytes", "atomic_write_text", "parse_numbers", "validate_frames",
            "nearest_rotation", "cameras_from_file_matrices", "rescale_to_common_size"]
@@ -20,32 +18,6 @@ ROTATION_ATOL = 1e-4
 
 class PoseFileError(ValueError):
     """A camera file (or CAMERACTRL_POSES value) that cannot be read; the message names file and line/key."""
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and ``os.replace`` it into place.
-
-    A reader never sees a half-written file, and a crash leaves the old file untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text (``\\n`` line endings on every platform)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def parse_numbers(tokens: Sequence[object], where: str) -> list[float]:
