@@ -204,13 +204,11 @@ class LoadBackbone(io.ComfyNode):
         motion_path = _resolve(cls, "motion_module", MOTION_FOLDER, motion_module)
         unet_dtype = _dtype(dtype, model_management.unet_dtype)
         vae_dtype = _dtype(dtype, model_management.vae_dtype)
-        progress = Progress(3)
+        # One bar per file (tensors read); each update is also an interrupt checkpoint.
         with blame(cls, "checkpoint"):
-            components = load_sd15_checkpoint(checkpoint_path, dtype=unet_dtype)
-        progress.step()
+            components = load_sd15_checkpoint(checkpoint_path, dtype=unet_dtype, progress=Progress(1).callback)
         with blame(cls, "motion_module"):
-            adapter = load_motion_module(motion_path, dtype=unet_dtype)
-        progress.step()
+            adapter = load_motion_module(motion_path, dtype=unet_dtype, progress=Progress(1).callback)
         with blame(cls, "motion_module"):
             unet = build_backbone(components, adapter)
         components.vae.to(vae_dtype)
@@ -218,7 +216,6 @@ class LoadBackbone(io.ComfyNode):
                             tokenizer=_comfy_tokenizer())
         k = int(window) or None
         enable_dense_attention(backbone.unet, k)
-        progress.step()
         return io.NodeOutput(_wrap(backbone, k, unet_dtype, f"{checkpoint} + {motion_module}"))
 
 

@@ -284,3 +284,35 @@ def test_keyboard_interrupt_checkpoints_the_last_completed_step(tiny, clip_root,
         assert torch.equal(saved.state_dict()[name], tensor), name
     state = json.loads((result.checkpoint / "trainer_state.json").read_text())
     assert state["step"] == 2 and state["global_batch"] == 1 and state["clips"] == ["clip0", "clip1"]
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny, clip_root, tmp_path):
+    dataset = VideoClipDataset(scan_clips(clip_root), num_frames=4, size=(SIZE, SIZE))
+    plain, recomputed = copy.deepcopy(tiny), copy.deepcopy(tiny)
+    train_motion_module(plain, dataset, tmp_path / "a", small_config(steps=1))
+    train_motion_module(recomputed, dataset, tmp_path / "b", small_config(steps=1, gradient_checkpointing=True))
+    assert recomputed.unet.is_gradient_checkpointing and not plain.unet.is_gradient_checkpointing
+    moved = 0
+    for name, tensor in motion_state_dict(plain.unet).items():
+        torch.testing.assert_close(motion_state_dict(recomputed.unet)[name], tensor, atol=1e-6, rtol=0)
+        moved += int(not torch.equal(tensor, motion_state_dict(tiny.unet)[name]))
+    assert moved > 100  # the step did change the weights
+
+
+def test_command_line_trains_the_tiny_backbone(clip_root, tmp_path, repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_backbone_cli", repo_root / "scripts" / "train_backbone.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "run"
+    args = ["--tiny", "--data", str(clip_root), "--output", str(out), "--frames", "3", "--height", "32", "--width",
+            "32", "--steps", "2", "--window-end", "full", "--window-steps", "1", "--checkpoint-every", "1"]
+    assert cli.main(args) == 0
+    assert [c.step for c in find_checkpoints(out)] == [1, 2]
+    state = json.loads((out / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert state["config"]["window_end"] is None and state["window"] is None and state["clips"] == ["clip0", "clip1"]
+    assert inspect_motion_module(open_state_file(out / "motion_module.safetensors")).layout == \
+        "animatediff_motion_module"
+    with pytest.raises(SystemExit):  # the model files are required without --tiny
+        cli.main(["--data", str(clip_root), "--output", str(out)])

@@ -131,19 +131,27 @@ def test_model_folders_are_registered_and_listed(node, models, tiny_files):
                                                       str(models.dir / "mvcustom")]
 
 
-def test_load_node_builds_the_backbone_from_files(node, run, models, tiny_files, pack, monkeypatch):
+@pytest.fixture
+def tiny_loaders(pack, monkeypatch):
+    """The shipped configs are SD1.5-sized; point the node's loaders at the tiny ones for the tiny file pair."""
     module = importlib.import_module(f"{pack.__name__}.nodes.backbone")
-    # The shipped configs are SD1.5-sized; point the loaders at the tiny ones for this file pair.
     tiny_configs = {k: shipped_config(v) for k, v in TINY_CONFIGS.items()}
     monkeypatch.setattr(module, "load_sd15_checkpoint",
                         functools.partial(module.load_sd15_checkpoint, config=tiny_configs))
     monkeypatch.setattr(module, "load_motion_module", functools.partial(
         module.load_motion_module, config=shipped_config("tiny/motion_adapter")))
+
+
+def test_load_node_builds_the_backbone_from_files(node, run, models, tiny_files, tiny_loaders, host):
     (models.dir / "animatediff_models").mkdir()
     os.link(tiny_files / "tiny_mm.safetensors", models.dir / "animatediff_models" / "mm.safetensors")
     os.link(tiny_files / "tiny_sd15.safetensors", models.dir / "checkpoints" / "sd.safetensors")
+    bar_cls = host["comfy.utils"].ProgressBar
+    before = len(bar_cls.instances)
     result = run(node("MVC_LoadBackbone"), checkpoint="sd.safetensors", motion_module="mm.safetensors",
                  dtype="bf16", window=5).args[0]
+    bars = bar_cls.instances[before:]
+    assert len(bars) == 2 and all(b.current == b.total > 10 for b in bars)  # every tensor of both files reported
     expected = tiny_backbone(seed=4)
     state = result.backbone.unet.state_dict()
     for name, tensor in expected.unet.state_dict().items():
@@ -168,3 +176,12 @@ def test_load_node_errors_name_node_and_input(node, run, models, tiny_files):
         run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="")
     with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'window' must be ≥ 0"):
         run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="mm.safetensors", window=-1)
+
+
+def test_load_node_honours_cancel_while_reading(node, run, models, tiny_files, tiny_loaders, mm):
+    (models.dir / "animatediff_models").mkdir()
+    os.link(tiny_files / "tiny_mm.safetensors", models.dir / "animatediff_models" / "mm.safetensors")
+    os.link(tiny_files / "tiny_sd15.safetensors", models.dir / "checkpoints" / "sd.safetensors")
+    mm.interrupt_requested = True
+    with pytest.raises(mm.InterruptProcessingException):
+        run(node("MVC_LoadBackbone"), checkpoint="sd.safetensors", motion_module="mm.safetensors")
