@@ -20,8 +20,8 @@ Determinism and resume:
       batch is split (DDP averages gradients of equal shares: the same update up to summation order).
     - Checkpoint ``<output_dir>/checkpoints/step-<8 digits>/``: ``motion_module.safetensors`` (trained weights in
       the original AnimateDiff layout, fp32: loads with :func:`~.motion_module.load_motion_module`, ComfyUI
-      AnimateDiff-Evolved and AnimateDiff itself), ``optimizer.pt`` (optimizer + LR-scheduler state dicts;
-      ``torch.load(weights_only=True)``), and ``trainer_state.json`` (step, window, config, data fingerprint),
+      AnimateDiff-Evolved and AnimateDiff itself), ``optimizer.pt`` (optimizer, LR-scheduler and fp16
+      loss-scaler state dicts; ``torch.load(weights_only=True)``), and ``trainer_state.json`` (step, window, config, data fingerprint),
       written last: a folder without it is incomplete and ignored. Every file is written atomically.
       ``<output_dir>/motion_module.safetensors`` is the final result.
     - SIGTERM / SIGINT (Ctrl-C) during :func:`train_motion_module` finish the current step, save a checkpoint
@@ -404,14 +404,16 @@ def _read_checkpoint(path: Path) -> CheckpointInfo:
     return CheckpointInfo(path, int(state["step"]), state)
 
 
-def _save_checkpoint(output_dir: Path, step: int, unet: nn.Module, adapter: nn.Module, optimizer: torch.optim.Optimizer,
-                     lr_scheduler: Any, state: dict[str, Any], keep: int) -> Path:
+def _save_checkpoint(output_dir: Path, step: int, unet: nn.Module, adapter: nn.Module, optimizer: Any,
+                     lr_scheduler: Any, grad_scaler: Any, state: dict[str, Any], keep: int) -> Path:
     folder = output_dir / "checkpoints" / f"step-{step:08d}"
     if folder.exists():  # an incomplete or older copy of this step
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     _save_unet_motion(unet, adapter, folder / MOTION_MODULE_FILE, step)
     payload = {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}
+    if grad_scaler is not None:  # fp16 loss scale: a resumed run continues with the same scale
+        payload["grad_scaler"] = grad_scaler.state_dict()
     atomic_write(folder / OPTIMIZER_FILE, lambda tmp: torch.save(payload, tmp))
     atomic_write_text(folder / STATE_FILE, json.dumps(state, indent=2) + "\n")
     for old in find_checkpoints(output_dir)[:-keep]:
@@ -556,6 +558,8 @@ def train_motion_module(
         payload = torch.load(checkpoint.path / OPTIMIZER_FILE, map_location=device, weights_only=True)
         optimizer.load_state_dict(payload["optimizer"])
         lr_scheduler.load_state_dict(payload["lr_scheduler"])
+        if accelerator.scaler is not None and "grad_scaler" in payload:
+            accelerator.scaler.load_state_dict(payload["grad_scaler"])
         start_step = checkpoint.step
         accelerator.print(f"resuming from {checkpoint.path} at step {start_step}")
 
@@ -581,7 +585,7 @@ def train_motion_module(
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             last_checkpoint = _save_checkpoint(output_dir, step, unet, adapter, optimizer, lr_scheduler,
-                                               trainer_state(step), config.keep_checkpoints)
+                                               accelerator.scaler, trainer_state(step), config.keep_checkpoints)
         accelerator.wait_for_everyone()
 
     flag, losses, step, updating = _StopFlag(), [], start_step, False
