@@ -11,6 +11,7 @@ from ._host import ComfyExtension, io
 from .backbone import BACKBONE_NODES
 from .camera_files import CAMERA_FILE_NODES
 from .customization import CUSTOMIZATION_NODES
+from .evaluation import EVALUATION_NODES
 from .inference import INFERENCE_NODES
 from .synthetic import SYNTHETIC_NODES
 from .trajectories import TRAJECTORY_NODES
@@ -24,6 +25,7 @@ NODE_LISTS: dict[str, list[type[io.ComfyNode]]] = {
     "backbone": BACKBONE_NODES,
     "customization": CUSTOMIZATION_NODES,
     "inference": INFERENCE_NODES,
+    "evaluation": EVALUATION_NODES,
 }
 NODES: list[type[io.ComfyNode]] = [node for nodes in NODE_LISTS.values() for node in nodes]
 
