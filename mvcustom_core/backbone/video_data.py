@@ -2,7 +2,7 @@
 
 Folder layout (``root``):
     - a **frame folder** is any directory holding PNG/JPG files directly; its frames are taken in natural order
-      (``f2.png`` before ``f10.png``);
+      (``f2.png`` before ``f10.png``); names starting with ``.`` (``.ipynb_checkpoints``) are skipped;
     - a **video file** (``.mp4 .webm .mov .mkv .avi .gif``) is a clip too, decoded with PyAV (``av``) when it is
       installed; without it, :func:`scan_clips` raises naming the files (or skips them, ``videos="skip"``);
     - a clip's **name** is its path relative to ``root`` in POSIX form (``cats/clip_001`` or ``dogs/run.mp4``).
@@ -170,7 +170,8 @@ def scan_clips(
     index = _read_caption_index(root)
     found: list[tuple[str, Path, tuple[Path, ...] | None]] = []
     for folder, dirnames, filenames in os.walk(root):
-        dirnames.sort(key=_natural_key)
+        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=_natural_key)
+        filenames = [f for f in filenames if not f.startswith(".")]
         folder_path = Path(folder)
         images = sorted((f for f in filenames if f.lower().endswith(IMAGE_SUFFIXES)), key=_natural_key)
         if images and folder_path != root:

@@ -97,6 +97,7 @@ def test_captions_from_sidecar_csv_and_jsonl(tmp_path):
 def test_frames_in_natural_order(tmp_path):
     frames = moving_square(3, 0)
     write_clip(tmp_path / "c", frames, names=["f10.png", "f2.jpg", "f1.png"])
+    write_clip(tmp_path / ".ipynb_checkpoints", frames)  # hidden folders are no clips
     (tmp_path / "c.txt").write_text("x")
     (clip,) = scan_clips(tmp_path)
     assert [p.name for p in clip.frames] == ["f1.png", "f2.jpg", "f10.png"]
