@@ -10,7 +10,9 @@ Folder layout (``root``):
 Captions, first match wins:
     1. ``root/captions.jsonl``: one object per line with a clip field (``clip``, ``name``, ``path``, ``video`` or
        ``file``) and a caption field (``caption`` or ``text``);
-    2. ``root/captions.csv`` with a header naming the same fields;
+    2. ``root/captions.csv`` with a header naming the same fields, or WebVid's ``results_*.csv`` columns
+       (``videoid``, ``page_dir``, ``name`` = caption) saved as ``captions.csv``: clip ``<page_dir>/<videoid>``
+       or ``<videoid>``;
     3. a sidecar text file: ``<clip>.txt`` beside the clip (``clip_001.txt``, ``run.txt``) or ``caption.txt``
        inside a frame folder.
     Names in the index files may omit a video's suffix. A clip without caption raises, unless ``default_caption``
@@ -122,12 +124,19 @@ def _read_caption_index(root: Path) -> dict[str, str] | None:
 def _index_rows(rows: list[tuple[str, Mapping]], path: Path) -> dict[str, str]:
     index: dict[str, str] = {}
     for where, row in rows:
-        clip = next((row[k] for k in CLIP_FIELDS if row.get(k) not in (None, "")), None)
-        caption = next((row[k] for k in CAPTION_FIELDS if row.get(k) is not None), None)
-        if clip is None or caption is None:
-            raise VideoDataError(f"{where}: needs a clip field {CLIP_FIELDS} and a caption field {CAPTION_FIELDS}, "
-                                 f"got {sorted(row)}")
-        index[Path(str(clip)).as_posix().strip("/")] = str(caption).strip()
+        if row.get("videoid") not in (None, ""):  # WebVid's results_*.csv: videoid, page_dir, name (the caption)
+            clips = [str(row["videoid"])]
+            if row.get("page_dir") not in (None, ""):
+                clips.append(f"{row['page_dir']}/{row['videoid']}")
+            caption = next((row[k] for k in (*CAPTION_FIELDS, "name") if row.get(k) is not None), None)
+        else:
+            clips = [next((row[k] for k in CLIP_FIELDS if row.get(k) not in (None, "")), None)]
+            caption = next((row[k] for k in CAPTION_FIELDS if row.get(k) is not None), None)
+        if clips[0] is None or caption is None:
+            raise VideoDataError(f"{where}: needs a clip field {CLIP_FIELDS} and a caption field {CAPTION_FIELDS} "
+                                 f"(or WebVid's videoid and name), got {sorted(row)}")
+        for clip in clips:
+            index[Path(str(clip)).as_posix().strip("/")] = str(caption).strip()
     if not index:
         raise VideoDataError(f"{path}: no captions in the file")
     return index

@@ -88,6 +88,15 @@ def test_captions_from_sidecar_csv_and_jsonl(tmp_path):
     (b / "captions.csv").write_text('clip,caption\nset/x,"red, running"\n')
     assert [(c.name, c.caption) for c in scan_clips(b)] == [("set/x", "red, running")]
 
+    w = tmp_path / "webvid"  # WebVid's metadata CSV, videos extracted to frame folders
+    write_clip(w / "1066" / "31147", moving_square(2, 0))
+    write_clip(w / "2" / "77", moving_square(2, 0))
+    (w / "captions.csv").write_text("videoid,contentUrl,duration,page_dir,name\n"
+                                    "31147,https://x/31147.mp4,PT00H00M12S,1066,Aerial shot of a bay\n"
+                                    "77,https://x/77.mp4,PT00H00M09S,2,\"Dog runs, slow motion\"\n")
+    assert [(k.name, k.caption) for k in scan_clips(w)] == [("2/77", "Dog runs, slow motion"),
+                                                             ("1066/31147", "Aerial shot of a bay")]
+
     c = tmp_path / "jsonl"
     write_clip(c / "x", moving_square(2, 0))
     (c / "captions.jsonl").write_text(json.dumps({"video": "x", "text": "blue"}) + "\n\n")
