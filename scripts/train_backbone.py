@@ -55,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("training")
     g.add_argument("--output", type=Path, required=True, help="checkpoints and the final motion module")
     g.add_argument("--steps", type=int, default=d.steps)
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per process and step")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per process and forward pass")
+    g.add_argument("--gradient-accumulation", type=int, default=d.gradient_accumulation,
+                   help="forward/backward passes per optimizer step")
     g.add_argument("--lr", type=float, default=d.learning_rate)
     g.add_argument("--lr-warmup", type=int, default=d.lr_warmup_steps)
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     from mvcustom_core.backbone.video_data import VideoClipDataset, scan_clips
 
     config = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, lr_warmup_steps=args.lr_warmup,
+        steps=args.steps, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
+        learning_rate=args.lr, lr_warmup_steps=args.lr_warmup,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, window_start=args.window_start,
         window_end=args.window_end, window_steps=args.window_steps, window_warmup=args.window_warmup,
         window_shape=args.window_shape, attention_impl=args.attention_impl, prediction_type=args.prediction_type,

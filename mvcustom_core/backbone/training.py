@@ -84,8 +84,8 @@ STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"step-(\d{8})")
 
 # Fields that may differ on resume without changing what the run computes.
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "num_workers", "log_every",
-                      "batch_size"}  # batch_size x processes (the global batch) is checked separately
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "num_workers", "log_every", "batch_size",
+                      "gradient_accumulation"}  # their product with the process count is checked separately
 
 
 @dataclass
@@ -94,7 +94,9 @@ class TrainConfig:
 
     Attributes:
         steps: optimizer steps in total (a resumed run may raise it).
-        batch_size: clips per process and step (global batch = ``batch_size`` x processes).
+        batch_size: clips per process and forward pass.
+        gradient_accumulation: forward/backward passes per optimizer step (global batch = ``batch_size`` x
+            processes x ``gradient_accumulation``).
         learning_rate, adam_betas, adam_eps, weight_decay: AdamW (AnimateDiff trains motion modules with AdamW
             at 1e-4).
         lr_warmup_steps: linear LR warm-up from 0.
@@ -115,6 +117,7 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 1
+    gradient_accumulation: int = 1
     learning_rate: float = 1e-4
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
@@ -141,9 +144,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)
-        if self.steps < 0 or self.batch_size < 1:
-            raise ValueError(f"TrainConfig: steps must be >= 0 and batch_size >= 1, got {self.steps}, "
-                             f"{self.batch_size}")
+        if self.steps < 0 or self.batch_size < 1 or self.gradient_accumulation < 1:
+            raise ValueError(f"TrainConfig: steps must be >= 0, batch_size and gradient_accumulation >= 1, got "
+                             f"{self.steps}, {self.batch_size}, {self.gradient_accumulation}")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"TrainConfig: prediction_type must be 'epsilon' or 'v_prediction', got "
                              f"{self.prediction_type!r}")
@@ -430,11 +433,12 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, fingerprint: li
         raise ValueError(f"{where}: cannot resume with a different {', '.join(changed)} "
                          f"({', '.join(f'{k}: {old[k]!r} -> {new[k]!r}' for k in changed)}); "
                          "start a new output folder or restore the settings")
-    global_batch = config.batch_size * world_size
+    global_batch = config.batch_size * world_size * config.gradient_accumulation
     if saved.get("global_batch", global_batch) != global_batch:
         raise ValueError(f"{where}: saved with a global batch of {saved['global_batch']} clips per step "
-                         f"(batch_size x processes), resumed with {global_batch} = {config.batch_size} x "
-                         f"{world_size}; keep batch_size x processes equal to resume")
+                         f"(batch_size x processes x gradient_accumulation), resumed with {global_batch} = "
+                         f"{config.batch_size} x {world_size} x {config.gradient_accumulation}; keep the product "
+                         "equal to resume")
     if saved.get("clips") is not None and saved["clips"] != fingerprint:
         raise ValueError(f"{where}: the dataset changed since the checkpoint ({len(saved['clips'])} clips then, "
                          f"{len(fingerprint)} now); resume on the same clips")
@@ -566,7 +570,10 @@ def train_motion_module(
     model, optimizer = accelerator.prepare(unet, optimizer)
     noise_scheduler = _noise_scheduler(config)
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
-    sampler = StepSampler(len(dataset), config.batch_size * world_size, seed=config.seed, start_step=start_step,
+    accumulation = config.gradient_accumulation
+    global_batch = config.batch_size * world_size * accumulation
+    # Each process's share of a step (batch_size x accumulation clips) arrives as `accumulation` loader batches.
+    sampler = StepSampler(len(dataset), global_batch, seed=config.seed, start_step=start_step,
                           end_step=config.steps, rank=rank, world_size=world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                                          collate_fn=collate_clips, num_workers=config.num_workers,
@@ -575,7 +582,7 @@ def train_motion_module(
     def trainer_state(step: int) -> dict[str, Any]:
         return {"step": step, "window": schedule(max(step - 1, 0)), "next_window": schedule(step),
                 "config": config.to_json(), "world_size": world_size,
-                "global_batch": config.batch_size * world_size, "clips": fingerprint,
+                "global_batch": global_batch, "clips": fingerprint,
                 "trainable_parameters": len(trainable_names), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
     last_checkpoint: Path | None = None
@@ -602,16 +609,22 @@ def train_motion_module(
                 started = time.perf_counter()
                 window = schedule(step)
                 set_dense_window(unet, window)
-                batch = next(batches)
-                latents, text = _encode_batch(backbone, batch, device, weight_dtype)
-                noise, timesteps = sample_noise(batch["seed"], latents.shape[1:], num_train_timesteps)
-                with accelerator.autocast():
-                    loss = diffusion_loss(model, latents, text, noise_scheduler, noise, timesteps)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning "
-                                             "rate or use bf16 instead of fp16")
-                accelerator.backward(loss)
-                if config.max_grad_norm is not None and accelerator.sync_gradients:
+                loss = torch.zeros((), device=device)
+                for micro in range(accumulation):
+                    batch = next(batches)
+                    latents, text = _encode_batch(backbone, batch, device, weight_dtype)
+                    noise, timesteps = sample_noise(batch["seed"], latents.shape[1:], num_train_timesteps)
+                    # Gradients are all-reduced once per step, after the last micro-batch.
+                    sync = micro == accumulation - 1
+                    with _null_context() if sync else accelerator.no_sync(model):
+                        with accelerator.autocast():
+                            micro_loss = diffusion_loss(model, latents, text, noise_scheduler, noise, timesteps)
+                        if not torch.isfinite(micro_loss):
+                            raise FloatingPointError(f"training loss is {micro_loss.item()} at step {step}; lower "
+                                                     "the learning rate or use bf16 instead of fp16")
+                        accelerator.backward(micro_loss / accumulation)
+                    loss = loss + micro_loss.detach() / accumulation
+                if config.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
                 learning_rate = optimizer.param_groups[0]["lr"]
                 updating = True  # weights, optimizer and step disagree until the step is counted

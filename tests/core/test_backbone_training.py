@@ -326,3 +326,26 @@ def test_command_line_trains_the_tiny_backbone(clip_root, tmp_path, repo_root):
         "animatediff_motion_module"
     with pytest.raises(SystemExit):  # the model files are required without --tiny
         cli.main(["--data", str(clip_root), "--output", str(out)])
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tiny, clip_root, tmp_path):
+    dataset = VideoClipDataset(scan_clips(clip_root), num_frames=4, size=(SIZE, SIZE))
+    whole, accumulated = copy.deepcopy(tiny), copy.deepcopy(tiny)
+    a = train_motion_module(whole, dataset, tmp_path / "a", small_config(steps=2, batch_size=2, checkpoint_every=1))
+    b = train_motion_module(accumulated, dataset, tmp_path / "b",
+                            small_config(steps=2, gradient_accumulation=2, checkpoint_every=1))
+    assert a.losses == pytest.approx(b.losses, abs=1e-6)  # same clips, frames and noise in each step
+    # Same (clipped) gradient: AdamW's first moment after step 1 is (1 - beta1) * g. The weights themselves may
+    # differ by up to ~lr where g is near 0 (Adam divides by |g|), so they are not the quantity to compare.
+    moments = [torch.load(run / "checkpoints" / "step-00000001" / "optimizer.pt", weights_only=True)
+               ["optimizer"]["state"] for run in (tmp_path / "a", tmp_path / "b")]
+    assert len(moments[0]) == len(moments[1]) > 100
+    for key, state in moments[0].items():  # equal up to float32 summation order, relative to each tensor's scale
+        scale = float(state["exp_avg"].abs().max())
+        assert scale > 0 and float((moments[1][key]["exp_avg"] - state["exp_avg"]).abs().max()) <= 1e-5 * scale
+    state = json.loads((b.checkpoint / "trainer_state.json").read_text())
+    assert state["global_batch"] == 2
+    # Resuming the accumulated run as a plain batch of 2 is the same computation, so it is allowed.
+    more = train_motion_module(accumulated, dataset, tmp_path / "b", small_config(steps=3, batch_size=2,
+                                                                                 checkpoint_every=1))
+    assert more.step == 3 and len(more.losses) == 1
