@@ -204,12 +204,13 @@ class LoadBackbone(io.ComfyNode):
         motion_path = _resolve(cls, "motion_module", MOTION_FOLDER, motion_module)
         unet_dtype = _dtype(dtype, model_management.unet_dtype)
         vae_dtype = _dtype(dtype, model_management.vae_dtype)
-        # One bar per file (tensors read); each update is also an interrupt checkpoint.
-        with blame(cls, "checkpoint"):
+        # One bar per file (tensors read); each update is also an interrupt checkpoint. ComfyUI runs nodes under
+        # torch.inference_mode: weights made there could never be trained (customization), so build them outside it.
+        with blame(cls, "checkpoint"), torch.inference_mode(False):
             components = load_sd15_checkpoint(checkpoint_path, dtype=unet_dtype, progress=Progress(1).callback)
-        with blame(cls, "motion_module"):
+        with blame(cls, "motion_module"), torch.inference_mode(False):
             adapter = load_motion_module(motion_path, dtype=unet_dtype, progress=Progress(1).callback)
-        with blame(cls, "motion_module"):
+        with blame(cls, "motion_module"), torch.inference_mode(False):
             unet = build_backbone(components, adapter)
         components.vae.to(vae_dtype)
         backbone = Backbone(unet=unet, vae=components.vae, text_encoder=components.text_encoder,
@@ -242,7 +243,8 @@ class TinyBackbone(io.ComfyNode):
     @classmethod
     def execute(cls, seed: int, window: int) -> io.NodeOutput:
         require(cls, "window", int(window) >= 0, f"must be ≥ 0 (0 = full attention), got {window}")
-        backbone = tiny_backbone(seed=int(seed))
+        with torch.inference_mode(False):  # trainable weights even though ComfyUI runs nodes in inference mode
+            backbone = tiny_backbone(seed=int(seed))
         k = int(window) or None
         enable_dense_attention(backbone.unet, k)
         return io.NodeOutput(_wrap(backbone, k, torch.float32, f"tiny (seed {int(seed)})"))

@@ -185,3 +185,9 @@ def test_load_node_honours_cancel_while_reading(node, run, models, tiny_files, t
     mm.interrupt_requested = True
     with pytest.raises(mm.InterruptProcessingException):
         run(node("MVC_LoadBackbone"), checkpoint="sd.safetensors", motion_module="mm.safetensors")
+
+
+def test_weights_are_trainable_although_comfyui_runs_nodes_in_inference_mode(node, run, models):
+    with torch.inference_mode():  # as ComfyUI's executor does
+        result = run(node("MVC_TinyBackbone"), seed=0, window=1).args[0]
+    assert not any(p.is_inference() for p in result.backbone.unet.parameters())
