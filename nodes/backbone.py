@@ -80,7 +80,9 @@ class MVCBackbone:
     def load(self, memory_required: int = 0) -> Backbone:
         """Load all three modules onto ComfyUI's torch device through its model management; returns the core
         backbone (other models are offloaded as ComfyUI decides)."""
-        model_management.load_models_gpu(list(self.patchers.values()), memory_required=memory_required)
+        # Outside ComfyUI's inference mode, so weights moved to the device stay usable for training (customization).
+        with torch.inference_mode(False):
+            model_management.load_models_gpu(list(self.patchers.values()), memory_required=memory_required)
         return self.backbone
 
 

@@ -32,7 +32,7 @@ class FakeModelPatcher:
             model.device = offload_device
 
     def load(self, device_to):
-        self.model.to(device_to)
+        self.model._apply(lambda t: t.to(device_to, copy=True))  # new tensors, as a move to another device makes
         self.model.device = device_to
 
 
@@ -190,4 +190,7 @@ def test_load_node_honours_cancel_while_reading(node, run, models, tiny_files, t
 def test_weights_are_trainable_although_comfyui_runs_nodes_in_inference_mode(node, run, models):
     with torch.inference_mode():  # as ComfyUI's executor does
         result = run(node("MVC_TinyBackbone"), seed=0, window=1).args[0]
+        assert not any(p.is_inference() for p in result.backbone.unet.parameters())
+        result.load()  # the fake patcher re-creates every tensor, like a move to the GPU
     assert not any(p.is_inference() for p in result.backbone.unet.parameters())
+    assert not any(p.is_inference() for p in result.backbone.text_encoder.parameters())
