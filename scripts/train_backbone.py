@@ -11,7 +11,7 @@ Several GPUs / nodes (same arguments; one process per GPU):
         scripts/train_backbone.py ...
 
 Re-running the same command resumes from the newest checkpoint in --output. Ctrl-C or SIGTERM saves a checkpoint
-and exits. See docs/backbone_training.md.
+and exits. Logged steps are also appended to --output/train_log.jsonl. See docs/backbone_training.md.
 """
 
 from __future__ import annotations
@@ -116,11 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         backbone = Backbone(unet, components.vae, components.text_encoder, load_tokenizer(args.tokenizer))
     resume = {"auto": True, "no": False}.get(args.resume, args.resume)
 
+    log_file = args.output / "train_log.jsonl"
+
     def report(p) -> None:
         if p.log:
             window = "full" if p.window is None else p.window
             print(f"step {p.step}/{p.total}  loss {p.loss:.5f}  window {window}  lr {p.learning_rate:.2e}  "
                   f"{p.seconds:.2f}s/step", flush=True)
+            args.output.mkdir(parents=True, exist_ok=True)
+            with open(log_file, "a", encoding="utf-8") as handle:  # a log, appended: not a checkpoint file
+                handle.write(json.dumps({"step": p.step, "loss": p.loss, "window": p.window,
+                                         "lr": p.learning_rate, "seconds": round(p.seconds, 4)}) + "\n")
 
     from accelerate import Accelerator
 

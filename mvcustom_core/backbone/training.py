@@ -511,8 +511,8 @@ def train_motion_module(
         :class:`TrainResult`.
 
     Raises:
-        ValueError: no tokenizer, a checkpoint made with other settings / data / process count, or
-            ``resume=False`` with checkpoints present.
+        ValueError: no tokenizer, a frame size the UNet cannot halve down to its lowest level, a checkpoint made
+            with other settings / data / global batch, or ``resume=False`` with checkpoints present.
     """
     from accelerate import Accelerator
 
@@ -536,6 +536,10 @@ def train_motion_module(
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     factor = 2 ** (len(backbone.vae.config.block_out_channels) - 1)
+    multiple = factor * 2 ** (len(unet.config.down_block_types) - 1)  # the UNet halves the latent per down block
+    if dataset.size[0] % multiple or dataset.size[1] % multiple:
+        raise ValueError(f"train_motion_module: frame size {dataset.size[0]}x{dataset.size[1]} (height x width) must "
+                         f"be a multiple of {multiple} for this VAE and UNet (e.g. 256 or 512)")
     schedule = window_schedule(config, (dataset.size[0] // factor, dataset.size[1] // factor))
     enable_dense_attention(unet, schedule(0), impl=config.attention_impl)
 

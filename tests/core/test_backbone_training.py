@@ -275,6 +275,9 @@ def test_resume_refuses_changed_settings_or_data(tiny, clip_root, tmp_path):
                             small_config(steps=2))
     with pytest.raises(ValueError, match=r"holds checkpoints"):
         train_motion_module(copy.deepcopy(tiny), dataset, tmp_path, small_config(steps=2), resume=False)
+    with pytest.raises(ValueError, match=r"frame size 24x32 .* must be a multiple of 16"):
+        train_motion_module(copy.deepcopy(tiny), VideoClipDataset(dataset.clips, 4, (24, 32)), tmp_path / "x",
+                            small_config(steps=1))
 
 
 def test_keyboard_interrupt_checkpoints_the_last_completed_step(tiny, clip_root, tmp_path):
@@ -320,6 +323,8 @@ def test_command_line_trains_the_tiny_backbone(clip_root, tmp_path, repo_root):
             "32", "--steps", "2", "--window-end", "full", "--window-steps", "1", "--checkpoint-every", "1"]
     assert cli.main(args) == 0
     assert [c.step for c in find_checkpoints(out)] == [1, 2]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["window"]) for r in log] == [(1, 1), (2, None)]
     state = json.loads((out / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
     assert state["config"]["window_end"] is None and state["window"] is None and state["clips"] == ["clip0", "clip1"]
     assert inspect_motion_module(open_state_file(out / "motion_module.safetensors")).layout == \
