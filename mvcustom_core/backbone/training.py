@@ -496,7 +496,9 @@ def train_motion_module(
 
     Args:
         backbone: ``unet`` (``UNetMotionModel``), ``vae``, ``text_encoder``, ``tokenizer`` (required here). The
-            UNet is trained in place; dense attention stays installed on it afterwards at the last window.
+            UNet is trained in place (fp32, train mode, only motion modules requiring grad); dense attention stays
+            installed on it afterwards at the last window. VAE and text encoder are frozen, moved to the
+            accelerator's device and cast to the mixed-precision dtype.
         dataset: clips, frame count and size (``pixels [F, 3, H, W]``).
         output_dir: checkpoints and the final ``motion_module.safetensors``.
         config: :class:`TrainConfig`.
