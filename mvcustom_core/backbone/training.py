@@ -21,8 +21,8 @@ Determinism and resume:
     - Checkpoint ``<output_dir>/checkpoints/step-<8 digits>/``: ``motion_module.safetensors`` (trained weights in
       the original AnimateDiff layout, fp32: loads with :func:`~.motion_module.load_motion_module`, ComfyUI
       AnimateDiff-Evolved and AnimateDiff itself), ``optimizer.pt`` (optimizer, LR-scheduler and fp16
-      loss-scaler state dicts; ``torch.load(weights_only=True)``), and ``trainer_state.json`` (step, window, config, data fingerprint),
-      written last: a folder without it is incomplete and ignored. Every file is written atomically.
+      loss-scaler state dicts; ``torch.load(weights_only=True)``), and ``trainer_state.json`` (step, window,
+      config, data fingerprint), written last: a folder without it is incomplete and ignored. Every file is written atomically.
       ``<output_dir>/motion_module.safetensors`` is the final result.
     - SIGTERM / SIGINT (Ctrl-C) during :func:`train_motion_module` finish the current step, save a checkpoint
       and return with ``stopped=True``. A ``KeyboardInterrupt`` (a second Ctrl-C, or any when signals are not
@@ -79,6 +79,7 @@ __all__ = [
 ]
 
 MOTION_MODULE_FILE = "motion_module.safetensors"
+_VAE_CHUNK = 16  # frames per VAE encoder call
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"step-(\d{8})")
@@ -367,11 +368,15 @@ def _encode_batch(backbone: Backbone, batch: dict, device: torch.device, dtype: 
     ``batch["seed"]``) and text ``[B, 77, C]``."""
     pixels = batch["pixels"]
     b, f = pixels.shape[:2]
-    posterior = backbone.vae.encode(pixels.flatten(0, 1).to(device=device, dtype=dtype)).latent_dist
-    per_sample = posterior.mean.shape[1:]
-    eps = torch.cat([torch.randn((f, *per_sample), generator=torch.Generator().manual_seed(sample_seed(s, 0x1A7E)))
-                     for s in batch["seed"]]).to(posterior.mean)
-    z0 = (posterior.mean + posterior.std * eps) * backbone.vae.config.scaling_factor
+    frames = pixels.flatten(0, 1)
+    # Frames are independent in the VAE encoder (GroupNorm is per image): chunks bound its activation memory.
+    posteriors = [backbone.vae.encode(frames[i:i + _VAE_CHUNK].to(device=device, dtype=dtype)).latent_dist
+                  for i in range(0, frames.shape[0], _VAE_CHUNK)]
+    mean = torch.cat([p.mean for p in posteriors])
+    std = torch.cat([p.std for p in posteriors])
+    eps = [torch.randn((f, *mean.shape[1:]), generator=torch.Generator().manual_seed(sample_seed(seed, 0x1A7E)))
+           for seed in batch["seed"]]  # per sample, so it does not depend on the batch split
+    z0 = (mean + std * torch.cat(eps).to(mean)) * backbone.vae.config.scaling_factor
     latents = z0.float().unflatten(0, (b, f)).permute(0, 2, 1, 3, 4).contiguous()
     text = encode_prompt(backbone.text_encoder, backbone.tokenizer, list(batch["caption"]))
     return latents, text.float()
