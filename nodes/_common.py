@@ -123,7 +123,6 @@ def mask_from_core(x: Tensor) -> Tensor:
     return to_output(x.clamp(0, 1).contiguous())
 
 
-# ------------------------------------------------------------------------------------------- files
 # ---------------------------------------------------------------------------------------- progress
 def check_interrupted() -> None:
     """Raise ComfyUI's interrupt exception if the user pressed Cancel (never catch it)."""

@@ -232,7 +232,8 @@ class TrainCustomization(io.ComfyNode):
                          " ".join(f"{k} {v:.4f}" for k, v in losses.items()))
             progress.callback(done, total)
 
-        with blame(cls, "backbone"):
+        # ComfyUI runs nodes under torch.inference_mode; weights placed on the device there could not be trained.
+        with blame(cls, "backbone"), torch.inference_mode(False):
             result = train_customization(_core_backbone(backbone), reference, config,
                                          checkpoint=checkpoint_path_for(out), resume=bool(resume), progress=report)
         save_customization(out, result.customization)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._host import ComfyExtension, io
 from .backbone import BACKBONE_NODES
+from .backbone_codecs import BACKBONE_CODEC_NODES
 from .camera_files import CAMERA_FILE_NODES
 from .customization import CUSTOMIZATION_NODES
 from .evaluation import EVALUATION_NODES
@@ -22,7 +23,7 @@ NODE_LISTS: dict[str, list[type[io.ComfyNode]]] = {
     "trajectories": TRAJECTORY_NODES,
     "camera_files": CAMERA_FILE_NODES,
     "synthetic": SYNTHETIC_NODES,
-    "backbone": BACKBONE_NODES,
+    "backbone": BACKBONE_NODES + BACKBONE_CODEC_NODES,
     "customization": CUSTOMIZATION_NODES,
     "inference": INFERENCE_NODES,
     "evaluation": EVALUATION_NODES,

@@ -28,6 +28,7 @@ uninterrupted run: every random draw comes from one CPU generator whose state is
 
 from __future__ import annotations
 
+
 import copy
 import hashlib
 import json
@@ -40,6 +41,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from mvcustom_core.cameras import CameraSet
 from mvcustom_core.customization.file_format import (
     Customization, backbone_fingerprint, check_backbone, customization_from_unet)
 from mvcustom_core.customization.losses import FeatureNeRFLossWeights, featurenerf_losses, masked_denoising_loss
@@ -311,6 +313,30 @@ def train_customization(
     Returns:
         :class:`TrainingResult`.
     """
+    # Hosts may call this under torch.inference_mode (ComfyUI runs every node in it): training needs autograd,
+    # and modules or inputs created in inference mode cannot take part in it.
+    with torch.inference_mode(False), torch.enable_grad():
+        if any(p.is_inference() for p in backbone.unet.parameters()):
+            raise TrainingError("the backbone's weights were created under torch.inference_mode, so autograd cannot "
+                                "use them; build or load the backbone with inference mode off")
+        cams = reference.cameras
+        reference = ReferenceSet(reference.images.clone(), reference.masks.clone(),
+                                 CameraSet(K=cams.K.clone(), c2w=cams.c2w.clone(), image_size=cams.image_size),
+                                 reference.new_from_old.clone())
+        return _train_customization(backbone, reference, config, checkpoint=checkpoint, resume=resume,
+                                    progress=progress)
+
+
+def _train_customization(
+    backbone: Any,
+    reference: ReferenceSet,
+    config: TrainingConfig,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: ProgressFn | None = None,
+) -> TrainingResult:
+    """The body of :func:`train_customization`, with autograd on."""
     config.check()
     unet, vae, text_encoder = backbone.unet, backbone.vae, backbone.text_encoder
     if getattr(backbone, "tokenizer", None) is None:

@@ -180,3 +180,18 @@ def test_training_timesteps_follow_their_distributions():
     for x in (0.1, 0.5, 0.9):
         assert abs(float((cubic < x * 1000).double().mean()) - (1 - (1 - x) ** (1 / 3))) < 0.01
         assert abs(float((uniform < x * 1000).double().mean()) - x) < 0.01
+
+
+def test_a_host_running_under_inference_mode_still_trains(backbone, uninterrupted):
+    """ComfyUI executes every node under torch.inference_mode; training switches it off for itself."""
+    with torch.inference_mode():
+        reference = _reference_set()  # inference tensors, as a node's inputs are
+        result = train_customization(backbone, reference, _config())
+    _assert_same_customization(result.customization, uninterrupted.customization)
+
+
+def test_weights_created_under_inference_mode_are_refused_clearly(reference):
+    with torch.inference_mode():
+        frozen_for_good = tiny_backbone(seed=0)
+    with pytest.raises(TrainingError, match="created under torch.inference_mode"):
+        train_customization(frozen_for_good, reference, _config())

@@ -35,6 +35,7 @@ class ComfyServer:
     input_dir: Path
     output_dir: Path
     process: subprocess.Popen
+    models_dir: Path | None = None
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -125,7 +126,9 @@ def comfy(tmp_path_factory) -> ComfyServer:
     yaml.write_text(f"mvcustom_dev:\n  custom_nodes: {custom}\n")
     port = _free_port()
     log = work / "comfyui.log"
+    # --base-directory keeps models/ (customizations, embeddings written by nodes) out of the ComfyUI checkout.
     cmd = [str(comfy_py), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+           "--base-directory", str(work),
            "--extra-model-paths-config", str(yaml), "--disable-api-nodes",
            "--database-url", "sqlite:///:memory:",
            "--input-directory", str(dirs["input"]), "--output-directory", str(dirs["output"]),
@@ -134,7 +137,7 @@ def comfy(tmp_path_factory) -> ComfyServer:
     env = dict(os.environ, OMP_NUM_THREADS="1", COMFY_NO_TELEMETRY="1", PYTHONUNBUFFERED="1")
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=comfy_root, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = ComfyServer(f"http://127.0.0.1:{port}", log, dirs["input"], dirs["output"], proc)
+    server = ComfyServer(f"http://127.0.0.1:{port}", log, dirs["input"], dirs["output"], proc, work / "models")
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:

@@ -178,7 +178,7 @@ def test_runtime_error_reaches_the_user_naming_node_and_input(comfy):
     assert errors[0]["exception_message"].startswith("MVCustom Combine Trajectories: input 'second' is invalid")
 
 
-@pytest.mark.parametrize("name", ["trajectory_preview", "synthetic_views"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json")))
 def test_ui_workflow_widget_values_match_the_servers_widget_order(comfy, name):
     """example_workflows/ stores widget values by position; check them against the live /object_info order."""
     ui = json.loads((REPO_ROOT / "example_workflows" / f"{name}.json").read_text())
@@ -190,5 +190,49 @@ def test_ui_workflow_widget_values_match_the_servers_widget_order(comfy, name):
         order = entry["input_order"]["required"] + entry["input_order"].get("optional", [])
         widgets = [i for i in order if isinstance(specs[i][0], list)
                    or specs[i][0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
-        constants = {k: v for k, v in api[str(n["id"])]["inputs"].items() if not isinstance(v, list)}
-        assert dict(zip(widgets, n["widgets_values"])) == constants, f"{name} node {n['id']} ({n['type']})"
+        inputs = api[str(n["id"])]["inputs"]
+        values, stored = list(n["widgets_values"]), {}
+        for w in widgets:  # a control_after_generate widget is followed by its mode in the UI format
+            stored[w] = values.pop(0)
+            if len(specs[w]) > 1 and specs[w][1].get("control_after_generate"):
+                values.pop(0)
+        assert not values, f"{name} node {n['id']} ({n['type']}): extra widget values {values}"
+        constants = {k: v for k, v in inputs.items() if not isinstance(v, list)}
+        assert {k: v for k, v in stored.items() if not isinstance(inputs.get(k), list)} == constants, \
+            f"{name} node {n['id']} ({n['type']})"
+
+
+def test_whole_mvcustom_job_runs_on_the_tiny_backbone(comfy):
+    """workflows/mvcustom_tiny_pipeline.json: customize on synthetic photos, DFR + CLC sampling, decode, export."""
+    from mvcustom_core.cameras import load_camera_file
+    from mvcustom_core.customization import load_customization
+    from mvcustom_core.trajectories import make_trajectory
+
+    prompt = _workflow("mvcustom_tiny_pipeline")
+    status, body = comfy.post_prompt(prompt)
+    assert status == 200, body
+    entry = comfy.wait_history(body["prompt_id"], timeout_s=900)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
+    traj = prompt["4"]["inputs"]
+    frames = [_png(comfy, ref) for ref in entry["outputs"]["11"]["images"]]
+    assert [f.size for f in frames] == [(traj["width"], traj["height"])] * traj["frames"]
+    assert all(_not_blank(f) for f in frames)
+    masks = [_png(comfy, ref) for ref in entry["outputs"]["12"]["images"]]
+    assert len(masks) == traj["frames"]
+
+    name = prompt["3"]["inputs"]["name"]
+    custom = load_customization(comfy.models_dir / "mvcustom" / f"{name}.safetensors")
+    assert custom.class_word == prompt["3"]["inputs"]["class_word"] and custom.blocks
+    from safetensors import safe_open
+    with safe_open(str(comfy.models_dir / "embeddings" / f"{name}.safetensors"), "pt") as f:
+        assert list(f.keys()) == ["emb_params"] and f.get_tensor("emb_params").shape[0] == 1
+
+    exported = sorted((comfy.output_dir / "mvcustom").glob("tiny_pipeline_*/transforms.json"))
+    assert exported, "the export node wrote no transforms.json"
+    cams = load_camera_file(exported[-1])
+    expected = make_trajectory("orbit", traj["frames"], image_size=(traj["height"], traj["width"]),
+                               fov_y_deg=traj["fov_y_deg"], radius=traj["radius"], elevation_deg=traj["elevation_deg"],
+                               span_deg=traj["span_deg"], start_azimuth_deg=traj["start_azimuth_deg"], loop=traj["loop"])
+    assert len(cams) == traj["frames"]
+    assert (cams.c2w.double() - expected.c2w.double()).abs().max() < 1e-5
+    assert (exported[-1].parent / "anchor_points.ply").is_file()

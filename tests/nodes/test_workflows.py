@@ -88,8 +88,16 @@ def test_ui_workflow_is_the_same_graph_as_the_api_workflow(node_classes, name):
     assert _ui_edges(ui) == _api_edges(api)
     assert ui["last_link_id"] == max(link[0] for link in ui["links"])
     for n in ui["nodes"]:
-        _, widgets, _ = _inputs(node_classes, n["type"])
-        constants = {k: v for k, v in api[str(n["id"])]["inputs"].items() if not isinstance(v, list)}
-        # UI workflows store widget values by position, in schema order
-        assert dict(zip(widgets, n["widgets_values"])) == constants, f"{name} node {n['id']}"
-        assert len(n["widgets_values"]) == len(widgets)
+        _, widgets, by_id = _inputs(node_classes, n["type"])
+        inputs = api[str(n["id"])]["inputs"]
+        constants = {k: v for k, v in inputs.items() if not isinstance(v, list)}
+        # UI workflows store widget values by position, in schema order; a widget with
+        # control_after_generate is followed by its mode, and a widget driven by a link keeps a placeholder.
+        values, stored = list(n["widgets_values"]), {}
+        for w in widgets:
+            stored[w] = values.pop(0)
+            if getattr(by_id.get(w), "control_after_generate", None):
+                assert values.pop(0) in ("fixed", "increment", "decrement", "randomize"), f"{name} node {n['id']}"
+        assert not values, f"{name} node {n['id']}: {len(values)} widget values too many"
+        assert {k: v for k, v in stored.items() if not isinstance(inputs.get(k), list)} == constants, \
+            f"{name} node {n['id']}"

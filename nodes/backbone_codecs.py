@@ -1,0 +1,99 @@
+"""Prompt encoding and latent decoding with an ``MVC_BACKBONE``'s own text encoder and VAE.
+
+With an SD1.5 checkpoint the standard CLIP Text Encode and VAE Decode nodes do the same (load the same
+checkpoint with Load Checkpoint); these nodes serve backbones that have no ComfyUI CLIP/VAE, such as
+the tiny random backbone used in demos and tests, and scripts that keep everything in one backbone.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+
+from mvcustom_core.backbone.sampler import decode_latents, from_comfy_latent
+from mvcustom_core.backbone.text import encode_prompt
+from mvcustom_core.customization.token import add_subject_token, remove_subject_token
+
+from ._common import blame, image_from_chw, require
+from ._host import io
+from .types import Backbone as BackboneType
+from .types import Customization as CustomizationType
+
+__all__ = ["BACKBONE_CODEC_NODES", "EncodePrompt", "DecodeLatent"]
+
+CATEGORY = "MVCustom/backbone"
+_EMBEDDING = re.compile(r"embedding:\S+")
+
+
+class EncodePrompt(io.ComfyNode):
+    """CONDITIONING from the backbone's CLIP text encoder, with the subject token of a customization."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVC_EncodePrompt",
+            display_name="MVCustom Encode Prompt",
+            category=CATEGORY,
+            description=("Encodes a prompt with the backbone's own text encoder (last layer, 77 tokens). With a "
+                         "customization connected, its subject token is available: write the token itself or "
+                         "keep the 'embedding:<name>' form from the customization's prompt output."),
+            inputs=[
+                BackboneType.Input("backbone", tooltip="MVC_BACKBONE whose text encoder and tokenizer are used."),
+                io.String.Input("text", multiline=True, default="", tooltip="The prompt."),
+                CustomizationType.Input("customization", optional=True,
+                                        tooltip="Adds the subject token for this encoding only."),
+            ],
+            outputs=[io.Conditioning.Output("conditioning", tooltip="CONDITIONING [[tensor [1, 77, C], {}]].")],
+        )
+
+    @classmethod
+    def execute(cls, backbone, text: str, customization=None) -> io.NodeOutput:
+        require(cls, "backbone", hasattr(backbone, "text_encoder") and getattr(backbone, "tokenizer", None) is not None,
+                "has no text encoder with a tokenizer")
+        require(cls, "text", isinstance(text, str), f"must be a string, got {type(text).__name__}")
+        core = backbone.load() if hasattr(backbone, "load") else backbone
+        encoder, tokenizer = core.text_encoder, core.tokenizer
+        if customization is None:
+            with blame(cls, "text"), torch.no_grad():
+                return io.NodeOutput([[encode_prompt(encoder, tokenizer, [text]).cpu(), {}]])
+        tokenizer = copy.deepcopy(tokenizer)  # the shared tokenizer keeps its vocabulary
+        prompt = _EMBEDDING.sub(customization.token, text)
+        with blame(cls, "customization"):
+            add_subject_token(encoder, tokenizer, customization.token, embedding=customization.token_embedding)
+        try:
+            with blame(cls, "text"), torch.no_grad():
+                cond = encode_prompt(encoder, tokenizer, [prompt]).cpu()
+        finally:
+            remove_subject_token(encoder)
+        return io.NodeOutput([[cond, {}]])
+
+
+class DecodeLatent(io.ComfyNode):
+    """IMAGE frames from a LATENT with the backbone's own VAE."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVC_DecodeLatent",
+            display_name="MVCustom Decode Latent",
+            category=CATEGORY,
+            description="Decodes a LATENT batch with the backbone's VAE (a few frames at a time).",
+            inputs=[
+                BackboneType.Input("backbone", tooltip="MVC_BACKBONE whose VAE is used."),
+                io.Latent.Input("latent", tooltip="LATENT from the MVCustom Sampler."),
+            ],
+            outputs=[io.Image.Output("images", tooltip="Frames, IMAGE [F, H, W, 3].")],
+        )
+
+    @classmethod
+    def execute(cls, backbone, latent) -> io.NodeOutput:
+        require(cls, "backbone", hasattr(backbone, "vae"), "has no VAE")
+        core = backbone.load() if hasattr(backbone, "load") else backbone
+        with blame(cls, "latent"):
+            frames = decode_latents(core.vae, from_comfy_latent(latent))
+        return io.NodeOutput(image_from_chw(frames))
+
+
+BACKBONE_CODEC_NODES = [EncodePrompt, DecodeLatent]
