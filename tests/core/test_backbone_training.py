@@ -343,3 +343,51 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny, clip_root, tmp_path
     # Resuming the accumulated run as a plain batch of 2 is the same computation, so it is allowed.
     more = train_motion_module(accumulated, dataset, tmp_path / "b", small_config(steps=2, batch_size=2))
     assert more.step == 2 and len(more.losses) == 1
+
+
+def test_video_clips_are_decoded_through_pyav(tmp_path, monkeypatch):
+    """PyAV is optional and not installed here: a stand-in with its API (open, streams, decode, to_ndarray)."""
+    import importlib.machinery
+    import sys
+    import types
+
+    frames = [np.full((40, 32, 3), 10 * i, np.uint8) for i in range(7)]
+
+    class Frame:
+        def __init__(self, array):
+            self.array = array
+
+        def to_ndarray(self, format):
+            assert format == "rgb24"
+            return self.array
+
+    class Container:
+        streams = types.SimpleNamespace(video=[types.SimpleNamespace(frames=len(frames))])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def decode(self, video):
+            assert video == 0
+            return (Frame(a) for a in frames)
+
+    av = types.ModuleType("av")
+    av.open = lambda path: Container()
+    av.__spec__ = importlib.machinery.ModuleSpec("av", None)
+    monkeypatch.setitem(sys.modules, "av", av)
+    (tmp_path / "run.mp4").write_bytes(b"\0")
+    (tmp_path / "captions.csv").write_text("video,caption\nrun,a run\n")  # suffix may be left out
+    (clip,) = scan_clips(tmp_path)
+    assert clip.is_video and clip.caption == "a run"
+    dataset = VideoClipDataset([clip], num_frames=3, size=(32, 32), stride=3)
+    item = dataset[(0, 5)]
+    start = dataset.frame_indices(7, torch.Generator().manual_seed(5))[0]
+    assert start == 0  # 7 frames, stride 3: span 7
+    expected = [0, 30, 60]  # frames 0, 3, 6 (value 10·i), centre rows 4..36 of 40
+    torch.testing.assert_close(item["pixels"], torch.tensor(expected, dtype=torch.float32).view(3, 1, 1, 1)
+                               .expand(3, 3, 32, 32) / 255 * 2 - 1, atol=1e-6, rtol=0)
+    with pytest.raises(VideoDataError, match="fewer than num_frames=8"):
+        VideoClipDataset([clip], num_frames=8, size=(32, 32))[(0, 0)]
