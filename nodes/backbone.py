@@ -165,7 +165,10 @@ def _dtype(choice: str, default) -> torch.dtype:
 
 def _comfy_tokenizer():
     """ComfyUI's own SD1.x CLIP tokenizer files (``comfy/sd1_tokenizer``), if present."""
-    folder = Path(getattr(comfy_utils, "__file__", "") or ".").parent / "sd1_tokenizer"
+    source = getattr(comfy_utils, "__file__", None)
+    if not source:
+        return None
+    folder = Path(source).parent / "sd1_tokenizer"
     return load_tokenizer(folder) if (folder / "vocab.json").is_file() else None
 
 
