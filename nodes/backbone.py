@@ -8,7 +8,6 @@ modules (registered here when AnimateDiff-Evolved has not done so: ``models/anim
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,8 @@ from mvcustom_core.backbone.motion_module import load_motion_module
 from mvcustom_core.backbone.text import load_tokenizer
 from mvcustom_core.backbone.tiny import tiny_backbone
 
-from . import _host
 from ._common import NodeInputError, Progress, blame, require
-from ._host import comfy_utils, folder_paths, io, model_management
+from ._host import comfy_utils, folder_paths, io, model_management, model_patcher
 from .types import Backbone as BackboneType
 
 __all__ = ["BACKBONE_NODES", "MVCBackbone", "HostedModule", "LoadBackbone", "TinyBackbone", "register_model_folders",
@@ -86,13 +84,6 @@ class MVCBackbone:
         return self.backbone
 
 
-def _model_patcher_class():
-    # ComfyUI imports go through nodes/_host.py; it does not import comfy.model_patcher yet (requested from its
-    # owner), so until it does the module is looked up by name.
-    module = getattr(_host, "model_patcher", None) or importlib.import_module("comfy.model_patcher")
-    return module.ModelPatcher
-
-
 class HostedModule(torch.nn.Module):
     """One diffusers / transformers module as ComfyUI's ``ModelPatcher`` wants it.
 
@@ -110,7 +101,7 @@ class HostedModule(torch.nn.Module):
 
 
 def _wrap(backbone: Backbone, window: int | None, dtype: torch.dtype, source: str) -> MVCBackbone:
-    patcher = _model_patcher_class()
+    patcher = model_patcher.ModelPatcher
     load_device, offload_device = model_management.get_torch_device(), model_management.unet_offload_device()
     patchers = {name: patcher(HostedModule(getattr(backbone, name), offload_device), load_device=load_device,
                               offload_device=offload_device)

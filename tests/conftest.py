@@ -43,3 +43,12 @@ def realestate_pose_files() -> list[Path]:
     if not files:
         pytest.skip(f"no RealEstate10K pose files under {SHARED_DATA} (../shared beside the repo)")
     return files
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-model tests: on two busy cores a second thread only adds waiting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

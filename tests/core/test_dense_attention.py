@@ -17,30 +17,15 @@ from mvcustom_core.backbone.dense_attention import (
     window_starts,
     windowed_attention_reference,
 )
+from mvcustom_core.backbone.tiny import tiny_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Two OpenMP threads on two oversubscribed cores run these small UNet calls ~30x slower (measured
-    0.3 s vs 12 s per call at load 10); restore the suite's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny_motion_unet():
     """A random SD1.5-shaped UNetMotionModel (1.2M parameters, ~0.1 s per call at 3×8×8 on CPU)."""
-    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
-
-    torch.manual_seed(0)
-    unet2d = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, norm_num_groups=8,
-        attention_head_dim=8, sample_size=16, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
-                            motion_num_attention_heads=2, motion_max_seq_length=32)
-    return UNetMotionModel.from_unet2d(unet2d, adapter).eval()
+    return tiny_backbone(0).unet.eval()
 
 
 # ---- window convention -------------------------------------------------------------------------

@@ -7,31 +7,17 @@ import torch
 
 from mvcustom_core.backbone.hooks import FeatureHook, StepContext, hookable_layers
 from mvcustom_core.backbone.sampler import sample
+from mvcustom_core.backbone.tiny import tiny_backbone
 
 F, SIZE = 2, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Two OpenMP threads on two oversubscribed cores run tiny UNet calls ~30x slower; restore after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def unet():
-    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
-
-    torch.manual_seed(0)
-    unet2d = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, norm_num_groups=8,
-        attention_head_dim=8, sample_size=16, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
-                            motion_num_attention_heads=2, motion_max_seq_length=32)
-    return UNetMotionModel.from_unet2d(unet2d, adapter).eval()
+    return tiny_backbone(0).unet.eval()
 
 
 @pytest.fixture(scope="module")

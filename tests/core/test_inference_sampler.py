@@ -12,30 +12,17 @@ from mvcustom_core.backbone.sampler import make_scheduler, sample
 from mvcustom_core.cameras import CameraSet, look_at
 from mvcustom_core.inference import CLCPlan, DFRPlan, mvcustom_sample, prepare_run, resolve_anchor_geometry
 from mvcustom_core.ops import apply_plan_reference, build_feature_mesh, plan_mesh_render, resample_depth
+from mvcustom_core.backbone.tiny import tiny_backbone
 
 SIZE, STEPS = 64, 3  # 8×8 latents
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def unet():
-    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
-
-    torch.manual_seed(0)
-    unet2d = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, norm_num_groups=8,
-        attention_head_dim=8, sample_size=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
-                            motion_num_attention_heads=2, motion_max_seq_length=32)
-    return UNetMotionModel.from_unet2d(unet2d, adapter).eval()
+    return tiny_backbone(0).unet.eval()
 
 
 @pytest.fixture(scope="module")

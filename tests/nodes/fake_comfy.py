@@ -273,6 +273,19 @@ class ProgressBar:
             self.total = total
 
 
+class ModelPatcher:
+    """Records its arguments and, like ComfyUI's, assigns ``model.device`` (at init and when loaded)."""
+
+    def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+        self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+        if not hasattr(model, "device") or model.device is None:
+            model.device = offload_device
+
+    def load(self, device_to):
+        self.model._apply(lambda t: t.to(device_to, copy=True))  # new tensors, as a move to another device makes
+        self.model.device = device_to
+
+
 def _build_comfy() -> dict[str, types.ModuleType]:
     comfy = types.ModuleType("comfy")
     comfy.__path__ = []
@@ -290,8 +303,10 @@ def _build_comfy() -> dict[str, types.ModuleType]:
     mm.get_torch_device = lambda: torch.device("cpu")
     utils = types.ModuleType("comfy.utils")
     utils.ProgressBar = ProgressBar
-    comfy.model_management, comfy.utils = mm, utils
-    return {"comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils}
+    patcher = types.ModuleType("comfy.model_patcher")
+    patcher.ModelPatcher = ModelPatcher
+    comfy.model_management, comfy.utils, comfy.model_patcher = mm, utils, patcher
+    return {"comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils, "comfy.model_patcher": patcher}
 
 
 def build_modules(state: FolderState) -> dict[str, types.ModuleType]:

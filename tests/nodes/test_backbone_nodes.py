@@ -1,6 +1,6 @@
 """Backbone nodes against the core loaders, with ComfyUI's model folders, ModelPatcher and model management faked.
 
-The tier-2 fake (fake_comfy.py) has no model folders, ``comfy.model_patcher`` or ``load_models_gpu``; the doubles
+The tier-2 fake (fake_comfy.py) has no model folders or ``load_models_gpu`` (its ``ModelPatcher`` is used); the doubles
 below follow ComfyUI's signatures (``folder_paths.get_full_path``/``get_filename_list``/``add_model_folder_path``,
 ``ModelPatcher(model, load_device, offload_device, size=0)``, ``load_models_gpu(models, memory_required=0)``).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import sys
 import types
 
 import pytest
@@ -21,19 +20,6 @@ from mvcustom_core.backbone.loading import export_ldm_state_dict, shipped_config
 from mvcustom_core.backbone.tiny import TINY_CONFIGS, tiny_backbone, tiny_components
 
 EXTENSIONS = {".ckpt", ".pt", ".bin", ".pth", ".safetensors", ".sft"}
-
-
-class FakeModelPatcher:
-    """Records its arguments and, like ComfyUI's, assigns ``model.device`` (at init and when loaded)."""
-
-    def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
-        self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
-        if not hasattr(model, "device") or model.device is None:
-            model.device = offload_device
-
-    def load(self, device_to):
-        self.model._apply(lambda t: t.to(device_to, copy=True))  # new tensors, as a move to another device makes
-        self.model.device = device_to
 
 
 @pytest.fixture
@@ -80,9 +66,6 @@ def models(host, tmp_path, monkeypatch):
         loaded.append(list(models))
 
     monkeypatch.setattr(mm, "load_models_gpu", load_models_gpu, raising=False)
-    patcher_module = types.ModuleType("comfy.model_patcher")
-    patcher_module.ModelPatcher = FakeModelPatcher
-    monkeypatch.setitem(sys.modules, "comfy.model_patcher", patcher_module)
     return types.SimpleNamespace(dir=models_dir, folders=names, loaded=loaded)
 
 
