@@ -15,12 +15,7 @@ from mvcustom_core.files import save_png
 from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -42,13 +42,7 @@ def _config(**overrides) -> TrainingConfig:
     return TrainingConfig(**{**base, **overrides})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models' ops are far too small for two threads: on a busy machine they only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ from mvcustom_core.eval.pose_errors import (absolute_pose_errors, accuracy_auc, 
 DT = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one intra-op thread avoids contention stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _random_rotation(gen: torch.Generator, n: int | None = None) -> torch.Tensor:

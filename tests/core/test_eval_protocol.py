@@ -21,12 +21,7 @@ from mvcustom_core.eval.table import format_markdown, summarize
 from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

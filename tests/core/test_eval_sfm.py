@@ -19,17 +19,9 @@ from mvcustom_core.eval.sfm import register_frames
 from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 
 pytest.importorskip("pycolmap")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 POSE_ONLY = EvalOptions(reprojection=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ from .conftest import PACK_NAME, run_node
 SMALL = dict(class_word="dog", name="subject", steps=2, frames=2, references=1, samples=4, seed=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture
