@@ -71,7 +71,7 @@ def _temporal(q, k, v):
 
 def attention_rows(quick: bool, device: torch.device) -> list[dict]:
     side = (16 if quick else 32) if device.type == "cpu" else 64
-    frames = (8, 16) if quick else (8, 16, 32)
+    frames = (8, 16, 32)  # the frame counts; quick only shrinks the latent side
     windows = (1, 3, 7) if quick else (1, 3, 7, 15)
     repeats = 2 if quick else 3
     rows = []

@@ -49,8 +49,9 @@ def make_unet(full: bool, device: str, dtype: torch.dtype):
 
 
 def _cams(frames: int, size: int) -> CameraSet:
+    """A 30° arc at radius 1: cameras in a customization's normalized scene frame (within FeatureNeRF's far plane)."""
     az = torch.linspace(-0.26, 0.26, frames)
-    eye = torch.stack([2.5 * torch.sin(az), torch.full_like(az, -0.4), -2.5 * torch.cos(az)], dim=-1)
+    eye = torch.stack([torch.sin(az), torch.full_like(az, -0.16), -torch.cos(az)], dim=-1)
     return CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (size, size))
 
 
