@@ -81,27 +81,35 @@ def _pose_cache_row(unet, cond, uncond, cams, steps, shape) -> dict:
             "note": "plain_s column: Fy rendered every step; mvcustom_s: cached after the first step"}
 
 
+def _sizes(full: bool, quick: bool) -> tuple[int, int, int]:
+    """``(frames, size, steps)`` of a configuration."""
+    return (16, 256, 10) if full else ((4, 64, 2) if quick else (8, 128, 4))
+
+
+def _samplers(full: bool, quick: bool, device: str, dtype: torch.dtype):
+    """The two sides measured, as zero-argument callables, and the UNet and inputs they share."""
+    frames, size, steps = _sizes(full, quick)
+    unet, text_dim = make_unet(full, device, dtype)
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(1, 77, text_dim, generator=g), torch.randn(1, 77, text_dim, generator=g)
+    cams = _cams(frames, size).to(device=device)
+    dfr = DFRPlan(depth=torch.full((size, size), 2.5, device=device), depth_kind="depth", scale=1.0,
+                  steps=max(1, round(0.7 * steps)))
+    clc = CLCPlan(tau=900 if steps >= 10 else 500)
+    sides = {"plain": lambda: sample(unet, cond, uncond, frames, size, size, steps, 5.0, seed=1),
+             "mvcustom": lambda: mvcustom_sample(unet, cond, uncond, cams, dfr=dfr, clc=clc, seed=1, steps=steps)}
+    return sides, (unet, cond, uncond, cams)
+
+
 def run(quick: bool) -> list[dict]:
     rows: list[dict] = []
     configs = [("cpu", torch.float32, False)]
     if torch.cuda.is_available():
         configs.append(("cuda", torch.float16, True))
     for device, dtype, full in configs:
-        frames, size, steps = (16, 256, 10) if full else ((4, 64, 2) if quick else (8, 128, 4))
-        unet, text_dim = make_unet(full, device, dtype)
-        g = torch.Generator().manual_seed(0)
-        cond, uncond = torch.randn(1, 77, text_dim, generator=g), torch.randn(1, 77, text_dim, generator=g)
-        cams = _cams(frames, size).to(device=device)
-        dfr = DFRPlan(depth=torch.full((size, size), 2.5, device=device), depth_kind="depth", scale=1.0,
-                      steps=max(1, round(0.7 * steps)))
-        clc = CLCPlan(tau=900 if steps >= 10 else 500)
+        frames, size, steps = _sizes(full, quick)
+        sides, (unet, cond, uncond, cams) = _samplers(full, quick, device, dtype)
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-        def plain():
-            return sample(unet, cond, uncond, frames, size, size, steps, 5.0, seed=1)
-
-        def full_sampler():
-            return mvcustom_sample(unet, cond, uncond, cams, dfr=dfr, clc=clc, seed=1, steps=steps)
 
         def measure(fn):
             if device == "cuda":
@@ -111,29 +119,30 @@ def run(quick: bool) -> list[dict]:
             t0 = time.perf_counter()
             fn()
             sync()
-            elapsed = time.perf_counter() - t0
-            peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-            return elapsed, peak
+            return time.perf_counter() - t0, (torch.cuda.max_memory_allocated() if device == "cuda" else 0)
 
-        plain()  # warm-up (allocator, kernels)
-        full_sampler()
+        for fn in sides.values():  # warm-up (allocator, kernels)
+            fn()
         repeats = 3 if (full or not quick) else 2
         samples = {"plain": [], "mvcustom": []}
         peaks = {"plain": 0, "mvcustom": 0}
         for _ in range(repeats):  # interleaved so load changes hit both sides alike
-            for name, fn in (("plain", plain), ("mvcustom", full_sampler)):
+            for name, fn in sides.items():
                 t, p = measure(fn)
                 samples[name].append(t)
-                peaks[name] = max(peaks[name], p or 0)
+                peaks[name] = max(peaks[name], p)
         t_plain, t_mv = statistics.median(samples["plain"]), statistics.median(samples["mvcustom"])
         shape = f"{frames} frames x {size}² px, {steps} steps, {'SD1.5+AD v3 shapes' if full else 'mid-size UNet'}"
         row = {"name": f"MVCustom (DFR + CLC) vs plain sampler, {device}", "shape": shape,
                "plain_s": t_plain, "mvcustom_s": t_mv, "time_ratio": t_mv / t_plain, "time_goal": "<= 1.10"}
         if device == "cuda":
             row.update(plain_peak_gb=peaks["plain"] / 2**30, mvcustom_peak_gb=peaks["mvcustom"] / 2**30,
-                       memory_ratio=peaks["mvcustom"] / max(peaks["plain"], 1), memory_goal="<= 1.15")
+                       memory_ratio=peaks["mvcustom"] / max(peaks["plain"], 1), memory_goal="<= 1.15",
+                       note="peak: torch.cuda.max_memory_allocated (weights + activations)")
         else:
-            row["note"] = "peak memory not measured on CPU (no allocator statistics)"
+            # Without allocator statistics on CPU, the resident high-water mark (VmHWM / ru_maxrss) was tried: it
+            # moves with allocator reuse and with model-initialisation temporaries, not with the sampler's peak.
+            row["note"] = "peak memory measured on CUDA only (torch keeps no CPU allocator statistics)"
         rows.append(row)
         if not full:
             rows.append(_pose_cache_row(unet, cond, uncond, cams, steps, shape))
@@ -143,7 +152,7 @@ def run(quick: bool) -> list[dict]:
     return rows
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m benchmarks.bench_sampler [--quick]
     import sys
 
     from benchmarks.run_all import to_markdown
