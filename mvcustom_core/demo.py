@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     for title, stage in stages:
         start = time.perf_counter()
         paths = stage()
-        print(f"{title}: {len(paths)} picture(s) in {time.perf_counter() - start:.1f} s")
+        print(f"{title}: {len(paths)} file(s) in {time.perf_counter() - start:.1f} s")
         for p in paths:
             print(f"  {p}")
     return 0
