@@ -30,6 +30,7 @@ from .hooks import FeatureHook, StepContext, run_step_hooks
 __all__ = [
     "SD15_SCHEDULER_CONFIG",
     "ANIMATEDIFF_SCHEDULER_CONFIG",
+    "DEFAULT_SCHEDULER_CONFIG",
     "LATENT_SCALE",
     "make_scheduler",
     "initial_noise",
@@ -60,6 +61,9 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
 # configs/animatediff/*.py use beta_schedule='linear'; ComfyUI AnimateDiff-Evolved's default is
 # "sqrt_linear (AnimateDiff)" (= diffusers "linear"). CameraCtrl likewise (peers.md §1.1).
 ANIMATEDIFF_SCHEDULER_CONFIG: dict[str, Any] = {**SD15_SCHEDULER_CONFIG, "beta_schedule": "linear"}
+# The default: the backbone is an AnimateDiff UNet, and both training loops (backbone stage and
+# customization) noise with these betas, so sampling must use them too.
+DEFAULT_SCHEDULER_CONFIG = ANIMATEDIFF_SCHEDULER_CONFIG
 
 LATENT_SCALE = 0.18215  # SD1.5 VAE scaling_factor
 
@@ -77,7 +81,7 @@ def make_scheduler(name: SchedulerName = "ddim", config: dict[str, Any] | None =
         cls = EulerDiscreteScheduler
     else:
         raise ValueError(f"scheduler must be 'ddim' or 'euler', got {name!r}")
-    config = dict(SD15_SCHEDULER_CONFIG if config is None else config)
+    config = dict(DEFAULT_SCHEDULER_CONFIG if config is None else config)
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in config.items() if k in accepted})
 
@@ -157,8 +161,9 @@ def sample(
             the conditional branch only.
         num_frames, height, width: F and the *pixel* size (multiples of 8); latents are [F, 4, H/8, W/8].
         steps, cfg, eta: number of steps, guidance scale s, DDIM η (Euler ignores η).
-        scheduler: ``"ddim"`` or ``"euler"``; ``scheduler_config`` defaults to ``SD15_SCHEDULER_CONFIG``
-            (``ANIMATEDIFF_SCHEDULER_CONFIG`` has the linear betas AnimateDiff was trained with).
+        scheduler: ``"ddim"`` or ``"euler"``; ``scheduler_config`` defaults to ``DEFAULT_SCHEDULER_CONFIG``
+            (= ``ANIMATEDIFF_SCHEDULER_CONFIG``, the linear betas AnimateDiff and the pack's training loops
+            use; ``SD15_SCHEDULER_CONFIG`` has SD1.5's ``scaled_linear`` betas).
         seed: seeds a CPU ``torch.Generator`` for the initial noise and any scheduler noise; the same
             seed gives identical latents.
         hooks: step hooks and ``FeatureHook``s (see ``hooks.py``); FeatureHooks are installed for the
@@ -192,7 +197,7 @@ def sample(
         raise ValueError("start_step > 0 needs latents noised to timesteps[start_step]")
     device = next(unet.parameters()).device
     generator = torch.Generator().manual_seed(int(seed))
-    sched = make_scheduler(scheduler, scheduler_config if scheduler_config is not None else SD15_SCHEDULER_CONFIG)
+    sched = make_scheduler(scheduler, scheduler_config)
     sched.set_timesteps(steps, device=device)
 
     cond_f = _frames_text(cond, num_frames, "cond")

@@ -74,7 +74,7 @@ def test_ddim_equals_hand_written_loop_with_cfg(unet, text):
     s = 5.0
     out = sample(unet, cond, uncond, F, SIZE, SIZE, steps=STEPS, cfg=s, scheduler="ddim", seed=3)
 
-    a = _alphas_cumprod("scaled_linear")
+    a = _alphas_cumprod("linear")  # the default: AnimateDiff's betas
     x = torch.randn(F, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(3))
     ts = _leading_timesteps(STEPS)
     for t in ts:
@@ -91,7 +91,7 @@ def test_euler_equals_hand_written_loop(unet, text):
     cond, _ = text
     out = sample(unet, cond, None, F, SIZE, SIZE, steps=STEPS, scheduler="euler", seed=5)
 
-    a = _alphas_cumprod("scaled_linear")
+    a = _alphas_cumprod("linear")
     ts = _leading_timesteps(STEPS)
     sigmas = [((1 - a[t]) / a[t]).sqrt() for t in ts] + [torch.tensor(0.0)]  # σ_t = √((1-ᾱ)/ᾱ)
     # "leading" spacing: init_noise_sigma = √(σ_max² + 1) (diffusers EulerDiscreteScheduler)

@@ -176,7 +176,9 @@ def test_dfr_node_field_previews_with_model_and_customization(node, run, backbon
     from mvcustom_core.customization.file_format import customization_from_unet
 
     model, ctx = copy.deepcopy(backbone.unet), PoseContext()
-    install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
+    with torch.random.fork_rng():  # FeatureNeRF's MLPs draw their initial weights from the global generator
+        torch.manual_seed(0)
+        install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
     with torch.no_grad():
         next(pose_blocks(model)).featurenerf.decoder.weight.normal_(0, 25.0, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
