@@ -287,6 +287,10 @@ def _sample_step(gen: torch.Generator, m: int, frames: int, refs: int) -> tuple[
     return targets, rest[:min(refs, rest.numel())]
 
 
+# Hosts may call this under torch.inference_mode (ComfyUI runs every node in it): training needs autograd,
+# and modules or inputs created in inference mode cannot take part in it.
+@torch.inference_mode(False)
+@torch.enable_grad()
 def train_customization(
     backbone: Any,
     reference: ReferenceSet,
@@ -313,30 +317,13 @@ def train_customization(
     Returns:
         :class:`TrainingResult`.
     """
-    # Hosts may call this under torch.inference_mode (ComfyUI runs every node in it): training needs autograd,
-    # and modules or inputs created in inference mode cannot take part in it.
-    with torch.inference_mode(False), torch.enable_grad():
-        if any(p.is_inference() for p in backbone.unet.parameters()):
-            raise TrainingError("the backbone's weights were created under torch.inference_mode, so autograd cannot "
-                                "use them; build or load the backbone with inference mode off")
-        cams = reference.cameras
-        reference = ReferenceSet(reference.images.clone(), reference.masks.clone(),
-                                 CameraSet(K=cams.K.clone(), c2w=cams.c2w.clone(), image_size=cams.image_size),
-                                 reference.new_from_old.clone())
-        return _train_customization(backbone, reference, config, checkpoint=checkpoint, resume=resume,
-                                    progress=progress)
-
-
-def _train_customization(
-    backbone: Any,
-    reference: ReferenceSet,
-    config: TrainingConfig,
-    *,
-    checkpoint: str | os.PathLike | None = None,
-    resume: bool = True,
-    progress: ProgressFn | None = None,
-) -> TrainingResult:
-    """The body of :func:`train_customization`, with autograd on."""
+    if any(p.is_inference() for p in backbone.unet.parameters()):
+        raise TrainingError("the backbone's weights were created under torch.inference_mode, so autograd cannot "
+                            "use them; build or load the backbone with inference mode off")
+    cams = reference.cameras
+    reference = ReferenceSet(reference.images.clone(), reference.masks.clone(),
+                             CameraSet(K=cams.K.clone(), c2w=cams.c2w.clone(), image_size=cams.image_size),
+                             reference.new_from_old.clone())
     config.check()
     unet, vae, text_encoder = backbone.unet, backbone.vae, backbone.text_encoder
     if getattr(backbone, "tokenizer", None) is None:
