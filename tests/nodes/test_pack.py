@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import inspect
 import pkgutil
@@ -88,27 +87,17 @@ def test_default_widget_values_lie_within_their_bounds(node_classes):
                 assert default in options, f"{node_id}.{inp.id}: {default!r} not in {options}"
 
 
-def _imported_roots(path: Path) -> set[str]:
-    roots = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            roots.add(node.module.split(".")[0])
-    return roots
-
-
-def test_only_host_module_imports_comfyui():
-    offenders = {p.name: sorted(_imported_roots(p) & HOST_ROOTS) for p in NODES_DIR.glob("*.py")
-                 if p.name != "_host.py" and _imported_roots(p) & HOST_ROOTS}
+def test_only_host_module_imports_comfyui(imported_roots):
+    offenders = {p.name: sorted(imported_roots(p) & HOST_ROOTS) for p in NODES_DIR.glob("*.py")
+                 if p.name != "_host.py" and imported_roots(p) & HOST_ROOTS}
     assert offenders == {}
-    assert {"comfy", "comfy_api", "folder_paths"} <= _imported_roots(NODES_DIR / "_host.py")
+    assert {"comfy", "comfy_api", "folder_paths"} <= imported_roots(NODES_DIR / "_host.py")
 
 
-def test_no_module_imports_our_nodes_package_as_top_level_nodes():
+def test_no_module_imports_our_nodes_package_as_top_level_nodes(imported_roots):
     """Inside ComfyUI the top-level name ``nodes`` is the host's nodes.py."""
     for p in [REPO_ROOT / "__init__.py", *NODES_DIR.glob("*.py")]:
-        assert "nodes" not in _imported_roots(p), p.name
+        assert "nodes" not in imported_roots(p), p.name
 
 
 def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
