@@ -68,3 +68,18 @@ def imported_roots():
         return roots
 
     return roots_of
+
+
+@pytest.fixture(scope="module")
+def unet():
+    """The tiny random SD1.5-shaped ``UNetMotionModel`` (text width 32), in eval mode."""
+    from mvcustom_core.backbone.tiny import tiny_backbone
+
+    return tiny_backbone(0).unet.eval()
+
+
+@pytest.fixture(scope="module")
+def text():
+    """``(cond, uncond)`` random text states ``[1, 5, 32]`` for :func:`unet`."""
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)

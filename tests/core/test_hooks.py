@@ -7,23 +7,11 @@ import torch
 
 from mvcustom_core.backbone.hooks import FeatureHook, StepContext, hookable_layers
 from mvcustom_core.backbone.sampler import sample
-from mvcustom_core.backbone.tiny import tiny_backbone
 
 F, SIZE = 2, 64
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def unet():
-    return tiny_backbone(0).unet.eval()
-
-
-@pytest.fixture(scope="module")
-def text():
-    g = torch.Generator().manual_seed(7)
-    return torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py (also: unet, text)
 
 
 @pytest.fixture(scope="module")

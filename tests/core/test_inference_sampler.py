@@ -12,23 +12,11 @@ from mvcustom_core.backbone.sampler import make_scheduler, sample
 from mvcustom_core.cameras import CameraSet, look_at
 from mvcustom_core.inference import CLCPlan, DFRPlan, mvcustom_sample, prepare_run, resolve_anchor_geometry
 from mvcustom_core.ops import apply_plan_reference, build_feature_mesh, plan_mesh_render, resample_depth
-from mvcustom_core.backbone.tiny import tiny_backbone
 
 SIZE, STEPS = 64, 3  # 8×8 latents
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def unet():
-    return tiny_backbone(0).unet.eval()
-
-
-@pytest.fixture(scope="module")
-def text():
-    g = torch.Generator().manual_seed(7)
-    return torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py (also: unet, text)
 
 
 def _cams(n: int) -> CameraSet:

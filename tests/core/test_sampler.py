@@ -19,23 +19,11 @@ from mvcustom_core.backbone.sampler import (
     sample,
     to_comfy_latent,
 )
-from mvcustom_core.backbone.tiny import tiny_backbone
 
 F, SIZE, STEPS = 2, 64, 3  # 2 frames, 64 px -> 8×8 latents, 3 steps
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def unet():
-    return tiny_backbone(0).unet.eval()
-
-
-@pytest.fixture(scope="module")
-def text():
-    g = torch.Generator().manual_seed(7)
-    return torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)  # cond, uncond
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py (also: unet, text)
 
 
 def _alphas_cumprod(beta_schedule: str) -> torch.Tensor:
