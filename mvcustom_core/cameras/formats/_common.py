@@ -9,8 +9,8 @@ import torch
 from mvcustom_core.cameras.camera_set import CameraSet
 from mvcustom_core.files import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 
-__all__ = ["PoseFileError", "atomic_write_bytes", "atomic_write_text", "parse_numbers", "validate_frames",
-           "nearest_rotation", "cameras_from_file_matrices", "rescale_to_common_size"]
+__all__ = ["PoseFileError", "atomic_write_bytes", "atomic_write_text", "is_number", "parse_numbers",
+           "validate_frames", "nearest_rotation", "cameras_from_file_matrices", "rescale_to_common_size"]
 
 # Rotations in text files carry ~9 decimals; anything looser than this is a broken file, not rounding.
 ROTATION_ATOL = 1e-4
@@ -18,6 +18,15 @@ ROTATION_ATOL = 1e-4
 
 class PoseFileError(ValueError):
     """A camera file (or CAMERACTRL_POSES value) that cannot be read; the message names file and line/key."""
+
+
+def is_number(tok: str) -> bool:
+    """Whether ``tok`` parses as a float (used to tell data lines from headers)."""
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_numbers(tokens: Sequence[object], where: str) -> list[float]:

@@ -28,7 +28,7 @@ from kornia.geometry.conversions import quaternion_to_rotation_matrix, rotation_
 
 from mvcustom_core.cameras.camera_set import CameraSet, intrinsics_matrix
 from mvcustom_core.cameras.formats._common import (PoseFileError, atomic_write_text, cameras_from_file_matrices,
-                                                   parse_numbers, rescale_to_common_size)
+                                                   is_number, parse_numbers, rescale_to_common_size)
 from mvcustom_core.cameras.formats.transforms_json import DistortionIgnoredWarning
 
 __all__ = ["ColmapMeta", "read_colmap_model", "write_colmap_model"]
@@ -122,7 +122,7 @@ def _read_images(path: Path) -> list[tuple[int, list[float], int, str, int]]:
         if i < len(lines):
             pn, points = lines[i]
             ptoks = points.split()
-            if len(ptoks) % 3 != 0 or not all(_is_number(t) for t in ptoks):
+            if len(ptoks) % 3 != 0 or not all(is_number(t) for t in ptoks):
                 raise PoseFileError(f"{path}: line {pn}: expected the 2D-points line (X Y POINT3D_ID triples) "
                                     f"of the image on line {n}; every image line needs one, even if empty")
             i += 1
@@ -175,14 +175,6 @@ def _warn_distortion(model: str, params: list[float], where: str) -> None:
     if any(d != 0 for d in distortion):
         warnings.warn(f"{where}: {model} distortion {distortion} ignored (pinhole cameras only)",
                       DistortionIgnoredWarning, stacklevel=5)
-
-
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-    except ValueError:
-        return False
-    return True
 
 
 def read_colmap_model(folder: str | os.PathLike, *, image_size: tuple[int, int] | None = None,

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mvcustom_core.cameras.camera_set import CameraSet
-from mvcustom_core.cameras.formats._common import PoseFileError, atomic_write_text, parse_numbers
+from mvcustom_core.cameras.formats._common import PoseFileError, atomic_write_text, is_number, parse_numbers
 from mvcustom_core.cameras.formats.cameractrl_poses import (DEFAULT_POSE_SIZE, cameras_from_pose_rows,
                                                             cameras_to_pose_rows)
 
@@ -50,14 +50,6 @@ class RealEstate10KMeta:
         return self.timestamps is not None
 
 
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-    except ValueError:
-        return False
-    return True
-
-
 def parse_realestate10k(text: str, *, image_size: tuple[int, int] = DEFAULT_POSE_SIZE,
                         source: str = "<pose text>") -> tuple[CameraSet, RealEstate10KMeta]:
     """Parse the text of a pose file (see the module docstring); ``source`` names it in errors."""
@@ -65,7 +57,7 @@ def parse_realestate10k(text: str, *, image_size: tuple[int, int] = DEFAULT_POSE
     start = 1
     url = lines[0].strip() if lines else ""
     # A file whose first line is already a pose row (no URL) is unambiguous: a URL is never all numbers.
-    if lines and len(lines[0].split()) in (18, 19) and all(_is_number(t) for t in lines[0].split()):
+    if lines and len(lines[0].split()) in (18, 19) and all(is_number(t) for t in lines[0].split()):
         start, url = 0, ""
     frames = [(n + 1, line.split()) for n, line in enumerate(lines) if n >= start and line.strip()]
     if not frames:
