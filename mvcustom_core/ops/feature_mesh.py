@@ -88,6 +88,17 @@ def grid_faces(h: int, w: int, device: torch.device | None = None) -> Tensor:
     return torch.stack([upper, lower], dim=1).reshape(-1, 3)
 
 
+def _depth_map(depth: Tensor, dims: str) -> tuple[Tensor, dict[str, int]]:
+    """``[h, w]`` or ``[1, 1, h, w]`` floating-point depth -> ``[h, w]`` and its sizes under the names in ``dims``."""
+    if depth.dim() == 4:
+        check_shape(depth, "1 1 " + dims, "depth")
+        depth = depth[0, 0]
+    sizes = check_shape(depth, dims, "depth")
+    if not depth.is_floating_point():
+        raise FeatureMeshError(f"depth must be a floating-point tensor, got {depth.dtype}")
+    return depth, sizes
+
+
 def build_feature_mesh(
     depth: Tensor,  # [h, w] or [1, 1, h, w]
     cam: CameraSet,
@@ -129,12 +140,7 @@ def build_feature_mesh(
         >>> mesh.num_verts, mesh.num_faces
         (16, 18)
     """
-    if depth.dim() == 4:
-        check_shape(depth, "1 1 h w", "depth")
-        depth = depth[0, 0]
-    dims = check_shape(depth, "h w", "depth")
-    if not depth.is_floating_point():
-        raise FeatureMeshError(f"depth must be a floating-point tensor, got {depth.dtype}")
+    depth, dims = _depth_map(depth, "h w")
     if valid is not None:
         check_shape(valid, "h w", "valid", dims)
     if not isinstance(cam, CameraSet) or cam.num_frames != 1:
@@ -183,12 +189,7 @@ def resample_depth(depth: Tensor, size: tuple[int, int], *, mode: str = "nearest
         >>> resample_depth(torch.arange(1.0, 17.0).reshape(4, 4), (2, 2), mode="min").tolist()
         [[1.0, 3.0], [9.0, 11.0]]
     """
-    if depth.dim() == 4:
-        check_shape(depth, "1 1 H W", "depth")
-        depth = depth[0, 0]
-    dims = check_shape(depth, "H W", "depth")
-    if not depth.is_floating_point():
-        raise FeatureMeshError(f"depth must be a floating-point tensor, got {depth.dtype}")
+    depth, dims = _depth_map(depth, "H W")
     h, w = int(size[0]), int(size[1])
     if h < 1 or w < 1:
         raise FeatureMeshError(f"size must be positive, got {size}")
