@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mvcustom_core.files import atomic_write as write_atomically  # noqa: F401  (the node layer's name for it)
 
-from ._host import comfy_utils, model_management
+from ._host import comfy_utils, folder_paths, model_management
 
 __all__ = [
     "NodeInputError",
@@ -30,6 +30,7 @@ __all__ = [
     "image_to_chw",
     "mask_from_core",
     "write_atomically",
+    "numbered_output",
     "Progress",
     "check_interrupted",
 ]
@@ -121,6 +122,18 @@ def mask_from_core(x: Tensor) -> Tensor:
     if x.ndim != 3:
         raise ValueError(f"expected a [B, 1, H, W] or [B, H, W] mask, got shape {tuple(x.shape)}")
     return to_output(x.clamp(0, 1).contiguous())
+
+
+def numbered_output(node: type | str, input_name: str, prefix: str) -> tuple[Path, str, str]:
+    """Where an output node writes: ``(folder, "<stem>_<counter:05>", subfolder)`` inside ComfyUI's output folder,
+    numbered the way SaveImage numbers files; the error for a bad ``prefix`` names node and input."""
+    require(node, input_name, bool(prefix and prefix.strip()), "must not be empty")
+    try:
+        folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(prefix,
+                                                                               folder_paths.get_output_directory())
+    except Exception as e:  # ComfyUI raises a bare Exception for a prefix that leaves the output folder
+        raise NodeInputError(node, input_name, f"is invalid: {e}") from e
+    return Path(folder), f"{stem}_{counter:05}", subfolder
 
 
 # ---------------------------------------------------------------------------------------- progress

@@ -12,7 +12,7 @@ from pathlib import Path
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.cameras.formats import FORMATS, load_camera_file, save_camera_file
 
-from ._common import NodeInputError, blame, require
+from ._common import NodeInputError, blame, numbered_output, require
 from ._host import folder_paths, io, ui
 from .types import Trajectory
 
@@ -146,15 +146,10 @@ class SaveTrajectory(io.ComfyNode):
         require(cls, "trajectory", isinstance(trajectory, CameraSet),
                 f"must be an MVC_CAMERA_TRAJECTORY (CameraSet), got {type(trajectory).__name__}")
         require(cls, "format", format in FORMATS, f"must be one of {list(FORMATS)}, got {format!r}")
-        require(cls, "filename_prefix", bool(filename_prefix and filename_prefix.strip()), "must not be empty")
-        output_dir = folder_paths.get_output_directory()
-        try:
-            folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
-        except Exception as e:  # ComfyUI raises a bare Exception for a prefix that leaves the output folder
-            raise NodeInputError(cls, "filename_prefix", f"is invalid: {e}") from e
-        name = f"{stem}_{counter:05}_{SAVE_SUFFIXES[format]}"
+        folder, numbered, subfolder = numbered_output(cls, "filename_prefix", filename_prefix)
+        name = f"{numbered}_{SAVE_SUFFIXES[format]}"
         with blame(cls, "trajectory"):
-            save_camera_file(trajectory, Path(folder) / name, format)
+            save_camera_file(trajectory, folder / name, format)
         relative = Path(subfolder, name).as_posix()
         return io.NodeOutput(relative, ui=ui.PreviewText(f"saved {relative} ({format}, {len(trajectory)} cameras)"))
 

@@ -21,8 +21,9 @@ from mvcustom_core.inference.export import export_views
 from mvcustom_core.inference.mvcustom_sampler import DEFAULT_CFG, DEFAULT_OVERLAP, DEFAULT_WINDOW
 from mvcustom_core.ops import DEFAULT_MAX_REL_DEPTH_JUMP
 
-from ._common import (NodeInputError, Progress, blame, image_from_chw, image_to_chw, input_named_in, require)
-from ._host import folder_paths, io, model_management, ui
+from ._common import (NodeInputError, Progress, blame, image_from_chw, image_to_chw, input_named_in, numbered_output,
+                      require)
+from ._host import io, model_management, ui
 from .types import Backbone, CLCPlan as CLCPlanType, Customization, DFRPlan as DFRPlanType, Trajectory
 
 __all__ = ["INFERENCE_NODES", "DepthAwareFeatureRendering", "LatentCompletion", "MVCustomSampler", "ExportViews"]
@@ -316,18 +317,12 @@ class ExportViews(io.ComfyNode):
         require(cls, "images", frames.shape[0] == cams.num_frames,
                 f"has {frames.shape[0]} frames but the trajectory has {cams.num_frames} cameras")
         require(cls, "ply_format", ply_format in ("binary", "ascii"), f"must be 'binary' or 'ascii', got {ply_format!r}")
-        require(cls, "folder_prefix", bool(folder_prefix and folder_prefix.strip()), "must not be empty")
         require(cls, "anchor", anchor is None or (isinstance(anchor, DFRPlan) and anchor.depth is not None
                                                   and anchor.depth_kind == "depth" and anchor.scale == 1.0),
                 "must be the MVCustom Sampler's 'anchor' output (a resolved metric depth)")
-        output_dir = folder_paths.get_output_directory()
-        try:
-            parent, stem, counter, subfolder, _ = folder_paths.get_save_image_path(folder_prefix, output_dir)
-        except Exception as e:  # ComfyUI raises a bare Exception for a prefix that leaves the output folder
-            raise NodeInputError(cls, "folder_prefix", f"is invalid: {e}") from e
-        name = f"{stem}_{counter:05}"
+        parent, name, subfolder = numbered_output(cls, "folder_prefix", folder_prefix)
         with blame(cls, "images"):
-            result = export_views(Path(parent) / name, frames, cams,
+            result = export_views(parent / name, frames, cams,
                                   anchor=None if anchor is None else anchor.anchor,
                                   anchor_depth=None if anchor is None else anchor.depth,
                                   binary_ply=ply_format == "binary")
