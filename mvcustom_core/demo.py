@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from mvcustom_core.cameras import CameraSet
 from mvcustom_core.files import colorize, image_grid, save_png
 from mvcustom_core.ops import apply_plan, build_feature_mesh, plan_mesh_render
 from mvcustom_core.synthetic import SyntheticScene
@@ -49,7 +50,7 @@ def demo_trajectories(out: Path, frames: int = 16) -> list[Path]:
     return written
 
 
-def _orbit(frames: int, size: int) -> "CameraSet":  # noqa: F821
+def _orbit(frames: int, size: int) -> CameraSet:
     return make_trajectory("orbit", frames, image_size=(size, size), radius=2.6, elevation_deg=20.0,
                            span_deg=120.0, start_azimuth_deg=-60.0, loop=False, dtype=torch.float32)
 
