@@ -239,7 +239,8 @@ def _candidates(bbox: Tensor, chunk: int) -> Iterator[tuple[Tensor, Tensor, Tens
         stop = max(int(torch.searchsorted(ends, base + chunk, right=True)), start + 1)
         n = counts[start:stop]
         k = torch.repeat_interleave(torch.arange(start, stop, device=bbox.device), n)
-        offsets = torch.arange(int(n.sum()), device=bbox.device) - (ends - counts)[k]
+        # Offset of each candidate inside its own box: global candidate index minus the box's first.
+        offsets = base + torch.arange(int(n.sum()), device=bbox.device) - (ends - counts)[k]
         wid = widths[k]
         rows = bbox[k, 0] + torch.div(offsets, wid, rounding_mode="floor")
         cols = bbox[k, 2] + offsets % wid

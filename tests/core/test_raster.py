@@ -152,6 +152,18 @@ def test_fast_paths_match_reference_on_random_scenes(seed):
         torch.testing.assert_close(got.zbuf, ref.zbuf, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 100])
+def test_torch_path_is_independent_of_the_candidate_chunk(monkeypatch, chunk):
+    """Candidates are evaluated ``CANDIDATE_CHUNK`` pairs at a time; every chunk must see its own boxes' pixels."""
+    from mvcustom_core.ops import raster
+
+    verts, faces = _random_soup(40, 3)
+    cams = _ring_cameras(3, (13, 17), seed=3)
+    ref = rasterize(verts, faces, cams, impl="reference")
+    monkeypatch.setattr(raster, "CANDIDATE_CHUNK", chunk)
+    assert torch.equal(rasterize(verts, faces, cams, impl="torch").face_idx, ref.face_idx)
+
+
 def test_fast_paths_match_reference_on_a_feature_mesh():
     mesh, cams = _sphere_mesh_plan_inputs()
     ref = rasterize(mesh.vertices, mesh.faces, cams, impl="reference")
