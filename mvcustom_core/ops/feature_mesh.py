@@ -10,6 +10,15 @@ Convention: vertex ``row * w + col`` is the centre of anchor pixel (row, col), a
 ``P = c2w · (D · K⁻¹ [u, v, 1]ᵀ)`` with ``D`` the camera z-depth (not the ray length). Every pixel
 gets a vertex, so ``V = h·w`` and the vertex features are simply ``feature_map.reshape(C, h·w).T``;
 vertices of invalid pixels sit at the camera centre and no face uses them.
+
+Silhouette guards: a face dropped at a depth discontinuity is where the anchor's samples cannot say
+which surface is seen — the true silhouette lies anywhere between the last near sample and the first
+far one, and the near surface's unsampled rim ("sliver") may be seen broadside by another camera.
+Each such face gets an *occluder*: the prism over its anchor-pixel footprint from the near surface's
+depth to ``(1 + τ)`` times it (τ = ``max_rel_depth_jump``, the same bound the culling trusts for a
+continuous surface across one face; see :func:`silhouette_guards`). Occluders take part in the z-test but never count as coverage,
+so target pixels whose ray meets that unknown space are left to the model instead of taking the
+colour of whatever surface lies behind (:func:`mvcustom_core.ops.raster.plan_mesh_render`).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from mvcustom_core.cameras.camera_set import CameraSet
 from mvcustom_core.checks import check_shape
 
 __all__ = ["FeatureMesh", "FeatureMeshError", "build_feature_mesh", "grid_faces", "resample_depth",
-           "DEFAULT_MAX_REL_DEPTH_JUMP"]
+           "silhouette_guards", "DEFAULT_MAX_REL_DEPTH_JUMP"]
 
 DEFAULT_MAX_REL_DEPTH_JUMP = 0.1
 
@@ -43,6 +52,9 @@ class FeatureMesh:
         pixel_coords: ``[V, 2]`` anchor pixel coordinates ``(u, v)`` of each vertex (centres, +½).
         depth: ``[V]`` anchor camera z-depth of each vertex (0 where invalid).
         grid_size: ``(h, w)`` of the pixel grid the vertices come from.
+        occluder_vertices: ``[G, 3]`` world corners of the silhouette guards (see the module doc).
+        occluder_faces: ``[Tg, 3]`` long guard triangles, indexing ``cat([vertices, occluder_vertices])``;
+            they hide what lies behind them but carry no features.
     """
 
     vertices: Tensor
@@ -50,6 +62,15 @@ class FeatureMesh:
     pixel_coords: Tensor
     depth: Tensor
     grid_size: tuple[int, int]
+    occluder_vertices: Tensor | None = None
+    occluder_faces: Tensor | None = None
+
+    def render_geometry(self) -> tuple[Tensor, Tensor]:
+        """Vertices ``[V + G, 3]`` and faces ``[T + Tg, 3]`` to rasterize: feature faces first, then occluders."""
+        if self.occluder_faces is None or len(self.occluder_faces) == 0:
+            return self.vertices, self.faces
+        return (torch.cat([self.vertices, self.occluder_vertices]),
+                torch.cat([self.faces, self.occluder_faces]))
 
     @property
     def num_verts(self) -> int:
@@ -88,6 +109,43 @@ def grid_faces(h: int, w: int, device: torch.device | None = None) -> Tensor:
     return torch.stack([upper, lower], dim=1).reshape(-1, 3)
 
 
+# A triangular prism as 8 triangles over corners 0-2 (front cap) and 3-5 (back cap, same order).
+_PRISM_TRIANGLES = torch.tensor([[0, 1, 2], [3, 5, 4], [0, 3, 4], [0, 4, 1], [1, 4, 5], [1, 5, 2], [2, 5, 3], [2, 3, 0]])
+# Guards are shrunk about their face's centroid by this fraction: the band between samples is open, so
+# a guard must not reach the pixel centres whose surface the anchor did sample.
+_GUARD_SHRINK = 1e-3
+
+
+def silhouette_guards(
+    uv: Tensor,  # [V, 2]
+    z: Tensor,  # [V], 0 = invalid
+    faces: Tensor,  # [D, 3] the dropped faces
+    cam: CameraSet,
+    max_rel_depth_jump: float,
+) -> tuple[Tensor, Tensor]:
+    """Occluder prisms over dropped faces (module doc): ``[6·D', 3]`` corners and ``[8·D', 3]`` triangles.
+
+    Each corner's front depth is its vertex's own depth when that vertex is on the near surface
+    (valid and within ``(1 + τ)·z_min``), else ``z_min``; its back depth is ``(1 + τ)`` times the
+    front. A dropped face with no valid vertex says nothing about the scene and gets no guard.
+    Triangle indices count from 0 over the returned corners; the caller offsets them.
+    """
+    fz = z[faces]  # [D, 3]
+    known = (fz > 0).any(dim=-1)
+    faces, fz = faces[known], fz[known]
+    zmin = torch.where(fz > 0, fz, torch.full_like(fz, float("inf"))).amin(dim=-1, keepdim=True)  # [D', 1]
+    on_near = (fz > 0) & (fz <= (1.0 + max_rel_depth_jump) * zmin)
+    front = torch.where(on_near, fz, zmin)  # [D', 3]
+    corner_z = torch.stack([front, front * (1.0 + max_rel_depth_jump)], dim=1)  # [D', 2, 3]
+    face_uv = uv[faces]  # [D', 3, 2]
+    face_uv = face_uv + _GUARD_SHRINK * (face_uv.mean(dim=1, keepdim=True) - face_uv)
+    corner_uv = face_uv[:, None].expand(-1, 2, -1, -1)  # [D', 2, 3, 2]
+    corners = cam.unproject(corner_uv.reshape(1, -1, 2), corner_z.reshape(1, -1))[0]  # [6·D', 3]
+    offsets = 6 * torch.arange(len(faces), device=faces.device)
+    triangles = offsets[:, None, None] + _PRISM_TRIANGLES.to(faces.device)  # [D', 8, 3]
+    return corners, triangles.reshape(-1, 3)
+
+
 def _depth_map(depth: Tensor, dims: str) -> tuple[Tensor, dict[str, int]]:
     """``[h, w]`` or ``[1, 1, h, w]`` floating-point depth -> ``[h, w]`` and its sizes under the names in ``dims``."""
     if depth.dim() == 4:
@@ -105,6 +163,7 @@ def build_feature_mesh(
     *,
     max_rel_depth_jump: float = DEFAULT_MAX_REL_DEPTH_JUMP,
     valid: Tensor | None = None,  # [h, w] bool
+    guard_silhouettes: bool = True,
 ) -> FeatureMesh:
     """Unproject an anchor depth map into a pixel-grid triangle mesh, dropping stretched faces.
 
@@ -129,6 +188,8 @@ def build_feature_mesh(
             rescaled with :meth:`CameraSet.with_image_size` (same field of view).
         max_rel_depth_jump: threshold (> 0) on a face's ``(max z − min z) / min z``.
         valid: optional ``[h, w]`` bool mask of pixels with usable depth.
+        guard_silhouettes: give every dropped face an occluder prism (module doc), so target pixels
+            near silhouettes whose surface the anchor cannot determine are left uncovered.
 
     Returns:
         A :class:`FeatureMesh` with ``V = h·w`` vertices in the dtype and device of ``depth``.
@@ -167,7 +228,11 @@ def build_feature_mesh(
     zmin = fz.amin(dim=-1)
     # max - min <= jump * min, written without a division so zero depths cannot make NaNs.
     face_ok &= (fz.amax(dim=-1) - zmin) <= max_rel_depth_jump * zmin
-    return FeatureMesh(vertices=vertices, faces=faces[face_ok], pixel_coords=uv, depth=z, grid_size=(h, w))
+    guards = {}
+    if guard_silhouettes:
+        corners, triangles = silhouette_guards(uv, z, faces[~face_ok], cam, max_rel_depth_jump)
+        guards = {"occluder_vertices": corners, "occluder_faces": triangles + len(vertices)}
+    return FeatureMesh(vertices=vertices, faces=faces[face_ok], pixel_coords=uv, depth=z, grid_size=(h, w), **guards)
 
 
 def resample_depth(depth: Tensor, size: tuple[int, int], *, mode: str = "nearest") -> Tensor:

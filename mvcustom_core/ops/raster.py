@@ -19,6 +19,7 @@ Convention:
       ``1/z = Σ l_i / z_i`` and ``b_i = (l_i / z_i) · z`` — 1/z is affine in screen space for a planar
       face under a pinhole projection (Heckbert & Moreton, "Interpolation for Polygon Texture
       Mapping and Shading", 1991; the formula PyTorch3D's rasterizer and OpenGL use).
+    - A pixel whose interpolated depth is not finite (a face seen edge-on) is not inside that face.
     - **Tie rule:** the smallest depth wins; faces whose depths at the pixel are *exactly* equal (as
       computed) resolve to the smallest face index, so all implementations agree on face ids.
     - Empty pixels: ``face_idx = -1``, ``zbuf = -1``, ``bary = 0``.
@@ -220,6 +221,8 @@ def edge_barycentrics(
     qsum = q0 + q1 + q2
     bary = torch.stack([q0 / qsum, q1 / qsum, q2 / qsum], dim=-1)
     depth = total / qsum
+    # A face seen (numerically) edge-on can give 0/0 or x/0 here: that is no hit, on every path.
+    inside = inside & torch.isfinite(depth)
     return inside, bary, depth
 
 
@@ -427,8 +430,12 @@ def triton_available() -> bool:
     return True
 
 
-def make_render_plan(frags: Fragments, faces: Tensor) -> RenderPlan:  # faces: [T, 3]
+def make_render_plan(frags: Fragments, faces: Tensor, num_covering: int | None = None) -> RenderPlan:  # faces: [T, 3]
     """Turn fragments into per-pixel vertex ids and weights, once per geometry.
+
+    Args:
+        num_covering: faces ``>= num_covering`` are occluders (a feature mesh's silhouette guards): a
+            pixel they win is empty. None = every face covers.
 
     Returns:
         :class:`RenderPlan` with ``[F, 3, H, W]`` ids and weights (``num_verts`` = ``faces.max() + 1``
@@ -441,8 +448,11 @@ def make_render_plan(frags: Fragments, faces: Tensor) -> RenderPlan:  # faces: [
     coverage = frags.face_idx >= 0
     if bool(coverage.any()) and int(frags.face_idx.max()) >= len(faces):
         raise RasterError(f"frags reference face {int(frags.face_idx.max())} but faces has {len(faces)} rows")
+    if num_covering is not None:
+        coverage &= frags.face_idx < num_covering
+        faces = faces[:num_covering]
     if len(faces):
-        vert_idx = faces[frags.face_idx.clamp_min(0)]  # [F, H, W, 3]
+        vert_idx = faces[torch.where(coverage, frags.face_idx, 0)]  # [F, H, W, 3]
         vert_idx = torch.where(coverage[..., None], vert_idx, torch.zeros_like(vert_idx))
     else:
         vert_idx = torch.zeros(*frags.face_idx.shape, 3, dtype=torch.long, device=faces.device)
@@ -472,6 +482,9 @@ def plan_mesh_render(
         image_size: ``(H, W)`` of the target feature maps; default ``mesh.grid_size`` (the hooked
             layer's resolution, the usual case).
 
+    The mesh's silhouette guards are rasterized with it and win the z-test like any face, but the
+    pixels they win are not covered.
+
     Returns:
         A :class:`RenderPlan` for :func:`apply_plan`.
 
@@ -486,8 +499,9 @@ def plan_mesh_render(
         (torch.Size([1, 5, 8, 8]), 64)
     """
     size = mesh.grid_size if image_size is None else image_size
-    frags = rasterize(mesh.vertices, mesh.faces, cams, size, z_near=z_near, impl=impl)
-    plan = make_render_plan(frags, mesh.faces)
+    verts, faces = mesh.render_geometry()  # feature faces, then the silhouette guards (occluders)
+    frags = rasterize(verts, faces, cams, size, z_near=z_near, impl=impl)
+    plan = make_render_plan(frags, faces, num_covering=mesh.num_faces)
     return RenderPlan(plan.vert_idx, plan.weights, plan.coverage, mesh.num_verts)
 
 

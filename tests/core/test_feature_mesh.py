@@ -81,6 +81,50 @@ def test_invalid_depths_drop_their_faces():
     assert torch.isfinite(mesh.vertices).all()
 
 
+def test_silhouette_guards_are_prisms_over_the_dropped_faces():
+    """One 8-triangle prism per dropped face, between the near depth and (1 + τ) times it, on its footprint."""
+    cam = _anchor((5, 6))
+    depth = torch.full((5, 6), 2.0)
+    depth[:, 3:] = 3.0  # a step: the column of quads between columns 2 and 3 is dropped (8 faces)
+    depth[4, 5] = float("nan")  # the one face at that corner is dropped for an invalid vertex
+    mesh = build_feature_mesh(depth, cam, max_rel_depth_jump=0.1)
+    dropped = 2 * 4 * 5 - mesh.num_faces
+    assert dropped == 8 + 1
+    assert mesh.occluder_faces.shape == (8 * dropped, 3) and mesh.occluder_vertices.shape == (6 * dropped, 3)
+    # Occluder faces index the corners appended after the grid vertices.
+    assert int(mesh.occluder_faces.min()) == mesh.num_verts
+    assert int(mesh.occluder_faces.max()) == mesh.num_verts + 6 * dropped - 1
+    uv, z = cam.project(mesh.occluder_vertices)
+    corners = z[0].reshape(dropped, 2, 3)
+    near = torch.tensor([2.0] * 8 + [3.0])[:, None]  # the step faces' near side is 2, the corner face's 3
+    order = torch.argsort(corners[:, 0, 0])
+    torch.testing.assert_close(corners[order, 0], near.expand(-1, 3))
+    torch.testing.assert_close(corners[order, 1], 1.1 * near.expand(-1, 3))
+    # Footprint: both caps project onto the dropped faces' pixel centres, pulled 0.1 % towards the centroid.
+    centres = mesh.pixel_coords
+    offset = (uv[0][:, None] - centres[None]).abs().amax(-1).amin(1)
+    assert (offset > 1e-4).all() and (offset < 1e-3).all()
+    assert build_feature_mesh(depth, cam, max_rel_depth_jump=0.1, guard_silhouettes=False).occluder_faces is None
+    flat = build_feature_mesh(torch.full((5, 6), 2.0), cam)
+    assert len(flat.occluder_faces) == 0 and flat.render_geometry()[1].shape == flat.faces.shape
+
+
+def test_silhouette_guards_leave_the_anchor_view_unchanged():
+    """Seen from the anchor itself, each guard sits on its own dropped face's footprint: coverage is unchanged."""
+    from mvcustom_core.ops.raster import plan_mesh_render
+
+    cam = _anchor((12, 16))
+    g = torch.Generator().manual_seed(4)
+    depth = 2.0 + 0.05 * torch.rand(12, 16, generator=g)
+    depth[3:8, 4:11] = 1.2  # a box in front: occlusion boundaries on four sides
+    mesh = build_feature_mesh(depth, cam)
+    assert len(mesh.occluder_faces) == 8 * (2 * 15 * 11 - mesh.num_faces) > 0
+    guarded = plan_mesh_render(mesh, cam, impl="reference")
+    bare = plan_mesh_render(build_feature_mesh(depth, cam, guard_silhouettes=False), cam, impl="reference")
+    assert torch.equal(guarded.coverage, bare.coverage) and torch.equal(guarded.vert_idx, bare.vert_idx)
+    assert guarded.coverage.all()  # every pixel centre is a vertex of some kept face
+
+
 def test_vertex_features_follow_vertex_order():
     cam = _anchor((3, 4))
     mesh = build_feature_mesh(torch.full((3, 4), 2.0), cam)
