@@ -113,6 +113,9 @@ class DepthAwareFeatureRendering(io.ComfyNode):
                                tooltip="Manual depth shift, used with a manual scale."),
                 io.Float.Input("max_rel_depth_jump", default=DEFAULT_MAX_REL_DEPTH_JUMP, min=0.001, max=10.0,
                                step=0.01, tooltip="Mesh faces spanning a larger relative depth jump are dropped."),
+                io.Boolean.Input("guard_silhouettes", default=True, optional=True,
+                                 tooltip=("Leave pixels next to the anchor's silhouettes, where it cannot tell which "
+                                          "surface is seen, to the model instead of copying the surface behind.")),
                 io.Image.Input("depth_image", optional=True,
                                tooltip="Depth node output for the anchor frame (1 image, or one per frame)."),
                 io.Image.Input("anchor_image", optional=True,
@@ -132,7 +135,8 @@ class DepthAwareFeatureRendering(io.ComfyNode):
 
     @classmethod
     def execute(cls, trajectory: CameraSet, anchor_frame: int, depth_source: str, steps: int, layers: str,
-                scale: float, shift: float, max_rel_depth_jump: float, depth_image: torch.Tensor | None = None,
+                scale: float, shift: float, max_rel_depth_jump: float, guard_silhouettes: bool = True,
+                depth_image: torch.Tensor | None = None,
                 anchor_image: torch.Tensor | None = None, model: Any = None,
                 customization: Any = None) -> io.NodeOutput:
         cams = _trajectory(cls, trajectory)
@@ -150,7 +154,8 @@ class DepthAwareFeatureRendering(io.ComfyNode):
         with blame(cls, input_named_in(["steps", "depth_kind", "scale", "shift", "max_rel_depth_jump"], "steps")):
             plan = DFRPlan(anchor=anchor, depth=depth, depth_kind=kind or "disparity",
                            scale=float(scale) if scale > 0 else None, shift=float(shift) if scale > 0 else None,
-                           layers=names, steps=int(steps), max_rel_depth_jump=float(max_rel_depth_jump))
+                           layers=names, steps=int(steps), max_rel_depth_jump=float(max_rel_depth_jump),
+                           guard_silhouettes=bool(guard_silhouettes))
         have_field = model is not None and customization is not None
         if depth is None and not have_field:  # field depth: known once the customization is applied
             blank = torch.zeros(1, 3, 8, 8)
@@ -279,7 +284,8 @@ class MVCustomSampler(io.ComfyNode):
         if run.geometry is not None:
             anchor = DFRPlan(anchor=run.geometry.anchor, depth=run.geometry.depth.detach().float().cpu(),
                              depth_kind="depth", scale=1.0, shift=0.0, layers=dfr_plan.layers, steps=dfr_plan.steps,
-                             max_rel_depth_jump=dfr_plan.max_rel_depth_jump)
+                             max_rel_depth_jump=dfr_plan.max_rel_depth_jump,
+                             guard_silhouettes=dfr_plan.guard_silhouettes)
         return io.NodeOutput(to_comfy_latent(latents), anchor)
 
 

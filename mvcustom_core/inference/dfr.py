@@ -57,6 +57,8 @@ class DFRPlan:
         layers: hooked module paths; None = :func:`default_dfr_layers`.
         steps: K, replacement in steps ``i < K``.
         max_rel_depth_jump: face culling threshold of the feature mesh (see ``build_feature_mesh``).
+        guard_silhouettes: leave target pixels whose surface the anchor cannot determine at its silhouettes
+            uncovered (the mesh's occluder prisms, see ``build_feature_mesh``); False = render whatever lies behind.
         opacity_threshold: field pixels trusted for alignment / used as field depth.
     """
 
@@ -68,6 +70,7 @@ class DFRPlan:
     layers: tuple[str, ...] | None = None
     steps: int = DEFAULT_DFR_STEPS
     max_rel_depth_jump: float = DEFAULT_MAX_REL_DEPTH_JUMP
+    guard_silhouettes: bool = True
     opacity_threshold: float = 0.5
 
     def __post_init__(self) -> None:
@@ -107,12 +110,14 @@ class AnchorGeometry:
         cams: all F target cameras (scene frame).
         depth: ``[H, W]`` anchor z-depth (0 = invalid) at any resolution; resampled per layer.
         max_rel_depth_jump: face culling threshold.
+        guard_silhouettes: build the mesh with silhouette guards.
     """
 
     anchor: int
     cams: CameraSet
     depth: Tensor
     max_rel_depth_jump: float = DEFAULT_MAX_REL_DEPTH_JUMP
+    guard_silhouettes: bool = True
     _meshes: dict = field(default_factory=dict, repr=False)
     _plans: dict = field(default_factory=dict, repr=False)
 
@@ -122,7 +127,8 @@ class AnchorGeometry:
         if size not in self._meshes:
             depth = resample_depth(self.depth, size, mode="nearest")
             self._meshes[size] = build_feature_mesh(depth, self.cams[self.anchor],
-                                                    max_rel_depth_jump=self.max_rel_depth_jump)
+                                                    max_rel_depth_jump=self.max_rel_depth_jump,
+                                                    guard_silhouettes=self.guard_silhouettes)
         return self._meshes[size]
 
     def plan(self, size: tuple[int, int]) -> RenderPlan:
@@ -177,7 +183,7 @@ def resolve_anchor_geometry(
         if not (depth > 0).any():
             raise DFRError("the customization's FeatureNeRF is transparent from the anchor view (no opacity above "
                            f"{plan.opacity_threshold}); give an anchor depth image")
-        return AnchorGeometry(a, cams, depth, plan.max_rel_depth_jump), None
+        return AnchorGeometry(a, cams, depth, plan.max_rel_depth_jump, plan.guard_silhouettes), None
     raw = plan.depth.to(device=cams.K.device, dtype=torch.float32)
     scale, shift = plan.scale, plan.shift
     if scale is None and has_field:
@@ -189,7 +195,7 @@ def resolve_anchor_geometry(
         scale, shift = fit.scale, fit.shift
     center = float(anchor_cam.centers[0].norm())
     aligned = align_depth(raw, kind=plan.depth_kind, scale=scale, shift=shift, center_distance=center)
-    return AnchorGeometry(a, cams, aligned.depth, plan.max_rel_depth_jump), aligned
+    return AnchorGeometry(a, cams, aligned.depth, plan.max_rel_depth_jump, plan.guard_silhouettes), aligned
 
 
 def dfr_previews(geometry: AnchorGeometry, image: Tensor | None = None, max_size: int = 128

@@ -70,6 +70,27 @@ def test_dfr_node_plan_and_previews_equal_the_core(node, run):
     assert completion[1].max() == 0 and completion[0].mean() > 0  # anchor = middle frame, never completed
 
 
+def test_dfr_node_silhouette_guards_widen_the_completion_masks(node, run):
+    """A disparity step (a near square): guards add completion only, and only next to the square's outline."""
+    cams = _cams()
+    disparity = _depth_image(0.4)
+    disparity[:, 24:40, 24:40] = 0.8  # z = 1.25 in front of z = 2.5
+    cls = node("MVC_DepthAwareFeatureRendering")
+    common = dict(trajectory=cams, depth_source="depth image (disparity, near = bright)", depth_image=disparity,
+                  scale=1.0, shift=0.0)
+    guarded_plan, guarded, _ = run(cls, **common).args
+    bare_plan, bare, _ = run(cls, guard_silhouettes=False, **common).args
+    assert guarded_plan.guard_silhouettes and not bare_plan.guard_silhouettes
+    added = (guarded[..., 0] > 0.5) & ~(bare[..., 0] > 0.5)
+    assert not ((bare[..., 0] > 0.5) & ~(guarded[..., 0] > 0.5)).any()
+    assert added[0].any() and added[2].any() and not added[1].any()  # the anchor is never completed
+    # The cameras orbit sideways: what is added are thin rows along the square's top and bottom edges
+    # (rows 24 and 39, within a pixel), a few dozen pixels, not a region.
+    rows = torch.nonzero(added)[:, 1]
+    assert ((rows >= 22) & (rows <= 41)).all() and not ((rows >= 26) & (rows <= 37)).any()
+    assert added.sum() < 2 * 2 * 2 * 16
+
+
 def test_dfr_node_field_source_and_errors(node, run):
     cls = node("MVC_DepthAwareFeatureRendering")
     plan, completion, _ = run(cls, trajectory=_cams()).args
