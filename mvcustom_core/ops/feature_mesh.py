@@ -16,9 +16,10 @@ which surface is seen — the true silhouette lies anywhere between the last nea
 far one, and the near surface's unsampled rim ("sliver") may be seen broadside by another camera.
 Each such face gets an *occluder*: the prism over its anchor-pixel footprint from the near surface's
 depth to ``(1 + τ)`` times it (τ = ``max_rel_depth_jump``, the same bound the culling trusts for a
-continuous surface across one face; see :func:`silhouette_guards`). Occluders take part in the z-test but never count as coverage,
-so target pixels whose ray meets that unknown space are left to the model instead of taking the
-colour of whatever surface lies behind (:func:`mvcustom_core.ops.raster.plan_mesh_render`).
+continuous surface across one face; see :func:`silhouette_guards`). Occluders take part in the z-test
+but never count as coverage, so target pixels whose ray meets that unknown space are left to the model
+instead of taking the colour of whatever surface lies behind
+(:func:`mvcustom_core.ops.raster.plan_mesh_render`).
 """
 
 from __future__ import annotations
