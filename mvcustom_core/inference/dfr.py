@@ -252,6 +252,11 @@ class DFRHook(FeatureHook):
         self.record: list | None = None
         super().__init__(layers, self._replace)
 
+    def install(self, unet: torch.nn.Module) -> "DFRHook":
+        """Install for one sampling run; anchor features cached by an earlier run (same step index) are dropped."""
+        self._anchor_cache, self._cache_step = {}, -1
+        return super().install(unet)
+
     def _replace(self, name: str, step: int, features: Tensor) -> Tensor | None:
         if step >= self.num_steps or step < 0:
             return None
