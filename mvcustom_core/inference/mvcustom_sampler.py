@@ -95,6 +95,8 @@ def prepare_run(
         geometry = resolve_anchor_geometry(dfr, cams, unet=unet, pose_context=pose_context)[0]
     run.geometry = geometry
     anchor = geometry.anchor if geometry is not None else None
+    # Before the pose context is touched: a bad window / overlap must not leave it in render mode.
+    run.windows = plan_windows(nf, window, overlap, anchor)
 
     has_pose = pose_context is not None and bool(pose_context.references)
     if has_pose and not any(True for _ in pose_blocks(unet)):
@@ -122,7 +124,6 @@ def prepare_run(
         run.clc = CLCHook(clc, keep)
         run.hooks.append(run.clc)
 
-    run.windows = plan_windows(nf, window, overlap, anchor)
     if len(run.windows) > 1:
         window_cams = {}
 
@@ -195,5 +196,6 @@ def mvcustom_sample(
         if pose_context is not None:
             pose_context.clear_cache()
             pose_context.mode = "off"
+            pose_context.cache_rendered = False  # a later render with other cameras must not reuse this run's Fy
             pose_context.active_steps = None
             pose_context.target_key = None
