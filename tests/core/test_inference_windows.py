@@ -44,16 +44,51 @@ class _PerFrame(nn.Module):
         return SimpleNamespace(sample=self.conv(sample) + text[:, None, :, None, None])
 
 
-def test_windowed_blend_equals_the_whole_clip_for_a_frame_independent_model():
+def test_plan_windows_example_and_last_window_ends_at_the_last_frame():
+    # non-anchor frames [0, 1, 2, 3, 5, 6, 7, 8, 9] in runs of 4, stride 2: starts 0, 2, 4, then 5 (ends at frame 9)
+    assert plan_windows(10, size=5, overlap=2, anchor=4) == [[0, 1, 2, 3, 4], [2, 3, 4, 5, 6], [4, 5, 6, 7, 8],
+                                                             [4, 6, 7, 8, 9]]
+    assert plan_windows(7, size=3, overlap=1) == [[0, 1, 2], [2, 3, 4], [4, 5, 6]]  # F - overlap a multiple of stride
+    assert plan_windows(8, size=3, overlap=1) == [[0, 1, 2], [2, 3, 4], [4, 5, 6], [5, 6, 7]]
+    assert plan_windows(3, size=16, overlap=4, anchor=1) == [[0, 1, 2]]  # F smaller than the window
+    assert plan_windows(1, size=16, overlap=4, anchor=0) == [[0]]
+
+
+@pytest.mark.parametrize("frames,size,overlap,anchor", [(11, 5, 2, 5), (11, 5, 2, None), (8, 3, 1, 7), (6, 2, 0, 0)])
+def test_windowed_blend_equals_the_whole_clip_for_a_frame_independent_model(frames, size, overlap, anchor):
     torch.manual_seed(0)
     model = _PerFrame()
-    x = torch.randn(2, 4, 11, 5, 5)
-    text = torch.randn(2 * 11, 3, 6)
+    x = torch.randn(2, 4, frames, 5, 5)
+    text = torch.randn(2 * frames, 3, 6)
     whole = model(x, 10, text).sample
     seen = []
-    windowed = WindowedUNet(model, plan_windows(11, 5, 2, anchor=5), anchor=5, on_window=seen.append)
+    windowed = WindowedUNet(model, plan_windows(frames, size, overlap, anchor), anchor=anchor, on_window=seen.append)
     with torch.no_grad():
         out = windowed(x, 10, encoder_hidden_states=text).sample
     torch.testing.assert_close(out, whole.detach(), rtol=1e-6, atol=1e-6)
-    assert model.calls[1:] == [5] * (len(windowed.windows)) and seen[-1] is None
+    assert model.calls[1:] == [min(size, frames)] * len(windowed.windows) and seen[-1] is None
+    assert [f.tolist() for f in seen[:-1]] == plan_windows(frames, size, overlap, anchor)
     assert [n for n, _ in windowed.named_modules()] == ["", "conv"]  # names of the wrapped model
+
+
+class _WindowMean(nn.Module):
+    """Each frame's output is the mean of the whole model input: it differs from window to window."""
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return SimpleNamespace(sample=sample.mean(dim=2, keepdim=True).expand_as(sample) * 1.0)
+
+
+@pytest.mark.parametrize("frames,size,overlap,anchor", [(10, 5, 2, 4), (8, 3, 1, None)])
+def test_windowed_blend_is_the_ramp_weighted_mean_over_windows(frames, size, overlap, anchor):
+    x = torch.randn(1, 2, frames, 3, 3, generator=torch.Generator().manual_seed(0))
+    windows = plan_windows(frames, size, overlap, anchor)
+    out = WindowedUNet(_WindowMean(), windows, anchor=anchor)(x, 1, encoder_hidden_states=torch.zeros(frames, 1, 1))
+    num, den = torch.zeros_like(x), torch.zeros(frames)
+    for w in windows:  # reference: weight min(i + 1, n − i) at the i-th of a window's n non-anchor frames, anchor 1
+        others = [f for f in w if f != anchor]
+        mean = x[:, :, w].mean(dim=2)
+        for f in w:
+            wt = 1.0 if f == anchor else float(min(others.index(f) + 1, len(others) - others.index(f)))
+            num[:, :, f] += wt * mean
+            den[f] += wt
+    torch.testing.assert_close(out.sample, num / den[None, None, :, None, None], rtol=1e-6, atol=1e-6)
