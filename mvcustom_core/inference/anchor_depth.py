@@ -179,7 +179,8 @@ def field_depth(
     ray length over opacity), then converted to z-depth.
 
     Returns:
-        depth ``[h, w]`` z-depth (0 where opacity ≤ ``opacity_threshold``) and opacity ``[h, w]``.
+        depth ``[h, w]`` z-depth (0 where opacity ≤ ``opacity_threshold``) and opacity ``[h, w]``, on ``cam``'s
+        device (the field runs on the UNet's, which may differ: e.g. a CPU trajectory and a loaded model).
     """
     from mvcustom_core.customization.pose_block import PoseBlockError, pose_blocks
 
@@ -201,4 +202,5 @@ def field_depth(
     opacity = out.opacity[0].float()
     length = out.expected_depth[0].float() / opacity.clamp_min(1e-6)
     z = ray_length_to_z(length, cam.to(length.device))
-    return torch.where(opacity > opacity_threshold, z, torch.zeros_like(z)), opacity
+    depth = torch.where(opacity > opacity_threshold, z, torch.zeros_like(z))
+    return depth.to(cam.K.device), opacity.to(cam.K.device)

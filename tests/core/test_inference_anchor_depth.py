@@ -74,3 +74,85 @@ def test_ray_length_to_z_on_a_fronto_parallel_plane():
 def test_depth_from_image_averages_channels():
     img = torch.stack([torch.full((3, 4), 0.2), torch.full((3, 4), 0.4), torch.full((3, 4), 0.6)])[None]
     torch.testing.assert_close(depth_from_image(img), torch.full((3, 4), 0.4))
+
+
+def test_ray_length_to_z_for_a_rotated_off_centre_camera_at_a_coarser_grid():
+    """Ground truth: points at known camera z through the grid's pixel centres; their distance to the centre is t."""
+    from mvcustom_core.cameras import look_at
+
+    c2w = look_at(torch.tensor([[0.7, -0.4, -1.9]], dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    k = torch.tensor([[[150.0, 0.0, 70.0], [0.0, 140.0, 52.0], [0.0, 0.0, 1.0]]], dtype=torch.float64)
+    cam = CameraSet(K=k, c2w=c2w, image_size=(96, 128))
+    grid = cam.with_image_size((6, 8))
+    z = 1.0 + torch.rand(6, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    points = grid.unproject(grid.pixel_centers().reshape(1, -1, 2), z.reshape(1, -1))[0]
+    length = (points - cam.centers[0]).norm(dim=-1).reshape(6, 8)
+    torch.testing.assert_close(ray_length_to_z(length, cam), z, rtol=1e-12, atol=1e-12)
+
+
+def test_invalid_pixels_are_left_out_of_the_fit_and_the_result():
+    ref = _scene_depth()
+    raw = ((ref - 0.4) / 2.5).clone()
+    raw[0, :4] = float("nan")
+    raw[1, :4] = float("inf")
+    bad_ref = ref.clone()
+    bad_ref[2, :4] = 0.0  # unknown reference pixels
+    bad_ref[3, :4] = float("inf")
+    raw[2:4, :4] = 50.0  # would ruin the fit if used
+    out = align_depth(raw, bad_ref, kind="depth")
+    assert out.scale == pytest.approx(2.5, abs=1e-9) and out.shift == pytest.approx(0.4, abs=1e-9)
+    assert not out.valid[:2, :4].any() and (out.depth[:2, :4] == 0).all()
+    # Disparity: s·x + b <= 0 is no depth (behind the camera or at infinity).
+    disp = align_depth(torch.tensor([[1.0, 2.0], [-1.0, 0.0]]), kind="disparity", scale=0.5, shift=0.0)
+    assert disp.valid.tolist() == [[True, True], [False, False]]
+    torch.testing.assert_close(disp.depth, torch.tensor([[2.0, 1.0], [0.0, 0.0]]))
+
+
+def _customized_field(unet):
+    """A copy of the tiny UNet with one pose block and a captured reference bank, and its anchor's field depth."""
+    import copy
+
+    from mvcustom_core.cameras import look_at
+    from mvcustom_core.customization.pose_block import PoseContext, install_pose_blocks, pose_blocks
+    from mvcustom_core.inference import field_depth
+
+    model, ctx = copy.deepcopy(unet), PoseContext()
+    install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
+    block = next(pose_blocks(model))
+    with torch.no_grad():
+        block.featurenerf.decoder.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
+    az = torch.linspace(-0.25, 0.25, 4)
+    eye = torch.stack([1.8 * torch.sin(az), torch.full_like(az, -0.3), -1.8 * torch.cos(az)], dim=-1)
+    cams = CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (64, 64))
+    g = torch.Generator().manual_seed(1)
+    ctx.begin_capture()
+    with torch.no_grad():
+        model(torch.randn(1, 4, 4, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(4, 5, 32, generator=g))
+    ctx.end_capture(cams)
+    ref8 = field_depth(model, ctx, cams[1], (8, 8), opacity_threshold=0.05)[0]
+    return model, ctx, cams[:3], ref8
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device for a UNet off the trajectory's device"))])
+def test_field_depth_and_its_alignment_follow_the_trajectorys_device(unet, device):
+    """The DFR node resolves a CPU trajectory against a model that may sit on the GPU: the field depth, the fit mask
+    and the anchor geometry must all end up on the trajectory's device."""
+    from mvcustom_core.inference import DFRPlan, field_depth, resolve_anchor_geometry
+
+    model, ctx, cams, ref8 = _customized_field(unet)
+    assert (ref8 > 0).sum() > 4
+    model.to(device)
+    depth, opacity = field_depth(model, ctx, cams[1], (8, 8), opacity_threshold=0.05)
+    assert depth.device == opacity.device == cams.K.device
+    torch.testing.assert_close(depth, ref8, rtol=1e-4, atol=1e-5)
+    # A disparity image 1/z = 0.3·d + 0.05 of that depth is aligned back to it.
+    disparity = torch.where(ref8 > 0, (1 / ref8.clamp_min(1e-6) - 0.05) / 0.3, torch.full_like(ref8, 7.0))
+    image = disparity.repeat_interleave(8, 0).repeat_interleave(8, 1)
+    plan = DFRPlan(depth=image, depth_kind="disparity", opacity_threshold=0.05)
+    geometry, aligned = resolve_anchor_geometry(plan, cams, unet=model, pose_context=ctx)
+    assert aligned.scale == pytest.approx(0.3, rel=1e-3) and aligned.shift == pytest.approx(0.05, abs=1e-3)
+    assert geometry.depth.device == cams.K.device
+    field_only, _ = resolve_anchor_geometry(DFRPlan(opacity_threshold=0.05), cams, unet=model, pose_context=ctx)
+    assert field_only.depth.device == cams.K.device
+    assert field_only.coverage((8, 8)).shape == (3, 1, 8, 8)
