@@ -80,3 +80,44 @@ def test_bad_settings_raise():
         CLCPlan(tau=1001)
     with pytest.raises(CLCError, match="erosion"):
         CLCPlan(erosion=-1)
+
+
+def _erode_reference(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Plain loops: kept where every in-image pixel of the (2p+1)² window is 1."""
+    out = torch.zeros_like(mask)
+    f, _, h, w = mask.shape
+    for n in range(f):
+        for i in range(h):
+            for j in range(w):
+                window = mask[n, 0, max(0, i - pixels):i + pixels + 1, max(0, j - pixels):j + pixels + 1]
+                out[n, 0, i, j] = float(bool((window > 0.5).all()))
+    return out
+
+
+@pytest.mark.parametrize("pixels", [0, 1, 2, 4])
+def test_erosion_matches_a_plain_min_filter_on_non_square_masks(pixels):
+    g = torch.Generator().manual_seed(pixels)
+    mask = (torch.rand(2, 1, 5, 9, generator=g) > 0.25).float()
+    mask[1, 0, 1:4, 2:8] = 1.0
+    assert torch.equal(erode(mask, pixels), _erode_reference(mask, pixels))
+
+
+def test_keep_mask_keeps_the_anchor_whole_and_leaves_the_coverage_untouched():
+    coverage = torch.zeros(3, 1, 4, 6)
+    coverage[:, :, :, :4] = 1.0
+    before = coverage.clone()
+    for erosion in (0, 1):
+        keep = keep_mask(coverage, anchor=2, erosion=erosion)
+        assert torch.equal(coverage, before)
+        assert keep[2].eq(1).all()
+        assert torch.equal(keep[:2], _erode_reference(coverage[:2], erosion))
+
+
+def test_clc_noise_comes_from_the_samplers_generator_and_the_mask_must_match():
+    sched = make_scheduler("ddim")
+    sched.set_timesteps(10)
+    hook = CLCHook(CLCPlan(tau=0, erosion=0), torch.zeros(3, 1, 6, 6))
+    a, b, c = (hook.on_step(_context(0, sched, seed)) for seed in (3, 3, 4))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    with pytest.raises(CLCError, match="does not match"):
+        CLCHook(CLCPlan(tau=0), torch.zeros(3, 1, 6, 5)).on_step(_context(0, sched))
