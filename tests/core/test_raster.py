@@ -244,3 +244,83 @@ def test_auto_falls_back_to_torch_when_the_kernel_fails(monkeypatch):
     assert torch.equal(got.face_idx, rasterize(verts, faces, cams, impl="torch").face_idx)
     with pytest.raises(RuntimeError, match="no kernel today"):
         rasterize(verts, faces, cams, impl="triton")
+
+
+# ------------------------------------------------------------------------------------- review additions
+@pytest.mark.parametrize("impl", IMPLS)
+def test_plan_at_another_size_than_the_mesh_renders_the_exact_plane_points(impl):
+    """A tilted planar feature mesh (6x9 grid) planned at 11x17 for two 24x32 target cameras.
+
+    Ground truth per target pixel: the ray-plane hit X (features are the vertices' world coordinates, so
+    perspective-correct interpolation must return X exactly); covered iff X projects into the anchor's
+    pixel-centre hull [0.5, w - 0.5] x [0.5, h - 0.5] of the 6x9 grid.
+    """
+    n, d = torch.nn.functional.normalize(torch.tensor([0.3, -0.2, 1.0]), dim=0), 0.3
+
+    def plane_hits(cams: CameraSet) -> tuple[torch.Tensor, torch.Tensor]:  # [F, H, W, 3] hits, [F, H, W] z-depth
+        h, w = cams.image_size
+        uv = cams.pixel_centers().reshape(1, -1, 2).expand(cams.num_frames, -1, -1)
+        p1 = cams.unproject(uv, torch.ones(cams.num_frames, h * w))  # on each ray at camera z = 1
+        o = cams.centers[:, None]
+        z = (d - o @ n) / ((p1 - o) @ n)
+        return (o + z[..., None] * (p1 - o)).reshape(-1, h, w, 3), z.reshape(-1, h, w)
+
+    anchor = _cam(look_at(torch.tensor([[0.0, 0.0, -3.0]]), torch.zeros(3)), (24, 32), fov=50.0)
+    grid = anchor.with_image_size((6, 9))
+    _, depth = plane_hits(grid)
+    mesh = build_feature_mesh(depth[0], anchor, max_rel_depth_jump=10.0)
+    assert mesh.num_faces == 2 * 5 * 8
+    targets = _cam(look_at(torch.tensor([[0.9, 0.3, -3.0], [-0.7, -0.2, -2.6]]), torch.zeros(3)), (24, 32), fov=50.0)
+    out, cov = apply_plan(plan_mesh_render(mesh, targets, (11, 17), impl=impl), mesh.vertices)
+    assert out.shape == (2, 3, 11, 17)
+    hits, _ = plane_hits(targets.with_image_size((11, 17)))
+    uv, _ = grid.project(hits.reshape(-1, 3))
+    uv = uv.reshape(2, 11, 17, 2)
+    lo, hi = torch.tensor([0.5, 0.5]), torch.tensor([9 - 0.5, 6 - 0.5])
+    inside = ((uv > lo + 1e-2) & (uv < hi - 1e-2)).all(-1)
+    outside = ((uv < lo - 1e-2) | (uv > hi + 1e-2)).any(-1)
+    cov = cov[:, 0].bool()
+    assert inside.sum() > 100 and outside.sum() > 20  # both cases occur
+    assert cov[inside].all() and not cov[outside].any()
+    torch.testing.assert_close(out.permute(0, 2, 3, 1)[cov], hits[cov], rtol=0, atol=2e-4)
+
+
+def test_render_plan_occluders_hide_but_never_cover():
+    """Face 1 (an occluder when ``num_covering=1``) in front of face 0 over the upper-left half of the image."""
+    cam = _cam(torch.eye(4)[None], size=(8, 8), fov=90.0)
+    back = torch.tensor([[-30.0, -30.0, 3.0], [30.0, -30.0, 3.0], [0.0, 30.0, 3.0]])
+    front = cam.unproject(torch.tensor([[[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]]]), torch.full((1, 3), 2.0))[0]
+    verts, faces = torch.cat([back, front]), torch.tensor([[0, 1, 2], [3, 4, 5]])
+    frags = rasterize(verts, faces, cam, impl="reference")
+    i, j = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    in_front = i + j <= 7  # centres with u + v <= 8: inside the front face (its hypotenuse included)
+    assert torch.equal(frags.face_idx[0], in_front.long())
+    feats = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+
+    plan = make_render_plan(frags, faces, num_covering=1)
+    assert torch.equal(plan.coverage[0, 0], ~in_front) and plan.num_verts == 3
+    assert (plan.vert_idx[0][~in_front] == torch.tensor([0, 1, 2])).all()
+    assert (plan.vert_idx[0][in_front] == 0).all() and (plan.weights[0][in_front] == 0).all()
+    out, cov = apply_plan(plan, feats)
+    assert (out[0][:, in_front] == 0).all() and torch.equal(cov[0, 0].bool(), ~in_front)
+    torch.testing.assert_close(plan.weights[0][~in_front].sum(-1), torch.ones(int((~in_front).sum())))
+
+    none = make_render_plan(frags, faces, num_covering=0)  # every face an occluder
+    assert not none.coverage.any() and none.num_verts == 0
+    assert (none.vert_idx == 0).all() and (none.weights == 0).all()
+    assert apply_plan(none, feats)[0].abs().sum() == 0
+
+    for every in (make_render_plan(frags, faces, num_covering=2), make_render_plan(frags, faces)):  # no occluders
+        assert every.coverage.all() and every.num_verts == 6
+        assert (every.vert_idx[0][in_front] == torch.tensor([3, 4, 5])).all()
+
+
+@pytest.mark.parametrize("size,frames", [((1, 1), 2), ((9, 33), 4), ((17, 15), 3), ((8, 16), 5)])
+def test_triton_tiles_match_reference_at_borders_and_with_big_faces(size, frames):
+    """Sizes below, at and not a multiple of the 8x16 tile, faces spanning many tiles, > BLOCK_F faces."""
+    verts, faces = _random_soup(37, seed=5)
+    verts = verts * 1.5  # faces larger than a tile
+    cams = _ring_cameras(frames, size, seed=2)
+    ref = rasterize(verts, faces, cams, impl="reference")
+    assert ref.coverage.float().mean() > 0.2
+    assert torch.equal(rasterize(verts, faces, cams, impl="triton").face_idx, ref.face_idx)
