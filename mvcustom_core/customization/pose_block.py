@@ -25,7 +25,7 @@ the block's token map, and the mode:
 
 Inference additions (method.md §7.1, §4.8):
 
-* **Pose-block ratio** r: with ``context.active_steps = round(r·S)`` set, the blocks fuse only while
+* **Pose-block ratio** r: with ``context.active_steps = ⌊r·S + ½⌋`` set, the blocks fuse only while
   ``context.step < active_steps`` and are the plain blocks afterwards (paper: 100 % by default; 75/50/25 %
   trade reference shape for text-driven shape). The sampler reports the step through
   :func:`pose_step_relay`, a no-op feature hook whose ``step``/``branch`` the sampler sets before each call.
@@ -41,6 +41,8 @@ the layout of CFG batches ``[uncond frames…, cond frames…]``); row ``r`` is 
 """
 
 from __future__ import annotations
+
+import math
 
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterator, Literal
@@ -71,7 +73,8 @@ class PoseContext:
         target_cams: F target cameras (``render``), in normalized scene units.
         ref_cams: N reference cameras.
         references: block name → reference tokens ``[Bb, N, C, h, w]``; ``Bb`` = 1 (shared by all
-            branches) or one entry per CFG branch (branch ``b`` uses entry ``min(b, Bb - 1)``).
+            branches) or one entry per CFG branch (branch ``b`` uses entry ``min(b, Bb - 1)``; a call whose
+            ``branch`` is ``"cond"`` alone — CFG 1 or sequential CFG — uses the last entry).
         outputs: block name → list of FeatureNeRF outputs of the last forward, one per branch.
         jitter: stratified jitter of ray samples (training) or fixed bins (inference).
         generator: random source of the jitter.
@@ -210,7 +213,8 @@ class PoseConditionedBlock(nn.Module):
                 return blk.attn2(blk.norm2(g.to(x.dtype)), encoder_hidden_states=None if _text is None
                                  else _text.to(x.dtype), attention_mask=_mask, **kwargs).float()
 
-            refs = bank[min(b, bank.shape[0] - 1)]
+            # Entry per CFG branch ([uncond, cond]); a call that runs only the cond branch still uses cond's.
+            refs = bank[-1] if ctx.branch == "cond" else bank[min(b, bank.shape[0] - 1)]
             with torch.autocast(device_type=x.device.type, enabled=False):
                 out = self.featurenerf(refs.float(), ctx.ref_cams, ctx.target_cams, (h, w), text_fn=text_fn,
                                        jitter=ctx.jitter, generator=ctx.generator, ray_chunk=ctx.ray_chunk)
@@ -300,10 +304,11 @@ def remove_pose_blocks(unet: nn.Module) -> None:
 
 
 def active_pose_steps(ratio: float, steps: int) -> int | None:
-    """``round(ratio · steps)`` pose-active steps for a pose-block ratio in [0, 1]; None for ratio 1 (always on)."""
+    """``⌊ratio · steps + ½⌋`` pose-active steps (halves round up, not to even: 0.25 of 50 is 13, 0.75 is 38)
+    for a pose-block ratio in [0, 1]; None for ratio 1 (always on)."""
     if not 0.0 <= float(ratio) <= 1.0:
         raise PoseBlockError(f"pose-block ratio must be in [0, 1], got {ratio}")
-    return None if float(ratio) == 1.0 else int(round(float(ratio) * steps))
+    return None if float(ratio) == 1.0 else math.floor(float(ratio) * steps + 0.5)
 
 
 class _PoseStepRelay(FeatureHook):

@@ -2,7 +2,7 @@
 
 Per step ``i`` of ``S`` (DDIM, CFG 5 by default)::
 
-    pose_on = i < round(r · S)                  pose-block ratio r (default 1.0: every step)
+    pose_on = i < ⌊r · S + ½⌋                   pose-block ratio r (default 1.0: every step)
     dfr_on  = i < K                             feature replacement at the hooked layers (DFRHook)
     ε       = CFG(unet(x_t, t, text, pose_on, dfr_on))
     x_{t-1} = ddim_step(ε, t, x_t)
@@ -174,7 +174,7 @@ def mvcustom_sample(
         pose_context: the customization's :class:`PoseContext` (reference bank); None = no pose blocks.
         dfr, clc: plans, each optional (CLC needs DFR's anchor geometry).
         seed, steps, cfg: as :func:`~mvcustom_core.backbone.sampler.sample`; CFG default 5 (paper).
-        pose_ratio: pose blocks on the first ``round(r·S)`` steps.
+        pose_ratio: pose blocks on the first ``⌊r·S + ½⌋`` steps (halves round up).
         window, overlap: frames per model window and shared frames between windows.
         callback, interrupt: progress ``callback(step, total, x0)`` and interrupt check (raises).
         run: a prepared :class:`MVCustomRun` (tests inspect its hooks); default built here.

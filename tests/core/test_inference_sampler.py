@@ -323,8 +323,6 @@ def test_a_refused_window_plan_leaves_the_pose_context_off(customized, unet):
                            unet(x, 500, encoder_hidden_states=states).sample)
 
 
-@pytest.mark.xfail(strict=True, reason="pose_block.PoseConditionedBlock._render picks the reference bank entry by "
-                   "row block b, not by ctx.branch: an unguided ('cond') call gets the uncond entry 0")
 def test_cfg_one_renders_with_the_cond_reference_bank(customized, text):
     """A customization's bank holds [uncond, cond] entries (training.py); CFG 1 runs the cond branch only, so it
     must render Fy from the cond entry: the same result as a bank holding that entry alone."""

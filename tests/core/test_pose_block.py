@@ -173,6 +173,9 @@ def test_pose_ratio_turns_the_blocks_into_plain_blocks_after_the_active_steps():
     ctx.mode, ctx.target_cams = "render", _ring(2)
     ctx.active_steps = active_pose_steps(0.5, 4)
     assert ctx.active_steps == 2 and active_pose_steps(1.0, 50) is None and active_pose_steps(0.0, 50) == 0
+    # Halves round up (round() would go to even: 12 and 38, or 2 of 5 and 4 of 7 for one ratio).
+    assert [active_pose_steps(r, 50) for r in (0.25, 0.5, 0.75)] == [13, 25, 38]
+    assert active_pose_steps(0.5, 5) == 3 and active_pose_steps(0.5, 7) == 4
     with torch.no_grad():
         ctx.step = 1
         fused = unet(x, t, text).sample
