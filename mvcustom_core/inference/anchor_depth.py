@@ -194,7 +194,9 @@ def field_depth(
                              f"(block {block!r})" if block else "field_depth needs a customization "
                              "(pose blocks with a reference bank)")
     blk = blocks[0]
-    refs = context.references[blk.name][0].float()
+    # The last bank entry is the cond branch's (training.py stores [uncond, cond]): the references as
+    # captured with the subject's prompt, as during training; a one-entry bank serves both.
+    refs = context.references[blk.name][-1].float()
     param = next(blk.featurenerf.parameters())
     with torch.no_grad(), torch.autocast(device_type=param.device.type, enabled=False):
         out = blk.featurenerf(refs.to(param.device), context.ref_cams.to(param.device), cam.to(param.device),

@@ -156,3 +156,17 @@ def test_field_depth_and_its_alignment_follow_the_trajectorys_device(unet, devic
     field_only, _ = resolve_anchor_geometry(DFRPlan(opacity_threshold=0.05), cams, unet=model, pose_context=ctx)
     assert field_only.depth.device == cams.K.device
     assert field_only.coverage((8, 8)).shape == (3, 1, 8, 8)
+
+
+def test_field_depth_uses_the_cond_entry_of_a_two_branch_bank(unet):
+    """Customizations store the bank as [uncond, cond]; the field depth comes from the cond entry (the references
+    as captured with the subject's prompt, as in training)."""
+    from mvcustom_core.inference import field_depth
+
+    model, ctx, cams, ref8 = _customized_field(unet)
+    name = next(iter(ctx.references))
+    one = ctx.references[name]  # [1, N, C, h, w]
+    ctx.references[name] = torch.cat([torch.zeros_like(one), one])  # uncond entry: no features at all
+    torch.testing.assert_close(field_depth(model, ctx, cams[1], (8, 8), opacity_threshold=0.05)[0], ref8)
+    ctx.references[name] = torch.cat([one, torch.zeros_like(one)])
+    assert not torch.allclose(field_depth(model, ctx, cams[1], (8, 8), opacity_threshold=0.05)[0], ref8)
