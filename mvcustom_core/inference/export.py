@@ -132,6 +132,10 @@ def export_views(
     dims = check_shape(frames, "F 3 H W", "frames")
     if cams.num_frames != dims["F"]:
         raise ValueError(f"frames has {dims['F']} images but the trajectory has {cams.num_frames} cameras")
+    a = dims["F"] // 2 if anchor is None else int(anchor)
+    if not -dims["F"] <= a < dims["F"]:  # checked before any file is written; negative counts from the end
+        raise ValueError(f"anchor frame {anchor} is outside the {dims['F']} frames")
+    a %= dims["F"]
     folder = Path(folder)
     cams = cams.with_image_size((dims["H"], dims["W"]))
     names = [f"images/{prefix}_{i:05d}.png" for i in range(dims["F"])]
@@ -139,7 +143,6 @@ def export_views(
     transforms = save_camera_file(cams, folder / "transforms.json", "transforms_json", meta=TransformsMeta(tuple(names)))
     ply = None
     if anchor_depth is not None:
-        a = dims["F"] // 2 if anchor is None else anchor % dims["F"]
         points, colours = anchor_point_cloud(anchor_depth.float().cpu(), cams[a].to(dtype=torch.float64),
                                              frames[a].detach().cpu())
         ply = write_ply(folder / "anchor_points.ply", points, colours, binary=binary_ply)
