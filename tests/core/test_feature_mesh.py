@@ -168,3 +168,25 @@ def test_resample_depth_samples_under_target_centres_and_min_pools():
         resample_depth(depth, (4, 4), mode="min")
     with pytest.raises(FeatureMeshError, match="mode"):
         resample_depth(depth, (3, 4), mode="mean")
+
+
+def test_silhouette_guard_prisms_are_closed_and_span_their_depth_range():
+    """Each guard is a closed surface (every edge shared by exactly two of its 8 triangles), so any ray through
+    the prism meets it; back corner ``3 + k`` lies on front corner ``k``'s anchor ray at (1 + τ) times its depth."""
+    from collections import Counter
+
+    cam = _anchor((5, 6))
+    depth = torch.full((5, 6), 2.0)
+    depth[2:, :] = 3.5
+    mesh = build_feature_mesh(depth, cam, max_rel_depth_jump=0.1)
+    prisms = (mesh.occluder_faces - mesh.num_verts).reshape(-1, 8, 3)
+    assert len(prisms) == 2 * 5  # one row of quads across the step
+    for p, tri in enumerate(prisms):
+        assert set(tri.flatten().tolist()) == set(range(6 * p, 6 * p + 6))
+        edges = Counter(tuple(sorted(e)) for t in tri.tolist() for e in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0])))
+        assert len(edges) == 12 and set(edges.values()) == {2}  # 6 cap edges + 3 side edges + 3 side diagonals
+    uv, z = cam.project(mesh.occluder_vertices)
+    uv, z = uv[0].reshape(-1, 2, 3, 2), z[0].reshape(-1, 2, 3)
+    torch.testing.assert_close(uv[:, 1], uv[:, 0], rtol=0, atol=1e-4)
+    torch.testing.assert_close(z[:, 0], torch.full_like(z[:, 0], 2.0))
+    torch.testing.assert_close(z[:, 1], torch.full_like(z[:, 1], 2.2))
