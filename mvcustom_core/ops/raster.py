@@ -438,7 +438,7 @@ def make_render_plan(frags: Fragments, faces: Tensor, num_covering: int | None =
             pixel they win is empty. None = every face covers.
 
     Returns:
-        :class:`RenderPlan` with ``[F, 3, H, W]`` ids and weights (``num_verts`` = ``faces.max() + 1``
+        :class:`RenderPlan` with ``[F, H, W, 3]`` ids and weights (``num_verts`` = ``faces.max() + 1``
         unless empty; :func:`apply_plan` checks it against the features it is given).
     """
     dims = check_shape(frags.face_idx, "F H W", "frags.face_idx")

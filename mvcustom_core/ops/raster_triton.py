@@ -92,8 +92,8 @@ def _zbuffer_kernel(
             bits = depth.to(tl.int32, bitcast=True).to(tl.int64)
             key = (bits << 31) | face[:, None].to(tl.int64)
             # A non-finite depth (0/0 or x/0 on a face seen edge-on) is no hit, as in edge_barycentrics;
-            # NaN fails both tests, +inf the second (a literal: the largest float32 is 3.4028e38).
-            key = tl.where(inside & (depth == depth) & (depth < 3.4e38), key, big)
+            # NaN fails both tests, +inf the second (a literal: the largest finite float32).
+            key = tl.where(inside & (depth == depth) & (depth <= 3.4028234663852886e38), key, big)
             best = tl.minimum(best, tl.min(key, axis=0))
 
     tl.store(out_ptr + frame * H * W + row * W + col, best, mask=pix_ok)

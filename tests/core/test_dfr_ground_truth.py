@@ -167,7 +167,8 @@ def test_depth_step_leaves_a_hole_only_when_culled(scene):
     visible = analytic_visibility(anchor, points_t)
     _, _, plane_pts = render(targets, with_sphere=False)
     uv, _ = anchor.project(plane_pts[0].reshape(-1, 3))
-    in_hull = ((uv[0] >= 0.5) & (uv[0] <= SIZE[0] - 0.5)).all(-1).reshape(SIZE)
+    h, w = SIZE
+    in_hull = ((uv[0] >= 0.5) & (uv[0] <= torch.tensor([w - 0.5, h - 0.5], dtype=uv.dtype))).all(-1).reshape(SIZE)
     hole = in_hull & ~visible[0]
     hole &= torch.nn.functional.max_pool2d((~hole).float()[None], 5, 1, 2)[0] == 0  # its interior
     assert hole.sum() > 30
