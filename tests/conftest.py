@@ -83,3 +83,39 @@ def text():
     """``(cond, uncond)`` random text states ``[1, 5, 32]`` for :func:`unet`."""
     g = torch.Generator().manual_seed(7)
     return torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+
+
+def _customize_tiny(unet, ref_cams, *, fuse_identity: bool = False):
+    """A copy of the tiny ``unet`` with one pose block that sees geometry, and its captured reference bank.
+
+    The block's FeatureNeRF decoder gets large random weights (so the field has structure); with
+    ``fuse_identity`` its fusion layer passes the rendered features through as well. The bank is captured
+    from seeded random latents and text for the 4 ``ref_cams``.
+
+    Returns:
+        ``(model, context, block)``.
+    """
+    import copy
+
+    from mvcustom_core.customization.pose_block import PoseContext, install_pose_blocks, pose_blocks
+
+    model, ctx = copy.deepcopy(unet), PoseContext()
+    install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
+    block = next(pose_blocks(model))
+    with torch.no_grad():
+        block.featurenerf.decoder.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
+        if fuse_identity:
+            c = block.fuse.out_features
+            block.fuse.weight[:, c:] = torch.eye(c)
+    g = torch.Generator().manual_seed(1)
+    ctx.begin_capture()
+    with torch.no_grad():
+        model(torch.randn(1, 4, 4, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(4, 5, 32, generator=g))
+    ctx.end_capture(ref_cams)
+    return model, ctx, block
+
+
+@pytest.fixture(scope="session")
+def customize_tiny():
+    """:func:`_customize_tiny`: ``customize_tiny(unet, ref_cams, fuse_identity=False) -> (model, context, block)``."""
+    return _customize_tiny

@@ -108,39 +108,27 @@ def test_invalid_pixels_are_left_out_of_the_fit_and_the_result():
     torch.testing.assert_close(disp.depth, torch.tensor([[2.0, 1.0], [0.0, 0.0]]))
 
 
-def _customized_field(unet):
+def _customized_field(unet, customize_tiny):
     """A copy of the tiny UNet with one pose block and a captured reference bank, and its anchor's field depth."""
-    import copy
-
     from mvcustom_core.cameras import look_at
-    from mvcustom_core.customization.pose_block import PoseContext, install_pose_blocks, pose_blocks
     from mvcustom_core.inference import field_depth
 
-    model, ctx = copy.deepcopy(unet), PoseContext()
-    install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
-    block = next(pose_blocks(model))
-    with torch.no_grad():
-        block.featurenerf.decoder.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
     az = torch.linspace(-0.25, 0.25, 4)
     eye = torch.stack([1.8 * torch.sin(az), torch.full_like(az, -0.3), -1.8 * torch.cos(az)], dim=-1)
     cams = CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (64, 64))
-    g = torch.Generator().manual_seed(1)
-    ctx.begin_capture()
-    with torch.no_grad():
-        model(torch.randn(1, 4, 4, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(4, 5, 32, generator=g))
-    ctx.end_capture(cams)
+    model, ctx, _ = customize_tiny(unet, cams)
     ref8 = field_depth(model, ctx, cams[1], (8, 8), opacity_threshold=0.05)[0]
     return model, ctx, cams[:3], ref8
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device for a UNet off the trajectory's device"))])
-def test_field_depth_and_its_alignment_follow_the_trajectorys_device(unet, device):
+def test_field_depth_and_its_alignment_follow_the_trajectorys_device(unet, customize_tiny, device):
     """The DFR node resolves a CPU trajectory against a model that may sit on the GPU: the field depth, the fit mask
     and the anchor geometry must all end up on the trajectory's device."""
     from mvcustom_core.inference import DFRPlan, field_depth, resolve_anchor_geometry
 
-    model, ctx, cams, ref8 = _customized_field(unet)
+    model, ctx, cams, ref8 = _customized_field(unet, customize_tiny)
     assert (ref8 > 0).sum() > 4
     model.to(device)
     depth, opacity = field_depth(model, ctx, cams[1], (8, 8), opacity_threshold=0.05)
@@ -158,12 +146,12 @@ def test_field_depth_and_its_alignment_follow_the_trajectorys_device(unet, devic
     assert field_only.coverage((8, 8)).shape == (3, 1, 8, 8)
 
 
-def test_field_depth_uses_the_cond_entry_of_a_two_branch_bank(unet):
+def test_field_depth_uses_the_cond_entry_of_a_two_branch_bank(unet, customize_tiny):
     """Customizations store the bank as [uncond, cond]; the field depth comes from the cond entry (the references
     as captured with the subject's prompt, as in training)."""
     from mvcustom_core.inference import field_depth
 
-    model, ctx, cams, ref8 = _customized_field(unet)
+    model, ctx, cams, ref8 = _customized_field(unet, customize_tiny)
     name = next(iter(ctx.references))
     one = ctx.references[name]  # [1, N, C, h, w]
     ctx.references[name] = torch.cat([torch.zeros_like(one), one])  # uncond entry: no features at all

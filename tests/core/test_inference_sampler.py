@@ -119,26 +119,9 @@ def test_windows_render_the_same_anchor_features_into_shared_frames(unet, text):
 
 
 @pytest.fixture(scope="module")
-def customized(unet):
+def customized(unet, customize_tiny):
     """A copy of the tiny UNet with one pose block that sees geometry, and its captured reference bank."""
-    import copy
-
-    from mvcustom_core.customization.pose_block import PoseContext, install_pose_blocks, pose_blocks
-
-    model, ctx = copy.deepcopy(unet), PoseContext()
-    install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
-    block = next(pose_blocks(model))
-    with torch.no_grad():
-        block.featurenerf.decoder.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
-        c = block.fuse.out_features
-        block.fuse.weight[:, c:] = torch.eye(c)
-    refs = _cams(4).transformed(torch.eye(4), 1.0)
-    g = torch.Generator().manual_seed(1)
-    ctx.begin_capture()
-    with torch.no_grad():
-        model(torch.randn(1, 4, 4, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(4, 5, 32, generator=g))
-    ctx.end_capture(refs)
-    return model, ctx, block
+    return customize_tiny(unet, _cams(4).transformed(torch.eye(4), 1.0), fuse_identity=True)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.34, 0.67, 1.0])
