@@ -84,7 +84,7 @@ class TrainingConfig:
         blocks: which spatial transformer blocks get pose conditioning (see ``select_blocks``).
         featurenerf: FeatureNeRF config overrides (``num_samples``, ``near``, ``far`` …).
         denoise_weight, fg_weight, bg_weight, rgb_weight: loss weights (method.md §6.2: 1, 10, 10, 5).
-        mask_dilate: dilation of the subject mask for the denoising loss (0/1: no mask, whole image).
+        mask_dilate: dilation of the subject mask for the denoising loss (0/1: the mask as is, undilated).
         mask_denoising: average the denoising loss inside the dilated mask (CustomDiffusion360) or everywhere.
         text_dropout: probability that a step uses the empty prompt (references and targets), so the
             unconditional CFG branch also sees pose blocks in training (CustomDiffusion360: 0.1).
