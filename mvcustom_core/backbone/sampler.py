@@ -19,6 +19,7 @@ Guidance (Ho & Salimans 2022): ε = ε_uncond + s (ε_cond − ε_uncond).
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -106,6 +107,17 @@ def _frames_text(text: Tensor, num_frames: int, name: str) -> Tensor:
         raise ValueError(f"{name} has batch {dims['B']}; expected 1 (shared by all frames) or "
                          f"num_frames = {num_frames} (one per frame)")
     return text
+
+
+def _equal_length_texts(*texts: Tensor) -> list[Tensor]:
+    """Text states ``[F, L_i, D]`` repeated along L to ``lcm(L_i)`` so that branches can share one batch.
+
+    Cross-attention is unchanged when every key/value is repeated the same number of times (each softmax
+    weight is split evenly over the copies). A long prompt (ComfyUI: 77·chunks tokens) and a short negative
+    prompt then run batched; ComfyUI pads the same way (``comfy/conds.py``, ``CONDCrossAttn.concat``).
+    """
+    length = math.lcm(*(t.shape[1] for t in texts))
+    return [t.repeat(1, length // t.shape[1], 1) for t in texts]
 
 
 def predict_noise(unet: torch.nn.Module, x: Tensor, t: Tensor, text: Tensor) -> Tensor:
@@ -233,7 +245,7 @@ def sample(
                     for h in feature_hooks:
                         h.branch = "uncond+cond"
                     e_u, e_c = predict_noise(unet, model_in.expand(2, -1, -1, -1, -1), t,
-                                             torch.cat([uncond_f, cond_f]))
+                                             torch.cat(_equal_length_texts(uncond_f, cond_f)))
                     eps = e_u + cfg * (e_c - e_u)
                 else:
                     for h in feature_hooks:
@@ -303,7 +315,8 @@ def decode_latents(vae: torch.nn.Module, latents: Tensor, chunk: int = 4) -> Ten
     scale = getattr(getattr(vae, "config", None), "scaling_factor", LATENT_SCALE)
     frames = []
     with torch.no_grad():
-        for i in range(0, latents.shape[0], max(1, chunk)):
-            z = (latents[i:i + chunk] / scale).to(param.device, param.dtype)
+        step = max(1, chunk)
+        for i in range(0, latents.shape[0], step):
+            z = (latents[i:i + step] / scale).to(param.device, param.dtype)
             frames.append(vae.decode(z).sample.float())
     return (torch.cat(frames) / 2 + 0.5).clamp(0, 1)

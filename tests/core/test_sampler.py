@@ -200,3 +200,30 @@ def test_split_run_equals_one_run(unet, text, scheduler):
         sample(unet, cond, None, F, SIZE, SIZE, steps=3, start_step=1)
     with pytest.raises(ValueError, match="start_step"):
         sample(unet, cond, None, F, SIZE, SIZE, steps=3, start_step=2, end_step=2, latents=head)
+
+
+def test_batched_cfg_with_prompts_of_different_lengths_equals_sequential(unet, text):
+    """A long prompt (ComfyUI: 77·chunks tokens) with a short negative one: the batched call must give what the
+    two separate branch calls give (cross-attention is invariant to repeating all its keys the same number of
+    times), not fail on concatenating [F, 10, D] with [F, 5, D]."""
+    cond, uncond = text
+    long_cond = torch.cat([cond, torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(8))], dim=1)
+    sequential = sample(unet, long_cond, uncond, F, SIZE, SIZE, steps=2, cfg=3.0, seed=2, cfg_batch=False)
+    batched = sample(unet, long_cond, uncond, F, SIZE, SIZE, steps=2, cfg=3.0, seed=2)
+    torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)
+    short_cond = sample(unet, cond, uncond, F, SIZE, SIZE, steps=2, cfg=3.0, seed=2)
+    assert (batched - short_cond).abs().max() > 1e-3  # the extra tokens are attended to, not dropped
+
+
+def test_decode_latents_chunk_below_one_decodes_frame_by_frame():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=[8], in_channels=3, out_channels=3, norm_num_groups=4,
+                        down_block_types=["DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D"],
+                        latent_channels=4).eval()
+    z = torch.randn(3, 4, 4, 4)
+    with torch.no_grad():
+        expected = (vae.decode(z / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    for chunk in (0, -2):
+        torch.testing.assert_close(decode_latents(vae, z, chunk=chunk), expected, rtol=1e-5, atol=1e-6)
