@@ -22,6 +22,8 @@ this representation in :mod:`mvcustom_core.cameras.formats`; nothing past that e
 
 from __future__ import annotations
 
+import numbers
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -118,9 +120,14 @@ class CameraSet:
         return self.num_frames
 
     def __getitem__(self, index: int | slice | Tensor | Sequence[int]) -> "CameraSet":
-        """A sub-set of frames; an integer index keeps the frame axis (``[1, ...]``)."""
-        if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
+        """A sub-set of frames; an integer index keeps the frame axis (``[1, ...]``).
+
+        Integers include numpy integers and 0-d integer tensors (e.g. an ``argmax``), which would otherwise
+        drop the frame axis.
+        """
+        if isinstance(index, numbers.Integral) or (isinstance(index, Tensor) and index.dim() == 0):
+            i = operator.index(index)
+            index = slice(i, i + 1 if i != -1 else None)
         return CameraSet(K=self.K[index], c2w=self.c2w[index], image_size=self.image_size)
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,6 +96,22 @@ def test_getitem_and_concat():
     assert len(CameraSet.concat([cams, cams[:2]])) == 6
     with pytest.raises(CameraError, match="different image sizes"):
         CameraSet.concat([cams, _identity_cams(size=(8, 8))])
+
+
+
+@pytest.mark.parametrize("index, frame", [(1, 1), (-1, 3), (-2, 2), (np.int64(2), 2), (torch.tensor(1), 1),
+                                          (torch.tensor(-1), 3)])
+def test_getitem_integer_like_keeps_the_frame_axis_and_picks_that_frame(index, frame):
+    # Four distinct cameras (centres x = 0..3, focal 10..13), so the test sees which frame was picked.
+    c2w = torch.eye(4, dtype=torch.float64).repeat(4, 1, 1)
+    c2w[:, 0, 3] = torch.arange(4, dtype=torch.float64)
+    K = intrinsics_matrix(10.0 + torch.arange(4, dtype=torch.float64), torch.full((4,), 10.0, dtype=torch.float64),
+                          8.0, 8.0)
+    cams = CameraSet(K=K, c2w=c2w, image_size=(16, 16))
+    sub = cams[index]
+    assert sub.num_frames == 1
+    torch.testing.assert_close(sub.c2w[0], c2w[frame], rtol=0, atol=0)
+    torch.testing.assert_close(sub.K[0], K[frame], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
