@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.customization.pose_block import (
-    PoseConditionedBlock, PoseContext, install_pose_blocks, pose_blocks)
+    PoseConditionedBlock, PoseContext, install_pose_blocks, pose_blocks, remove_pose_blocks)
 from mvcustom_core.files import atomic_write
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CustomizationFileError", "BackboneMismatchError", "Customization",
@@ -246,6 +246,34 @@ def customization_from_unet(unet: nn.Module, context: PoseContext, *, token: str
         prompt_template=prompt_template, training=dict(training or {}))
 
 
+def _install_and_load(unet: nn.Module, c: Customization, ctx: PoseContext,
+                       where: str) -> dict[str, PoseConditionedBlock]:
+    """Install ``c``'s pose blocks on ``unet`` and load their weights; block name → installed block."""
+    for name in c.blocks:
+        overrides = {k: v for k, v in c.featurenerf[name].items() if k != "channels"}
+        install_pose_blocks(unet, ctx, which=name, config_overrides=overrides)
+    by_name = {b.name: b for b in pose_blocks(unet)}
+    for name in c.blocks:
+        block = by_name[name]
+        if block.featurenerf.config.channels != int(c.featurenerf[name]["channels"]):
+            raise BackboneMismatchError(f"{where}: block {name} has width {block.featurenerf.config.channels}, "
+                                        f"the customization {c.featurenerf[name]['channels']}")
+        param = next(block.featurenerf.parameters())
+        state = {k: v.to(param.device, param.dtype) for k, v in c.weights[name].items()}
+        try:
+            result = block.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # shapes that do not match the header's FeatureNeRF config
+            raise CustomizationFileError(f"{where}: pose block {name} weights do not fit its FeatureNeRF "
+                                         f"config: {error}") from error
+        missing = [k for k in result.missing_keys if not k.startswith("block.")]
+        if missing or result.unexpected_keys:
+            raise CustomizationFileError(f"{where}: pose block {name} weights do not fit (missing {missing[:3]}, "
+                                         f"unexpected {result.unexpected_keys[:3]})")
+        # FeatureNeRF runs in float32 by design; the fusion acts on the block's tokens, in the block's dtype.
+        block.fuse.to(block.block.norm1.weight.dtype)
+    return by_name
+
+
 def apply_customization(unet: nn.Module, customization: Customization, context: PoseContext | None = None,
                         *, where: str = "customization") -> PoseContext:
     """Install pose blocks on the customization's blocks of ``unet``, load their weights and the reference bank.
@@ -262,24 +290,11 @@ def apply_customization(unet: nn.Module, customization: Customization, context: 
         raise CustomizationFileError("the UNet already has pose blocks installed; remove_pose_blocks() first")
     check_backbone(c.backbone, unet, where)
     ctx = context or PoseContext()
-    for name in c.blocks:
-        overrides = {k: v for k, v in c.featurenerf[name].items() if k != "channels"}
-        install_pose_blocks(unet, ctx, which=name, config_overrides=overrides)
-    by_name = {b.name: b for b in pose_blocks(unet)}
-    for name in c.blocks:
-        block = by_name[name]
-        if block.featurenerf.config.channels != int(c.featurenerf[name]["channels"]):
-            raise BackboneMismatchError(f"{where}: block {name} has width {block.featurenerf.config.channels}, "
-                                        f"the customization {c.featurenerf[name]['channels']}")
-        param = next(block.featurenerf.parameters())
-        state = {k: v.to(param.device, param.dtype) for k, v in c.weights[name].items()}
-        result = block.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("block.")]
-        if missing or result.unexpected_keys:
-            raise CustomizationFileError(f"{where}: pose block {name} weights do not fit (missing {missing[:3]}, "
-                                         f"unexpected {result.unexpected_keys[:3]})")
-        # FeatureNeRF runs in float32 by design; the fusion acts on the block's tokens, in the block's dtype.
-        block.fuse.to(block.block.norm1.weight.dtype)
+    try:
+        by_name = _install_and_load(unet, c, ctx, where)
+    except BaseException:
+        remove_pose_blocks(unet)  # a file that does not fit must leave the (shared) backbone plain
+        raise
     ctx.references = {name: c.references[name].to(next(by_name[name].parameters()).device) for name in c.blocks}
     ctx.ref_cams = c.ref_cams
     ctx.mode = "off"

@@ -147,6 +147,32 @@ def test_foreign_newer_and_broken_files_are_refused(trained, tmp_path):
     assert json.loads(meta["blocks"]) == cust.blocks
 
 
+@pytest.mark.parametrize("damage", ["config", "missing"])
+def test_weights_that_do_not_fit_are_refused_and_leave_the_backbone_plain(unet, trained, damage):
+    """A refused file must not leave pose blocks behind: the next (good) customization must still apply."""
+    _, _, cust = trained
+    bad = copy.deepcopy(cust)
+    last = bad.blocks[-1]  # fails after the earlier blocks were installed and loaded
+    if damage == "config":  # header says 8 point frequencies, the tensors were trained with 16
+        bad.featurenerf[last] = {**bad.featurenerf[last], "point_freqs": 8}
+    else:
+        del bad.weights[last]["featurenerf.view_score.weight"]
+    dst = copy.deepcopy(unet)
+    x, text = _inputs(2, seed=5)
+    video = x.permute(1, 0, 2, 3)[None]
+    with torch.no_grad():
+        plain = dst(video, torch.tensor([500]), encoder_hidden_states=text.expand(2, -1, -1)).sample
+    with pytest.raises(CustomizationFileError, match=f"pose block {last} weights do not fit"):
+        apply_customization(dst, bad)
+    assert next(pose_blocks(dst), None) is None
+    assert dst.state_dict().keys() == unet.state_dict().keys()
+    with torch.no_grad():
+        assert torch.equal(dst(video, torch.tensor([500]), encoder_hidden_states=text.expand(2, -1, -1)).sample,
+                           plain)
+    apply_customization(dst, cust)
+    assert [b.name for b in pose_blocks(dst)] == cust.blocks
+
+
 def test_applied_to_a_bfloat16_backbone_the_fusion_follows_the_block_dtype(unet, trained):
     src, src_ctx, cust = trained
     half = copy.deepcopy(unet).to(torch.bfloat16)
