@@ -391,3 +391,34 @@ def test_video_clips_are_decoded_through_pyav(tmp_path, monkeypatch):
                                .expand(3, 3, 32, 32) / 255 * 2 - 1, atol=1e-6, rtol=0)
     with pytest.raises(VideoDataError, match="fewer than num_frames=8"):
         VideoClipDataset([clip], num_frames=8, size=(32, 32))[(0, 0)]
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_target_and_noising_follow_the_ddpm_formulas(prediction_type):
+    """z_t = √ᾱ_t z0 + √(1−ᾱ_t) ε with AnimateDiff's linear betas; target ε, or v = √ᾱ_t ε − √(1−ᾱ_t) z0
+    (Salimans & Ho 2022, §4); text repeated per frame, video-major; loss the plain mean square."""
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(2, 4, 3, 2, 2, generator=g)  # [B, C, F, h, w]
+    text = torch.randn(2, 5, 8, generator=g)
+    prediction = torch.randn(2, 4, 3, 2, 2, generator=g)
+    seen = {}
+
+    class Stub(torch.nn.Module):
+        def forward(self, x, t, encoder_hidden_states):
+            seen.update(x=x, t=t, text=encoder_hidden_states)
+            return SimpleNamespace(sample=prediction)
+
+    noise, timesteps = sample_noise([11, 12], z0.shape[1:], 1000)
+    assert noise.shape == z0.shape and timesteps.shape == (2,)
+    assert 0 <= int(timesteps.min()) and int(timesteps.max()) < 1000
+    loss = diffusion_loss(Stub(), z0, text, _noise_scheduler(small_config(prediction_type=prediction_type)),
+                          noise, timesteps)
+    betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float64)  # beta_schedule "linear"
+    a = torch.cumprod(1 - betas, 0)[timesteps].view(2, 1, 1, 1, 1)
+    target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
+    torch.testing.assert_close(seen["x"].double(), a.sqrt() * z0 + (1 - a).sqrt() * noise, rtol=0, atol=1e-6)
+    assert torch.equal(seen["t"], timesteps)
+    assert torch.equal(seen["text"], text[[0, 0, 0, 1, 1, 1]])
+    torch.testing.assert_close(loss.double(), ((prediction - target) ** 2).mean().double(), rtol=1e-6, atol=0)
