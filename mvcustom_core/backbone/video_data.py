@@ -7,7 +7,7 @@ Folder layout (``root``):
       installed; without it, :func:`scan_clips` raises naming the files (or skips them, ``videos="skip"``);
     - a clip's **name** is its path relative to ``root`` in POSIX form (``cats/clip_001`` or ``dogs/run.mp4``).
 
-Captions, first match wins:
+Captions (UTF-8 text; a byte-order mark, as Excel and Notepad write, is dropped), first match wins:
     1. ``root/captions.jsonl``: one object per line with a clip field (``clip``, ``name``, ``path``, ``video`` or
        ``file``) and a caption field (``caption`` or ``text``);
     2. ``root/captions.csv`` with a header naming the same fields, or WebVid's ``results_*.csv`` columns
@@ -102,7 +102,7 @@ def _read_caption_index(root: Path) -> dict[str, str] | None:
     jsonl, table = root / "captions.jsonl", root / "captions.csv"
     if jsonl.is_file():
         rows = []
-        for number, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(jsonl.read_text(encoding="utf-8-sig").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -114,7 +114,7 @@ def _read_caption_index(root: Path) -> dict[str, str] | None:
             rows.append((f"{jsonl}:{number}", row))
         return _index_rows(rows, jsonl)
     if table.is_file():
-        with open(table, newline="", encoding="utf-8") as handle:
+        with open(table, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             rows = [(f"{table}:{number}", row) for number, row in enumerate(reader, start=2)]
         return _index_rows(rows, table)
@@ -153,7 +153,7 @@ def _caption_for(name: str, path: Path, index: dict[str, str] | None) -> str | N
         candidates.append(path / "caption.txt")
     for candidate in candidates:
         if candidate.is_file():
-            return candidate.read_text(encoding="utf-8").strip()
+            return candidate.read_text(encoding="utf-8-sig").strip()
     return None
 
 

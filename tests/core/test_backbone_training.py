@@ -422,3 +422,16 @@ def test_loss_target_and_noising_follow_the_ddpm_formulas(prediction_type):
     assert torch.equal(seen["t"], timesteps)
     assert torch.equal(seen["text"], text[[0, 0, 0, 1, 1, 1]])
     torch.testing.assert_close(loss.double(), ((prediction - target) ** 2).mean().double(), rtol=1e-6, atol=0)
+
+
+def test_caption_files_with_a_byte_order_mark(tmp_path):
+    """Excel saves CSV, Notepad saves text as UTF-8 with a BOM: the header must still name the fields and the BOM
+    must not become part of a caption."""
+    for kind in ("csv", "jsonl", "sidecar"):
+        root = tmp_path / kind
+        write_clip(root / "x", moving_square(2, 0))
+        text = {"csv": "clip,caption\nx,a dog\n", "jsonl": json.dumps({"clip": "x", "caption": "a dog"}) + "\n",
+                "sidecar": "a dog\n"}[kind]
+        name = {"csv": "captions.csv", "jsonl": "captions.jsonl", "sidecar": "x.txt"}[kind]
+        (root / name).write_text(text, encoding="utf-8-sig")
+        assert [(c.name, c.caption) for c in scan_clips(root)] == [("x", "a dog")], kind
