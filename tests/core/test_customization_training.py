@@ -91,7 +91,7 @@ def test_losses_fall_and_only_the_intended_parameters_change(backbone, reference
     for name in c.blocks:
         width = c.featurenerf[name]["channels"]
         fuse = c.weights[name]["fuse.weight"]
-        assert torch.equal(fuse[:, :width] != torch.eye(width), fuse[:, :width] != torch.eye(width))
+        assert (fuse[:, :width] - torch.eye(width)).abs().max() > 0  # the identity half trains too
         assert fuse[:, width:].abs().max() > 0  # the Fy half starts at zero
         assert c.weights[name]["featurenerf.decoder.weight"].abs().max() > 0  # zero-initialised density head
     init = class_word_embedding(backbone.text_encoder, backbone.tokenizer, "dog")
