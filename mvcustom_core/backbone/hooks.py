@@ -102,10 +102,22 @@ def _first_tensor(output: Any) -> Tensor:
 
 
 def _with_first_tensor(output: Any, new: Tensor) -> Any:
+    """``output`` with its feature tensor replaced by ``new`` everywhere it is returned.
+
+    A down block returns ``(hidden_states, skips)`` whose last skip *is* ``hidden_states`` (the same tensor, which
+    the up block's skip connection reads): both places get ``new``.
+    """
     if isinstance(output, Tensor):
         return new
     if isinstance(output, (tuple, list)):
-        return type(output)([new, *output[1:]])
+        old = output[0]
+
+        def swap(item: Any) -> Any:
+            if isinstance(item, (tuple, list)):
+                return type(item)(new if x is old else x for x in item)
+            return item
+
+        return type(output)([new, *(swap(x) for x in output[1:])])
     output.sample = new
     return output
 

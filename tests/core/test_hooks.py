@@ -146,3 +146,28 @@ def test_feature_hook_removed_on_interrupt_and_bad_names(unet, text):
     with pytest.raises(ValueError, match="expected"):
         _run(unet, text, [bad])
     assert all(not m._forward_hooks for m in unet.modules())
+
+
+@pytest.mark.parametrize("layer", ["down_blocks.0", "down_blocks.1"])
+def test_feature_hook_replacing_a_down_block_output_also_replaces_its_skip(unet, text, layer):
+    """A down block returns (hidden_states, skips) with skips[-1] the very same tensor: the up block's skip
+    connection reads it. Replacing the block's output must be the same as the block returning the replacement
+    in both places (reference: the block's forward wrapped by hand), not only on the path to the next block."""
+    block = dict(unet.named_modules())[layer]
+    shift = lambda features: features + 0.5  # noqa: E731
+    hooked = _run(unet, text, [FeatureHook([layer], lambda n, s, f: shift(f))])
+
+    original = block.forward
+
+    def forward(*args, **kwargs):
+        hidden, skips = original(*args, **kwargs)
+        assert skips[-1] is hidden
+        new = shift(hidden)
+        return new, (*skips[:-1], new)
+
+    block.forward = forward
+    try:
+        reference = _run(unet, text, [])
+    finally:
+        del block.forward
+    torch.testing.assert_close(hooked, reference, rtol=0, atol=0)
