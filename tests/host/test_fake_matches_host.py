@@ -8,7 +8,6 @@ with the real API read from $COMFYUI_PATH by $COMFYUI_PY.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import subprocess
 import sys
@@ -17,73 +16,42 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TYPES = ["Int", "Float", "String", "Boolean", "Combo", "Image", "Mask", "Latent", "Model", "Vae", "Clip",
-         "Conditioning", "AnyType"]
+HERE = Path(__file__).resolve().parent
 
+# Run with ComfyUI's interpreter in its checkout: the same describe_api, on the real modules.
 _PROBE = """
-import inspect, json, sys
+import json, sys
 sys.path.insert(0, ".")
-from comfy_api.latest import io, ui, ComfyExtension
-TYPES = %r
-
-def params(f):
-    return [n for n, p in inspect.signature(f).parameters.items()
-            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-
-out = {}
-for name in TYPES:
-    t = getattr(io, name)
-    out[f"io.{name}.Input"] = params(t.Input.__init__)
-    out[f"io.{name}.Output"] = params(t.Output.__init__)
-    out[f"io.{name}.io_type"] = t.io_type
-custom = io.Custom("X")
-out["io.Custom.Input"], out["io.Custom.Output"] = params(custom.Input.__init__), params(custom.Output.__init__)
-out["io.Schema"] = params(io.Schema)
-out["io.NodeOutput"] = params(io.NodeOutput.__init__)
-out["ui.PreviewImage"] = params(ui.PreviewImage.__init__)
-out["ui.PreviewText"] = params(ui.PreviewText.__init__)
-out["io.UploadType"] = {e.name: e.value for e in io.UploadType}
-out["io.Hidden"] = {e.name: e.value for e in io.Hidden}
-print(json.dumps(out))
+sys.path.insert(0, %r)
+from comfy_api.latest import io, ui
+from api_probe import describe_api
+print(json.dumps(describe_api(io, ui)))
 """
 
 
-def _params(f) -> list[str]:
-    return [n for n, p in inspect.signature(f).parameters.items()
-            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+def _load(path: Path, name: str):
+    """Import a test-support file by path (the suite runs with --import-mode=importlib: no sys.path entries)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
 
 
 def _fake_api() -> dict:
-    spec = importlib.util.spec_from_file_location("mvc_fake_comfy_probe", REPO_ROOT / "tests/nodes/fake_comfy.py")
-    fake = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = fake
-    try:
-        spec.loader.exec_module(fake)
-        modules = fake.build_modules(fake.FolderState("", "", ""))
-    finally:
-        del sys.modules[spec.name]
-    io, ui = modules["comfy_api.latest"].io, modules["comfy_api.latest"].ui
-    out = {}
-    for name in TYPES:
-        t = getattr(io, name)
-        out[f"io.{name}.Input"] = _params(t.Input.__init__)
-        out[f"io.{name}.Output"] = _params(t.Output.__init__)
-        out[f"io.{name}.io_type"] = t.io_type
-    custom = io.Custom("X")
-    out["io.Custom.Input"], out["io.Custom.Output"] = _params(custom.Input.__init__), _params(custom.Output.__init__)
-    out["io.Schema"] = _params(io.Schema)
-    out["io.NodeOutput"] = _params(io.NodeOutput.__init__)
-    out["ui.PreviewImage"] = _params(ui.PreviewImage.__init__)
-    out["ui.PreviewText"] = _params(ui.PreviewText.__init__)
-    out["io.UploadType"] = {e.name: e.value for e in io.UploadType}
-    out["io.Hidden"] = {e.name: e.value for e in io.Hidden}
-    return out
+    fake = _load(REPO_ROOT / "tests/nodes/fake_comfy.py", "mvc_fake_comfy_probe")
+    modules = fake.build_modules(fake.FolderState("", "", ""))
+    probe = _load(HERE / "api_probe.py", "mvc_api_probe")
+    return probe.describe_api(modules["comfy_api.latest"].io, modules["comfy_api.latest"].ui)
 
 
 @pytest.fixture(scope="module")
 def real_api(host_paths) -> dict:
     root, py = host_paths
-    r = subprocess.run([str(py), "-c", _PROBE % (TYPES,)], cwd=root, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([str(py), "-c", _PROBE % (str(HERE),)], cwd=root, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
