@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from kornia.morphology import dilation
 from torch import Tensor
 
 from mvcustom_core.customization.featurenerf import FeatureNeRFOutput
@@ -82,10 +81,9 @@ def dilate_mask(mask: Tensor, size: int) -> Tensor:
     """
     if size <= 1:
         return mask
-    # kornia's dilation reflects the structuring element (max f(x − b)): origin (size − 1) // 2 puts the
-    # window at rows i − ⌊size/2⌋ … i + ⌈size/2⌉ − 1; "geodesic" leaves pixels outside the image out.
-    origin = [(size - 1) // 2] * 2
-    return dilation(mask, torch.ones(size, size, device=mask.device), origin=origin, border_type="geodesic")
+    lo, hi = size // 2, (size - 1) // 2
+    padded = F.pad(mask, (lo, hi, lo, hi), value=float("-inf"))
+    return F.max_pool2d(padded, size, stride=1)
 
 
 def masked_denoising_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, dilate: int = 7) -> Tensor:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F_
 from kornia.metrics import ssim as kornia_ssim
-from kornia.morphology import erosion
 from torch import Tensor
 
 from mvcustom_core.cameras import CameraSet
@@ -144,7 +143,8 @@ def masked_ssim(a: Tensor, b: Tensor, mask: Tensor, *, max_val: float = 1.0, win
     # Outside the mask both images take the same value, then only windows wholly inside are averaged.
     ssim_map = kornia_ssim(a * m, b * m, window, max_val=max_val).mean(1, keepdim=True)
     # Erosion by the window, with everything beyond the image border counted as outside the mask.
-    inside = erosion(m, torch.ones(window, window, device=m.device), border_type="constant", border_value=0.0)
+    r = window // 2
+    inside = 1 - F_.max_pool2d(F_.pad(1 - m, (r, r, r, r), value=1.0), window, stride=1)
     count = inside.sum((1, 2, 3))
     score = (ssim_map * inside).sum((1, 2, 3)) / count.clamp_min(1)
     return torch.where(count > 0, score, torch.full_like(score, math.nan))

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from kornia.morphology import erosion
+import torch.nn.functional as F_nn
 from torch import Tensor
 
 from mvcustom_core.backbone.hooks import StepContext
@@ -71,8 +71,9 @@ def erode(mask: Tensor, pixels: int) -> Tensor:
     check_shape(mask, "F 1 h w", "mask")
     if pixels <= 0:
         return mask.clone()
-    square = torch.ones(2 * pixels + 1, 2 * pixels + 1, device=mask.device)
-    return erosion(mask.float(), square, border_type="constant", border_value=1.0).to(mask.dtype)
+    k = 2 * pixels + 1
+    padded = F_nn.pad(1.0 - mask.float(), (pixels,) * 4, value=0.0)
+    return (1.0 - F_nn.max_pool2d(padded, k, stride=1)).to(mask.dtype)
 
 
 def keep_mask(coverage: Tensor, anchor: int, erosion: int) -> Tensor:
