@@ -11,6 +11,7 @@ and ``L = L_diff + Σ_blocks (λ_fg L_fg + λ_bg L_bg + λ_rgb L_rgb)`` with λ 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,9 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mvcustom_core.customization.featurenerf import FeatureNeRFOutput
+from mvcustom_core.ops import morphology
 
 __all__ = ["FeatureNeRFLossWeights", "resize_mask", "fg_loss", "bg_alpha_loss", "rgb_loss", "featurenerf_losses",
-           "dilate_mask", "masked_denoising_loss"]
+           "masked_denoising_loss"]
 
 
 @dataclass(frozen=True)
@@ -72,26 +74,12 @@ def featurenerf_losses(out: FeatureNeRFOutput, mask: Tensor, image: Tensor | Non
     return losses
 
 
-def dilate_mask(mask: Tensor, size: int) -> Tensor:
-    """``[B, 1, h, w]`` grey dilation by a ``size × size`` square, same shape out (``size`` ≤ 1: unchanged).
-
-    Pixel (i, j) takes the max over rows ``i − ⌊size/2⌋ … i + ⌈size/2⌉ − 1`` (and alike for columns): centred for
-    odd sizes; an even size reaches one pixel further up/left than down/right. Padding is −inf, so borders
-    only see pixels inside the image.
-    """
-    if size <= 1:
-        return mask
-    lo, hi = size // 2, (size - 1) // 2
-    padded = F.pad(mask, (lo, hi, lo, hi), value=float("-inf"))
-    return F.max_pool2d(padded, size, stride=1)
-
-
 def masked_denoising_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, dilate: int = 7) -> Tensor:
     """ε-prediction MSE averaged inside the ``dilate × dilate``-dilated subject mask (CustomDiffusion360's
     ``mask_images``); ``pred, target [B, C, h, w]``, ``mask [B, 1, H, W]`` at any resolution."""
     err = (pred.float() - target.float()).square()
     if mask is None:
         return err.mean()
-    m = dilate_mask(F.interpolate(mask.float(), size=pred.shape[-2:], mode="area"), dilate)
+    m = morphology.dilate(F.interpolate(mask.float(), size=pred.shape[-2:], mode="area"), dilate, outside=-math.inf)
     m = (m > 0).to(err.dtype)
     return (err * m).sum() / (m.sum() * err.shape[1]).clamp_min(1.0)

@@ -26,6 +26,7 @@ from torch import Tensor
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import check_finite, check_shape
 from mvcustom_core.eval.errors import EvalInputError
+from mvcustom_core.ops import morphology
 
 __all__ = ["ReprojectionScores", "neighbour_pairs", "warp_into", "masked_psnr", "masked_ssim",
            "reprojection_consistency", "MAX_PSNR_DB", "SSIM_WINDOW"]
@@ -143,8 +144,7 @@ def masked_ssim(a: Tensor, b: Tensor, mask: Tensor, *, max_val: float = 1.0, win
     # Outside the mask both images take the same value, then only windows wholly inside are averaged.
     ssim_map = kornia_ssim(a * m, b * m, window, max_val=max_val).mean(1, keepdim=True)
     # Erosion by the window, with everything beyond the image border counted as outside the mask.
-    r = window // 2
-    inside = 1 - F_.max_pool2d(F_.pad(1 - m, (r, r, r, r), value=1.0), window, stride=1)
+    inside = morphology.erode(m, window, outside=0.0)
     count = inside.sum((1, 2, 3))
     score = (ssim_map * inside).sum((1, 2, 3)) / count.clamp_min(1)
     return torch.where(count > 0, score, torch.full_like(score, math.nan))

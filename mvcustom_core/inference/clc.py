@@ -25,11 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F_nn
 from torch import Tensor
 
 from mvcustom_core.backbone.hooks import StepContext
 from mvcustom_core.checks import check_shape
+from mvcustom_core.ops import morphology
 
 __all__ = ["CLCPlan", "CLCHook", "CLCError", "erode", "keep_mask", "renoise_to_next", "DEFAULT_CLC_TAU"]
 
@@ -71,9 +71,7 @@ def erode(mask: Tensor, pixels: int) -> Tensor:
     check_shape(mask, "F 1 h w", "mask")
     if pixels <= 0:
         return mask.clone()
-    k = 2 * pixels + 1
-    padded = F_nn.pad(1.0 - mask.float(), (pixels,) * 4, value=0.0)
-    return (1.0 - F_nn.max_pool2d(padded, k, stride=1)).to(mask.dtype)
+    return morphology.erode(mask.float(), 2 * pixels + 1, outside=1.0).to(mask.dtype)
 
 
 def keep_mask(coverage: Tensor, anchor: int, erosion: int) -> Tensor:
