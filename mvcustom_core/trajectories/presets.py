@@ -40,7 +40,7 @@ from __future__ import annotations
 import inspect
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Sequence
 
 import torch
@@ -338,13 +338,67 @@ _ELEVATION = ("deg", "elevation of the (first) camera above the target's horizon
 _BASE = dict(target=_TARGET, radius=_RADIUS, azimuth_deg=_AZIMUTH, elevation_deg=_ELEVATION)
 
 
-def _prepare_base(frames, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg):
-    _check_frames(frames)
-    _check_common(image_size, fov_y_deg)
-    target = _vector3("target", target, dtype)
-    c2w0 = _base_c2w(target, _positive("radius", radius), _finite("azimuth_deg", azimuth_deg),
-                     _elevation("elevation_deg", elevation_deg))
-    return target, c2w0
+@dataclass(frozen=True)
+class _Base:
+    """The arguments every base preset shares, with their defaults: the first camera, placed at
+    ``radius``/``azimuth_deg``/``elevation_deg`` around ``target`` and looking at it, and the intrinsics."""
+
+    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0)
+    radius: float = 1.0
+    azimuth_deg: float = 0.0
+    elevation_deg: float = 15.0
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+    fov_y_deg: float = DEFAULT_FOV_Y_DEG
+    dtype: torch.dtype = torch.float64
+
+    def camera(self, frames: int) -> tuple[Tensor, Tensor]:
+        """Check ``frames`` and the shared arguments; ``(target: [3], c2w0: [4, 4])`` of the first camera."""
+        _check_frames(frames)
+        _check_common(self.image_size, self.fov_y_deg)
+        target = _vector3("target", self.target, self.dtype)
+        c2w0 = _base_c2w(target, _positive("radius", self.radius), _finite("azimuth_deg", self.azimuth_deg),
+                         _elevation("elevation_deg", self.elevation_deg))
+        return target, c2w0
+
+    def cameras(self, c2w: Tensor, focal_scale: Tensor | None = None) -> CameraSet:
+        """:func:`_cameras` with this image size and field of view."""
+        return _cameras(c2w, self.fov_y_deg, self.image_size, focal_scale)
+
+
+# The shared arguments as the keyword-only parameters that follow a base preset's own ones.
+_BASE_PARAMETERS = tuple(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                           annotation=f.type) for f in fields(_Base))
+
+
+def _base_preset(name: str, **specs: tuple):
+    """Register ``path(frames, base: _Base, *, own parameters)`` as the preset ``name``.
+
+    The public function is ``(frames, *, <own parameters>, target, radius, azimuth_deg, elevation_deg,
+    image_size, fov_y_deg, dtype)`` with the defaults of :class:`_Base`: that signature is what
+    :func:`preset_parameters` (and so the node widgets) read. It keeps the path's name and docstring
+    and calls the path with the shared arguments gathered in one :class:`_Base`. ``specs`` are the own
+    parameters' ``(unit, help[, choices])`` as for :func:`_preset`.
+    """
+
+    def build(path: Callable[..., CameraSet]) -> Callable[..., CameraSet]:
+        path_signature = inspect.signature(path)
+        frames_param, _base, *own = path_signature.parameters.values()
+        signature = path_signature.replace(parameters=[frames_param, *own, *_BASE_PARAMETERS])
+
+        def preset(*args: Any, **kwargs: Any) -> CameraSet:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            values = bound.arguments
+            base = _Base(**{p.name: values.pop(p.name) for p in _BASE_PARAMETERS})
+            return path(values.pop("frames"), base, **values)
+
+        preset.__name__, preset.__qualname__, preset.__doc__ = path.__name__, path.__qualname__, path.__doc__
+        preset.__signature__ = signature
+        preset.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+        preset.__annotations__["return"] = signature.return_annotation
+        return _preset(name, **specs, **_BASE)(preset)
+
+    return build
 
 
 # ---------------------------------------------------------------------------------------------- presets
@@ -426,25 +480,12 @@ def spiral(
     return _cameras(c2w, fov_y_deg, image_size)
 
 
-@_preset(
+@_base_preset(
     "lemniscate",
     amplitude=("world units", "half width a of the figure eight (lemniscate of Bernoulli)"),
     loop=("", "leave out the final frame that would repeat the first"),
-    **_BASE,
 )
-def lemniscate(
-    frames: int,
-    *,
-    amplitude: float = 0.3,
-    loop: bool = True,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+def lemniscate(frames: int, base: _Base, *, amplitude: float = 0.3, loop: bool = True) -> CameraSet:
     """The camera centre traces a figure eight in the image plane of the base camera, looking at ``target``.
 
     The eight is the lemniscate of Bernoulli ``(x² + y²)² = a² (x² − y²)``, parametrized by
@@ -452,294 +493,132 @@ def lemniscate(
     y along its up), drawn in the plane through the base camera's centre perpendicular to its viewing
     axis. The path starts at the crossing (``s = π/2``) and runs one full period.
     """
-    target, c2w0 = _prepare_base(frames, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg)
+    target, c2w0 = base.camera(frames)
     a = _positive("amplitude", amplitude)
-    s = math.pi / 2 + 2 * math.pi * _times(frames, dtype, closed=bool(loop))
+    s = math.pi / 2 + 2 * math.pi * _times(frames, base.dtype, closed=bool(loop))
     denom = 1 + torch.sin(s) ** 2
     x, y = a * torch.cos(s) / denom, a * torch.sin(s) * torch.cos(s) / denom
     right, up = c2w0[:3, 0], -c2w0[:3, 1]
     eye = c2w0[:3, 3] + x[:, None] * right + y[:, None] * up
-    return _cameras(look_at(eye, target), fov_y_deg, image_size)
+    return base.cameras(look_at(eye, target))
 
 
-def _dolly_path(frames, distance, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg):
-    _, c2w0 = _prepare_base(frames, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg)
-    c2w = _move_along_own_axis(c2w0, 2, _finite("distance", distance) * _times(frames, dtype))
-    return _cameras(c2w, fov_y_deg, image_size)
+def _move(frames: int, base: _Base, axis: int, distance: float) -> CameraSet:
+    """The base camera translated along its own ``axis`` by ``distance * t``; orientation fixed.
+
+    ``distance`` is checked after the base arguments; presets that check it first (to keep which error a
+    call with several bad arguments raises) pass it already checked.
+    """
+    _, c2w0 = base.camera(frames)
+    return base.cameras(_move_along_own_axis(c2w0, axis, _finite("distance", distance) * _times(frames, base.dtype)))
 
 
-_DISTANCE_IN = ("world units", "how far the camera moves forward along its viewing axis")
-_DISTANCE_OUT = ("world units", "how far the camera moves backward along its viewing axis")
-
-
-@_preset("dolly_in", distance=_DISTANCE_IN, **_BASE)
-def dolly_in(
-    frames: int,
-    *,
-    distance: float = 0.5,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("dolly_in", distance=("world units", "how far the camera moves forward along its viewing axis"))
+def dolly_in(frames: int, base: _Base, *, distance: float = 0.5) -> CameraSet:
     """The camera moves ``distance`` towards the target along its viewing axis; orientation fixed."""
-    return _dolly_path(frames, distance, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg)
+    return _move(frames, base, 2, distance)
 
 
-@_preset("dolly_out", distance=_DISTANCE_OUT, **_BASE)
-def dolly_out(
-    frames: int,
-    *,
-    distance: float = 0.5,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("dolly_out", distance=("world units", "how far the camera moves backward along its viewing axis"))
+def dolly_out(frames: int, base: _Base, *, distance: float = 0.5) -> CameraSet:
     """The camera moves ``distance`` away from the target along its viewing axis; orientation fixed."""
-    return _dolly_path(frames, -_finite("distance", distance), image_size, fov_y_deg, dtype, target, radius,
-                       azimuth_deg, elevation_deg)
+    return _move(frames, base, 2, -_finite("distance", distance))
 
 
-def _zoom_path(frames, factor, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg):
-    _, c2w0 = _prepare_base(frames, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg)
+def _zoom(frames: int, base: _Base, factor: float) -> CameraSet:
+    """The base camera in every frame, its focal length multiplied by ``factor ** t``."""
+    _, c2w0 = base.camera(frames)
     # Geometric steps: every frame magnifies the picture by the same ratio, which reads as a steady zoom.
-    scale = factor ** _times(frames, dtype)
-    return _cameras(c2w0.expand(frames, 4, 4).clone(), fov_y_deg, image_size, focal_scale=scale)
+    return base.cameras(c2w0.expand(frames, 4, 4).clone(), focal_scale=factor ** _times(frames, base.dtype))
 
 
-_ZOOM_IN = ("×", "final focal length / first focal length (> 1 magnifies)")
-_ZOOM_OUT = ("×", "first focal length / final focal length (> 1 widens the view)")
-
-
-@_preset("zoom_in", factor=_ZOOM_IN, **_BASE)
-def zoom_in(
-    frames: int,
-    *,
-    factor: float = 2.0,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("zoom_in", factor=("×", "final focal length / first focal length (> 1 magnifies)"))
+def zoom_in(frames: int, base: _Base, *, factor: float = 2.0) -> CameraSet:
     """Camera fixed; the focal length grows geometrically from ``f0`` to ``factor * f0``."""
-    return _zoom_path(frames, _positive("factor", factor), image_size, fov_y_deg, dtype, target, radius,
-                      azimuth_deg, elevation_deg)
+    return _zoom(frames, base, _positive("factor", factor))
 
 
-@_preset("zoom_out", factor=_ZOOM_OUT, **_BASE)
-def zoom_out(
-    frames: int,
-    *,
-    factor: float = 2.0,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("zoom_out", factor=("×", "first focal length / final focal length (> 1 widens the view)"))
+def zoom_out(frames: int, base: _Base, *, factor: float = 2.0) -> CameraSet:
     """Camera fixed; the focal length shrinks geometrically from ``f0`` to ``f0 / factor``."""
-    return _zoom_path(frames, 1.0 / _positive("factor", factor), image_size, fov_y_deg, dtype, target, radius,
-                      azimuth_deg, elevation_deg)
+    return _zoom(frames, base, 1.0 / _positive("factor", factor))
 
 
-def _dolly_zoom_path(frames, end_radius, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg):
-    _, c2w0 = _prepare_base(frames, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg)
-    distance = radius + (end_radius - radius) * _times(frames, dtype)
+def _dolly_zoom(frames: int, base: _Base, radius: float, end_radius: float) -> CameraSet:
+    """Dolly from ``radius`` to ``end_radius`` from the target with the focal length proportional to the distance."""
+    _, c2w0 = base.camera(frames)
+    distance = radius + (end_radius - radius) * _times(frames, base.dtype)
     c2w = _move_along_own_axis(c2w0, 2, radius - distance)
     # A length L in the target plane spans L * f / d pixels; f ∝ d keeps it fixed (Hitchcock's "Vertigo" shot).
-    return _cameras(c2w, fov_y_deg, image_size, focal_scale=distance / radius)
+    return base.cameras(c2w, focal_scale=distance / radius)
 
 
-_DZ_IN = ("×", "first / final distance to the target (> 1 moves closer while the lens widens)")
-_DZ_OUT = ("×", "final / first distance to the target (> 1 moves away while the lens narrows)")
-
-
-@_preset("dolly_zoom_in", factor=_DZ_IN, **_BASE)
-def dolly_zoom_in(
-    frames: int,
-    *,
-    factor: float = 2.0,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("dolly_zoom_in",
+              factor=("×", "first / final distance to the target (> 1 moves closer while the lens widens)"))
+def dolly_zoom_in(frames: int, base: _Base, *, factor: float = 2.0) -> CameraSet:
     """Dolly towards the target to ``radius / factor`` while the focal length follows the distance.
 
     The plane through the target perpendicular to the viewing axis keeps its image size; the background
     stretches away. ``fov_y_deg`` is the first frame's field of view.
     """
-    radius = _positive("radius", radius)
-    return _dolly_zoom_path(frames, radius / _positive("factor", factor), image_size, fov_y_deg, dtype, target,
-                            radius, azimuth_deg, elevation_deg)
+    radius = _positive("radius", base.radius)
+    return _dolly_zoom(frames, base, radius, radius / _positive("factor", factor))
 
 
-@_preset("dolly_zoom_out", factor=_DZ_OUT, **_BASE)
-def dolly_zoom_out(
-    frames: int,
-    *,
-    factor: float = 2.0,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("dolly_zoom_out",
+              factor=("×", "final / first distance to the target (> 1 moves away while the lens narrows)"))
+def dolly_zoom_out(frames: int, base: _Base, *, factor: float = 2.0) -> CameraSet:
     """Dolly away from the target to ``radius * factor`` while the focal length follows the distance."""
-    radius = _positive("radius", radius)
-    return _dolly_zoom_path(frames, radius * _positive("factor", factor), image_size, fov_y_deg, dtype, target,
-                            radius, azimuth_deg, elevation_deg)
+    radius = _positive("radius", base.radius)
+    return _dolly_zoom(frames, base, radius, radius * _positive("factor", factor))
 
 
-def _turn(frames, axis, angle_rad, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg):
-    _, c2w0 = _prepare_base(frames, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg)
-    c2w = _turn_about_own_axis(c2w0, axis, angle_rad * _times(frames, dtype))
-    return _cameras(c2w, fov_y_deg, image_size)
+def _turn(frames: int, base: _Base, axis: int, angle_deg: float) -> CameraSet:
+    """The base camera turned about its own ``axis`` by ``angle_deg * t``; centre fixed."""
+    angle = math.radians(_finite("angle_deg", angle_deg))
+    _, c2w0 = base.camera(frames)
+    return base.cameras(_turn_about_own_axis(c2w0, axis, angle * _times(frames, base.dtype)))
 
 
-@_preset("pan", angle_deg=("deg", "final turn about the camera's own vertical axis; > 0 turns right"), **_BASE)
-def pan(
-    frames: int,
-    *,
-    angle_deg: float = 30.0,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("pan", angle_deg=("deg", "final turn about the camera's own vertical axis; > 0 turns right"))
+def pan(frames: int, base: _Base, *, angle_deg: float = 30.0) -> CameraSet:
     """Camera centre fixed; turns about its own y axis (a right-handed turn about +y = down turns right)."""
-    return _turn(frames, 1, math.radians(_finite("angle_deg", angle_deg)), image_size, fov_y_deg, dtype, target,
-                 radius, azimuth_deg, elevation_deg)
+    return _turn(frames, base, 1, angle_deg)
 
 
-@_preset("tilt", angle_deg=("deg", "final turn about the camera's own horizontal axis; > 0 tilts up"), **_BASE)
-def tilt(
-    frames: int,
-    *,
-    angle_deg: float = 20.0,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("tilt", angle_deg=("deg", "final turn about the camera's own horizontal axis; > 0 tilts up"))
+def tilt(frames: int, base: _Base, *, angle_deg: float = 20.0) -> CameraSet:
     """Camera centre fixed; turns about its own x axis (a right-handed turn about +x raises the view)."""
-    return _turn(frames, 0, math.radians(_finite("angle_deg", angle_deg)), image_size, fov_y_deg, dtype, target,
-                 radius, azimuth_deg, elevation_deg)
+    return _turn(frames, base, 0, angle_deg)
 
 
-@_preset("roll", angle_deg=("deg", "final turn about the viewing axis; > 0 turns the camera clockwise as seen "
-                                   "from behind it (the picture turns counter-clockwise)"), **_BASE)
-def roll(
-    frames: int,
-    *,
-    angle_deg: float = 30.0,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("roll", angle_deg=("deg", "final turn about the viewing axis; > 0 turns the camera clockwise as seen "
+                                        "from behind it (the picture turns counter-clockwise)"))
+def roll(frames: int, base: _Base, *, angle_deg: float = 30.0) -> CameraSet:
     """Camera centre and viewing axis fixed; the image axes turn about the camera's own z axis."""
-    return _turn(frames, 2, math.radians(_finite("angle_deg", angle_deg)), image_size, fov_y_deg, dtype, target,
-                 radius, azimuth_deg, elevation_deg)
+    return _turn(frames, base, 2, angle_deg)
 
 
-def _move(frames, axis, distance, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg):
-    _, c2w0 = _prepare_base(frames, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg)
-    c2w = _move_along_own_axis(c2w0, axis, distance * _times(frames, dtype))
-    return _cameras(c2w, fov_y_deg, image_size)
-
-
-@_preset("truck", distance=("world units", "sideways move along the camera's own x; > 0 moves right"), **_BASE)
-def truck(
-    frames: int,
-    *,
-    distance: float = 0.5,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("truck", distance=("world units", "sideways move along the camera's own x; > 0 moves right"))
+def truck(frames: int, base: _Base, *, distance: float = 0.5) -> CameraSet:
     """Orientation fixed; the camera slides along its own x axis (right)."""
-    return _move(frames, 0, _finite("distance", distance), image_size, fov_y_deg, dtype, target, radius,
-                 azimuth_deg, elevation_deg)
+    return _move(frames, base, 0, _finite("distance", distance))
 
 
-@_preset("pedestal", distance=("world units", "vertical move along the camera's own -y; > 0 moves up"), **_BASE)
-def pedestal(
-    frames: int,
-    *,
-    distance: float = 0.5,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("pedestal", distance=("world units", "vertical move along the camera's own -y; > 0 moves up"))
+def pedestal(frames: int, base: _Base, *, distance: float = 0.5) -> CameraSet:
     """Orientation fixed; the camera rises along its own up axis (-y, since camera +y points down)."""
-    return _move(frames, 1, -_finite("distance", distance), image_size, fov_y_deg, dtype, target, radius,
-                 azimuth_deg, elevation_deg)
+    return _move(frames, base, 1, -_finite("distance", distance))
 
 
-@_preset("dolly", distance=("world units", "move along the camera's own z; > 0 moves forward, < 0 back"), **_BASE)
-def dolly(
-    frames: int,
-    *,
-    distance: float = 0.5,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("dolly", distance=("world units", "move along the camera's own z; > 0 moves forward, < 0 back"))
+def dolly(frames: int, base: _Base, *, distance: float = 0.5) -> CameraSet:
     """Orientation fixed; the camera moves along its own z axis by a signed ``distance``."""
-    return _dolly_path(frames, distance, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg)
+    return _move(frames, base, 2, distance)
 
 
-@_preset("static", **_BASE)
-def static(
-    frames: int,
-    *,
-    target: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
-    radius: float = 1.0,
-    azimuth_deg: float = 0.0,
-    elevation_deg: float = 15.0,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    fov_y_deg: float = DEFAULT_FOV_Y_DEG,
-    dtype: torch.dtype = torch.float64,
-) -> CameraSet:
+@_base_preset("static")
+def static(frames: int, base: _Base) -> CameraSet:
     """``frames`` copies of the camera looking at ``target``."""
-    _, c2w0 = _prepare_base(frames, image_size, fov_y_deg, dtype, target, radius, azimuth_deg, elevation_deg)
-    return _cameras(c2w0.expand(frames, 4, 4).clone(), fov_y_deg, image_size)
+    _, c2w0 = base.camera(frames)
+    return base.cameras(c2w0.expand(frames, 4, 4).clone())

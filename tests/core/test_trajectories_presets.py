@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -203,3 +204,28 @@ def test_a_parameter_name_has_one_range_across_presets():
         for pname, spec in preset_parameters(name).items():
             seen.setdefault(pname, set()).add((spec.min, spec.max, spec.choices))
     assert all(len(v) == 1 for v in seen.values()), {k: v for k, v in seen.items() if len(v) > 1}
+
+
+_SHARED = ("target", "radius", "azimuth_deg", "elevation_deg", "image_size", "fov_y_deg", "dtype")
+_BASE_PRESETS = ("lemniscate", "dolly_in", "dolly_out", "zoom_in", "zoom_out", "dolly_zoom_in", "dolly_zoom_out",
+                 "pan", "tilt", "roll", "truck", "pedestal", "dolly", "static")
+
+
+@pytest.mark.parametrize("name", _BASE_PRESETS)
+def test_base_presets_have_a_keyword_only_signature_ending_in_the_shared_arguments(name):
+    # preset_parameters() and the node widgets (and their order in saved workflows) read these signatures.
+    fn = PRESETS[name]
+    params = list(inspect.signature(fn).parameters.values())
+    assert params[0].name == "frames" and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:])
+    assert tuple(p.name for p in params[-len(_SHARED):]) == _SHARED
+    shared = {p.name: p.default for p in params[-len(_SHARED):]}
+    assert shared == {"target": (0.0, 0.0, 0.0), "radius": 1.0, "azimuth_deg": 0.0, "elevation_deg": 15.0,
+                      "image_size": (512, 512), "fov_y_deg": 50.0, "dtype": torch.float64}
+    assert fn.__name__ == name and fn.__doc__
+    # called like a plain keyword-only function: frames by keyword, no extra positional or unknown arguments
+    torch.testing.assert_close(fn(frames=3, radius=2.0).c2w, make_trajectory(name, 3, radius=2.0).c2w)
+    with pytest.raises(TypeError):
+        fn(3, 0.5)
+    with pytest.raises(TypeError):
+        fn(3, no_such_parameter=1.0)
