@@ -26,6 +26,7 @@ from mvcustom_core.cameras import CameraSet
 from mvcustom_core.cameras.formats import TransformsMeta, save_camera_file
 from mvcustom_core.checks import check_shape
 from mvcustom_core.files import atomic_write_bytes, save_png
+from mvcustom_core.inference.dfr import anchor_index
 
 __all__ = ["ExportResult", "export_views", "write_ply", "read_ply", "anchor_point_cloud"]
 
@@ -132,10 +133,7 @@ def export_views(
     dims = check_shape(frames, "F 3 H W", "frames")
     if cams.num_frames != dims["F"]:
         raise ValueError(f"frames has {dims['F']} images but the trajectory has {cams.num_frames} cameras")
-    a = dims["F"] // 2 if anchor is None else int(anchor)
-    if not -dims["F"] <= a < dims["F"]:  # checked before any file is written; negative counts from the end
-        raise ValueError(f"anchor frame {anchor} is outside the {dims['F']} frames")
-    a %= dims["F"]
+    a = anchor_index(anchor, dims["F"])  # checked before any file is written; negative counts from the end
     folder = Path(folder)
     cams = cams.with_image_size((dims["H"], dims["W"]))
     names = [f"images/{prefix}_{i:05d}.png" for i in range(dims["F"])]
