@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import pkgutil
+import posixpath
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +150,23 @@ def test_web_directory_holds_the_frontend_scripts(pack):
     assert scripts and all(s.endswith(".js") for s in scripts), scripts  # ComfyUI serves only .js
     upload = (web / "js" / "load_trajectory_upload.js").read_text()
     assert '"MVC_LoadTrajectory"' in upload and '"/upload/image"' in upload
+
+
+def test_web_script_imports_resolve_where_the_frontend_serves_them(pack):
+    """ComfyUI serves ``web/<path>`` at ``/extensions/<pack folder>/<path>`` and the frontend's module shims at
+    ``/scripts/<name>.js``; a relative import is resolved by the browser against the script's URL, so each
+    must land on a shim or on one of the pack's own scripts (``../../scripts/app.js`` from ``js/`` 404s)."""
+    web = (REPO_ROOT / pack.WEB_DIRECTORY).resolve()
+    ours = {f"/extensions/AnyPackFolder/{p.relative_to(web).as_posix()}" for p in web.rglob("*.js")}
+    for url in sorted(ours):
+        source = (web / url.split("/", 3)[3]).read_text()
+        specs = re.findall(r"""\bimport\s*(?:[^"';]*?\bfrom\s*)?["']([^"']+)["']""", source)
+        specs += re.findall(r"""\bimport\(\s*["']([^"']+)["']\s*\)""", source)
+        assert specs, f"{url}: no imports found (the pattern is stale?)"
+        for spec in specs:
+            assert spec.startswith(("./", "../")), f"{url}: bare import {spec!r} cannot resolve in a browser"
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(url), spec))
+            assert re.fullmatch(r"/scripts/\w+\.js", target) or target in ours, f"{url}: {spec!r} → {target}"
 
 
 def test_required_inputs_come_before_optional_ones(node_classes):

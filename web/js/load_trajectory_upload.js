@@ -4,8 +4,8 @@
 // .jgz) are sent here to the same /upload/image route, which stores any file in the input folder, and
 // the uploaded name is selected in the node's "file" combo. The button is appended after the schema's
 // widgets and is not serialized, so saved workflows keep their positional widget values.
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 
 const NODE_ID = "MVC_LoadTrajectory";
 const ACCEPT = ".txt,.json,.jgz,.gz";
