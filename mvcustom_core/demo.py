@@ -36,7 +36,7 @@ PREVIEW_PRESETS = {
     "lemniscate": dict(radius=2.5),
     "dolly_zoom_in": dict(radius=2.5),
     "truck": dict(radius=2.5),
-    "cameractrl_acw": dict(),
+    "cameractrl_roll_anticlockwise": dict(),
 }
 
 

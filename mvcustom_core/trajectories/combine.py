@@ -1,4 +1,4 @@
-"""Build longer or richer camera paths from simpler ones: concatenate, compose, reverse, resample."""
+"""Build longer or richer camera paths from simpler ones: concatenate, chain, compose, reverse, resample."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mvcustom_core.cameras.camera_set import CameraSet
 from mvcustom_core.trajectories.keyframes import keyframe_trajectory
 from mvcustom_core.trajectories.presets import TrajectoryError, _check_frames
 
-__all__ = ["concatenate", "compose", "reverse", "resample"]
+__all__ = ["concatenate", "chain", "compose", "reverse", "resample"]
 
 
 def concatenate(trajectories: Sequence[CameraSet], *, drop_repeated: bool = True, atol: float = 1e-6) -> CameraSet:
@@ -39,6 +39,34 @@ def concatenate(trajectories: Sequence[CameraSet], *, drop_repeated: bool = True
             traj = traj[1:]
         parts.append(traj)
     return CameraSet.concat(parts)
+
+
+def chain(first: CameraSet, second: CameraSet, *, drop_repeated: bool = False, atol: float = 1e-6) -> CameraSet:
+    """Play ``second`` after ``first``, continuing from ``first``'s last camera.
+
+    ``second`` is moved rigidly so that its first camera lands on ``first``'s last one: frame ``i`` of it gets
+    ``c2w = first.c2w[-1] @ inv(second.c2w[0]) @ second.c2w[i]``, and keeps its own intrinsics. For a
+    CameraCtrl segment (first camera the identity, rows ``M_i`` world-to-camera) this is AnimateDiff-Evolved's
+    ``prev_poses`` chaining, ``w2c'_i = M_i · w2c_last``; as there, both joint cameras are kept unless
+    ``drop_repeated``. (:func:`concatenate` instead plays ``second`` where it is, e.g. back at the origin.)
+
+    Args:
+        first: ``F1`` cameras.
+        second: ``F2`` cameras, same image size.
+        drop_repeated: drop ``second``'s first camera, which repeats ``first``'s last (pose always; also
+            the intrinsics within ``atol`` when they agree).
+
+    Returns:
+        ``F1 + F2`` cameras (``F1 + F2 - 1`` with ``drop_repeated`` when the joint cameras agree).
+    """
+    if second.image_size != first.image_size:
+        raise TrajectoryError(f"chain: the second trajectory has image size {second.image_size}, "
+                              f"the first has {first.image_size}")
+    s = second.c2w.to(first.c2w)
+    moved = first.c2w[-1] @ torch.linalg.solve(s[:1], s)  # last @ inv(S0) @ Si, [F2, 4, 4]
+    moved[:, 3] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=s.dtype, device=s.device)
+    rebased = CameraSet(K=second.K.to(first.K), c2w=moved, image_size=second.image_size)
+    return concatenate([first, rebased], drop_repeated=drop_repeated, atol=atol)
 
 
 def compose(base: CameraSet, motion: CameraSet) -> CameraSet:

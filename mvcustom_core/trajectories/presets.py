@@ -29,7 +29,7 @@ Convention:
   presets change it per frame). Output dtype defaults to float64 (camera math is cheap).
 
 Use :func:`make_trajectory` with a name from :data:`PRESETS`; :func:`preset_parameters` lists each
-preset's parameters as ``ParamSpec(default, min, max, help, choices, unit)`` for UIs. The nine
+preset's parameters as ``ParamSpec(default, min, max, help, choices, unit)`` for UIs. The thirteen
 CameraCtrl presets register themselves here as ``cameractrl_*`` (see
 :mod:`mvcustom_core.trajectories.cameractrl_presets`; they have their own world frame: the first
 camera is the identity).
@@ -52,6 +52,7 @@ from mvcustom_core.cameras.look_at import look_at
 
 __all__ = [
     "PRESETS",
+    "PRESET_ALIASES",
     "TrajectoryError",
     "ParamSpec",
     "make_trajectory",
@@ -104,6 +105,8 @@ class ParamSpec:
 
 PRESETS: dict[str, Callable[..., CameraSet]] = {}
 _SPECS: dict[str, dict[str, tuple]] = {}
+# Earlier names of presets, still accepted by make_trajectory / preset_parameters (not listed in PRESETS).
+PRESET_ALIASES: dict[str, str] = {}
 
 # Inclusive bounds by parameter name, the same in every preset, so one UI widget per name can serve
 # all presets; a preset's own checks are finer (e.g. radius > 0, dolly_in distance may be negative).
@@ -122,7 +125,7 @@ _PARAM_RANGES: dict[str, tuple[float, float]] = {
     "distance": (-1000.0, 1000.0),
     "factor": (0.01, 100.0),
     "angle_deg": (-360.0, 360.0),
-    "speed": (-10.0, 10.0),
+    "speed": (-100.0, 100.0),  # AnimateDiff-Evolved's range
 }
 
 
@@ -137,6 +140,18 @@ def _preset(name: str, **specs: tuple):
     return register
 
 
+def _preset_alias(alias: str, name: str) -> None:
+    """Accept ``alias`` wherever the preset ``name`` is accepted."""
+    PRESET_ALIASES[alias] = name
+
+
+def _canonical(name: str) -> str:
+    name = PRESET_ALIASES.get(name, name)
+    if name not in PRESETS:
+        raise TrajectoryError(f"unknown trajectory preset {name!r}; choose one of {sorted(PRESETS)}")
+    return name
+
+
 def make_trajectory(
     name: str,
     frames: int,
@@ -149,7 +164,7 @@ def make_trajectory(
     """Build the preset ``name`` with ``frames`` cameras.
 
     Args:
-        name: a key of :data:`PRESETS`.
+        name: a key of :data:`PRESETS` (or of :data:`PRESET_ALIASES`).
         frames: number of cameras, >= 1.
         image_size: ``(H, W)`` in pixels.
         fov_y_deg: vertical field of view of the first frame, in degrees; ``None`` takes the preset's
@@ -164,8 +179,7 @@ def make_trajectory(
         >>> cams.num_frames, cams.image_size
         (8, (512, 512))
     """
-    if name not in PRESETS:
-        raise TrajectoryError(f"unknown trajectory preset {name!r}; choose one of {sorted(PRESETS)}")
+    name = _canonical(name)
     known = preset_parameters(name)
     unknown = sorted(set(params) - set(known))
     if unknown:
@@ -184,8 +198,7 @@ def preset_parameters(name: str) -> dict[str, ParamSpec]:
         ``{parameter: ParamSpec(default, min, max, help, choices, unit)}`` in signature order; ``min``
         and ``max`` are ``None`` for non-numeric parameters (vectors, booleans, choices).
     """
-    if name not in PRESETS:
-        raise TrajectoryError(f"unknown trajectory preset {name!r}; choose one of {sorted(PRESETS)}")
+    name = _canonical(name)
     signature = inspect.signature(PRESETS[name])
     out = {}
     for pname, p in signature.parameters.items():
@@ -587,7 +600,7 @@ def pan(frames: int, base: _Base, *, angle_deg: float = 30.0) -> CameraSet:
 
 
 @_base_preset("tilt", angle_deg=("deg", "final turn about the camera's own horizontal axis; > 0 tilts up"))
-def tilt(frames: int, base: _Base, *, angle_deg: float = 20.0) -> CameraSet:
+def tilt(frames: int, base: _Base, *, angle_deg: float = 30.0) -> CameraSet:
     """Camera centre fixed; turns about its own x axis (a right-handed turn about +x raises the view)."""
     return _turn(frames, base, 0, angle_deg)
 
