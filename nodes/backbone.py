@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from mvcustom_core.backbone.dense_attention import enable_dense_attention
+from mvcustom_core.backbone.dense_attention import set_motion_attention
 from mvcustom_core.backbone.loading import Backbone, build_backbone, load_sd15_checkpoint
-from mvcustom_core.backbone.motion_module import load_motion_module
+from mvcustom_core.backbone.motion_module import load_motion_module, trained_attention_window
 from mvcustom_core.backbone.text import load_tokenizer
 from mvcustom_core.backbone.tiny import tiny_backbone
 
@@ -32,8 +32,17 @@ CATEGORY = "MVCustom/backbone"
 MOTION_FOLDER = "animatediff_models"
 PACK_FOLDER = "mvcustom"
 DTYPES = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-_WINDOW_TOOLTIP = ("Dense spatio-temporal attention window k of the motion modules: 0 = full attention over all "
-                   "frames and positions, 1 = AnimateDiff's temporal attention, k = a k x k spatial window.")
+AUTO_WINDOW, FULL_WINDOW = -1, 0  # the window input's two special values (0 = full, as saved workflows store it)
+_WINDOW_CHOICES = (
+    "1 = temporal: each pixel attends to the same pixel in every frame (AnimateDiff). Odd k >= 3 = window k: dense "
+    "spatio-temporal attention over all frames within a k x k spatial window (MVCustom Sec. 3.3, trained "
+    "progressively in stage 0). 0 = full: dense attention over all frames and positions. Dense attention (0 or "
+    "k >= 3) on a stock AnimateDiff module is untrained and changes its output: MVCustom trains it first.")
+_WINDOW_TOOLTIP = ("Attention of the motion modules. -1 = auto (default): what the motion-module file was trained "
+                   "with (the window scripts/train_backbone.py records in it); stock AnimateDiff v1/v2/v3 files: "
+                   "their own temporal attention. " + _WINDOW_CHOICES)
+_TINY_WINDOW_TOOLTIP = ("Attention of the random motion modules. -1 = auto (default): temporal, as for a stock "
+                        "AnimateDiff module. " + _WINDOW_CHOICES)
 
 
 @dataclass
@@ -45,10 +54,11 @@ class MVCBackbone:
 
     Attributes:
         backbone: the core :class:`~mvcustom_core.backbone.loading.Backbone` (``unet`` is a ``UNetMotionModel``
-            with dense attention installed at ``window``).
+            whose motion modules run attention ``window``).
         patchers: ComfyUI ``ModelPatcher`` per module (``"unet"``, ``"vae"``, ``"text_encoder"``), each holding a
             :class:`HostedModule` around the module.
-        window: dense-attention window (``None`` = full).
+        window: the motion modules' attention: 1 = temporal (the modules' own processors), k > 1 = dense
+            attention in a k x k window, ``None`` = full dense attention.
         dtype: floating dtype of the UNet.
         source: what it was loaded from, for display.
     """
@@ -98,6 +108,16 @@ class HostedModule(torch.nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
+
+
+def _attention_window(node: type, choice: int, trained: int | None) -> int | None:
+    """The node's ``window`` input as a motion-module window: -1 = ``trained`` (the file's), 0 = full (None)."""
+    choice = int(choice)
+    require(node, "window", choice >= AUTO_WINDOW,
+            f"must be -1 (auto), 0 (full), 1 (temporal) or a window k >= 2, got {choice}")
+    if choice == AUTO_WINDOW:
+        return trained
+    return None if choice == FULL_WINDOW else choice
 
 
 def _wrap(backbone: Backbone, window: int | None, dtype: torch.dtype, source: str) -> MVCBackbone:
@@ -176,8 +196,8 @@ class LoadBackbone(io.ComfyNode):
             category=CATEGORY,
             description=("Loads an SD1.x single-file checkpoint (models/checkpoints) and an AnimateDiff motion module "
                          "(models/animatediff_models or models/mvcustom; v1/v2/v3, original or diffusers layout, "
-                         "or a module trained with scripts/train_backbone.py) into one video UNet whose temporal "
-                         "attention is MVCustom's dense spatio-temporal attention."),
+                         "or a module trained with scripts/train_backbone.py) into one video UNet. Its motion modules "
+                         "run the attention they were trained with unless 'window' says otherwise."),
             inputs=[
                 io.Combo.Input("checkpoint", options=checkpoints, default=checkpoints[0] if checkpoints else None,
                                tooltip="SD1.x single-file checkpoint (.safetensors or .ckpt) in models/checkpoints."),
@@ -187,7 +207,7 @@ class LoadBackbone(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
                                tooltip="Weight dtype; auto = ComfyUI's choice for this device (UNet/text encoder "
                                        "as for a diffusion model, VAE as for a VAE)."),
-                io.Int.Input("window", default=0, min=0, max=256, tooltip=_WINDOW_TOOLTIP),
+                io.Int.Input("window", default=AUTO_WINDOW, min=AUTO_WINDOW, max=256, tooltip=_WINDOW_TOOLTIP),
             ],
             outputs=[BackboneType.Output("backbone", tooltip="The loaded backbone (MVC_BACKBONE).")],
         )
@@ -195,7 +215,7 @@ class LoadBackbone(io.ComfyNode):
     @classmethod
     def execute(cls, checkpoint: str, motion_module: str, dtype: str, window: int) -> io.NodeOutput:
         require(cls, "dtype", dtype in DTYPES, f"must be one of {list(DTYPES)}, got {dtype!r}")
-        require(cls, "window", int(window) >= 0, f"must be ≥ 0 (0 = full attention), got {window}")
+        _attention_window(cls, window, None)  # a bad choice is refused before any file is read
         checkpoint_path = _resolve(cls, "checkpoint", "checkpoints", checkpoint)
         motion_path = _resolve(cls, "motion_module", MOTION_FOLDER, motion_module)
         unet_dtype = _dtype(dtype, model_management.unet_dtype)
@@ -206,13 +226,13 @@ class LoadBackbone(io.ComfyNode):
             components = load_sd15_checkpoint(checkpoint_path, dtype=unet_dtype, progress=Progress(1).callback)
         with blame(cls, "motion_module"), torch.inference_mode(False):
             adapter = load_motion_module(motion_path, dtype=unet_dtype, progress=Progress(1).callback)
+            k = _attention_window(cls, window, trained_attention_window(motion_path))
         with blame(cls, "motion_module"), torch.inference_mode(False):
             unet = build_backbone(components, adapter)
         components.vae.to(vae_dtype)
         backbone = Backbone(unet=unet, vae=components.vae, text_encoder=components.text_encoder,
                             tokenizer=_comfy_tokenizer())
-        k = int(window) or None
-        enable_dense_attention(backbone.unet, k)
+        set_motion_attention(backbone.unet, k)
         return io.NodeOutput(_wrap(backbone, k, unet_dtype, f"{checkpoint} + {motion_module}"))
 
 
@@ -231,18 +251,17 @@ class TinyBackbone(io.ComfyNode):
             inputs=[
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seeds every weight; equal seeds give identical models."),
-                io.Int.Input("window", default=0, min=0, max=256, tooltip=_WINDOW_TOOLTIP),
+                io.Int.Input("window", default=AUTO_WINDOW, min=AUTO_WINDOW, max=256, tooltip=_TINY_WINDOW_TOOLTIP),
             ],
             outputs=[BackboneType.Output("backbone", tooltip="The tiny backbone (MVC_BACKBONE), float32.")],
         )
 
     @classmethod
     def execute(cls, seed: int, window: int) -> io.NodeOutput:
-        require(cls, "window", int(window) >= 0, f"must be ≥ 0 (0 = full attention), got {window}")
+        k = _attention_window(cls, window, 1)  # the random module stands for a stock one: temporal
         with torch.inference_mode(False):  # trainable weights even though ComfyUI runs nodes in inference mode
             backbone = tiny_backbone(seed=int(seed))
-        k = int(window) or None
-        enable_dense_attention(backbone.unet, k)
+        set_motion_attention(backbone.unet, k)
         return io.NodeOutput(_wrap(backbone, k, torch.float32, f"tiny (seed {int(seed)})"))
 
 

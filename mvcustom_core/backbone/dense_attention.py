@@ -52,6 +52,8 @@ __all__ = [
     "disable_dense_attention",
     "set_dense_window",
     "dense_attention_window",
+    "set_motion_attention",
+    "motion_attention_window",
     "motion_modules",
 ]
 
@@ -441,3 +443,22 @@ def dense_attention_window(unet: torch.nn.Module) -> int | None:
     if state is None:
         raise RuntimeError("dense attention is not enabled on this model")
     return state.processors[0].window
+
+
+def set_motion_attention(unet: torch.nn.Module, window: int | None, *, impl: Impl = "auto",
+                         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> None:
+    """Run the motion modules with ``window``: 1 = AnimateDiff's own temporal attention (the module's original
+    processors, bit for bit), k > 1 = dense attention in a k x k window, None = full dense attention."""
+    _check_window(window)
+    if window == 1:
+        if not motion_modules(unet):
+            raise ValueError(f"set_motion_attention: {type(unet).__name__} has no AnimateDiff motion modules")
+        disable_dense_attention(unet)
+    else:
+        enable_dense_attention(unet, window, impl=impl, chunk_elements=chunk_elements)
+
+
+def motion_attention_window(unet: torch.nn.Module) -> int | None:
+    """The attention the motion modules run: the dense window (None = full), or 1 without dense attention."""
+    state = getattr(unet, _STATE_ATTR, None)
+    return 1 if state is None else state.processors[0].window

@@ -112,6 +112,11 @@ class StateFile:
     def keys(self) -> list[str]:
         return list(self._shapes)
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The safetensors header's string metadata (``{}`` for pickled files and files without any)."""
+        return dict(self._handle.metadata() or {}) if self._handle is not None else {}
+
     def __contains__(self, key: str) -> bool:
         return key in self._shapes
 

@@ -23,6 +23,10 @@ Convention:
       runs overlapping windows of at most ``L`` frames, or ``load_motion_module(..., max_seq_length=N)`` extends the
       encoding by the same formula (allowed only when the file's rows equal the formula); positions past 16 are out
       of the training distribution either way. :func:`check_num_frames` raises a clear error before a forward pass.
+    - Trained attention: a module trained by ``scripts/train_backbone.py`` (:mod:`.training`) records the dense
+      attention window its weights were trained with in the safetensors metadata, key
+      ``mvcustom.attention_window``: ``"full"`` or a window k (``"1"`` = AnimateDiff's temporal attention).
+      Files without the key (stock AnimateDiff v1/v2/v3, ``.ckpt``) were trained with temporal attention (k = 1).
 """
 
 from __future__ import annotations
@@ -59,7 +63,12 @@ __all__ = [
     "load_motion_module",
     "check_num_frames",
     "export_motion_module_state_dict",
+    "ATTENTION_WINDOW_KEY",
+    "attention_window_metadata",
+    "trained_attention_window",
 ]
+
+ATTENTION_WINDOW_KEY = "mvcustom.attention_window"
 
 _ORIGINAL_RENAMES = (
     (".norm1.", ".norms.0."),
@@ -81,6 +90,8 @@ class MotionModuleInfo:
         has_mid_block: whether ``mid_block.motion_modules.0`` is present.
         max_seq_length: rows ``L`` of the stored positional encoding.
         block_out_channels: channels of each down block's motion modules.
+        attention_window: the attention the weights were trained with, from the file's metadata: a window k
+            (1 = AnimateDiff's temporal attention, the value for files without the metadata) or None (full).
     """
 
     layout: str
@@ -88,6 +99,7 @@ class MotionModuleInfo:
     has_mid_block: bool
     max_seq_length: int
     block_out_channels: tuple[int, ...]
+    attention_window: int | None = 1
 
 
 def motion_key_table(diffusers_keys: Iterable[str], *, original: bool = True) -> list[KeyMapping]:
@@ -134,7 +146,41 @@ def inspect_motion_module(source: StateFile) -> MotionModuleInfo:
         channels.append(source.shape(key)[0])
         block += 1
     version = "v2" if has_mid else ("v1" if length == 24 else "v3")
-    return MotionModuleInfo(layout, version, has_mid, length, tuple(channels))
+    window = _read_attention_window(source)
+    return MotionModuleInfo(layout, version, has_mid, length, tuple(channels), window)
+
+
+def attention_window_metadata(window: int | None) -> dict[str, str]:
+    """The safetensors metadata entry recording the attention a motion module was trained with.
+
+    Args:
+        window: window k (1 = temporal attention) or None (full dense attention).
+    """
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"attention window must be an int >= 1 or None (full), got {window!r}")
+    return {ATTENTION_WINDOW_KEY: "full" if window is None else str(window)}
+
+
+def _read_attention_window(source: StateFile) -> int | None:
+    text = source.metadata.get(ATTENTION_WINDOW_KEY)
+    if text is None:
+        return 1
+    if text == "full":
+        return None
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise CheckpointError(f"{source.path}: metadata {ATTENTION_WINDOW_KEY}={text!r} is neither 'full' nor a window "
+                          "k >= 1")
+
+
+def trained_attention_window(path: str | os.PathLike) -> int | None:
+    """The attention a motion-module file was trained with, from its header: a window k (1 = temporal, also for
+    stock AnimateDiff files, which carry no such metadata) or None (full dense attention).
+
+    Raises:
+        CheckpointError: not a motion module, or unreadable metadata.
+    """
+    return inspect_motion_module(open_state_file(path)).attention_window
 
 
 def _proj_in_key(source: StateFile, block: int) -> str | None:

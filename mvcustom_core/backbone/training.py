@@ -20,7 +20,8 @@ Determinism and resume:
       batch is split (DDP averages gradients of equal shares: the same update up to summation order).
     - Checkpoint ``<output_dir>/checkpoints/step-<8 digits>/``: ``motion_module.safetensors`` (trained weights in
       the original AnimateDiff layout, fp32: loads with :func:`~.motion_module.load_motion_module`, ComfyUI
-      AnimateDiff-Evolved and AnimateDiff itself), ``optimizer.pt`` (optimizer, LR-scheduler and fp16
+      AnimateDiff-Evolved and AnimateDiff itself; its metadata records the window of the last trained step,
+      ``mvcustom.attention_window``, which the Load Backbone node's ``auto`` attention reads), ``optimizer.pt`` (optimizer, LR-scheduler and fp16
       loss-scaler state dicts; ``torch.load(weights_only=True)``), and ``trainer_state.json`` (step, window,
       config, data fingerprint), written last: a folder without it is incomplete and ignored. Every file is written atomically.
       ``<output_dir>/motion_module.safetensors`` is the final result.
@@ -52,9 +53,9 @@ import torch.nn.functional as F_
 from torch import Tensor, nn
 
 from ..files import atomic_write, atomic_write_text
-from .dense_attention import enable_dense_attention, set_dense_window
+from .dense_attention import enable_dense_attention, motion_attention_window, set_dense_window
 from .loading import Backbone
-from .motion_module import export_motion_module_state_dict, load_motion_module
+from .motion_module import attention_window_metadata, export_motion_module_state_dict, load_motion_module
 from .sampler import ANIMATEDIFF_SCHEDULER_CONFIG
 from .schedule import WindowSchedule
 from .text import encode_prompt
@@ -275,13 +276,17 @@ def save_motion_module(unet: nn.Module, path: str | Path, *, dtype: torch.dtype 
                        metadata: dict[str, str] | None = None) -> Path:
     """Write the motion modules of ``unet`` as an AnimateDiff-layout ``.safetensors`` file, atomically.
 
+    The header records the attention ``unet`` runs (``mvcustom.attention_window``): the installed dense
+    window, or 1 (temporal) without dense attention.
+
     Args:
         unet: a ``UNetMotionModel``.
         path: destination.
         dtype: cast floating tensors (``None``: keep, fp32 in training).
-        metadata: string metadata stored in the safetensors header.
+        metadata: more string metadata for the safetensors header.
     """
-    return _save_adapter(motion_adapter_from_unet(unet), path, dtype=dtype, metadata=metadata)
+    return _save_adapter(motion_adapter_from_unet(unet), path, dtype=dtype,
+                         metadata={**attention_window_metadata(motion_attention_window(unet)), **(metadata or {})})
 
 
 def _save_adapter(adapter: nn.Module, path: str | Path, *, dtype: torch.dtype | None = None,
@@ -294,10 +299,11 @@ def _save_adapter(adapter: nn.Module, path: str | Path, *, dtype: torch.dtype | 
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata or {}))
 
 
-def _save_unet_motion(unet: nn.Module, adapter: nn.Module, path: Path, step: int) -> Path:
+def _save_unet_motion(unet: nn.Module, adapter: nn.Module, path: Path, step: int, window: int | None) -> Path:
+    """``window``: the one the weights were last trained with (the schedule's at ``step - 1``)."""
     # Re-point the adapter at the UNet's current tensors: wrappers (DDP) may have replaced the storage it shared.
     adapter.load_state_dict(motion_state_dict(unet), strict=True, assign=True)
-    return _save_adapter(adapter, path, metadata={"step": str(step)})
+    return _save_adapter(adapter, path, metadata={"step": str(step), **attention_window_metadata(window)})
 
 
 def _load_motion_weights(unet: nn.Module, adapter_config: dict[str, Any], path: Path) -> None:
@@ -418,7 +424,7 @@ def _save_checkpoint(output_dir: Path, step: int, unet: nn.Module, adapter: nn.M
     if folder.exists():  # an incomplete or older copy of this step
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    _save_unet_motion(unet, adapter, folder / MOTION_MODULE_FILE, step)
+    _save_unet_motion(unet, adapter, folder / MOTION_MODULE_FILE, step, state["window"])
     payload = {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}
     if grad_scaler is not None:  # fp16 loss scale: a resumed run continues with the same scale
         payload["grad_scaler"] = grad_scaler.state_dict()
@@ -672,7 +678,7 @@ def train_motion_module(
     else:
         last_checkpoint = checkpoint.path
     if accelerator.is_main_process:
-        final = _save_unet_motion(unet, adapter, output_dir / MOTION_MODULE_FILE, step)
+        final = _save_unet_motion(unet, adapter, output_dir / MOTION_MODULE_FILE, step, schedule(max(step - 1, 0)))
     accelerator.wait_for_everyone()
     return TrainResult(step, False, losses, last_checkpoint, final)
 

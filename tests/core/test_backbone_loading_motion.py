@@ -22,6 +22,7 @@ from mvcustom_core.backbone.motion_module import (
     motion_adapter_config,
     motion_key_table,
     sinusoidal_positions,
+    trained_attention_window,
 )
 from mvcustom_core.backbone.loading import StateFile, open_state_file, shipped_config
 from mvcustom_core.backbone.tiny import tiny_components, tiny_motion_adapter
@@ -53,6 +54,7 @@ def test_original_layout_round_trip(tmp_path, mid_block, version, suffix):
     info = inspect_motion_module(open_state_file(path))
     assert (info.version, info.has_mid_block, info.max_seq_length, info.block_out_channels) == (
         version, mid_block, 32, (32, 64))
+    assert info.attention_window == 1  # no metadata: a stock module, trained with temporal attention
     loaded = load_motion_module(path, config=dict(TINY_ADAPTER, use_motion_mid_block=mid_block))
     want, got = adapter.state_dict(), loaded.state_dict()
     assert want.keys() == got.keys()
@@ -99,7 +101,7 @@ class _HeaderOnly(StateFile):
 
     def __init__(self, shapes):  # noqa: D107 - nothing is opened
         self.path = "header-only"
-        self._shapes = shapes
+        self._shapes, self._handle = shapes, None
 
 
 @pytest.mark.parametrize(("config", "version"), [("v2", "v2"), ("v3", "v3")])
@@ -236,3 +238,21 @@ def test_adapter_that_does_not_fit_the_unet(components):
 def test_key_table_rejects_unknown_names():
     with pytest.raises(KeyError, match="conv_in.weight"):
         motion_key_table(["conv_in.weight"])
+
+
+@pytest.mark.parametrize(("text", "window"), [("1", 1), ("7", 7), ("full", None)])
+def test_trained_attention_window_is_read_from_the_metadata(tmp_path, text, window):
+    path = tmp_path / "mm.safetensors"
+    save_file(export_motion_module_state_dict(tiny_motion_adapter(seed=7)), str(path),
+              metadata={"mvcustom.attention_window": text})
+    assert trained_attention_window(path) == window
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "window 5", ""])
+def test_unreadable_attention_metadata_is_named(tmp_path, text):
+    path = tmp_path / "mm.safetensors"
+    save_file(export_motion_module_state_dict(tiny_motion_adapter(seed=7)), str(path),
+              metadata={"mvcustom.attention_window": text})
+    with pytest.raises(CheckpointError, match=r"mm\.safetensors: metadata mvcustom\.attention_window=.* is neither "
+                                              r"'full' nor a window k >= 1"):
+        trained_attention_window(path)

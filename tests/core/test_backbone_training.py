@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from mvcustom_core.backbone.dense_attention import dense_attention_window
-from mvcustom_core.backbone.motion_module import inspect_motion_module, load_motion_module
+from mvcustom_core.backbone.motion_module import (ATTENTION_WINDOW_KEY, inspect_motion_module, load_motion_module,
+                                                  trained_attention_window)
 from mvcustom_core.backbone.loading import open_state_file, shipped_config
 from mvcustom_core.backbone.tiny import tiny_backbone
 from mvcustom_core.backbone.training import (
@@ -320,8 +321,31 @@ def test_command_line_trains_the_tiny_backbone(clip_root, tmp_path, repo_root):
     assert state["config"]["window_end"] is None and state["window"] is None and state["clips"] == ["clip0", "clip1"]
     assert inspect_motion_module(open_state_file(out / "motion_module.safetensors")).layout == \
         "animatediff_motion_module"
+    # Each file records the window its weights were last trained with: what Load Backbone's auto attention runs.
+    assert trained_attention_window(out / "checkpoints" / "step-00000001" / "motion_module.safetensors") == 1
+    assert trained_attention_window(out / "motion_module.safetensors") is None  # full
     with pytest.raises(SystemExit):  # the model files are required without --tiny
         cli.main(["--data", str(clip_root), "--output", str(out)])
+
+
+def test_the_training_script_records_a_windowed_attention_in_the_motion_module(clip_root, tmp_path, repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_backbone_cli", repo_root / "scripts" / "train_backbone.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "run"
+    args = ["--tiny", "--data", str(clip_root), "--output", str(out), "--frames", "3", "--height", "32", "--width",
+            "32", "--steps", "3", "--window-end", "5", "--window-steps", "2", "--checkpoint-every", "1",
+            "--log-every", "1"]
+    assert cli.main(args) == 0
+    windows = [json.loads(line)["window"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert windows == [1, 3, 5]
+    for step, window in enumerate(windows, start=1):
+        assert trained_attention_window(out / "checkpoints" / f"step-{step:08d}" / "motion_module.safetensors") \
+            == window
+    assert trained_attention_window(out / "motion_module.safetensors") == 5
+    assert open_state_file(out / "motion_module.safetensors").metadata[ATTENTION_WINDOW_KEY] == "5"
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tiny, clip_root, tmp_path):

@@ -15,9 +15,12 @@ import types
 import pytest
 import torch
 
-from mvcustom_core.backbone.dense_attention import dense_attention_window
+from mvcustom_core.backbone.dense_attention import (DenseSpatioTemporalAttnProcessor, dense_attention_window,
+                                                    enable_dense_attention, motion_attention_window)
 from mvcustom_core.backbone.loading import export_ldm_state_dict, shipped_config
 from mvcustom_core.backbone.tiny import TINY_CONFIGS, tiny_backbone, tiny_components
+
+from .conftest import widget_defaults
 
 EXTENSIONS = {".ckpt", ".pt", ".bin", ".pth", ".safetensors", ".sft"}
 
@@ -96,8 +99,12 @@ def test_tiny_backbone_node_wraps_the_core_backbone_in_model_patchers(node, run,
         assert patcher.load_device == patcher.offload_device == torch.device("cpu")
     assert result.load() is result.backbone
     assert models.loaded == [list(result.patchers.values())]
-    full = run(node("MVC_TinyBackbone"), seed=2, window=0).args[0]
+    full = run(node("MVC_TinyBackbone"), seed=2, window=0).args[0]  # 0 = full, as saved workflows mean it
     assert full.window is None and dense_attention_window(full.backbone.unet) is None
+    auto = run(node("MVC_TinyBackbone"), seed=2).args[0]  # default: the random (stock-like) module's temporal
+    assert auto.window == motion_attention_window(auto.backbone.unet) == 1
+    assert not any(isinstance(p, DenseSpatioTemporalAttnProcessor)
+                   for p in auto.backbone.unet.attn_processors.values())
 
 
 def test_model_folders_are_registered_and_listed(node, models, tiny_files):
@@ -157,8 +164,8 @@ def test_load_node_errors_name_node_and_input(node, run, models, tiny_files):
         run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="mm.safetensors")
     with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'motion_module' is empty"):
         run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="")
-    with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'window' must be ≥ 0"):
-        run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="mm.safetensors", window=-1)
+    with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'window' must be -1 \(auto\), 0 \(full\)"):
+        run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="mm.safetensors", window=-2)
 
 
 def test_load_node_honours_cancel_while_reading(node, run, models, tiny_files, tiny_loaders, mm):
@@ -177,3 +184,56 @@ def test_weights_are_trainable_although_comfyui_runs_nodes_in_inference_mode(nod
         result.load()  # the fake patcher re-creates every tensor, like a move to the GPU
     assert not any(p.is_inference() for p in result.backbone.unet.parameters())
     assert not any(p.is_inference() for p in result.backbone.text_encoder.parameters())
+
+
+def _stock_files(folder, suffix):
+    """The tiny motion module as a stock AnimateDiff file: original layout, no metadata (.safetensors or .ckpt)."""
+    from safetensors.torch import save_file
+
+    from mvcustom_core.backbone.motion_module import export_motion_module_state_dict
+    from mvcustom_core.backbone.training import motion_adapter_from_unet
+
+    state = export_motion_module_state_dict(motion_adapter_from_unet(tiny_backbone(seed=4).unet))
+    path = folder / f"stock{suffix}"
+    if suffix == ".ckpt":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    return path.name
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_auto_attention_on_a_stock_module_is_its_own_temporal_attention(node, run, models, tiny_files,
+                                                                         tiny_loaders, suffix):
+    (models.dir / "animatediff_models").mkdir()
+    stock = _stock_files(models.dir / "animatediff_models", suffix)
+    os.link(tiny_files / "tiny_sd15.safetensors", models.dir / "checkpoints" / "sd.safetensors")
+    cls = node("MVC_LoadBackbone")
+    assert widget_defaults(cls)["window"] == -1  # auto
+    result = run(cls, checkpoint="sd.safetensors", motion_module=stock, dtype="fp32").args[0]
+    assert result.window == 1
+    plain = tiny_backbone(seed=4).unet  # the same weights, diffusers' own processors
+    x = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(3, 7, plain.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = plain(x, 500, encoder_hidden_states=text).sample
+        assert torch.equal(result.backbone.unet(x, 500, encoder_hidden_states=text).sample, expected)
+        full = run(cls, checkpoint="sd.safetensors", motion_module=stock, dtype="fp32", window=0).args[0]
+        moved = full.backbone.unet(x, 500, encoder_hidden_states=text).sample
+    assert full.window is None and (moved - expected).abs().max() > 1e-3  # dense attention on it is another model
+
+
+@pytest.mark.parametrize(("trained", "choice", "expected"), [(3, -1, 3), (None, -1, None), (3, 1, 1), (3, 0, None),
+                                                             (None, 5, 5)])
+def test_auto_attention_reads_the_trained_window_from_the_file(node, run, models, tiny_files, tiny_loaders, trained,
+                                                               choice, expected):
+    from mvcustom_core.backbone.training import save_motion_module
+
+    unet = tiny_backbone(seed=4).unet
+    enable_dense_attention(unet, trained)  # the attention the file records (what training ran last)
+    (models.dir / "animatediff_models").mkdir()
+    save_motion_module(unet, models.dir / "animatediff_models" / "dense.safetensors")
+    os.link(tiny_files / "tiny_sd15.safetensors", models.dir / "checkpoints" / "sd.safetensors")
+    result = run(node("MVC_LoadBackbone"), checkpoint="sd.safetensors", motion_module="dense.safetensors",
+                 window=choice).args[0]
+    assert result.window == motion_attention_window(result.backbone.unet) == expected
