@@ -46,7 +46,7 @@ def node_name(node: type | str) -> str:
 class NodeInputError(ValueError):
     """Bad user input, worded ``<node display name>: input '<name>' <what is wrong>``.
 
-    Example: ``MVCustom Camera Trajectory: input 'frames' must be ≥ 1, got 0``.
+    Example: ``MVCustom Orbit Trajectory: input 'frames' must be ≥ 1, got 0``.
     """
 
     def __init__(self, node: type | str, input_name: str, message: str):

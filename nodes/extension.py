@@ -16,10 +16,12 @@ from .evaluation import EVALUATION_NODES
 from .inference import INFERENCE_NODES
 from .synthetic import SYNTHETIC_NODES
 from .trajectories import TRAJECTORY_NODES
+from .trajectory_presets import TRAJECTORY_PRESET_NODES
 
 __all__ = ["NODE_LISTS", "NODES", "MVCustomExtension", "comfy_entrypoint"]
 
 NODE_LISTS: dict[str, list[type[io.ComfyNode]]] = {
+    "trajectory_presets": TRAJECTORY_PRESET_NODES,
     "trajectories": TRAJECTORY_NODES,
     "camera_files": CAMERA_FILE_NODES,
     "synthetic": SYNTHETIC_NODES,

@@ -1,6 +1,7 @@
-"""Trajectory nodes: named presets, CAMERACTRL_POSES in and out, and the preview picture.
+"""Trajectory nodes: combine, resample, describe and preview trajectories; CAMERACTRL_POSES in and out.
 
-Every trajectory value is a :class:`mvcustom_core.cameras.CameraSet` (see ``nodes/types.py``).
+Every trajectory value is a :class:`mvcustom_core.cameras.CameraSet` (see ``nodes/types.py``). The preset
+nodes that build trajectories are in ``nodes/trajectory_presets.py``.
 """
 
 from __future__ import annotations
@@ -12,127 +13,18 @@ import torch
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.cameras.formats.cameractrl_poses import (DEFAULT_POSE_SIZE, cameras_from_cameractrl_poses,
                                                             cameras_to_cameractrl_poses)
-from mvcustom_core.trajectories import (PRESETS, compose, concatenate, make_trajectory, preset_parameters,
-                                        render_trajectory_preview, resample, reverse)
+from mvcustom_core.trajectories import chain, compose, concatenate, render_trajectory_preview, resample, reverse
 
 from ._common import blame, image_from_hwc, input_named_in, require
 from ._host import io, ui
 from .types import CameraCtrlPoses, Trajectory
 
-__all__ = ["TRAJECTORY_NODES", "CameraTrajectory", "CombineTrajectories", "ResampleTrajectory", "TrajectoryInfo",
-           "TrajectoryPreview", "TrajectoryFromCameraCtrlPoses", "TrajectoryToCameraCtrlPoses",
-           "PRESET_WIDGET_ORDER", "preset_widget_inputs"]
+__all__ = ["TRAJECTORY_NODES", "CombineTrajectories", "ResampleTrajectory", "TrajectoryInfo", "TrajectoryPreview",
+           "TrajectoryFromCameraCtrlPoses", "TrajectoryToCameraCtrlPoses", "COMBINE_MODES", "SOURCE_SIZES"]
 
 CATEGORY = "MVCustom/camera"
 MAX_FRAMES = 4096
 MAX_SIZE = 8192
-
-# Saved UI workflows store widget values by position, so the order of the preset parameter widgets is
-# pinned here and only ever appended to. A parameter a preset gains later that is missing from this
-# list is appended after it (and tests/nodes flags it, to be pinned here).
-PRESET_WIDGET_ORDER = (
-    "radius", "elevation_deg", "azimuth_deg", "target", "span_deg", "start_azimuth_deg", "direction", "loop",
-    "elevation_start_deg", "elevation_end_deg", "radius_start", "radius_end", "amplitude", "distance",
-    "factor", "angle_deg", "speed", "convention",
-)
-
-# Generic widget bounds per unit, since a preset parameter declares a unit but not always a range;
-# the core checks the finer constraints (positive radius, elevation in (-90, 90), ...).
-_UNIT_BOUNDS = {"deg": (-3600.0, 3600.0, 1.0), "world units": (-1000.0, 1000.0, 0.01), "×": (0.01, 100.0, 0.01)}
-_DEFAULT_BOUNDS = (-1.0e4, 1.0e4, 0.01)
-_AXES = ("x", "y", "z")
-
-
-def _collect_preset_parameters() -> dict[str, list[tuple[str, Any]]]:
-    """``{parameter: [(preset, ParamSpec), ...]}`` over every preset using it, in widget order."""
-    seen: dict[str, list[tuple[str, Any]]] = {}
-    for name in PRESETS:
-        for pname, spec in preset_parameters(name).items():
-            seen.setdefault(pname, []).append((name, spec))
-    pinned = [p for p in PRESET_WIDGET_ORDER if p in seen]
-    return {p: seen[p] for p in pinned + [p for p in seen if p not in PRESET_WIDGET_ORDER]}
-
-
-def _is_vector3(value: Any) -> bool:
-    return isinstance(value, (tuple, list)) and len(value) == 3
-
-
-def _widget_ids(pname: str, default: Any) -> list[str]:
-    return [f"{pname}_{a}" for a in _AXES] if _is_vector3(default) else [pname]
-
-
-def _help(spec: Any) -> str:
-    text = getattr(spec, "help", None) or getattr(spec, "description", None) or ""
-    unit = getattr(spec, "unit", "") or ""
-    return f"{text}{f' [{unit}]' if unit else ''}"
-
-
-def _tooltip(users: list[tuple[str, Any]]) -> str:
-    """What the widget means for each preset using it (presets sharing a meaning are grouped)."""
-    by_help: dict[str, list[str]] = {}
-    for preset, spec in users:
-        by_help.setdefault(_help(spec), []).append(preset)
-    if len(by_help) == 1:
-        (text, presets), = by_help.items()
-        used_by = "all presets" if len(presets) == len(PRESETS) else ", ".join(presets)
-        return f"{text}. Used by: {used_by}."
-    return " | ".join(f"{', '.join(presets)}: {text}" for text, presets in by_help.items())
-
-
-def _bounds(users: list[tuple[str, Any]], unit: str) -> tuple[float, float, float]:
-    """Widget range: the widest of the presets' declared ranges, else a generic range for the unit."""
-    lo, hi, step = _UNIT_BOUNDS.get(unit, _DEFAULT_BOUNDS)
-    mins = [spec.min for _, spec in users if getattr(spec, "min", None) is not None]
-    maxs = [spec.max for _, spec in users if getattr(spec, "max", None) is not None]
-    return (min(mins) if len(mins) == len(users) else lo), (max(maxs) if len(maxs) == len(users) else hi), step
-
-
-def preset_widget_inputs() -> list:
-    """One optional widget per preset parameter (three for a 3-vector), built from ``preset_parameters``.
-
-    A widget shared by several presets shows the first one's default; the node uses the widget value for
-    whichever preset is chosen (an API prompt that leaves it out gets that preset's own default).
-    """
-    inputs = []
-    for pname, users in _collect_preset_parameters().items():
-        spec = users[0][1]
-        default, tooltip = spec.default, _tooltip(users)
-        choices = getattr(spec, "choices", None)
-        if choices:
-            inputs.append(io.Combo.Input(pname, options=list(choices), default=default, tooltip=tooltip,
-                                         optional=True))
-        elif isinstance(default, bool):
-            inputs.append(io.Boolean.Input(pname, default=default, tooltip=tooltip, optional=True))
-        elif isinstance(default, int):
-            lo, hi, _ = _bounds(users, "")
-            inputs.append(io.Int.Input(pname, default=default, min=int(max(lo, -10**6)), max=int(min(hi, 10**6)),
-                                       tooltip=tooltip, optional=True))
-        else:
-            lo, hi, step = _bounds(users, getattr(spec, "unit", "") or "")
-            values = default if _is_vector3(default) else [default]
-            for wid, value in zip(_widget_ids(pname, default), values):
-                axis_tip = f"({wid[-1]} component) {tooltip}" if _is_vector3(default) else tooltip
-                inputs.append(io.Float.Input(wid, default=float(value), min=lo, max=hi, step=step, optional=True,
-                                             tooltip=axis_tip))
-    return inputs
-
-
-def _preset_kwargs(preset: str, widgets: dict[str, Any]) -> dict[str, Any]:
-    """The chosen preset's parameters, gathered from the (union of all presets') widget values.
-
-    The widgets are optional inputs: one left out (an API prompt may omit them) takes the preset's
-    own default, so ``{"preset": "tilt"}`` alone gives the core's tilt.
-    """
-    out = {}
-    for pname, spec in preset_parameters(preset).items():
-        if _is_vector3(spec.default):
-            given = [widgets.get(f"{pname}_{a}") for a in _AXES]
-            if any(v is not None for v in given):
-                out[pname] = tuple(float(v if v is not None else d) for v, d in zip(given, spec.default))
-        elif widgets.get(pname) is not None:
-            out[pname] = widgets[pname]
-    return out
-
 
 def _size_inputs() -> list:
     return [
@@ -162,45 +54,7 @@ def _check_trajectory(node: type, input_name: str, value: Any) -> CameraSet:
     return value
 
 
-class CameraTrajectory(io.ComfyNode):
-    """A named camera path (orbit, spiral, dolly, zoom, pan, ...) around the subject."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        names = list(PRESETS)
-        return io.Schema(
-            node_id="MVC_CameraTrajectory",
-            display_name="MVCustom Camera Trajectory",
-            category=CATEGORY,
-            description=("Builds a camera trajectory from a named preset. World up is -y (OpenCV axes), the "
-                         "subject sits at 'target'; each preset reads only the parameters it uses (see tooltips)."),
-            inputs=[
-                io.Combo.Input("preset", options=names, default="orbit" if "orbit" in names else names[0],
-                               tooltip="Which camera path to build (mvcustom_core.trajectories.PRESETS)."),
-                io.Int.Input("frames", default=16, min=1, max=MAX_FRAMES,
-                             tooltip="Number of cameras (views) on the path, ≥ 1."),
-                *_size_inputs(),
-                io.Float.Input("fov_y_deg", default=50.0, min=1.0, max=179.0, step=0.5,
-                               tooltip="Vertical field of view of the first frame, in degrees."),
-                *preset_widget_inputs(),
-            ],
-            outputs=[Trajectory.Output("trajectory", tooltip="The cameras (MVC_CAMERA_TRAJECTORY).")],
-        )
-
-    @classmethod
-    def execute(cls, preset: str, frames: int, width: int, height: int, fov_y_deg: float,
-                **parameters: Any) -> io.NodeOutput:
-        require(cls, "preset", preset in PRESETS, f"must be one of {list(PRESETS)}, got {preset!r}")
-        _check_frames(cls, frames)
-        image_size = _check_size(cls, width, height)
-        require(cls, "fov_y_deg", 0.0 < float(fov_y_deg) < 180.0, f"must lie in (0, 180), got {fov_y_deg}")
-        params = _preset_kwargs(preset, parameters)
-        with blame(cls, input_named_in(["frames", "fov_y_deg", *params], "preset")):
-            cams = make_trajectory(preset, frames, image_size=image_size, fov_y_deg=float(fov_y_deg), **params)
-        return io.NodeOutput(cams)
-
-
-COMBINE_MODES = ("concatenate", "compose")
+COMBINE_MODES = ("concatenate", "compose", "chain")
 
 
 class CombineTrajectories(io.ComfyNode):
@@ -212,16 +66,20 @@ class CombineTrajectories(io.ComfyNode):
             node_id="MVC_CombineTrajectories",
             display_name="MVCustom Combine Trajectories",
             category=CATEGORY,
-            description=("'concatenate': the second trajectory's cameras after the first's (same image size). "
-                         "'compose': each camera of 'first' moved by the second's motion relative to its first "
-                         "camera, e.g. an orbit composed with a roll rolls while orbiting (same frame count)."),
+            description=("'concatenate': the second trajectory's cameras after the first's, where they are (same "
+                         "image size). 'compose': each camera of 'first' moved by the second's motion relative to "
+                         "its first camera, e.g. an orbit composed with a roll rolls while orbiting (same frame "
+                         "count). 'chain': the second moved rigidly to start at the first's last camera, as "
+                         "AnimateDiff-Evolved's prev_poses continues CameraCtrl poses (same image size)."),
             inputs=[
                 Trajectory.Input("first", tooltip="Base trajectory (played first, or moved by 'second')."),
                 Trajectory.Input("second", tooltip="Trajectory appended, or whose motion is applied."),
                 io.Combo.Input("mode", options=list(COMBINE_MODES), default=COMBINE_MODES[0],
-                               tooltip="concatenate (one after the other) or compose (motion on top)."),
+                               tooltip="concatenate (one after the other, each where it is), compose (motion on "
+                                       "top) or chain (the second continues from the first's last camera)."),
                 io.Boolean.Input("drop_repeated", default=True,
-                                 tooltip="concatenate: drop the second's first camera when it equals the first's last."),
+                                 tooltip="concatenate / chain: drop the second's first camera when it equals the "
+                                         "first's last (AnimateDiff-Evolved's chaining keeps both)."),
             ],
             outputs=[Trajectory.Output("trajectory", tooltip="The combined cameras (MVC_CAMERA_TRAJECTORY).")],
         )
@@ -234,6 +92,8 @@ class CombineTrajectories(io.ComfyNode):
         with blame(cls, "second"):
             if mode == "concatenate":
                 cams = concatenate([first, second], drop_repeated=bool(drop_repeated))
+            elif mode == "chain":
+                cams = chain(first, second, drop_repeated=bool(drop_repeated))
             else:
                 cams = compose(first, second)
         return io.NodeOutput(cams)
@@ -368,9 +228,12 @@ class TrajectoryFromCameraCtrlPoses(io.ComfyNode):
 
 
 SOURCE_SIZES = {
-    "trajectory size (AnimateDiff-Evolved)": None,
-    "1280x720 (WanVideoWrapper)": DEFAULT_POSE_SIZE,
+    "1280x720 (AnimateDiff-Evolved, WanVideoWrapper)": DEFAULT_POSE_SIZE,
+    "trajectory size": None,
 }
+# Labels saved by earlier versions of the node.
+_SOURCE_SIZE_ALIASES = {"trajectory size (AnimateDiff-Evolved)": "trajectory size",
+                        "1280x720 (WanVideoWrapper)": "1280x720 (AnimateDiff-Evolved, WanVideoWrapper)"}
 
 
 class TrajectoryToCameraCtrlPoses(io.ComfyNode):
@@ -382,13 +245,19 @@ class TrajectoryToCameraCtrlPoses(io.ComfyNode):
             node_id="MVC_TrajectoryToCameraCtrlPoses",
             display_name="MVCustom Trajectory to CameraCtrl Poses",
             category=CATEGORY,
-            description=("Converts a trajectory to CAMERACTRL_POSES rows. AnimateDiff-Evolved reads the source "
-                         "size from columns 5-6; WanVideoWrapper assumes 1280x720, so pick its option to have "
-                         "its aspect fix give back these exact intrinsics."),
+            description=("Converts a trajectory to CAMERACTRL_POSES rows. By default the rows state a 1280x720 "
+                         "source (AnimateDiff-Evolved's default, WanVideoWrapper's fixed assumption) with the "
+                         "intrinsics pre-divided so that CameraCtrl's aspect fix gives back these exact cameras at "
+                         "the trajectory's size and keeps their vertical field of view at any sample size up to "
+                         "16:9, as for AnimateDiff-Evolved's own presets."),
             inputs=[
                 Trajectory.Input("trajectory", tooltip="The cameras to convert (MVC_CAMERA_TRAJECTORY)."),
                 io.Combo.Input("source_size", options=list(SOURCE_SIZES), default=next(iter(SOURCE_SIZES)),
-                               tooltip="Source video size written to the rows (how the consumer normalizes)."),
+                               tooltip="Source video size written to columns 5-6. 1280x720: the consumer's aspect "
+                                       "fix keeps the vertical field of view when it samples at another aspect "
+                                       "(up to 16:9). 'trajectory size': the trajectory's own size, so another "
+                                       "aspect crops the trajectory's picture (AnimateDiff-Evolved only; "
+                                       "WanVideoWrapper always assumes 1280x720)."),
             ],
             outputs=[CameraCtrlPoses.Output("poses", tooltip="CAMERACTRL_POSES, one 19-number row per frame.")],
         )
@@ -396,6 +265,7 @@ class TrajectoryToCameraCtrlPoses(io.ComfyNode):
     @classmethod
     def execute(cls, trajectory: CameraSet, source_size: str) -> io.NodeOutput:
         cams = _check_trajectory(cls, "trajectory", trajectory)
+        source_size = _SOURCE_SIZE_ALIASES.get(source_size, source_size)
         require(cls, "source_size", source_size in SOURCE_SIZES,
                 f"must be one of {list(SOURCE_SIZES)}, got {source_size!r}")
         with blame(cls, "trajectory"):
@@ -404,6 +274,6 @@ class TrajectoryToCameraCtrlPoses(io.ComfyNode):
 
 
 TRAJECTORY_NODES: list[type[io.ComfyNode]] = [
-    CameraTrajectory, CombineTrajectories, ResampleTrajectory, TrajectoryInfo, TrajectoryPreview,
+    CombineTrajectories, ResampleTrajectory, TrajectoryInfo, TrajectoryPreview,
     TrajectoryFromCameraCtrlPoses, TrajectoryToCameraCtrlPoses,
 ]

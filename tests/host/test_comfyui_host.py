@@ -21,7 +21,7 @@ PACK_FOLDER = "ComfyUI-MVCustom"  # the name conftest.py links the repo under
 PIL_Image = pytest.importorskip("PIL.Image")
 
 NODE_IDS = sorted({m for p in (REPO_ROOT / "nodes").glob("*.py")
-                   for m in re.findall(r'node_id="(MVC_\w+)"', p.read_text())})
+                   for m in re.findall(r'(?:node_id=|PresetFamily\()"(MVC_\w+)"', p.read_text())})
 
 
 def _workflow(name: str) -> dict:
@@ -60,7 +60,8 @@ def test_every_node_is_in_object_info(comfy):
         entry = info[node_id]
         assert entry["category"].startswith("MVCustom/"), node_id
         assert entry["display_name"].startswith("MVCustom"), node_id
-    assert info["MVC_CameraTrajectory"]["output"] == ["MVC_CAMERA_TRAJECTORY"]
+    assert info["MVC_OrbitTrajectory"]["output"] == ["MVC_CAMERA_TRAJECTORY"]
+    assert info["MVC_CameraTrajectory"]["deprecated"] is True  # kept for saved workflows
     assert info["MVC_TrajectoryToCameraCtrlPoses"]["output"] == ["CAMERACTRL_POSES"]
     assert info["MVC_TrajectoryPreview"]["output_node"] is True
 
@@ -160,10 +161,10 @@ def test_uploaded_pose_file_loads_and_saves(comfy, realestate_pose_files):
 
 
 def test_runtime_error_reaches_the_user_naming_node_and_input(comfy):
-    traj = {"preset": "orbit", "width": 64, "height": 64, "fov_y_deg": 50.0}
+    traj = {"width": 64, "height": 64, "fov_y_deg": 50.0}
     prompt = {
-        "1": {"class_type": "MVC_CameraTrajectory", "inputs": {**traj, "frames": 4}},
-        "2": {"class_type": "MVC_CameraTrajectory", "inputs": {**traj, "frames": 3}},
+        "1": {"class_type": "MVC_OrbitTrajectory", "inputs": {**traj, "frames": 4}},
+        "2": {"class_type": "MVC_TurnTrajectory", "inputs": {**traj, "frames": 3, "preset": "roll"}},
         "3": {"class_type": "MVC_CombineTrajectories",
               "inputs": {"first": ["1", 0], "second": ["2", 0], "mode": "compose", "drop_repeated": True}},
         "4": {"class_type": "MVC_TrajectoryPreview",

@@ -14,8 +14,8 @@ def common(pack):
 
 
 def test_error_wording_uses_the_display_name(common, node):
-    err = common.NodeInputError(node("MVC_CameraTrajectory"), "frames", "must be ≥ 1, got 0")
-    assert str(err) == "MVCustom Camera Trajectory: input 'frames' must be ≥ 1, got 0"
+    err = common.NodeInputError(node("MVC_OrbitTrajectory"), "frames", "must be ≥ 1, got 0")
+    assert str(err) == "MVCustom Orbit Trajectory: input 'frames' must be ≥ 1, got 0"
     assert isinstance(err, ValueError) and err.input_name == "frames"
 
 
