@@ -121,7 +121,7 @@ def demo_pipeline(out: Path, frames: int = 8, size: int = 64, seed: int = 0, tra
         uncond = encode_prompt(backbone.text_encoder, backbone.tokenizer, [""])
     finally:
         remove_subject_token(backbone.text_encoder)
-    dfr, clc = DFRPlan(steps=max(1, round(0.7 * sample_steps))), CLCPlan()  # depth: the customized field
+    dfr, clc = DFRPlan(), CLCPlan()  # paper fractions of the schedule; depth: the customized field
     with torch.no_grad():
         run = prepare_run(backbone.unet, cams, pose_context=ctx, dfr=dfr, clc=clc, steps=sample_steps)
         completion, rendered = dfr_previews(run.geometry)

@@ -5,6 +5,7 @@ Thin adapters: every computation lives in :mod:`mvcustom_core.inference`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,8 @@ from mvcustom_core.cameras import CameraSet
 from mvcustom_core.customization.pose_block import PoseContext, remove_pose_blocks
 from mvcustom_core.inference import (CLCPlan, DFRPlan, depth_from_image, mvcustom_sample,
                                      prepare_run, resolve_anchor_geometry)
-from mvcustom_core.inference.clc import DEFAULT_CLC_TAU
-from mvcustom_core.inference.dfr import DEFAULT_DFR_STEPS, anchor_index, dfr_previews
+from mvcustom_core.inference.clc import DEFAULT_CLC_FRACTION
+from mvcustom_core.inference.dfr import DEFAULT_DFR_FRACTION, anchor_index, dfr_previews
 from mvcustom_core.inference.export import export_views
 from mvcustom_core.inference.mvcustom_sampler import DEFAULT_CFG, DEFAULT_OVERLAP, DEFAULT_WINDOW
 from mvcustom_core.ops import DEFAULT_MAX_REL_DEPTH_JUMP
@@ -29,6 +30,8 @@ from .types import Backbone, CLCPlan as CLCPlanType, Customization, DFRPlan as D
 __all__ = ["INFERENCE_NODES", "DepthAwareFeatureRendering", "LatentCompletion", "MVCustomSampler", "ExportViews"]
 
 CATEGORY = "MVCustom/inference"
+
+USE_FRACTION = -1  # the absolute-step inputs' default: the schedule fraction decides (saved workflows hold >= 0)
 
 DEPTH_SOURCES = {
     "customization field": None,
@@ -92,8 +95,9 @@ class DepthAwareFeatureRendering(io.ComfyNode):
             category=CATEGORY,
             description=("Depth-aware feature rendering (MVCustom Sec. 3.4): the anchor frame's UNet features are "
                          "placed on a mesh from the anchor depth and rendered into every other frame, replacing "
-                         "their features where the anchor sees them during the first K steps. Previews need a "
-                         "depth image, or a model and customization for the field depth (blank otherwise)."),
+                         "their features where the anchor sees them during the first 70 % of the denoising steps "
+                         "(the paper's first 35 of 50). Previews need a depth image, or a model and customization "
+                         "for the field depth (blank otherwise)."),
             inputs=[
                 Trajectory.Input("trajectory", tooltip="The cameras to generate (for the previews and the anchor)."),
                 io.Int.Input("anchor_frame", default=-1, min=-1, max=4095,
@@ -101,8 +105,10 @@ class DepthAwareFeatureRendering(io.ComfyNode):
                 io.Combo.Input("depth_source", options=list(DEPTH_SOURCES), default=list(DEPTH_SOURCES)[0],
                                tooltip=("Anchor depth: the customized FeatureNeRF's expected depth, or a depth node's "
                                         "IMAGE (MiDaS / Depth Anything give disparity; ZoeDepth metric depth).")),
-                io.Int.Input("steps", default=DEFAULT_DFR_STEPS, min=0, max=1000,
-                             tooltip="K: replace features in the first K denoising steps (paper: 35 of 50)."),
+                io.Int.Input("steps", default=USE_FRACTION, min=USE_FRACTION, max=1000,
+                             tooltip=("-1 (default): replace features on the first 'fraction' of the denoising "
+                                      "steps. K >= 0: on exactly the first K steps at any step count (how "
+                                      "workflows saved before 'fraction' store it: 35 = the first 35 steps).")),
                 io.String.Input("layers", default="",
                                 tooltip=("Comma-separated UNet module paths to hook; empty = the outputs of the last "
                                          "two upsampling decoder blocks (latent and half-latent resolution).")),
@@ -116,6 +122,10 @@ class DepthAwareFeatureRendering(io.ComfyNode):
                 io.Boolean.Input("guard_silhouettes", default=True, optional=True,
                                  tooltip=("Leave pixels next to the anchor's silhouettes, where it cannot tell which "
                                           "surface is seen, to the model instead of copying the surface behind.")),
+                io.Float.Input("fraction", default=DEFAULT_DFR_FRACTION, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip=("Part of the schedule with feature replacement: steps i < round(fraction x "
+                                        "steps), halves up (0.7 = the paper's first 35 of 50 DDIM steps; 14 of 20, "
+                                        "21 of 30). Used while 'steps' is -1.")),
                 io.Image.Input("depth_image", optional=True,
                                tooltip="Depth node output for the anchor frame (1 image, or one per frame)."),
                 io.Image.Input("anchor_image", optional=True,
@@ -136,7 +146,7 @@ class DepthAwareFeatureRendering(io.ComfyNode):
     @classmethod
     def execute(cls, trajectory: CameraSet, anchor_frame: int, depth_source: str, steps: int, layers: str,
                 scale: float, shift: float, max_rel_depth_jump: float, guard_silhouettes: bool = True,
-                depth_image: torch.Tensor | None = None,
+                fraction: float = DEFAULT_DFR_FRACTION, depth_image: torch.Tensor | None = None,
                 anchor_image: torch.Tensor | None = None, model: Any = None,
                 customization: Any = None) -> io.NodeOutput:
         cams = _trajectory(cls, trajectory)
@@ -151,10 +161,12 @@ class DepthAwareFeatureRendering(io.ComfyNode):
             require(cls, "depth_image", depth_image is not None, f"must be connected for depth source {depth_source!r}")
             depth = depth_from_image(_anchor_picture(cls, "depth_image", depth_image, a, cams.num_frames))
         names = tuple(n.strip() for n in layers.split(",") if n.strip()) or None
-        with blame(cls, input_named_in(["steps", "depth_kind", "scale", "shift", "max_rel_depth_jump"], "steps")):
+        with blame(cls, input_named_in(["steps", "fraction", "depth_kind", "scale", "shift", "max_rel_depth_jump"],
+                                       "steps")):
             plan = DFRPlan(anchor=anchor, depth=depth, depth_kind=kind or "disparity",
                            scale=float(scale) if scale > 0 else None, shift=float(shift) if scale > 0 else None,
-                           layers=names, steps=int(steps), max_rel_depth_jump=float(max_rel_depth_jump),
+                           layers=names, steps=None if int(steps) == USE_FRACTION else int(steps),
+                           fraction=float(fraction), max_rel_depth_jump=float(max_rel_depth_jump),
                            guard_silhouettes=bool(guard_silhouettes))
         have_field = model is not None and customization is not None
         if depth is None and not have_field:  # field depth: known once the customization is applied
@@ -183,22 +195,30 @@ class LatentCompletion(io.ComfyNode):
             node_id="MVC_LatentCompletion",
             display_name="MVCustom Latent Completion",
             category=CATEGORY,
-            description=("Consistency-aware latent completion (MVCustom Sec. 3.4): in the early steps (t ≥ τ) the "
-                         "latents the anchor cannot see are re-noised from the predicted clean latents with fresh "
-                         "noise, so newly revealed regions are imagined instead of smeared. Needs a DFR plan."),
+            description=("Consistency-aware latent completion (MVCustom Sec. 3.4): in the early steps (the paper's "
+                         "'from T down to τ'; by default the first 10 % of the schedule) the latents the anchor "
+                         "cannot see are re-noised from the predicted clean latents with fresh noise, so newly "
+                         "revealed regions are imagined instead of smeared. Needs a DFR plan."),
             inputs=[
-                io.Int.Input("tau", default=DEFAULT_CLC_TAU, min=0, max=1000,
-                             tooltip="τ: act on steps whose timestep t ≥ τ (900 ≈ the first 10 % of steps)."),
+                io.Int.Input("tau", default=USE_FRACTION, min=USE_FRACTION, max=1000,
+                             tooltip=("-1 (default): act on the first 'fraction' of the steps. τ >= 0: act on the "
+                                      "steps whose timestep t >= τ, at any step count (how workflows saved before "
+                                      "'fraction' store it: 900 = 5 of 50 DDIM steps, 2 of 30).")),
                 io.Int.Input("erosion", default=1, min=0, max=16,
                              tooltip="Shrink the anchor-visible region by this many latent pixels first."),
+                io.Float.Input("fraction", default=DEFAULT_CLC_FRACTION, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip=("Part of the schedule with latent completion: steps i < round(fraction x "
+                                        "steps), halves up (0.1 = the first 5 of 50 steps, the paper's τ close to "
+                                        "T; 2 of 20, 3 of 30). Used while 'tau' is -1.")),
             ],
             outputs=[CLCPlanType.Output("clc_plan", tooltip="Latent completion settings for the MVCustom Sampler.")],
         )
 
     @classmethod
-    def execute(cls, tau: int, erosion: int) -> io.NodeOutput:
-        with blame(cls, input_named_in(["tau", "erosion"], "tau")):
-            return io.NodeOutput(CLCPlan(tau=int(tau), erosion=int(erosion)))
+    def execute(cls, tau: int, erosion: int, fraction: float = DEFAULT_CLC_FRACTION) -> io.NodeOutput:
+        with blame(cls, input_named_in(["tau", "erosion", "fraction"], "tau")):
+            return io.NodeOutput(CLCPlan(fraction=float(fraction), erosion=int(erosion),
+                                         tau=None if int(tau) == USE_FRACTION else int(tau)))
 
 
 class MVCustomSampler(io.ComfyNode):
@@ -221,11 +241,14 @@ class MVCustomSampler(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="Negative prompt (the unconditional CFG branch)."),
                 io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
                              tooltip="Initial noise and CLC noise; equal seeds give identical latents."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps (paper: DFR in the first 35)."),
+                io.Int.Input("steps", default=50, min=1, max=1000,
+                             tooltip=("DDIM steps S (paper: 50 assumed, DFR in the first 35). The DFR, CLC and pose "
+                                      "fractions apply to S.")),
                 io.Float.Input("cfg", default=DEFAULT_CFG, min=1.0, max=30.0, step=0.1,
                                tooltip="Guidance scale (paper: 5; 3 blurrier, 8 more flicker)."),
                 io.Float.Input("pose_ratio", default=1.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="Pose blocks active on the first ratio × steps steps (paper default 100 %)."),
+                               tooltip=("Pose-conditioned blocks active on steps i < round(ratio x steps), halves up "
+                                        "(paper default 100 %; 75/50/25 % trade reference shape for text).")),
                 io.Int.Input("window", default=DEFAULT_WINDOW, min=2, max=256,
                              tooltip="Frames per model call; longer trajectories run as overlapping windows."),
                 io.Int.Input("overlap", default=DEFAULT_OVERLAP, min=0, max=255,
@@ -282,10 +305,8 @@ class MVCustomSampler(io.ComfyNode):
                 remove_pose_blocks(unet)
         anchor = None
         if run.geometry is not None:
-            anchor = DFRPlan(anchor=run.geometry.anchor, depth=run.geometry.depth.detach().float().cpu(),
-                             depth_kind="depth", scale=1.0, shift=0.0, layers=dfr_plan.layers, steps=dfr_plan.steps,
-                             max_rel_depth_jump=dfr_plan.max_rel_depth_jump,
-                             guard_silhouettes=dfr_plan.guard_silhouettes)
+            anchor = replace(dfr_plan, anchor=run.geometry.anchor, depth=run.geometry.depth.detach().float().cpu(),
+                             depth_kind="depth", scale=1.0, shift=0.0)
         return io.NodeOutput(to_comfy_latent(latents), anchor)
 
 

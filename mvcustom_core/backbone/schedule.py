@@ -1,4 +1,11 @@
-"""Progressive spatial window for Stage-0 training of dense spatio-temporal attention.
+"""Schedules: fractions of a sampling schedule, and the progressive window of Stage-0 training.
+
+**Fractions of a sampling schedule** (:func:`leading_steps`). Step-limited features (pose blocks, DFR, CLC) are set
+as a fraction f of the S sampling steps and act on the steps ``i < n(f, S) = ⌊f · S + ½⌋`` (0-based; halves round
+up, not to even). The fraction means the same part of the schedule at any step count: DFR's f = 0.7 is the paper's
+"first 35 of 50 DDIM steps" and gives 14 of 20, 21 of 30, 70 of 100.
+
+**Progressive spatial window** for Stage-0 training of dense spatio-temporal attention.
 
 MVCustom (§3.3, Fig. 2b) "gradually broaden[s] the spatial attention field" so that training starts
 from AnimateDiff's temporal attention (k = 1) and keeps its pretrained behaviour; the exact schedule is
@@ -18,7 +25,30 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["WindowSchedule"]
+__all__ = ["WindowSchedule", "leading_steps", "check_fraction"]
+
+
+def check_fraction(fraction: float, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` unless ``fraction`` is a number in [0, 1]."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"{what} must be a fraction of the schedule in [0, 1], got {fraction!r}")
+
+
+def leading_steps(fraction: float, steps: int) -> int:
+    """How many leading steps of an ``steps``-step schedule a ``fraction`` covers: ``⌊fraction · steps + ½⌋``.
+
+    The feature acts on steps ``i < leading_steps(fraction, steps)``. The product is rounded to 9 decimals before
+    the half is added, so a decimal fraction lands on the half it means: 0.7 · 45 is 31.499999999999996 in binary
+    and gives 32, as 0.25 · 50 = 12.5 gives 13.
+
+    Example:
+        >>> [leading_steps(0.7, s) for s in (20, 30, 45, 50, 100)]
+        [14, 21, 32, 35, 70]
+    """
+    check_fraction(fraction, "fraction")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    return math.floor(round(float(fraction) * steps, 9) + 0.5)
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,6 @@ the layout of CFG batches ``[uncond frames…, cond frames…]``); row ``r`` is 
 
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterator, Literal
 
@@ -53,6 +51,7 @@ from torch import Tensor, nn
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.customization.featurenerf import FeatureNeRF, FeatureNeRFConfig, FeatureNeRFOutput
 from mvcustom_core.backbone.hooks import FeatureHook
+from mvcustom_core.backbone.schedule import check_fraction, leading_steps
 
 __all__ = ["PoseContext", "PoseConditionedBlock", "install_pose_blocks", "pose_blocks", "remove_pose_blocks",
            "spatial_transformer_blocks", "select_blocks", "PoseBlockError", "pose_step_relay", "active_pose_steps"]
@@ -304,11 +303,14 @@ def remove_pose_blocks(unet: nn.Module) -> None:
 
 
 def active_pose_steps(ratio: float, steps: int) -> int | None:
-    """``⌊ratio · steps + ½⌋`` pose-active steps (halves round up, not to even: 0.25 of 50 is 13, 0.75 is 38)
-    for a pose-block ratio in [0, 1]; None for ratio 1 (always on)."""
-    if not 0.0 <= float(ratio) <= 1.0:
-        raise PoseBlockError(f"pose-block ratio must be in [0, 1], got {ratio}")
-    return None if float(ratio) == 1.0 else math.floor(float(ratio) * steps + 0.5)
+    """Pose-active steps for a pose-block ratio in [0, 1]: :func:`~mvcustom_core.backbone.schedule.leading_steps`,
+    ``⌊ratio · steps + ½⌋`` (0.25 of 50 is 13, 0.75 is 38), the rule DFR and CLC fractions follow; None for
+    ratio 1 (always on)."""
+    try:
+        check_fraction(ratio, "pose-block ratio")
+    except ValueError as error:
+        raise PoseBlockError(str(error)) from None
+    return None if float(ratio) == 1.0 else leading_steps(ratio, steps)
 
 
 class _PoseStepRelay(FeatureHook):

@@ -16,8 +16,12 @@ sampler's own. The hook therefore runs after the scheduler step and returns
 the σ parametrization of Karras et al. 2022.) Fresh noise is drawn from the sampler's CPU generator, so a
 seed reproduces the run.
 
-Default τ = 900: with 50 DDIM steps (timesteps 981, 961, …) CLC runs on the first 5 steps, the "first 10–20 %"
-suggested in method.md §7.3.
+When (paper: "from T down to τ", τ close to T; method.md §7.3 suggests the first 10–20 % of the steps): CLC acts on
+the first 10 % of the schedule, steps ``i < ⌊0.1·S + ½⌋`` of S (:func:`~mvcustom_core.backbone.schedule.leading_steps`,
+the rule of the pose-block ratio and DFR): 5 of 50 steps (timesteps 981 … 901 of DDIM's leading spacing, what the
+earlier default τ = 900 selected at 50 steps), 2 of 20, 3 of 30, 10 of 100. A timestep threshold τ (act while
+t ≥ τ; ``CLCPlan.tau``, workflows saved before fractions) still works; it covers a different share of the steps
+at each step count (τ = 900: 5 of 50 but 2 of 30).
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ import torch
 from torch import Tensor
 
 from mvcustom_core.backbone.hooks import StepContext
+from mvcustom_core.backbone.schedule import check_fraction, leading_steps
 from mvcustom_core.checks import check_shape
 from mvcustom_core.ops import morphology
 
-__all__ = ["CLCPlan", "CLCHook", "CLCError", "erode", "keep_mask", "renoise_to_next", "DEFAULT_CLC_TAU"]
+__all__ = ["CLCPlan", "CLCHook", "CLCError", "erode", "keep_mask", "renoise_to_next", "DEFAULT_CLC_FRACTION"]
 
-DEFAULT_CLC_TAU = 900
+DEFAULT_CLC_FRACTION = 0.1  # the first 5 of 50 steps (method.md §7.3: the first 10-20 %)
 
 
 class CLCError(ValueError):
@@ -45,19 +50,32 @@ class CLCPlan:
     """CLC settings.
 
     Attributes:
-        tau: τ, a training timestep in [0, 1000]; CLC acts on steps whose timestep t ≥ τ.
+        fraction: part of the schedule CLC acts on: steps ``i < ⌊fraction·S + ½⌋`` of S (default 0.1).
         erosion: latent pixels the anchor's coverage is shrunk by (a (2e+1)² min-filter), so boundary
             latents also regenerate.
+        tau: a timestep threshold τ in [0, 1000] instead: CLC acts on steps whose timestep t ≥ τ; None =
+            ``fraction``.
     """
 
-    tau: int = DEFAULT_CLC_TAU
+    fraction: float = DEFAULT_CLC_FRACTION
     erosion: int = 1
+    tau: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= int(self.tau) <= 1000:
+        if self.tau is not None and not 0 <= int(self.tau) <= 1000:
             raise CLCError(f"CLC tau must be a timestep in [0, 1000], got {self.tau}")
+        try:
+            check_fraction(self.fraction, "CLC fraction")
+        except ValueError as error:
+            raise CLCError(str(error)) from None
         if int(self.erosion) < 0:
             raise CLCError(f"CLC erosion must be >= 0 latent pixels, got {self.erosion}")
+
+    def acts(self, step: int, total: int, t: int) -> bool:
+        """Whether CLC acts on step ``step`` (0-based) of ``total``, whose timestep is ``t``."""
+        if self.tau is not None:
+            return int(t) >= int(self.tau)
+        return step < leading_steps(self.fraction, total)
 
 
 def erode(mask: Tensor, pixels: int) -> Tensor:
@@ -100,7 +118,7 @@ class CLCHook:
     """Sampler step hook for CLC (see the module docstring).
 
     Args:
-        plan: τ and erosion.
+        plan: when (fraction or τ) and erosion.
         keep: ``[F, 1, h, w]`` latent keep mask (:func:`keep_mask`), 1 = anchor-visible.
     ``record`` lists the step indices CLC acted on.
     """
@@ -112,7 +130,7 @@ class CLCHook:
         self.record: list[int] = []
 
     def on_step(self, ctx: StepContext) -> Tensor | None:
-        if int(ctx.t) < int(self.plan.tau):
+        if not self.plan.acts(ctx.step, ctx.total, int(ctx.t)):
             return None
         if self.keep.shape[0] != ctx.latents.shape[0] or self.keep.shape[-2:] != ctx.latents.shape[-2:]:
             raise CLCError(f"CLC mask {tuple(self.keep.shape)} does not match latents {tuple(ctx.latents.shape)}")

@@ -12,8 +12,10 @@ anchor features (:func:`mvcustom_core.ops.apply_plan`). With classifier-free gui
 its own anchor row (the branches are folded into channels: one sparse product for both). The anchor frame
 is never replaced.
 
-Defaults (open choices, method.md §7.2): anchor = middle frame; K = 35 (paper: "the first 35 steps" of
-50 DDIM steps); layers = :func:`default_dfr_layers`, the outputs of the last two upsampling decoder
+Defaults (open choices, method.md §7.2): anchor = middle frame; replacement on the first 70 % of the schedule,
+steps ``i < ⌊0.7·S + ½⌋`` (paper: "the first 35 steps" of 50 DDIM steps; 14 of 20, 21 of 30, 70 of 100; the
+rounding rule of :func:`~mvcustom_core.backbone.schedule.leading_steps`, shared with the pose-block ratio and
+CLC); an absolute K (``DFRPlan.steps``, workflows saved before fractions) still works; layers = :func:`default_dfr_layers`, the outputs of the last two upsampling decoder
 blocks (SD1.5 at 512 px: ``up_blocks.1`` → 32×32 = half latent and ``up_blocks.2`` → 64×64 = latent
 resolution), "decoder features at latent and half-latent resolution".
 """
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor
 
 from mvcustom_core.backbone.hooks import FeatureHook
+from mvcustom_core.backbone.schedule import check_fraction, leading_steps
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import check_shape
 from mvcustom_core.inference.anchor_depth import AlignedDepth, DepthKind, align_depth, field_depth
@@ -33,9 +36,9 @@ from mvcustom_core.ops import (DEFAULT_MAX_REL_DEPTH_JUMP, FeatureMesh, RenderPl
                                plan_mesh_render, resample_depth)
 
 __all__ = ["DFRPlan", "DFRError", "AnchorGeometry", "DFRHook", "default_dfr_layers", "anchor_index",
-           "resolve_anchor_geometry", "dfr_previews", "DEFAULT_DFR_STEPS"]
+           "resolve_anchor_geometry", "dfr_previews", "DEFAULT_DFR_FRACTION"]
 
-DEFAULT_DFR_STEPS = 35
+DEFAULT_DFR_FRACTION = 0.7  # paper: the first 35 of 50 DDIM steps
 
 
 class DFRError(ValueError):
@@ -55,7 +58,9 @@ class DFRPlan:
         scale, shift: manual alignment; None = least squares against the field's depth on its opaque
             pixels, or (no customization) the median depth at the anchor camera's distance to the origin.
         layers: hooked module paths; None = :func:`default_dfr_layers`.
-        steps: K, replacement in steps ``i < K``.
+        fraction: part of the schedule with replacement: steps ``i < ⌊fraction·S + ½⌋`` of S (default 0.7, the
+            paper's 35 of 50).
+        steps: an absolute K instead (replacement in steps ``i < K`` at any S); None = ``fraction``.
         max_rel_depth_jump: face culling threshold of the feature mesh (see ``build_feature_mesh``).
         guard_silhouettes: leave target pixels whose surface the anchor cannot determine at its silhouettes
             uncovered (the mesh's occluder prisms, see ``build_feature_mesh``); False = render whatever lies behind.
@@ -68,18 +73,27 @@ class DFRPlan:
     scale: float | None = None
     shift: float | None = None
     layers: tuple[str, ...] | None = None
-    steps: int = DEFAULT_DFR_STEPS
+    steps: int | None = None
     max_rel_depth_jump: float = DEFAULT_MAX_REL_DEPTH_JUMP
     guard_silhouettes: bool = True
     opacity_threshold: float = 0.5
+    fraction: float = DEFAULT_DFR_FRACTION
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
+        if self.steps is not None and self.steps < 0:
             raise DFRError(f"DFR steps K must be >= 0, got {self.steps}")
+        try:
+            check_fraction(self.fraction, "DFR fraction")
+        except ValueError as error:
+            raise DFRError(str(error)) from None
         if self.depth is not None:
             check_shape(self.depth, "H W", "DFR depth")
         if self.depth_kind not in ("depth", "disparity"):
             raise DFRError(f"depth_kind must be 'depth' or 'disparity', got {self.depth_kind!r}")
+
+    def active_steps(self, total: int) -> int:
+        """K for an S = ``total``-step schedule: replacement in steps ``i < K``."""
+        return int(self.steps) if self.steps is not None else leading_steps(self.fraction, total)
 
 
 def anchor_index(anchor: int | None, num_frames: int) -> int:
@@ -233,7 +247,8 @@ def dfr_previews(geometry: AnchorGeometry, image: Tensor | None = None, max_size
 
 
 class DFRHook(FeatureHook):
-    """Feature replacement at the hooked layers for steps ``step < steps`` (a sampler ``FeatureHook``).
+    """Feature replacement at the hooked layers for steps ``step < steps`` (a sampler ``FeatureHook``; ``steps``
+    is K, resolved by :meth:`DFRPlan.active_steps`).
 
     ``frames`` (set by :class:`~mvcustom_core.inference.windows.WindowedUNet`) lists the trajectory frames
     of the current model call; None = all F frames. The anchor's vertex features are taken from the first
@@ -243,7 +258,7 @@ class DFRHook(FeatureHook):
     ``record`` (optional list) receives ``(step, name, frames, replaced_rows_mask)`` for tests and previews.
     """
 
-    def __init__(self, geometry: AnchorGeometry, layers: list[str], steps: int = DEFAULT_DFR_STEPS) -> None:
+    def __init__(self, geometry: AnchorGeometry, layers: list[str], steps: int) -> None:
         self.geometry = geometry
         self.num_steps = int(steps)
         self.frames: Tensor | None = None

@@ -3,10 +3,13 @@
 Per step ``i`` of ``S`` (DDIM, CFG 5 by default)::
 
     pose_on = i < ⌊r · S + ½⌋                   pose-block ratio r (default 1.0: every step)
-    dfr_on  = i < K                             feature replacement at the hooked layers (DFRHook)
+    dfr_on  = i < ⌊f_dfr · S + ½⌋               feature replacement at the hooked layers (DFRHook; f_dfr = 0.7)
     ε       = CFG(unet(x_t, t, text, pose_on, dfr_on))
     x_{t-1} = ddim_step(ε, t, x_t)
-    if t ≥ τ: refresh the anchor-invisible latents (CLCHook)
+    if i < ⌊f_clc · S + ½⌋: refresh the anchor-invisible latents (CLCHook; f_clc = 0.1)
+
+One rounding rule for the three fractions (:func:`~mvcustom_core.backbone.schedule.leading_steps`), so each means the
+same part of the schedule at any step count. Plans saved with an absolute DFR K or a CLC timestep τ keep those.
 
 Everything is installed as hooks of :func:`mvcustom_core.backbone.sampler.sample` (the sampler knows
 nothing of DFR or CLC). With no customization, no DFR and no CLC the call *is* the plain sampler, bit for
@@ -90,7 +93,7 @@ def prepare_run(
     nf = cams.num_frames
     if clc is not None and dfr is None and geometry is None:
         raise CLCError("latent completion needs the anchor geometry of a DFR plan (connect a DFR plan; "
-                       "steps K = 0 gives geometry without feature replacement)")
+                       "a DFR fraction of 0 gives geometry without feature replacement)")
     if dfr is not None and geometry is None:
         geometry = resolve_anchor_geometry(dfr, cams, unet=unet, pose_context=pose_context)[0]
     run.geometry = geometry
@@ -115,7 +118,7 @@ def prepare_run(
 
     if dfr is not None:
         layers = list(dfr.layers) if dfr.layers else default_dfr_layers(unet)
-        run.dfr = DFRHook(geometry, layers, dfr.steps)
+        run.dfr = DFRHook(geometry, layers, dfr.active_steps(steps))
         run.hooks.append(run.dfr)
 
     if clc is not None:
@@ -174,7 +177,7 @@ def mvcustom_sample(
         pose_context: the customization's :class:`PoseContext` (reference bank); None = no pose blocks.
         dfr, clc: plans, each optional (CLC needs DFR's anchor geometry).
         seed, steps, cfg: as :func:`~mvcustom_core.backbone.sampler.sample`; CFG default 5 (paper).
-        pose_ratio: pose blocks on the first ``⌊r·S + ½⌋`` steps (halves round up).
+        pose_ratio: pose blocks on the first ``⌊r·S + ½⌋`` steps (halves round up; ``leading_steps``).
         window, overlap: frames per model window and shared frames between windows.
         callback, interrupt: progress ``callback(step, total, x0)`` and interrupt check (raises).
         run: a prepared :class:`MVCustomRun` (tests inspect its hooks); default built here.

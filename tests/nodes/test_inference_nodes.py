@@ -3,12 +3,13 @@ progress and interrupts, errors naming node and input."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from mvcustom_core.backbone.sampler import sample, to_comfy_latent
+from mvcustom_core.backbone.sampler import make_scheduler, sample, to_comfy_latent
 from mvcustom_core.cameras import CameraSet, look_at
 from mvcustom_core.cameras.formats import load_camera_file
 from mvcustom_core.inference import CLCPlan, DFRPlan, resolve_anchor_geometry
@@ -16,6 +17,7 @@ from mvcustom_core.inference.dfr import dfr_previews
 from mvcustom_core.backbone.tiny import tiny_backbone
 
 SIZE = 64
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -49,9 +51,60 @@ def test_latent_completion_plan_and_bad_tau(node, run):
     cls = node("MVC_LatentCompletion")
     (plan,) = run(cls, tau=800, erosion=2).args
     assert plan == CLCPlan(tau=800, erosion=2)
-    assert run(cls).args[0] == CLCPlan()  # node defaults = core defaults
+    assert run(cls).args[0] == CLCPlan()  # node defaults = core defaults: the first 10 % of the steps
+    assert run(cls, fraction=0.2).args[0] == CLCPlan(fraction=0.2)
     with pytest.raises(ValueError, match=r"^MVCustom Latent Completion: input 'tau' is invalid"):
         run(cls, tau=2000)
+    with pytest.raises(ValueError, match=r"^MVCustom Latent Completion: input 'fraction' is invalid: CLC fraction "):
+        run(cls, fraction=1.5)
+
+
+# Workflows saved before the schedule fractions: the shipped tiny pipeline's widget values as they were stored
+# (UI workflows keep them by position) and its API prompt inputs (by name).
+OLD_UI_VALUES = {"MVC_DepthAwareFeatureRendering": [-1, "customization field", 7, "", 0.0, 0.0, 0.1, True],
+                 "MVC_LatentCompletion": [900, 1]}
+OLD_API_INPUTS = {"MVC_DepthAwareFeatureRendering": dict(anchor_frame=-1, depth_source="customization field", steps=7,
+                                                         layers="", scale=0.0, shift=0.0, max_rel_depth_jump=0.1,
+                                                         guard_silhouettes=True),
+                  "MVC_LatentCompletion": dict(tau=900, erosion=1)}
+
+
+def _frontend_inputs(cls, values: list) -> dict:
+    """What ComfyUI's frontend queues for a saved node: the stored values by position over the widgets in schema
+    order; widgets the workflow predates keep their defaults."""
+    widgets = [i for i in cls.GET_SCHEMA().inputs if i.io_type in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+    return {**{w.id: w.default for w in widgets}, **dict(zip([w.id for w in widgets], values))}
+
+
+def _plan_steps(plan, steps: int) -> list[int]:
+    """The step indices a DFR or CLC plan acts on in an S-step DDIM run."""
+    if isinstance(plan, DFRPlan):
+        return list(range(min(plan.active_steps(steps), steps)))
+    sched = make_scheduler("ddim")
+    sched.set_timesteps(steps)
+    return [i for i, t in enumerate(sched.timesteps.tolist()) if plan.acts(i, steps, int(t))]
+
+
+@pytest.mark.parametrize("node_id", list(OLD_UI_VALUES))
+def test_workflows_saved_with_absolute_steps_keep_their_meaning(node, node_id):
+    """Old UI values (positional) and old API inputs (no 'fraction') give the plans they gave: DFR K = 7 steps and
+    CLC t >= 900 at every step count; the shipped workflows, now in fractions, mean the same at their 10 steps."""
+    import json
+
+    cls = node(node_id)
+    extra = {"trajectory": _cams()} if node_id == "MVC_DepthAwareFeatureRendering" else {}
+    from_ui = cls.execute(**extra, **_frontend_inputs(cls, OLD_UI_VALUES[node_id])).args[0]
+    from_api = cls.execute(**extra, **OLD_API_INPUTS[node_id]).args[0]  # absent optional inputs: Python defaults
+    assert from_ui == from_api
+    for steps in (10, 20, 30, 50):
+        old = list(range(7)) if node_id == "MVC_DepthAwareFeatureRendering" else _plan_steps(CLCPlan(tau=900), steps)
+        assert _plan_steps(from_ui, steps) == old
+    shipped = json.loads((REPO_ROOT / "workflows" / "mvcustom_tiny_pipeline.json").read_text())
+    entry = next(e for e in shipped.values() if e["class_type"] == node_id)
+    sampler_steps = next(e for e in shipped.values() if e["class_type"] == "MVC_MVCustomSampler")["inputs"]["steps"]
+    inputs = {k: v for k, v in entry["inputs"].items() if not isinstance(v, list)}
+    now = cls.execute(**extra, **inputs).args[0]
+    assert _plan_steps(now, sampler_steps) == _plan_steps(from_api, sampler_steps) and now != from_api
 
 
 def test_dfr_node_plan_and_previews_equal_the_core(node, run):
@@ -60,6 +113,8 @@ def test_dfr_node_plan_and_previews_equal_the_core(node, run):
     plan, completion, views = run(cls, trajectory=cams, depth_source="depth image (disparity, near = bright)",
                                   depth_image=_depth_image(0.4), scale=1.0, shift=0.0, steps=20).args
     assert plan.depth_kind == "disparity" and plan.steps == 20 and plan.anchor is None
+    assert run(cls, trajectory=cams).args[0] == DFRPlan()  # defaults: the first 70 % of the steps
+    assert run(cls, trajectory=cams, fraction=0.5).args[0] == DFRPlan(fraction=0.5)
     assert plan.scale == 1.0 and torch.equal(plan.depth, torch.full((SIZE, SIZE), 0.4))
     geometry, aligned = resolve_anchor_geometry(plan, cams)
     torch.testing.assert_close(geometry.depth, torch.full((SIZE, SIZE), 2.5))  # z = 1 / (1 · 0.4)
@@ -100,6 +155,8 @@ def test_dfr_node_field_source_and_errors(node, run):
         run(cls, trajectory=_cams(), depth_source="depth image (depth, far = bright)")
     with pytest.raises(ValueError, match=rf"^{name}: input 'anchor_frame' is invalid"):
         run(cls, trajectory=_cams(), anchor_frame=7)
+    with pytest.raises(ValueError, match=rf"^{name}: input 'fraction' is invalid: DFR fraction must be"):
+        run(cls, trajectory=_cams(), fraction=-0.5)
     with pytest.raises(ValueError, match=rf"^{name}: input 'depth_image' must hold 1 image or one per frame"):
         run(cls, trajectory=_cams(), depth_source="depth image (depth, far = bright)",
             depth_image=_depth_image(frames=2))
