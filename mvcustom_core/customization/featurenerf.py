@@ -23,6 +23,8 @@ Scene units are normalized (cameras within radius 1 of the subject, see
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import asdict, dataclass
 from typing import Callable, Literal
 
@@ -33,13 +35,14 @@ from torch import Tensor, nn
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import check_shape
 from mvcustom_core.customization.encoding import encoding_width, plucker_of_rays, positional_encoding
+from mvcustom_core.memory import MAX_WORKSPACE, chunk_slices, dtype_bytes, rows_per_chunk
 from mvcustom_core.ops.raymarch import bin_edges, camera_rays, importance_samples, stratified_samples
 from mvcustom_core.ops.volume import VolumeRender, volume_render
 
 __all__ = ["FeatureNeRF", "FeatureNeRFConfig", "FeatureNeRFOutput"]
 
-# Text cross-attention applied to point features: (g [F, P, C], frame index per row [F]) -> residual.
-TextFn = Callable[[Tensor], Tensor]
+# Text cross-attention applied to the point features of one target frame: ([P, C], frame) -> residual [P, C].
+TextFn = Callable[[Tensor, int], Tensor]
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ class FeatureNeRF(nn.Module):
         jitter: bool = False,
         generator: torch.Generator | None = None,
         ray_chunk: int | None = None,
+        workspace: int | None = None,
+        text_min_weight: float = 0.0,
     ) -> FeatureNeRFOutput:
         """Render F target frames.
 
@@ -136,9 +141,15 @@ class FeatureNeRF(nn.Module):
             ref_cams: N reference cameras.
             target_cams: F target cameras.
             grid_size: ``(h, w)`` of the rendered map (the block's token grid).
-            text_fn: residual text conditioning of point features, ``[F, h·w·S, C] -> [F, h·w·S, C]``.
+            text_fn: residual text conditioning of one frame's point features, ``([P, C], frame) -> [P, C]``.
+            text_min_weight: the text residual of samples whose compositing weight is at most this is left
+                out. ``Σ_k w_k (g_k + A(g_k)) = Σ_k w_k g_k + Σ_k w_k A(g_k)``, so the default 0 skips only
+                samples that cannot contribute (exact); a positive value bounds the error by
+                ``S · text_min_weight · max |A(g)|`` per ray.
             prev_weights: ``[F, h, w, S']`` weights of a previous block for importance sampling.
-            ray_chunk: process at most this many rays at once (memory bound; outputs are identical).
+            ray_chunk: process at most this many rays at once; default: as many as fit ``workspace``.
+            workspace: scratch bytes one chunk may use (default :data:`~mvcustom_core.memory.MAX_WORKSPACE`;
+                see :meth:`bytes_per_ray`). Chunking never changes the outputs.
         """
         dims = check_shape(ref_features, "N C hr wr", "ref_features")
         if dims["N"] != ref_cams.num_frames:
@@ -150,39 +161,86 @@ class FeatureNeRF(nn.Module):
         ref_cams = ref_cams.to(device, dtype)
         target_cams = target_cams.to(device, dtype)
 
+        # 1. Rays and samples of every target frame.
         origins, dirs = camera_rays(target_cams, h, w)  # [F, h, w, 3]
         n_frames = target_cams.num_frames
         t = self.sample_distances((n_frames, h, w), prev_weights=prev_weights, jitter=jitter,
                                   generator=generator, dtype=dtype, device=device)
+        n_samples = t.shape[-1]
         frame_of_ray = torch.arange(n_frames, device=device).repeat_interleave(h * w)
-        o, d, tt = origins.reshape(-1, 3), dirs.reshape(-1, 3), t.reshape(-1, t.shape[-1])
+        o, d, tt = origins.reshape(-1, 3), dirs.reshape(-1, 3), t.reshape(-1, n_samples)
+        deltas = self._deltas(tt)
 
-        # Density first (per sample), then text conditioning of the features (per frame), then compositing.
-        chunk = ray_chunk or o.shape[0]
-        g_parts, raw_parts = [], []
-        for s in range(0, o.shape[0], chunk):
-            g, raw = self._point_features(ref_features, ref_cams, target_cams, o[s:s + chunk], d[s:s + chunk],
-                                          tt[s:s + chunk], frame_of_ray[s:s + chunk])
-            g_parts.append(g)
-            raw_parts.append(raw)
-        g = torch.cat(g_parts).reshape(n_frames, h * w * tt.shape[-1], -1)
-        raw = torch.cat(raw_parts).reshape(n_frames, h, w, tt.shape[-1], -1)
-        if text_fn is not None:
-            g = g + text_fn(g)
-        g = g.reshape(n_frames, h, w, tt.shape[-1], -1)
+        # 2. Reference maps through the linear parts of the MLP and view score (once for all rays).
+        maps = self.project_references(ref_features)  # [N, C + 1, hr, wr]
 
-        deltas = self._deltas(t)
-        vr: VolumeRender = volume_render(raw[..., 0], t, deltas, features=g,
-                                         rgb_logits=raw[..., 1:4] if self.config.rgb_head else None)
+        # 3. Per chunk of rays: point features and density, text conditioning (per frame), compositing.
+        n_rays = o.shape[0]
+        rows = ray_chunk or rows_per_chunk(n_rays, self.bytes_per_ray(dims["N"], n_samples, dtype),
+                                           MAX_WORKSPACE if workspace is None else workspace)
+        c = self.config.channels
+        feats = ref_features.new_empty(n_rays, c)
+        opacity, depth = tt.new_empty(n_rays), tt.new_empty(n_rays)
+        weights, alphas = torch.empty_like(tt), torch.empty_like(tt)
+        rgb = tt.new_empty(n_rays, 3) if self.config.rgb_head else None
+        for sl in chunk_slices(n_rays, rows):
+            g, raw = self._point_features(maps, ref_cams, target_cams, o[sl], d[sl], tt[sl], frame_of_ray[sl])
+            vr: VolumeRender = volume_render(raw[..., 0], tt[sl], deltas[sl], features=g,
+                                             rgb_logits=raw[..., 1:4] if self.config.rgb_head else None)
+            chunk_feats = vr.features
+            if text_fn is not None:
+                chunk_feats = chunk_feats + _text_term(text_fn, g, vr.weights, frame_of_ray[sl], text_min_weight)
+            del g, raw
+            feats[sl], opacity[sl], depth[sl], weights[sl], alphas[sl] = (
+                chunk_feats, vr.opacity, vr.expected_depth, vr.weights, vr.alphas)
+            if rgb is not None:
+                rgb[sl] = vr.rgb
+        grid = (n_frames, h, w)
         return FeatureNeRFOutput(
-            features=vr.features.permute(0, 3, 1, 2),
-            opacity=vr.opacity,
-            expected_depth=vr.expected_depth,
-            rgb=vr.rgb.permute(0, 3, 1, 2) if vr.rgb is not None else None,
-            weights=vr.weights,
+            features=feats.reshape(*grid, c).permute(0, 3, 1, 2),
+            opacity=opacity.reshape(grid),
+            expected_depth=depth.reshape(grid),
+            rgb=rgb.reshape(*grid, 3).permute(0, 3, 1, 2) if rgb is not None else None,
+            weights=weights.reshape(*grid, n_samples),
             t=t,
-            alphas=vr.alphas,
+            alphas=alphas.reshape(*grid, n_samples),
         )
+
+    def bytes_per_ray(self, n_views: int, n_samples: int, dtype: torch.dtype = torch.float32) -> int:
+        """Scratch of one ray inside a chunk of :meth:`forward` (inference; autograd keeps more).
+
+        Counted from the tensors live at once: per sample and view, the point in the view's frame, its
+        grid coordinates, bilinear taps (int64) and view weight with their temporaries (~50 N); the current
+        view's positional code with its sine/cosine temporaries (~320); ~7 C-wide tensors (the view
+        accumulator, the sparse product, pre-activation and activation; later the point features through
+        the text cross-attention); per ray and view, the Plücker term and its code (N (C + 100)).
+        The chunk-independent part is :meth:`fixed_bytes`.
+        """
+        c = self.config.channels
+        per_sample = 7 * c + 50 * n_views + 320
+        return dtype_bytes(dtype) * (n_samples * per_sample + n_views * (c + 100))
+
+    def fixed_bytes(self, n_views: int, ref_size: tuple[int, int], n_rays: int, n_samples: int,
+                    dtype: torch.dtype = torch.float32) -> int:
+        """Bytes of :meth:`forward` that do not shrink with the chunk: the projected reference maps twice
+        (conv output and the pixel-major copy the sparse products read), and the outputs (features,
+        opacity, depth, RGB, and the per-sample weights, distances and alphas)."""
+        c = self.config.channels
+        maps = 2 * n_views * (c + 1) * ref_size[0] * ref_size[1]
+        outputs = n_rays * (c + 6 + 3 * n_samples)
+        return dtype_bytes(dtype) * (maps + outputs)
+
+    def project_references(self, ref_features: Tensor) -> Tensor:
+        """``[N, C + 1, hr, wr]``: the reference maps through the feature columns of the point MLP's first
+        layer (C channels) and of the view score (1 channel).
+
+        Bilinear sampling with zero padding is linear in the map and the in-front mask multiplies it, so
+        ``W_f · sample(F) = sample(W_f · F)``: projecting the N reference maps once replaces a C × C product
+        per sample and view (an exact rewrite of method.md §4.5 step 3–4, up to float rounding).
+        """
+        c = self.config.channels
+        weight = torch.cat([self.point_mlp[0].weight[:, :c], self.view_score.weight[:, :c]])  # [C + 1, C]
+        return F.conv2d(ref_features, weight[:, :, None, None])
 
     def _deltas(self, t: Tensor) -> Tensor:
         """``[..., S]`` interval lengths: gaps to the next sample, the last one a nominal bin width."""
@@ -191,12 +249,21 @@ class FeatureNeRF(nn.Module):
         return torch.cat([t.diff(dim=-1), torch.full_like(t[..., :1], nominal)], dim=-1)
 
     def _point_features(
-        self, ref_features: Tensor, ref_cams: CameraSet, target_cams: CameraSet,
+        self, maps: Tensor, ref_cams: CameraSet, target_cams: CameraSet,
         o: Tensor, d: Tensor, t: Tensor, frame_of_ray: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Features and raw density/RGB of the samples of R rays.
+        """Features and raw density/RGB of the samples of R rays (method.md §4.5).
+
+        With ``h_i = W_f f_i + W_p [γ16(p⁽ⁱ⁾), p⁽ⁱ⁾] + W_r [γ8(Plücker(r⁽ⁱ⁾)), d⁽ⁱ⁾] + b₁`` the first MLP layer
+        split by input columns, the MLP's second layer ``W₂ · + b₂`` is affine and the view weights sum to one,
+        so ``Σ_i a_i (W₂ silu(h_i) + b₂) = W₂ Σ_i a_i silu(h_i) + b₂``: the second layer runs once per sample
+        instead of once per sample and view. In the view score the target-frame point terms and the bias
+        are the same for every view and cancel in the softmax over views; the Plücker and camera-centre
+        terms depend on the ray only. ``W_f f_i`` is read from the projected maps
+        (:meth:`project_references`). Views are visited one at a time, so no ``[N, R, S, C]`` tensor exists.
 
         Args:
+            maps: ``[N, C + 1, hr, wr]`` projected reference maps.
             o, d: ``[R, 3]`` ray origins and unit directions (world).
             t: ``[R, S]`` distances.
             frame_of_ray: ``[R]`` target frame index of each ray.
@@ -205,53 +272,132 @@ class FeatureNeRF(nn.Module):
             g: ``[R, S, C]`` view-aggregated point features; raw: ``[R, S, 1 (+3)]`` density (+RGB) logits.
         """
         cfg = self.config
+        c = cfg.channels
         n_views = ref_cams.num_frames
+        r, s = t.shape
         points = o.unsqueeze(1) + t.unsqueeze(-1) * d.unsqueeze(1)  # [R, S, 3]
-
         w2c = ref_cams.w2c  # [N, 4, 4]
         rot, trans = w2c[:, :3, :3], w2c[:, :3, 3]
         p_ref = torch.einsum("nij,rsj->nrsi", rot, points) + trans[:, None, None]  # [N, R, S, 3]
-        feats = self._sample_reference(ref_features, ref_cams, p_ref)  # [N, R, S, C]
+        grid, in_front = self._reference_grid(ref_cams, p_ref)  # [N, R·S, 1, 2], [N, R·S]
 
+        pe_p = encoding_width(cfg.point_freqs, 3) + 3
+        w1, b1 = self.point_mlp[0].weight, self.point_mlp[0].bias
+        w_point, w_ray = w1[:, c:c + pe_p], w1[:, c + pe_p:]
         o_ref = torch.einsum("nij,rj->nri", rot, o) + trans[:, None]  # [N, R, 3]
         d_ref = torch.einsum("nij,rj->nri", rot, d)
         ray_code = torch.cat([positional_encoding(plucker_of_rays(o_ref, d_ref), cfg.ray_freqs), d_ref], dim=-1)
-        s = points.shape[1]
-        x = torch.cat([feats, positional_encoding(p_ref, cfg.point_freqs), p_ref,
-                       ray_code[:, :, None, :].expand(-1, -1, s, -1)], dim=-1)
-        g_views = self.point_mlp(x)  # [N, R, S, C]
+        ray_term = F.linear(ray_code, w_ray, b1)  # [N, R, C]
 
-        if cfg.view_aggregation == "average" or n_views == 1:
-            g = g_views.mean(dim=0)
-        elif cfg.view_aggregation == "softmax":
+        if cfg.view_aggregation == "softmax" and n_views > 1:
+            score_feat = F.grid_sample(maps[:, c:], grid, mode="bilinear", padding_mode="zeros",
+                                       align_corners=False)[:, 0, :, 0] * in_front  # [N, R·S]
             w2c_t = target_cams.w2c[frame_of_ray]  # [R, 4, 4]
-            p_tgt = torch.einsum("rij,rsj->rsi", w2c_t[:, :3, :3], points) + w2c_t[:, None, :3, 3]
             c_tgt = torch.einsum("rij,nj->nri", w2c_t[:, :3, :3], ref_cams.centers) + w2c_t[None, :, :3, 3]
-            c_code = torch.cat([c_tgt, positional_encoding(c_tgt, cfg.point_freqs)], dim=-1)  # [N, R, 3+pe]
-            y = torch.cat([feats, positional_encoding(p_tgt, cfg.point_freqs).expand(n_views, -1, -1, -1),
-                           p_tgt.expand(n_views, -1, -1, -1), c_code[:, :, None, :].expand(-1, -1, s, -1)], dim=-1)
-            attn = torch.softmax(self.view_score(y), dim=0)  # [N, R, S, 1]
-            g = (attn * g_views).sum(dim=0)
+            c_code = torch.cat([c_tgt, positional_encoding(c_tgt, cfg.point_freqs)], dim=-1)  # [N, R, 3 + pe]
+            score_cam = F.linear(c_code, self.view_score.weight[:, c + pe_p:])  # [N, R, 1]
+            attn = torch.softmax(score_feat.view(n_views, r, s) + score_cam, dim=0)  # [N, R, S]
+        elif cfg.view_aggregation in ("softmax", "average"):
+            attn = t.new_full((n_views, r, s), 1.0 / n_views)
         else:
             raise ValueError(f"view_aggregation must be 'softmax' or 'average', got {cfg.view_aggregation!r}")
+
+        # One sparse row per sample: four bilinear taps of the projected map (zero padding, in-front mask)
+        # and a 1 picking the sample's ray term, so one sparse product gives W_f f_i + W_r (...) + b₁.
+        hw = maps.shape[-2] * maps.shape[-1]
+        taps, tap_w = _bilinear_taps(grid, in_front, maps.shape[-2], maps.shape[-1])  # [N, R·S, 4]
+        ray_col = hw + torch.arange(r, device=t.device).repeat_interleave(s)[:, None]  # [R·S, 1]
+        dense = torch.cat([maps[:, :c].flatten(2).transpose(1, 2), ray_term], dim=1)  # [N, hr·wr + R, C]
+        mixed = None
+        for i in range(n_views):
+            cols = torch.cat([taps[i], ray_col], dim=1)
+            vals = torch.cat([tap_w[i], torch.ones_like(tap_w[i, :, :1])], dim=1)
+            code = torch.cat([positional_encoding(p_ref[i], cfg.point_freqs), p_ref[i]], dim=-1)  # [R, S, pe_p]
+            pre = torch.addmm(_csr(cols, vals, hw + r) @ dense[i], code.reshape(r * s, -1), w_point.T)  # [R·S, C]
+            act = F.silu(pre).view(r, s, c)
+            mixed = attn[i, :, :, None] * act if mixed is None else torch.addcmul(mixed, attn[i, :, :, None], act)
+        g = self.point_mlp[2](mixed)  # [R, S, C]
         return g, self.decoder(g)
 
-    def _sample_reference(self, ref_features: Tensor, ref_cams: CameraSet, p_ref: Tensor) -> Tensor:
-        """Bilinear samples ``[N, R, S, C]`` of each reference map at the projections of ``p_ref [N, R, S, 3]``.
+    def _reference_grid(self, ref_cams: CameraSet, p_ref: Tensor) -> tuple[Tensor, Tensor]:
+        """``grid_sample`` coordinates ``[N, R·S, 1, 2]`` of the projections of ``p_ref [N, R, S, 3]`` and the
+        in-front mask ``[N, R·S]`` (1 for points in front of the camera, else 0).
 
         With pixel centres at +0.5, ``align_corners=False`` maps the normalized coordinate
         ``2·u/W − 1`` to the same image position at any feature resolution. Projections are clipped
         to ±``grid_clip`` (CustomDiffusion360) and read zero padding there; points behind a camera read
         zero.
         """
-        cfg = self.config
         n, r, s, _ = p_ref.shape
         z = p_ref[..., 2:3]
         uvw = torch.einsum("nij,nrsj->nrsi", ref_cams.K, p_ref)
         uv = uvw[..., :2] / z.clamp_min(1e-6)
         size = torch.tensor([ref_cams.width, ref_cams.height], dtype=p_ref.dtype, device=p_ref.device)
-        grid = (2.0 * uv / size - 1.0).clamp(-cfg.grid_clip, cfg.grid_clip)
-        sampled = F.grid_sample(ref_features, grid.reshape(n, r * s, 1, 2), mode="bilinear",
-                                padding_mode="zeros", align_corners=False)  # [N, C, R·S, 1]
-        in_front = (z > 1e-6).to(sampled.dtype)  # [N, R, S, 1]
-        return sampled[..., 0].permute(0, 2, 1).reshape(n, r, s, -1) * in_front
+        grid = (2.0 * uv / size - 1.0).clamp(-self.config.grid_clip, self.config.grid_clip)
+        return grid.reshape(n, r * s, 1, 2), (z > 1e-6).to(p_ref.dtype).reshape(n, r * s)
+
+    def _sample_reference(self, ref_features: Tensor, ref_cams: CameraSet, p_ref: Tensor) -> Tensor:
+        """Bilinear samples ``[N, R, S, C]`` of each reference map at the projections of ``p_ref [N, R, S, 3]``
+        (zero behind a camera and outside ±``grid_clip``; see :meth:`_reference_grid`)."""
+        n, r, s, _ = p_ref.shape
+        grid, in_front = self._reference_grid(ref_cams, p_ref)
+        sampled = F.grid_sample(ref_features, grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # [N, C, R·S, 1]
+        return (sampled[..., 0] * in_front[:, None]).permute(0, 2, 1).reshape(n, r, s, -1)
+
+
+def _bilinear_taps(grid: Tensor, in_front: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """The four taps of ``grid_sample(..., mode="bilinear", padding_mode="zeros", align_corners=False)``.
+
+    Args:
+        grid: ``[N, M, 1, 2]`` normalized (x, y) coordinates; in_front: ``[N, M]`` multiplier.
+
+    Returns:
+        flat pixel ids ``[N, M, 4]`` into an ``height × width`` map (0 for taps outside it) and weights
+        ``[N, M, 4]`` (0 outside, times ``in_front``).
+    """
+    x = (grid[..., 0, 0] + 1) * (width / 2) - 0.5  # pixel coordinates, centres at integers
+    y = (grid[..., 0, 1] + 1) * (height / 2) - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], dim=-1)
+    ys = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=-1)
+    w = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=-1)
+    inside = (xs >= 0) & (xs <= width - 1) & (ys >= 0) & (ys <= height - 1)
+    ids = torch.where(inside, ys * width + xs, torch.zeros_like(xs)).long()
+    return ids, torch.where(inside, w, torch.zeros_like(w)) * in_front[..., None]
+
+
+def _csr(cols: Tensor, values: Tensor, num_cols: int) -> Tensor:
+    """A sparse CSR matrix ``[M, num_cols]`` with ``k`` entries per row from ``cols, values [M, k]``."""
+    m, k = cols.shape
+    crow = torch.arange(0, m * k + 1, k, device=cols.device)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols.reshape(-1), values.reshape(-1), size=(m, num_cols),
+                                       check_invariants=False)
+
+
+def _text_term(text_fn: TextFn, g: Tensor, weights: Tensor, frame_of_ray: Tensor, min_weight: float) -> Tensor:
+    """``Σ_k w_k A(g_k)`` per ray ``[R, C]`` over the samples with ``w_k > min_weight``; ``A`` = ``text_fn`` applied
+    to the points of each target frame (``g [R, S, C]``, ``weights [R, S]``, ``frame_of_ray [R]``)."""
+    keep = weights > min_weight
+    r, s, c = g.shape
+    if bool(keep.all()):
+        ray_of, points, w = None, g.reshape(r * s, c), weights.reshape(r * s)
+        frames = frame_of_ray.repeat_interleave(s)
+    else:
+        ray_of = keep.nonzero()[:, 0]  # sorted by ray, hence by frame
+        points, w, frames = g[keep], weights[keep], frame_of_ray[ray_of]
+    out = g.new_zeros(r, c)
+    if points.shape[0] == 0:
+        return out
+    uniq, counts = torch.unique_consecutive(frames, return_counts=True)
+    parts, start = [], 0
+    for frame, count in zip(uniq.tolist(), counts.tolist()):
+        parts.append(text_fn(points[start:start + count], frame))
+        start += count
+    weighted = (parts[0] if len(parts) == 1 else torch.cat(parts)) * w[:, None]
+    if ray_of is None:
+        return weighted.view(r, s, c).sum(dim=1)
+    return out.index_add(0, ray_of, weighted)

@@ -31,7 +31,9 @@ Inference additions (method.md §7.1, §4.8):
   :func:`pose_step_relay`, a no-op feature hook whose ``step``/``branch`` the sampler sets before each call.
 * **First-step cache** of the rendered map Fy (``context.cache_rendered``): Fy depends only on the cached
   reference tokens, the target cameras, the text and the grid, never on the noisy target tokens, so for a
-  fixed batch and prompt the cache is exact (CustomDiffusion360; method.md §4.8). The cache key is
+  fixed batch and prompt the cache is exact (CustomDiffusion360; method.md §4.8). Since
+  ``W_fuse · [x ‖ Fy] = W_x · x + W_y · Fy``, the cache keeps the fused term ``W_y · Fy`` (in the UNet's dtype),
+  and every call, cached or not, computes the block the same way. The cache key is
   (block, CFG branch, ``context.target_key``, rows, grid); it holds for one run (one prompt and reference
   bank): call :meth:`PoseContext.clear_cache` between runs, and set ``target_key`` when target cameras
   change mid-run (sampling windows).
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterator, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mvcustom_core.cameras import CameraSet
@@ -77,7 +80,10 @@ class PoseContext:
         outputs: block name → list of FeatureNeRF outputs of the last forward, one per branch.
         jitter: stratified jitter of ray samples (training) or fixed bins (inference).
         generator: random source of the jitter.
-        ray_chunk: bound on rays rendered at once (memory).
+        ray_chunk: rays rendered at once (overrides ``workspace``).
+        workspace: scratch bytes one FeatureNeRF chunk may use (:mod:`mvcustom_core.memory`); None = the default cap.
+        keep_outputs: keep each render's FeatureNeRF outputs in ``outputs`` (losses, previews); the sampler
+            turns it off so the Fy cache holds only the fused term.
         step: the sampler's 0-based step index (set by :func:`pose_step_relay`).
         branch: the CFG branch label of the current model call (``"uncond+cond"``, ``"uncond"``, ``"cond"``).
         active_steps: fuse only while ``step < active_steps``; None = every step (pose-block ratio 1).
@@ -93,6 +99,8 @@ class PoseContext:
     jitter: bool = False
     generator: torch.Generator | None = None
     ray_chunk: int | None = None
+    workspace: int | None = None
+    keep_outputs: bool = True
     step: int = 0
     branch: str = "uncond+cond"
     active_steps: int | None = None
@@ -134,6 +142,28 @@ class PoseContext:
         return self.target_cams.num_frames
 
 
+class Fusion(nn.Linear):
+    """``W_fuse · [x ‖ Fy]`` (Linear(2C → C), no bias, initialised ``[I | 0]``) computed as ``W_x · x + W_y · Fy``.
+
+    The two halves are separate products so that the second one, which depends only on the rendered map, can
+    be cached (:meth:`project_rendered`) while every call, cached or not, adds the same two terms.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__(2 * width, width, bias=False)
+        with torch.no_grad():
+            self.weight.zero_()
+            self.weight[:, :width].copy_(torch.eye(width))
+
+    def project_rendered(self, fy: Tensor) -> Tensor:
+        """``W_y · Fy``: ``[..., C] -> [..., C]``."""
+        return F.linear(fy, self.weight[:, self.out_features:])
+
+    def forward(self, x: Tensor, rendered_term: Tensor) -> Tensor:  # type: ignore[override]
+        """``W_x · x + rendered_term`` with ``rendered_term = project_rendered(Fy)``."""
+        return F.linear(x, self.weight[:, :self.out_features]) + rendered_term
+
+
 class PoseConditionedBlock(nn.Module):
     """A diffusers ``BasicTransformerBlock`` (``norm_type="layer_norm"``) with a FeatureNeRF branch.
 
@@ -156,11 +186,8 @@ class PoseConditionedBlock(nn.Module):
         self.name = name
         self.context = context
         self.featurenerf = FeatureNeRF(config)
-        self.fuse = nn.Linear(2 * width, width, bias=False)
+        self.fuse = Fusion(width)
         self.grid_hook: torch.utils.hooks.RemovableHandle | None = None
-        with torch.no_grad():
-            self.fuse.weight.zero_()
-            self.fuse.weight[:, :width].copy_(torch.eye(width))
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None,
                 encoder_hidden_states: Tensor | None = None, encoder_attention_mask: Tensor | None = None,
@@ -179,12 +206,12 @@ class PoseConditionedBlock(nn.Module):
         x = hidden_states + blk.attn1(blk.norm1(hidden_states), attention_mask=attention_mask, **kwargs)
         x = x + blk.attn2(blk.norm2(x), encoder_hidden_states=encoder_hidden_states,
                           attention_mask=encoder_attention_mask, **kwargs)
-        fy = self._render(x, encoder_hidden_states, encoder_attention_mask, kwargs)
-        x = self.fuse(torch.cat([x, fy.to(x.dtype)], dim=-1))
+        x = self.fuse(x, self._fused_render(x, encoder_hidden_states, encoder_attention_mask, kwargs))
         return x + blk.ff(blk.norm3(x))
 
-    def _render(self, x: Tensor, text: Tensor | None, text_mask: Tensor | None, kwargs: dict) -> Tensor:
-        """``[R, h·w, C]`` rendered features for the R = B·F rows of ``x``, one FeatureNeRF pass per branch."""
+    def _fused_render(self, x: Tensor, text: Tensor | None, text_mask: Tensor | None, kwargs: dict) -> Tensor:
+        """``W_y · Fy`` ``[R, h·w, C]`` (in ``x``'s dtype) for the R = B·F rows of ``x``, one FeatureNeRF pass per
+        branch; cached for later calls when ``context.cache_rendered`` (method.md §4.8)."""
         ctx = self.context
         n_frames = ctx.frame_count()
         rows, tokens, width = x.shape
@@ -196,34 +223,42 @@ class PoseConditionedBlock(nn.Module):
             # Valid for one run (fixed prompt and references): callers clear it between runs.
             key = (self.name, ctx.branch, ctx.target_key, rows, (h, w))
             if key in ctx._rendered:
-                fy, outs = ctx._rendered[key]
-                ctx.outputs[self.name] = outs
-                return fy
+                term, outs = ctx._rendered[key]
+                if ctx.keep_outputs:
+                    ctx.outputs[self.name] = outs
+                return term
         bank = ctx.references[self.name]
         blk = self.block
-        outputs, rendered = [], []
+        outputs, terms = [], []
         for b in range(rows // n_frames):
             sl = slice(b * n_frames, (b + 1) * n_frames)
-            branch_text = None if text is None else text[sl].float()
+            branch_text = None if text is None else text[sl]
             branch_mask = None if text_mask is None else text_mask[sl]
 
-            def text_fn(g: Tensor, _text=branch_text, _mask=branch_mask) -> Tensor:
-                # Point features [F, P, C] through this block's own text cross-attention (method.md §4.1).
-                return blk.attn2(blk.norm2(g.to(x.dtype)), encoder_hidden_states=None if _text is None
-                                 else _text.to(x.dtype), attention_mask=_mask, **kwargs).float()
+            def text_fn(g: Tensor, frame: int, _text=branch_text, _mask=branch_mask) -> Tensor:
+                # One frame's point features [P, C] through this block's own text cross-attention (method.md §4.1).
+                states = None if _text is None else _text[frame:frame + 1].to(x.dtype)
+                mask = None if _mask is None else _mask[frame:frame + 1]
+                return blk.attn2(blk.norm2(g.to(x.dtype))[None], encoder_hidden_states=states, attention_mask=mask,
+                                 **kwargs)[0].float()
 
             # Entry per CFG branch ([uncond, cond]); a call that runs only the cond branch still uses cond's.
             refs = bank[-1] if ctx.branch == "cond" else bank[min(b, bank.shape[0] - 1)]
             with torch.autocast(device_type=x.device.type, enabled=False):
                 out = self.featurenerf(refs.float(), ctx.ref_cams, ctx.target_cams, (h, w), text_fn=text_fn,
-                                       jitter=ctx.jitter, generator=ctx.generator, ray_chunk=ctx.ray_chunk)
-            outputs.append(out)
-            rendered.append(out.features.flatten(2).transpose(1, 2))  # [F, h·w, C]
-        ctx.outputs[self.name] = outputs
-        fy = torch.cat(rendered)
+                                       jitter=ctx.jitter, generator=ctx.generator, ray_chunk=ctx.ray_chunk,
+                                       workspace=ctx.workspace)
+            if ctx.keep_outputs:
+                outputs.append(out)
+            fy = out.features.flatten(2).transpose(1, 2)  # [F, h·w, C]
+            terms.append(self.fuse.project_rendered(fy.to(x.dtype)))
+            del out, fy
+        term = torch.cat(terms) if len(terms) > 1 else terms[0]
+        if ctx.keep_outputs:
+            ctx.outputs[self.name] = outputs
         if key is not None:
-            ctx._rendered[key] = (fy, outputs)
-        return fy
+            ctx._rendered[key] = (term, outputs)
+        return term
 
 
 def spatial_transformer_blocks(unet: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -200,7 +200,8 @@ def field_depth(
     param = next(blk.featurenerf.parameters())
     with torch.no_grad(), torch.autocast(device_type=param.device.type, enabled=False):
         out = blk.featurenerf(refs.to(param.device), context.ref_cams.to(param.device), cam.to(param.device),
-                              tuple(size), jitter=False, ray_chunk=context.ray_chunk)
+                              tuple(size), jitter=False, ray_chunk=context.ray_chunk,
+                              workspace=context.workspace)
     opacity = out.opacity[0].float()
     length = out.expected_depth[0].float() / opacity.clamp_min(1e-6)
     z = ray_length_to_z(length, cam.to(length.device))

@@ -113,6 +113,7 @@ def prepare_run(
         pose_context.jitter = False
         pose_context.active_steps = active_pose_steps(pose_ratio, steps)
         pose_context.cache_rendered = bool(cache_pose_features)
+        pose_context.keep_outputs = False  # the Fy cache then holds only the fused term W_y · Fy
         pose_context.clear_cache()
         run.hooks.append(pose_step_relay(unet, pose_context))
 
@@ -202,3 +203,4 @@ def mvcustom_sample(
             pose_context.cache_rendered = False  # a later render with other cameras must not reuse this run's Fy
             pose_context.active_steps = None
             pose_context.target_key = None
+            pose_context.keep_outputs = True
