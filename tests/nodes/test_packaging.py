@@ -1,0 +1,71 @@
+"""What ComfyUI-Manager and the registry read: requirements.txt, pyproject.toml, LICENSE, the icon."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HOST_BUILDS = {"torch", "torchvision", "torchaudio"}  # the user's own builds, which pip must never replace
+# Packages ComfyUI itself requires: an upper bound or a pin on one of them could downgrade the host's copy.
+HOST_SHARED = {"numpy", "pillow", "safetensors", "transformers", "kornia", "tokenizers", "einops", "scipy"}
+# md5 of https://www.apache.org/licenses/LICENSE-2.0.txt, the standard text.
+APACHE_2_0_MD5 = "3b83ef96387f14655fc854ddc3c6bd57"
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+def _requirements() -> list[Requirement]:
+    lines = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    return [Requirement(line) for line in (ln.strip() for ln in lines) if line and not line.startswith("#")]
+
+
+def test_pyproject_dependencies_are_requirements_txt():
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    project = _pyproject()["project"]
+    assert "dependencies" in project.get("dynamic", []) and "dependencies" not in project
+    assert _pyproject()["tool"]["setuptools"]["dynamic"]["dependencies"] == {"file": ["requirements.txt"]}
+    resolved = read_configuration(REPO_ROOT / "pyproject.toml", expand=True)["project"]["dependencies"]
+    assert [Requirement(r) for r in resolved] == _requirements()
+    assert {r.name for r in _requirements()} >= {"diffusers", "transformers", "kornia", "safetensors"}
+
+
+def test_no_torch_no_pins_no_upper_bounds_on_host_packages():
+    extras = _pyproject()["project"].get("optional-dependencies", {})
+    every = _requirements() + [Requirement(r) for group in extras.values() for r in group]
+    for req in every:
+        name = req.name.lower()
+        assert name not in HOST_BUILDS, f"{req}: torch is ComfyUI's own build"
+        assert req.url is None and not req.marker, req
+        for spec in req.specifier:
+            assert spec.operator not in ("==", "===", "~="), f"{req}: pinned"
+            if name in HOST_SHARED:
+                assert spec.operator in (">=", ">", "!="), f"{req}: bounds ComfyUI's own {name} from above"
+
+
+def test_license_is_the_apache_2_0_text_the_project_declares():
+    project = _pyproject()["project"]
+    assert project["license"] == {"text": "Apache-2.0"}
+    assert "License :: OSI Approved :: Apache Software License" in project["classifiers"]
+    assert hashlib.md5((REPO_ROOT / "LICENSE").read_bytes()).hexdigest() == APACHE_2_0_MD5
+
+
+def test_icon_is_a_square_svg_of_at_most_400_px_in_this_repository():
+    config = _pyproject()
+    repo = config["project"]["urls"]["Repository"].removeprefix("https://github.com/")
+    url = config["tool"]["comfy"]["Icon"]
+    prefix = f"https://raw.githubusercontent.com/{repo}/main/"
+    assert url.startswith(prefix), url
+    path = REPO_ROOT / url.removeprefix(prefix)
+    root = ET.parse(path).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    width, height = int(root.get("width")), int(root.get("height"))
+    assert width == height <= 400 and root.get("viewBox") == f"0 0 {width} {height}"
+    assert len(root.findall(".//{http://www.w3.org/2000/svg}polygon")) >= 4  # the camera frustums
