@@ -3,15 +3,40 @@
 ``check_shape(x, "F 3 3", "K")`` checks rank and the numeric entries of a shape spec and binds the
 letters, so ``check_shape(y, "F N", "depth", dims)`` with the same ``dims`` dictionary also checks that
 ``F`` agrees across arguments of one call (kornia's checks do not). Errors are ``ValueError`` naming
-the argument, so node adapters can prefix the node and input name.
+the argument, so node adapters can prefix the node and input name; :func:`about` marks an error with the
+argument it concerns when the message alone would not tell.
 """
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator, TypeVar
+
 import torch
 from torch import Tensor
 
-__all__ = ["check_shape", "check_finite", "ShapeError"]
+__all__ = ["check_shape", "check_finite", "ShapeError", "about", "within"]
+
+E = TypeVar("E", bound=BaseException)
+
+
+def about(argument: str, error: E) -> E:
+    """``error`` marked as being about the argument ``argument`` of the call that raised it (dotted for a
+    field of an argument: ``"dfr.layers"``), so a node adapter can name the input that holds it, whatever
+    the message says. Returns ``error``: ``raise about("format", PoseFileError(...))``."""
+    error.argument = argument
+    return error
+
+
+@contextlib.contextmanager
+def within(argument: str) -> Iterator[None]:
+    """Errors raised inside are about ``argument`` of the enclosing call: a ``ValueError`` marked by
+    :func:`about` for a nested call's argument ``x`` becomes ``"<argument>.x"``, an unmarked one ``argument``."""
+    try:
+        yield
+    except ValueError as error:
+        inner = getattr(error, "argument", None)
+        raise about(f"{argument}.{inner}" if inner else argument, error)
 
 
 class ShapeError(ValueError):

@@ -1,30 +1,46 @@
-"""Atomic file writes and picture output, shared by every module that writes files.
+"""Atomic file writes, user-named paths kept inside their folder, and picture output.
 
 A write goes to a temporary file in the destination folder and is moved into place with
 ``os.replace``, so a reader (or a crash) never sees a half-written file and an old file survives a
-failed write.
+failed write. A write may also refuse to replace an existing file (``replace=False``, or a predicate
+that says whether the file there may be replaced).
+
+A name a user typed (a node input, a command-line argument) is turned into a path by
+:func:`resolve_inside` (reading) or checked by :func:`plain_file_name` (writing), which accept only a
+relative name that stays inside its folder.
 """
 
 from __future__ import annotations
 
+import errno
 import io
+import ntpath
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "save_png", "image_grid", "colorize"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "resolve_inside", "plain_file_name",
+           "is_inside", "save_png", "image_grid", "colorize"]
+
+# How a caller says whether an existing file may be replaced: always (True), never (False), or by asking.
+Replace = bool | Callable[[Path], bool]
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, replace: Replace = True) -> Path:
     """Call ``write(tmp_path)`` on a temporary path beside ``path``, then move it into place.
 
     For writers that want a file name (``torch.save``, ``safetensors.torch.save_file``, PIL,
     matplotlib). The temporary name keeps ``path``'s suffix, since writers may pick the format from it.
+
+    ``replace``: whether a file already at ``path`` may be replaced: ``True``, ``False``, or a function of
+    that file's path (asked only when one exists). A refused replacement raises ``FileExistsError`` and
+    leaves the existing file untouched; a path that must not exist is claimed with ``os.link``, which
+    fails if a file appeared there since, so two writers never overwrite each other.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,12 +51,84 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
+        if replace is True or (os.path.lexists(path) and callable(replace) and replace(path)):
+            os.replace(tmp, path)
+        else:
+            _link_new(Path(tmp), path)
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
     return path
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` only if nothing is there (``FileExistsError`` otherwise)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "a file of this name exists and may not be replaced", str(path)) from None
+    except OSError:  # a file system without hard links: check, then rename (not race-free)
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "a file of this name exists and may not be replaced",
+                                  str(path)) from None
+        os.replace(tmp, path)
+
+
+def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """Whether ``path``, with every symbolic link resolved, lies in ``root`` (links resolved too) or is it."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    try:
+        return os.path.commonpath([real, base]) == base
+    except ValueError:  # different drives (Windows)
+        return False
+
+
+def _relative_parts(name: object) -> list[str] | None:
+    """The components of a relative ``name`` (``/`` or ``\\`` separated), or None when it is not one: not a
+    string, empty, with a NUL or other control character, absolute (``/x``, ``\\x``, ``C:x``, ``//server``),
+    or with a ``..`` component."""
+    if not isinstance(name, str) or not name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return None
+    if name.startswith(("/", "\\")) or ntpath.splitdrive(name)[0] or os.path.isabs(name):
+        return None
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return parts
+
+
+def resolve_inside(name: str, roots: Iterable[str | os.PathLike],
+                   kind: Literal["file", "dir", "any"] = "file") -> Path | None:
+    """The path of the relative ``name`` in the first of ``roots`` that holds it, or None.
+
+    None (one answer, so a caller cannot tell a remote user *why*) when ``name`` is not a plain relative
+    name (see :func:`_relative_parts`), when no root holds a ``kind`` of that name, or when it lies outside
+    its root once symbolic links are resolved; for a folder, also when an entry of it links outside
+    (its files are what gets read). A root that is itself a link is fine: its target is the folder.
+    """
+    parts = _relative_parts(name)
+    if parts is None:
+        return None
+    for root in roots:
+        path = Path(root, *parts)
+        if not is_inside(path, root):
+            continue
+        if kind in ("file", "any") and path.is_file():
+            return path
+        if kind in ("dir", "any") and path.is_dir() and all(is_inside(entry, root) for entry in path.iterdir()):
+            return path
+    return None
+
+
+def plain_file_name(name: object, max_bytes: int = 200) -> str | None:
+    """``name`` if it can be a file name on its own in any folder (no folder part, no ``..``, no NUL or
+    control character, not hidden, no trailing dot or space, at most ``max_bytes`` UTF-8 bytes), else None."""
+    if not isinstance(name, str):
+        return None
+    parts = _relative_parts(name)
+    if parts != [name] or name.startswith(".") or name.rstrip(". ") != name or len(name.encode()) > max_bytes:
+        return None
+    return name
 
 
 def _umask() -> int:
@@ -49,14 +137,14 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: Replace = True) -> Path:
+    """Write ``data`` to ``path`` atomically (``replace`` as in :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), replace=replace)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+def atomic_write_text(path: str | os.PathLike, text: str, *, replace: Replace = True) -> Path:
     """Write UTF-8 ``text`` (``\\n`` line endings on every platform) to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
 
 
 def _to_uint8_hwc(image: Tensor) -> np.ndarray:

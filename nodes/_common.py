@@ -7,21 +7,25 @@ errors read alike across the pack and no node re-implements a layout conversion.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 
 from mvcustom_core.files import atomic_write as write_atomically  # noqa: F401  (the node layer's name for it)
+from mvcustom_core.files import is_inside
 
 from ._host import comfy_utils, folder_paths, model_management
 
 __all__ = [
     "NodeInputError",
+    "redact_server_paths",
     "node_name",
     "blame",
+    "input_for",
     "require",
     "input_named_in",
     "to_output",
@@ -46,27 +50,73 @@ def node_name(node: type | str) -> str:
 class NodeInputError(ValueError):
     """Bad user input, worded ``<node display name>: input '<name>' <what is wrong>``.
 
-    Example: ``MVCustom Orbit Trajectory: input 'frames' must be ≥ 1, got 0``.
+    Example: ``MVCustom Orbit Trajectory: input 'frames' must be ≥ 1, got 0``. The server's own folders
+    are never shown (see :func:`redact_server_paths`): the message goes to whoever queued the prompt.
     """
 
     def __init__(self, node: type | str, input_name: str, message: str):
         self.node, self.input_name = node_name(node), input_name
-        super().__init__(f"{self.node}: input '{input_name}' {message}")
+        super().__init__(f"{self.node}: input '{input_name}' {redact_server_paths(message)}")
+
+
+def _server_folders() -> list[tuple[str, str]]:
+    """``(absolute folder, how messages name it)`` for ComfyUI's folders, longest first (both spellings of a
+    linked folder)."""
+    named = []
+    for kind in ("input", "output", "temp"):
+        getter = getattr(folder_paths, f"get_{kind}_directory", None)
+        if getter is not None:
+            named.append((getter(), kind))
+    for key, (paths, _) in dict(getattr(folder_paths, "folder_names_and_paths", {})).items():
+        named += [(p, f"models/{key}") for p in paths]
+    for attr, label in (("models_dir", "models"), ("base_path", "ComfyUI")):
+        if getattr(folder_paths, attr, None):
+            named.append((getattr(folder_paths, attr), label))
+    spelled = {(os.path.normpath(spelling), label) for folder, label in named if folder
+               for spelling in (str(folder), os.path.realpath(folder))}
+    return sorted(spelled, key=lambda item: -len(item[0]))
+
+
+def redact_server_paths(message: str) -> str:
+    """``message`` with every absolute path inside a ComfyUI folder written relative to it (``input/x.txt``,
+    ``models/mvcustom/x.safetensors``), so an error tells a remote client nothing about the server's layout."""
+    for folder, label in _server_folders():
+        if len(folder) > 1:
+            message = message.replace(folder, label)
+    return message
+
+
+def input_for(error: BaseException, arguments: Mapping[str, str]) -> str | None:
+    """The node input ``arguments`` maps the error's core argument to (set with ``mvcustom_core.checks.about``):
+    ``"dfr.layers"`` is looked up as itself, then as ``"dfr"``; None when unmarked or unmapped."""
+    argument = getattr(error, "argument", None)
+    while isinstance(argument, str) and argument:
+        if argument in arguments:
+            return arguments[argument]
+        argument = argument.rpartition(".")[0]
+    return None
 
 
 @contextlib.contextmanager
-def blame(node: type | str, input_name: str | Callable[[str], str]) -> Iterator[None]:
+def blame(node: type | str, input_name: str | Callable[[str], str] | None,
+          arguments: Mapping[str, str] | None = None) -> Iterator[None]:
     """Re-raise a core ``ValueError`` (bad pose file, broken cameras, bad shape) naming node and input.
 
-    ``input_name`` may be a function of the core message, for nodes whose core call takes several
-    inputs and whose errors say which one was wrong.
+    The input is the one ``arguments`` maps the error's core argument to (see :func:`input_for`), else
+    ``input_name``, which may be a function of the core message, for nodes whose core call takes several
+    inputs and whose errors say which one was wrong. With ``input_name=None`` an error the mapping does not
+    place passes unchanged: a wrong name is worse than none (ComfyUI still shows which node failed).
     """
     try:
         yield
     except NodeInputError:
         raise
     except ValueError as e:
-        name = input_name(str(e)) if callable(input_name) else input_name
+        name = input_for(e, arguments or {})
+        if name is None:
+            name = input_name(str(e)) if callable(input_name) else input_name
+        if name is None:
+            raise
         raise NodeInputError(node, name, f"is invalid: {e}") from e
 
 
@@ -76,10 +126,10 @@ def require(node: type | str, input_name: str, ok: bool, message: str) -> None:
         raise NodeInputError(node, input_name, message)
 
 
-def input_named_in(names: list[str], fallback: str) -> Callable[[str], str]:
+def input_named_in(names: list[str], fallback: str | None) -> Callable[[str], str | None]:
     """For :func:`blame`: the input a core error message names first (as a whole word), else ``fallback``."""
 
-    def pick(message: str) -> str:
+    def pick(message: str) -> str | None:
         hits = [(m.start(), n) for n in names if (m := re.search(rf"\b{re.escape(n)}\b", message))]
         return min(hits)[1] if hits else fallback
 
@@ -126,13 +176,23 @@ def mask_from_core(x: Tensor) -> Tensor:
 
 def numbered_output(node: type | str, input_name: str, prefix: str) -> tuple[Path, str, str]:
     """Where an output node writes: ``(folder, "<stem>_<counter:05>", subfolder)`` inside ComfyUI's output folder,
-    numbered the way SaveImage numbers files; the error for a bad ``prefix`` names node and input."""
-    require(node, input_name, bool(prefix and prefix.strip()), "must not be empty")
+    numbered the way SaveImage numbers files; the error for a bad ``prefix`` names node and input.
+
+    The prefix may hold subfolders but must stay inside the output folder, also once linked subfolders are
+    followed (ComfyUI checks the spelling only); one message for every way it does not."""
+    require(node, input_name, isinstance(prefix, str) and prefix.strip() != "", "must not be empty")
+    output = folder_paths.get_output_directory()
+    refused = NodeInputError(node, input_name, f"must be a path inside ComfyUI's output folder, such as "
+                                               f"'mvcustom/views'; got {prefix[:120]!r}")
+    # Checked before ComfyUI creates the subfolder: a linked subfolder must not get a folder made inside it.
+    subfolder = os.path.dirname(os.path.normpath(prefix))
+    if any(ord(c) < 32 for c in prefix) or os.path.isabs(subfolder) or not is_inside(os.path.join(output, subfolder),
+                                                                                    output):
+        raise refused
     try:
-        folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(prefix,
-                                                                               folder_paths.get_output_directory())
+        folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, output)
     except Exception as e:  # ComfyUI raises a bare Exception for a prefix that leaves the output folder
-        raise NodeInputError(node, input_name, f"is invalid: {e}") from e
+        raise refused from e
     return Path(folder), f"{stem}_{counter:05}", subfolder
 
 

@@ -21,7 +21,8 @@ from mvcustom_core.backbone.motion_module import load_motion_module, trained_att
 from mvcustom_core.backbone.text import load_tokenizer
 from mvcustom_core.backbone.tiny import tiny_backbone
 
-from ._common import NodeInputError, Progress, blame, require
+from ._common import Progress, blame, require
+from ._files import read_path, reading
 from ._host import comfy_utils, folder_paths, io, model_management, model_patcher
 from .types import Backbone as BackboneType
 
@@ -159,15 +160,9 @@ def _model_files(key: str) -> list[str]:
 
 
 def _resolve(node: type, input_name: str, key: str, name: str) -> Path:
-    require(node, input_name, isinstance(name, str) and name.strip() != "",
-            f"is empty: put a file into ComfyUI's models/{key} folder and pick it")
     register_model_folders()
-    path = folder_paths.get_full_path(key, name)
-    if path is None:
-        folders = folder_paths.get_folder_paths(key) if key in getattr(folder_paths, "folder_names_and_paths", {}) \
-            else [f"models/{key}"]
-        raise NodeInputError(node, input_name, f"names {name!r}, which is not in the '{key}' folders {folders}")
-    return Path(path)
+    return read_path(node, input_name, name, key, what="model file",
+                     hint=f"pick one from the list; files go into ComfyUI's models/{key} folder")
 
 
 def _dtype(choice: str, default) -> torch.dtype:
@@ -222,9 +217,11 @@ class LoadBackbone(io.ComfyNode):
         vae_dtype = _dtype(dtype, model_management.vae_dtype)
         # One bar per file (tensors read); each update is also an interrupt checkpoint. ComfyUI runs nodes under
         # torch.inference_mode: weights made there could never be trained (customization), so build them outside it.
-        with blame(cls, "checkpoint"), torch.inference_mode(False):
+        with reading(cls, "checkpoint", checkpoint, checkpoint_path, "checkpoints", what="an SD1.x checkpoint"), \
+                torch.inference_mode(False):
             components = load_sd15_checkpoint(checkpoint_path, dtype=unet_dtype, progress=Progress(1).callback)
-        with blame(cls, "motion_module"), torch.inference_mode(False):
+        with reading(cls, "motion_module", motion_module, motion_path, MOTION_FOLDER, what="a motion module"), \
+                torch.inference_mode(False):
             adapter = load_motion_module(motion_path, dtype=unet_dtype, progress=Progress(1).callback)
             k = _attention_window(cls, window, trained_attention_window(motion_path))
         with blame(cls, "motion_module"), torch.inference_mode(False):

@@ -13,6 +13,7 @@ from mvcustom_core.cameras import CameraSet
 from mvcustom_core.cameras.formats import FORMATS, load_camera_file, save_camera_file
 
 from ._common import NodeInputError, blame, numbered_output, require
+from ._files import read_path, reading
 from ._host import folder_paths, io, ui
 from .types import Trajectory
 
@@ -50,13 +51,10 @@ def list_camera_files(root: str | os.PathLike) -> list[str]:
 
 
 def _resolve_input(node: type, file: str) -> Path:
-    """The path of ``file`` in the input folder (``[output]``/``[temp]`` annotations honoured)."""
-    require(node, "file", isinstance(file, str) and file.strip() != "",
-            "is empty: put a camera file into ComfyUI's input folder (or upload one) and pick it")
-    path = Path(folder_paths.get_annotated_filepath(file))
-    if not path.exists():
-        raise NodeInputError(node, "file", f"names {file!r}, which does not exist (looked for {path})")
-    return path
+    """The camera file or COLMAP folder ``file`` names in the input folder (``[output]``/``[temp]`` annotations
+    honoured); one message for every name that does not lead to one inside its folder."""
+    return read_path(node, "file", file, "input", kind="any", what="camera file or COLMAP folder",
+                     hint="pick one from the list or upload one")
 
 
 class LoadTrajectory(io.ComfyNode):
@@ -100,7 +98,10 @@ class LoadTrajectory(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, file: str, **kwargs) -> str:
         """Re-run when the file (or a COLMAP folder's files) change on disk."""
-        path = Path(folder_paths.get_annotated_filepath(file))
+        try:
+            path = _resolve_input(cls, file)
+        except NodeInputError:
+            return str(file)  # execute reports it
         members = sorted(path.iterdir()) if path.is_dir() else [path]
         return ";".join(f"{p.name}:{p.stat().st_mtime_ns}:{p.stat().st_size}" for p in members if p.is_file())
 
@@ -114,7 +115,7 @@ class LoadTrajectory(io.ComfyNode):
                 f"and 'height' must both be 0 (file's size) or both be set, got {width}x{height}")
         path = _resolve_input(cls, file)
         image_size = (int(height), int(width)) if width else None
-        with blame(cls, "file"):
+        with reading(cls, "file", file, path, what="a camera file", arguments={"format": "format"}):
             cams = load_camera_file(path, format=None if format == AUTO else format, image_size=image_size)
         return io.NodeOutput(cams)
 

@@ -19,10 +19,13 @@ from mvcustom_core.cameras import CameraSet
 from mvcustom_core.customization.file_format import FORMAT_NAME, Customization, load_customization, save_customization
 from mvcustom_core.customization.reference_poses import (
     estimate_reference_cameras, prepare_reference_set, turntable_reference_cameras)
+from mvcustom_core.customization.subject_files import subject_of
 from mvcustom_core.customization.token import save_comfy_embedding
-from mvcustom_core.customization.training import TrainingConfig, checkpoint_path_for, train_customization
+from mvcustom_core.customization.training import (TrainingConfig, checkpoint_path_for, reference_digest,
+                                                  train_customization)
 
 from ._common import NodeInputError, Progress, blame, image_to_chw, input_named_in, require
+from ._files import claim, file_name, read_path, reading, write_owned
 from ._host import folder_paths, io, ui
 from .types import Backbone, Customization as CustomizationType, Trajectory
 
@@ -126,6 +129,13 @@ def _core_backbone(value: Any) -> Any:
     return load() if callable(load) else value
 
 
+# Core training arguments (marked with mvcustom_core.checks.about) -> this node's inputs.
+_TRAINING_ARGUMENTS = {"checkpoint": "resume", "backbone": "backbone", "reference": "images",
+                       "class_word": "class_word", "steps": "steps", "lr": "lr", "token_lr": "token_lr",
+                       "frames": "frames", "references": "references", "fg_weight": "fg_weight",
+                       "bg_weight": "bg_weight", "rgb_weight": "rgb_weight", "denoise_weight": "denoise_weight"}
+
+
 class TrainCustomization(io.ComfyNode):
     """Trains FeatureNeRF + fusion + the subject token on reference photos; writes the customization file."""
 
@@ -177,6 +187,10 @@ class TrainCustomization(io.ComfyNode):
                                tooltip="Weight of the FeatureNeRF RGB loss (CustomDiffusion360: 5)."),
                 io.Float.Input("denoise_weight", default=defaults.denoise_weight, min=0.0, max=1000.0, step=0.1,
                                optional=True, tooltip="Weight of the masked denoising loss."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip=("Replace files of this name that MVCustom did not write for these photos "
+                                          "(another subject's, or anyone else's). Off: such files are never "
+                                          "touched; a re-run for the same photos still replaces its own.")),
             ],
             outputs=[
                 CustomizationType.Output("customization", tooltip="The trained subject (MVC_CUSTOMIZATION)."),
@@ -189,7 +203,8 @@ class TrainCustomization(io.ComfyNode):
     def execute(cls, backbone: Any, images: torch.Tensor, masks: torch.Tensor, cameras: CameraSet,
                 class_word: str, name: str, steps: int, lr: float, token_lr: float, frames: int, references: int,
                 samples: int, seed: int, invert_mask: bool, resume: bool, fg_weight: float = 10.0,
-                bg_weight: float = 10.0, rgb_weight: float = 5.0, denoise_weight: float = 1.0) -> io.NodeOutput:
+                bg_weight: float = 10.0, rgb_weight: float = 5.0, denoise_weight: float = 1.0,
+                overwrite: bool = False) -> io.NodeOutput:
         require(cls, "backbone", all(hasattr(backbone, a) for a in ("unet", "vae", "text_encoder")),
                 f"must be an MVC_BACKBONE, got {type(backbone).__name__}")
         require(cls, "backbone", getattr(backbone, "tokenizer", None) is not None,
@@ -201,9 +216,7 @@ class TrainCustomization(io.ComfyNode):
                 f"must be an MVC_CAMERA_TRAJECTORY (CameraSet), got {type(cameras).__name__}")
         require(cls, "class_word", isinstance(class_word, str) and class_word.strip() != "",
                 "must be a word such as 'car', 'chair' or 'teddybear'")
-        stem = (name or "").strip()
-        require(cls, "name", stem != "" and Path(stem).name == stem and not stem.startswith("."),
-                f"must be a plain file name without folders, got {name!r}")
+        stem = file_name(cls, "name", name, what="file name")
         photos = image_to_chw(cls, "images", images)
         require(cls, "masks", isinstance(masks, torch.Tensor) and masks.ndim in (2, 3),
                 f"must be a MASK [N, H, W], got {getattr(masks, 'shape', type(masks).__name__)}")
@@ -218,11 +231,20 @@ class TrainCustomization(io.ComfyNode):
                                 seed=int(seed), featurenerf={"num_samples": int(samples)}, fg_weight=float(fg_weight),
                                 bg_weight=float(bg_weight), rgb_weight=float(rgb_weight),
                                 denoise_weight=float(denoise_weight))
-        names = ["steps", "lr", "token_lr", "frames", "references", "class_word", "fg_weight", "bg_weight",
-                 "rgb_weight", "denoise_weight"]
-        with blame(cls, input_named_in(names, "steps")):
+        with blame(cls, None, _TRAINING_ARGUMENTS):
             config.check()
         out = customization_folder() / f"{stem}.safetensors"
+        embedding = _embeddings_folder() / f"{stem}.safetensors"
+        checkpoint = checkpoint_path_for(out)
+        subject = reference_digest(reference)
+
+        def ours(path: Path) -> bool:
+            return subject_of(path) == subject
+
+        files = {f"models/{CUSTOMIZATION_FOLDER}/{out.name}": out, f"models/embeddings/{embedding.name}": embedding}
+        if not resume:  # resuming reads the checkpoint first and refuses one of another subject ('resume')
+            files[f"models/{CUSTOMIZATION_FOLDER}/{checkpoint.name}"] = checkpoint
+        claim(cls, "name", files, ours, bool(overwrite))
         progress = Progress(config.steps)
         every = max(1, config.steps // 100)
 
@@ -233,11 +255,16 @@ class TrainCustomization(io.ComfyNode):
             progress.callback(done, total)
 
         # ComfyUI runs nodes under torch.inference_mode; weights placed on the device there could not be trained.
-        with blame(cls, "backbone"), torch.inference_mode(False):
+        with blame(cls, None, _TRAINING_ARGUMENTS), torch.inference_mode(False):
             result = train_customization(_core_backbone(backbone), reference, config,
-                                         checkpoint=checkpoint_path_for(out), resume=bool(resume), progress=report)
-        save_customization(out, result.customization)
-        save_comfy_embedding(_embeddings_folder() / f"{stem}.safetensors", result.customization.token_embedding)
+                                         checkpoint=checkpoint, resume=bool(resume), progress=report)
+        write_owned(cls, "name", f"models/{CUSTOMIZATION_FOLDER}/{out.name}", out,
+                    lambda path, replace: save_customization(path, result.customization, replace=replace),
+                    ours, bool(overwrite))
+        write_owned(cls, "name", f"models/embeddings/{embedding.name}", embedding,
+                    lambda path, replace: save_comfy_embedding(path, result.customization.token_embedding,
+                                                               subject=subject, replace=replace),
+                    ours, bool(overwrite))
         prompt = f"photo of a embedding:{stem} {config.class_word}"
         last = result.customization.training.get("final_losses", {})
         summary = (f"saved models/{CUSTOMIZATION_FOLDER}/{stem}.safetensors and models/embeddings/{stem}.safetensors "
@@ -271,25 +298,31 @@ class LoadCustomization(io.ComfyNode):
 
     @classmethod
     def _path(cls, customization: str) -> Path:
-        require(cls, "customization", isinstance(customization, str) and customization.strip() != "",
-                "is empty: train a subject (Train Customization) or put a file into models/mvcustom")
-        path = customization_folder() / customization
-        if not path.is_file():
-            raise NodeInputError(cls, "customization", f"names {customization!r}, which does not exist ({path})")
-        return path
+        return read_path(cls, "customization", customization, CUSTOMIZATION_FOLDER, what="customization file",
+                         hint="pick one from the list: train a subject with Train Customization, or put its file "
+                              "into models/mvcustom")
+
+    @classmethod
+    def validate_inputs(cls, customization: str) -> bool | str:
+        """Queue-time check of the name (ComfyUI does not check V3 combo values against the list)."""
+        try:
+            cls._path(customization)
+        except NodeInputError as e:
+            return str(e)
+        return True
 
     @classmethod
     def fingerprint_inputs(cls, customization: str) -> str:
         try:
             stat = cls._path(customization).stat()
         except NodeInputError:
-            return customization
+            return str(customization)
         return f"{customization}:{stat.st_mtime_ns}:{stat.st_size}"
 
     @classmethod
     def execute(cls, customization: str) -> io.NodeOutput:
         path = cls._path(customization)
-        with blame(cls, "customization"):
+        with reading(cls, "customization", customization, path, CUSTOMIZATION_FOLDER, what="an MVCustom customization"):
             loaded: Customization = load_customization(path)
         prompt = f"photo of a embedding:{path.stem} {loaded.class_word}"
         return io.NodeOutput(loaded, prompt)

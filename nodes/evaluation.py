@@ -8,13 +8,23 @@ from mvcustom_core.cameras import CameraSet
 from mvcustom_core.eval import EvalOptions, evaluate_set, summarize
 from mvcustom_core.eval.table import format_markdown
 
-from ._common import blame, image_to_chw, require
+from ._common import blame, image_to_chw, redact_server_paths, require
+from ._files import read_path
 from ._host import io, ui
 from .types import Trajectory
 
 __all__ = ["EVALUATION_NODES", "EvaluateViews"]
 
 CATEGORY = "MVCustom/evaluation"
+EVAL_FOLDER = "mvcustom_eval"  # models/<this>/<folder>: local transformers models for the learned metrics
+
+
+def _model_folder(node: type, input_name: str, value: str) -> str | None:
+    """The model folder ``value`` names inside models/mvcustom_eval, None when empty."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return str(read_path(node, input_name, value.strip(), EVAL_FOLDER, kind="dir", what="model folder",
+                         hint=f"a folder inside ComfyUI's models/{EVAL_FOLDER}"))
 
 
 class EvaluateViews(io.ComfyNode):
@@ -43,9 +53,11 @@ class EvaluateViews(io.ComfyNode):
                 io.String.Input("prompt", default="", optional=True, tooltip="Prompt, for CLIP text alignment."),
                 io.Image.Input("references", optional=True, tooltip="Subject photos, for identity metrics."),
                 io.String.Input("clip_folder", default="", optional=True,
-                                tooltip="Local transformers CLIP folder (nothing is downloaded)."),
+                                tooltip=(f"Folder in models/{EVAL_FOLDER} holding a transformers CLIP model "
+                                         "(save_pretrained layout; nothing is downloaded); empty = skip.")),
                 io.String.Input("dino_folder", default="", optional=True,
-                                tooltip="Local transformers DINOv2 folder (nothing is downloaded)."),
+                                tooltip=(f"Folder in models/{EVAL_FOLDER} holding a transformers DINOv2 model "
+                                         "(nothing is downloaded); empty = skip.")),
             ],
             outputs=[
                 io.String.Output("report", tooltip="Markdown table in the layout of the paper's Table 2."),
@@ -64,16 +76,19 @@ class EvaluateViews(io.ComfyNode):
         require(cls, "trajectory", len(trajectory) == frames.shape[0],
                 f"has {len(trajectory)} cameras for {frames.shape[0]} images")
         refs = None if references is None else image_to_chw(cls, "references", references)
+        models = {name: _model_folder(cls, name, value) for name, value in (("clip_folder", clip_folder),
+                                                                            ("dino_folder", dino_folder))}
         options = EvalOptions(pose_accuracy=bool(pose_accuracy), reprojection=False,
                               rot_threshold_deg=float(rot_threshold_deg), trans_threshold=float(trans_threshold),
-                              clip_path=clip_folder.strip() or None, dino_path=dino_folder.strip() or None)
+                              clip_path=models["clip_folder"], dino_path=models["dino_folder"])
         cams = trajectory.with_image_size(tuple(frames.shape[-2:]))
         with blame(cls, "images"):
             result = evaluate_set(frames, cams, references=refs, prompt=prompt.strip() or None, options=options)
         report = format_markdown(summarize([{"method": "this graph", **result}]))
         skipped = result.get("unavailable", {})
         if skipped:
-            report += "\n" + "\n".join(f"- {metric}: {reason}" for metric, reason in skipped.items()) + "\n"
+            report += "\n" + "\n".join(f"- {metric}: {redact_server_paths(reason)}"
+                                        for metric, reason in skipped.items()) + "\n"
         cpa, rot = result["cpa"], result["rot_err_deg"]
         return io.NodeOutput(report, float(cpa), float(rot) if not math.isnan(rot) else math.nan,
                              ui=ui.PreviewText(report))

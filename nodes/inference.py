@@ -17,7 +17,7 @@ from mvcustom_core.customization.pose_block import PoseContext, remove_pose_bloc
 from mvcustom_core.inference import (CLCPlan, DFRPlan, depth_from_image, mvcustom_sample,
                                      prepare_run, resolve_anchor_geometry)
 from mvcustom_core.inference.clc import DEFAULT_CLC_FRACTION
-from mvcustom_core.inference.dfr import DEFAULT_DFR_FRACTION, anchor_index, dfr_previews
+from mvcustom_core.inference.dfr import DEFAULT_DFR_FRACTION, anchor_index, dfr_layers, dfr_previews
 from mvcustom_core.inference.export import export_views
 from mvcustom_core.inference.mvcustom_sampler import DEFAULT_CFG, DEFAULT_OVERLAP, DEFAULT_WINDOW
 from mvcustom_core.ops import DEFAULT_MAX_REL_DEPTH_JUMP
@@ -168,6 +168,9 @@ class DepthAwareFeatureRendering(io.ComfyNode):
                            layers=names, steps=None if int(steps) == USE_FRACTION else int(steps),
                            fraction=float(fraction), max_rel_depth_jump=float(max_rel_depth_jump),
                            guard_silhouettes=bool(guard_silhouettes))
+        if model is not None:
+            with blame(cls, "layers", {"layers": "layers"}):
+                dfr_layers(_unet(cls, model), plan)
         have_field = model is not None and customization is not None
         if depth is None and not have_field:  # field depth: known once the customization is applied
             blank = torch.zeros(1, 3, 8, 8)
@@ -219,6 +222,12 @@ class LatentCompletion(io.ComfyNode):
         with blame(cls, input_named_in(["tau", "erosion", "fraction"], "tau")):
             return io.NodeOutput(CLCPlan(fraction=float(fraction), erosion=int(erosion),
                                          tau=None if int(tau) == USE_FRACTION else int(tau)))
+
+
+# Core arguments of prepare_run / mvcustom_sample (marked with mvcustom_core.checks.about) -> Sampler inputs.
+_SAMPLER_ARGUMENTS = {"dfr": "dfr_plan", "clc": "clc_plan", "cams": "trajectory", "window": "window",
+                      "overlap": "overlap", "pose_ratio": "pose_ratio", "pose_context": "customization",
+                      "steps": "steps", "cond": "positive", "uncond": "negative", "seed": "seed", "cfg": "cfg"}
 
 
 class MVCustomSampler(io.ComfyNode):
@@ -282,6 +291,11 @@ class MVCustomSampler(io.ComfyNode):
             cond = conditioning_to_tensor(positive)
         with blame(cls, "negative"):
             uncond = conditioning_to_tensor(negative)
+        width = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
+        for name, text in (("positive", cond), ("negative", uncond)):
+            require(cls, name, not isinstance(width, int) or text.shape[-1] == width,
+                    f"has text features of width {text.shape[-1]}, but this model's UNet reads {width} (encode the "
+                    "prompt with the text encoder of the model's own checkpoint)")
         if callable(getattr(model, "load", None)):
             model.load()  # MVCBackbone: ComfyUI's model management places the modules
         ctx, installed = _pose_context(cls, unet, customization)
@@ -289,11 +303,11 @@ class MVCustomSampler(io.ComfyNode):
             device = next(unet.parameters()).device
             cams_dev = cams.to(device=device, dtype=torch.float32)
             inputs = ["trajectory", "dfr_plan", "window", "overlap", "pose_ratio", "clc_plan", "customization"]
-            with blame(cls, input_named_in(inputs, "dfr_plan")):
+            with blame(cls, input_named_in(inputs, None), _SAMPLER_ARGUMENTS):
                 run = prepare_run(unet, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan, steps=int(steps),
                                   pose_ratio=float(pose_ratio), window=int(window), overlap=int(overlap))
             progress = Progress(int(steps))
-            with blame(cls, "positive"):
+            with blame(cls, None, _SAMPLER_ARGUMENTS):
                 latents = mvcustom_sample(unet, cond, uncond, cams_dev, pose_context=ctx, dfr=dfr_plan,
                                           clc=clc_plan, seed=int(seed), steps=int(steps), cfg=float(cfg),
                                           pose_ratio=float(pose_ratio),

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.customization.pose_block import (
     PoseConditionedBlock, PoseContext, install_pose_blocks, pose_blocks, remove_pose_blocks)
-from mvcustom_core.files import atomic_write
+from mvcustom_core.files import Replace, atomic_write
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CustomizationFileError", "BackboneMismatchError", "Customization",
            "backbone_fingerprint", "check_backbone", "save_customization", "load_customization",
@@ -133,8 +133,9 @@ def check_backbone(expected: dict[str, Any], unet: nn.Module, where: str = "cust
 
 
 # ------------------------------------------------------------------------------------ save / load
-def save_customization(path: str | os.PathLike, customization: Customization) -> Path:
-    """Write ``customization`` to ``path`` (safetensors, atomically)."""
+def save_customization(path: str | os.PathLike, customization: Customization, *, replace: Replace = True) -> Path:
+    """Write ``customization`` to ``path`` (safetensors, atomically; ``replace`` as in
+    :func:`~mvcustom_core.files.atomic_write`)."""
     from safetensors.torch import save_file
 
     c = customization
@@ -158,7 +159,7 @@ def save_customization(path: str | os.PathLike, customization: Customization) ->
         "prompt_template": c.prompt_template,
         "training": json.dumps(c.training),
     }
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), replace=replace)
 
 
 def _json(meta: dict[str, str], key: str, path: Path) -> Any:

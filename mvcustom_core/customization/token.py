@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mvcustom_core.files import atomic_write
+from mvcustom_core.files import Replace, atomic_write
 
 __all__ = ["DEFAULT_TOKEN", "SubjectTokenError", "SubjectTokenEmbedding", "add_subject_token",
            "remove_subject_token", "subject_token_embedding", "class_word_embedding", "save_comfy_embedding",
@@ -33,6 +33,7 @@ __all__ = ["DEFAULT_TOKEN", "SubjectTokenError", "SubjectTokenEmbedding", "add_s
 
 DEFAULT_TOKEN = "<mvc-subject>"
 COMFY_EMBEDDING_KEY = "emb_params"
+EMBEDDING_SOURCE = "mvcustom"  # header "source" of the embeddings this pack writes
 
 
 class SubjectTokenError(ValueError):
@@ -147,13 +148,17 @@ def remove_subject_token(text_encoder: nn.Module) -> None:
         owner.token_embedding = owner.token_embedding.base
 
 
-def save_comfy_embedding(path: str | os.PathLike, vector: Tensor) -> Path:
+def save_comfy_embedding(path: str | os.PathLike, vector: Tensor, *, subject: str | None = None,
+                         replace: Replace = True) -> Path:
     """Write ``vector`` (``[D]`` or ``[1, D]``) as a ComfyUI/A1111 embedding: safetensors ``{"emb_params": [1, D]}``.
 
-    Put it in ComfyUI's ``models/embeddings/`` and write ``embedding:<file stem>`` in a prompt.
+    Put it in ComfyUI's ``models/embeddings/`` and write ``embedding:<file stem>`` in a prompt. ``subject``
+    (the reference-data digest of the customization) goes into the header, so a later run for the same
+    subject knows the file is its own; ``replace`` as in :func:`~mvcustom_core.files.atomic_write`.
     """
     from safetensors.torch import save_file
 
     emb = vector.detach().float().cpu().reshape(1, -1).contiguous()
-    return atomic_write(path, lambda tmp: save_file({COMFY_EMBEDDING_KEY: emb}, str(tmp),
-                                                    metadata={"format": "pt", "source": "mvcustom"}))
+    metadata = {"format": "pt", "source": EMBEDDING_SOURCE, **({"subject": subject} if subject else {})}
+    return atomic_write(path, lambda tmp: save_file({COMFY_EMBEDDING_KEY: emb}, str(tmp), metadata=metadata),
+                        replace=replace)

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from mvcustom_core.cameras import CameraSet
+from mvcustom_core.checks import about
 from mvcustom_core.customization.file_format import (
     Customization, backbone_fingerprint, check_backbone, customization_from_unet)
 from mvcustom_core.customization.losses import FeatureNeRFLossWeights, featurenerf_losses, masked_denoising_loss
@@ -56,6 +57,8 @@ __all__ = ["TrainingConfig", "TrainingResult", "TrainingError", "CHECKPOINT_FORM
            "encode_references", "unet_epsilon", "capture_reference_bank", "bank_indices", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "mvcustom.training-checkpoint/1"
+_CHECKPOINT_KEYS = {"step", "data", "pose", "token", "optimizer", "generator", "config", "resume_key", "backbone",
+                    "losses"}
 ProgressFn = Callable[[int, int, dict], None]
 
 
@@ -131,19 +134,20 @@ class TrainingConfig:
         for name, low in ints.items():
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
-                raise TrainingError(f"{name} must be an integer ≥ {low}, got {value!r}")
+                raise about(name, TrainingError(f"{name} must be an integer ≥ {low}, got {value!r}"))
         for name in ("lr", "token_lr", "weight_decay", "denoise_weight", "fg_weight", "bg_weight", "rgb_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise TrainingError(f"{name} must be a finite number ≥ 0, got {value!r}")
+                raise about(name, TrainingError(f"{name} must be a finite number ≥ 0, got {value!r}"))
         if not (isinstance(self.text_dropout, (int, float)) and 0.0 <= self.text_dropout <= 1.0):
-            raise TrainingError(f"text_dropout must be in [0, 1], got {self.text_dropout!r}")
+            raise about("text_dropout", TrainingError(f"text_dropout must be in [0, 1], got {self.text_dropout!r}"))
         if self.timesteps not in ("cubic", "uniform"):
-            raise TrainingError(f"timesteps must be 'cubic' or 'uniform', got {self.timesteps!r}")
+            raise about("timesteps", TrainingError(f"timesteps must be 'cubic' or 'uniform', got {self.timesteps!r}"))
         if not self.class_word or not self.class_word.strip():
-            raise TrainingError("class_word must be a word such as 'car', 'chair' or 'teddybear'")
+            raise about("class_word", TrainingError("class_word must be a word such as 'car', 'chair' or 'teddybear'"))
         if "{token}" not in self.prompt_template:
-            raise TrainingError(f"prompt_template must contain {{token}}, got {self.prompt_template!r}")
+            raise about("prompt_template",
+                        TrainingError(f"prompt_template must contain {{token}}, got {self.prompt_template!r}"))
 
     def resume_key(self) -> dict:
         """Settings that must match for a checkpoint to be resumed (``steps`` may grow)."""
@@ -264,9 +268,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise TrainingError(f"{path}: not a readable training checkpoint: {error}") from error
+        raise about("checkpoint", TrainingError(f"{path}: not a readable training checkpoint: {error}")) from error
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{path}: not an MVCustom training checkpoint ({CHECKPOINT_FORMAT})")
+        raise about("checkpoint", TrainingError(f"{path}: not an MVCustom training checkpoint ({CHECKPOINT_FORMAT})"))
+    missing = sorted(_CHECKPOINT_KEYS - set(data))
+    if missing:
+        raise about("checkpoint", TrainingError(f"{path}: training checkpoint without {', '.join(missing)}"))
     return data
 
 
@@ -318,8 +325,9 @@ def train_customization(
         :class:`TrainingResult`.
     """
     if any(p.is_inference() for p in backbone.unet.parameters()):
-        raise TrainingError("the backbone's weights were created under torch.inference_mode, so autograd cannot "
-                            "use them; build or load the backbone with inference mode off")
+        raise about("backbone", TrainingError("the backbone's weights were created under torch.inference_mode, so "
+                                              "autograd cannot use them; build or load the backbone with inference "
+                                              "mode off"))
     cams = reference.cameras
     reference = ReferenceSet(reference.images.clone(), reference.masks.clone(),
                              CameraSet(K=cams.K.clone(), c2w=cams.c2w.clone(), image_size=cams.image_size),
@@ -327,16 +335,18 @@ def train_customization(
     config.check()
     unet, vae, text_encoder = backbone.unet, backbone.vae, backbone.text_encoder
     if getattr(backbone, "tokenizer", None) is None:
-        raise TrainingError("the backbone has no tokenizer; the subject token needs one")
+        raise about("backbone", TrainingError("the backbone has no tokenizer; the subject token needs one"))
     m, (h, w) = len(reference), reference.images.shape[-2:]
     if h % 8 or w % 8:
-        raise TrainingError(f"reference images are {w}x{h}; both sides must be multiples of 8 (VAE factor)")
+        raise about("reference", TrainingError(f"reference images are {w}x{h}; both sides must be multiples of 8 "
+                                               "(VAE factor)"))
     if next(pose_blocks(unet), None) is not None:
-        raise TrainingError("the UNet already has pose blocks installed; train on a clean backbone")
+        raise about("backbone", TrainingError("the UNet already has pose blocks installed; train on a clean backbone"))
     unet_dtype = next(unet.parameters()).dtype
     if unet_dtype != torch.float32:
-        raise TrainingError(f"the backbone UNet is {unet_dtype}; training needs float32 weights (the trained fusion "
-                            f"layers sit in the UNet's token path): load the backbone with dtype fp32")
+        raise about("backbone", TrainingError(f"the backbone UNet is {unet_dtype}; training needs float32 weights (the "
+                                              "trained fusion layers sit in the UNet's token path): load the "
+                                              "backbone with dtype fp32"))
     tokenizer = copy.deepcopy(backbone.tokenizer)
     device = next(unet.parameters()).device
     fingerprint = backbone_fingerprint(unet)
@@ -345,12 +355,16 @@ def train_customization(
     state = load_checkpoint(ckpt_path) if ckpt_path is not None and resume and ckpt_path.exists() else None
     if state is not None:
         if json.loads(state["resume_key"]) != config.resume_key():
-            raise TrainingError(f"{ckpt_path}: checkpoint was written with other settings; delete it or train "
-                                f"with the same settings (only steps may change)")
-        check_backbone(json.loads(state["backbone"]), unet, f"checkpoint {ckpt_path}")
+            raise about("checkpoint", TrainingError(f"{ckpt_path}: checkpoint was written with other settings; turn "
+                                                    "resume off, or train with the same settings (only steps may "
+                                                    "change)"))
+        try:
+            check_backbone(json.loads(state["backbone"]), unet, f"checkpoint {ckpt_path}")
+        except ValueError as error:
+            raise about("checkpoint", error)
         if state.get("data") != data_digest:
-            raise TrainingError(f"{ckpt_path}: checkpoint was written for other photos, masks or cameras; delete it "
-                                f"or train on the same reference set")
+            raise about("checkpoint", TrainingError(f"{ckpt_path}: checkpoint was written for other photos, masks or "
+                                                    "cameras; turn resume off, or train on the same reference set"))
 
     from diffusers import DDPMScheduler
 
@@ -465,7 +479,7 @@ def train_customization(
         capture_reference_bank(unet, ctx, latents[idx], cams[idx], texts, config.bank_timestep, bank_noise,
                                scheduler)
         training = {"config": asdict(config), "steps_done": done, "final_losses": history[-1] if history else {},
-                    "num_photos": m, "bank_indices": idx.tolist()}
+                    "num_photos": m, "bank_indices": idx.tolist(), "reference_digest": data_digest}
         customization = customization_from_unet(
             unet, ctx, token=config.token, class_word=config.class_word, token_embedding=token_emb.vector,
             prompt_template=config.prompt_template, training=training)

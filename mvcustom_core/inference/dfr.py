@@ -27,10 +27,10 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from mvcustom_core.backbone.hooks import FeatureHook
+from mvcustom_core.backbone.hooks import FeatureHook, hookable_layers
 from mvcustom_core.backbone.schedule import check_fraction, leading_steps
 from mvcustom_core.cameras import CameraSet
-from mvcustom_core.checks import check_shape
+from mvcustom_core.checks import about, check_shape
 from mvcustom_core.inference.anchor_depth import AlignedDepth, DepthKind, align_depth, field_depth
 from mvcustom_core.ops import (DEFAULT_MAX_REL_DEPTH_JUMP, FeatureMesh, RenderPlan, apply_plan, build_feature_mesh,
                                plan_mesh_render, resample_depth)
@@ -113,6 +113,21 @@ def default_dfr_layers(unet: torch.nn.Module) -> list[str]:
     if not ups:
         raise DFRError(f"{type(unet).__name__} has no upsampling decoder blocks; pass DFR layers explicitly")
     return ups[-2:]
+
+
+def dfr_layers(unet: torch.nn.Module, plan: "DFRPlan") -> list[str]:
+    """The module paths ``plan`` hooks in ``unet``: its ``layers``, or :func:`default_dfr_layers`. Names that are
+    not hookable modules of ``unet`` raise :class:`DFRError` marked as being about ``layers``."""
+    if not plan.layers:
+        return default_dfr_layers(unet)
+    hookable = hookable_layers(unet)
+    missing = [name for name in plan.layers if name not in hookable]
+    if missing:
+        raise about("layers", DFRError(
+            f"DFR layers {missing} are not hookable modules of this UNet; use module paths such as "
+            f"{default_dfr_layers(unet)} (decoder blocks) or others from hookable_layers(unet), e.g. "
+            f"{hookable[:4]}"))
+    return list(plan.layers)
 
 
 @dataclass

@@ -25,10 +25,11 @@ from torch import Tensor
 
 from mvcustom_core.backbone.sampler import sample
 from mvcustom_core.cameras import CameraSet
+from mvcustom_core.checks import within
 from mvcustom_core.customization.pose_block import (PoseBlockError, PoseContext, active_pose_steps, pose_blocks,
                                                     pose_step_relay)
 from mvcustom_core.inference.clc import CLCError, CLCHook, CLCPlan, keep_mask
-from mvcustom_core.inference.dfr import AnchorGeometry, DFRHook, DFRPlan, default_dfr_layers, resolve_anchor_geometry
+from mvcustom_core.inference.dfr import AnchorGeometry, DFRHook, DFRPlan, dfr_layers, resolve_anchor_geometry
 from mvcustom_core.inference.windows import WindowedUNet, plan_windows
 
 __all__ = ["mvcustom_sample", "MVCustomRun", "prepare_run", "check_trajectory_in_scene", "DEFAULT_CFG", "DEFAULT_WINDOW", "DEFAULT_OVERLAP"]
@@ -94,8 +95,11 @@ def prepare_run(
     if clc is not None and dfr is None and geometry is None:
         raise CLCError("latent completion needs the anchor geometry of a DFR plan (connect a DFR plan; "
                        "a DFR fraction of 0 gives geometry without feature replacement)")
-    if dfr is not None and geometry is None:
-        geometry = resolve_anchor_geometry(dfr, cams, unet=unet, pose_context=pose_context)[0]
+    if dfr is not None:
+        with within("dfr"):
+            layers = dfr_layers(unet, dfr)
+            if geometry is None:
+                geometry = resolve_anchor_geometry(dfr, cams, unet=unet, pose_context=pose_context)[0]
     run.geometry = geometry
     anchor = geometry.anchor if geometry is not None else None
     # Before the pose context is touched: a bad window / overlap must not leave it in render mode.
@@ -118,7 +122,6 @@ def prepare_run(
         run.hooks.append(pose_step_relay(unet, pose_context))
 
     if dfr is not None:
-        layers = list(dfr.layers) if dfr.layers else default_dfr_layers(unet)
         run.dfr = DFRHook(geometry, layers, dfr.active_steps(steps))
         run.hooks.append(run.dfr)
 

@@ -156,11 +156,12 @@ def test_load_node_errors_name_node_and_input(node, run, models, tiny_files):
     (models.dir / "animatediff_models").mkdir()
     os.link(tiny_files / "tiny_mm.safetensors", models.dir / "animatediff_models" / "mm.safetensors")
     os.link(tiny_files / "tiny_mm.safetensors", models.dir / "checkpoints" / "mm_in_checkpoints.safetensors")
-    with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'checkpoint' names 'nope\.safetensors', "
-                                         r"which is not in the 'checkpoints' folders"):
+    with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'checkpoint' must name a model file in "
+                                         r"models/checkpoints; 'nope\.safetensors' is not one"):
         run(cls, checkpoint="nope.safetensors", motion_module="mm.safetensors")
-    with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'checkpoint' is invalid: .*not an SD1\.x "
-                                         r"single-file checkpoint: looks like an AnimateDiff motion module"):
+    with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'checkpoint' 'mm_in_checkpoints\.safetensors' "
+                                         r"could not be read as an SD1\.x checkpoint: .*not an SD1\.x single-file "
+                                         r"checkpoint: looks like an AnimateDiff motion module"):
         run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="mm.safetensors")
     with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'motion_module' is empty"):
         run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="")

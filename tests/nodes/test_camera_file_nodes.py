@@ -46,13 +46,16 @@ def test_load_matches_the_core_reader(node, run, comfy_dirs, realestate_pose_fil
 
 def test_load_errors_name_node_and_input(node, run, comfy_dirs):
     load = node("MVC_LoadTrajectory")
-    with pytest.raises(ValueError, match=r"^MVCustom Load Trajectory: input 'file' names 'nope.txt', which does not"):
+    with pytest.raises(ValueError, match=r"^MVCustom Load Trajectory: input 'file' must name a camera file or COLMAP "
+                                         r"folder in ComfyUI's input folder; 'nope.txt' is not one"):
         run(load, file="nope.txt")
     assert load.validate_inputs(file="nope.txt").startswith("MVCustom Load Trajectory: input 'file'")
     (comfy_dirs["input"] / "bad.txt").write_text("https://example.com\n0 0.5 0.9 0.5 0.5 0 0 1 0 0\n")
     assert load.validate_inputs(file="bad.txt") is True
-    with pytest.raises(ValueError, match=r"^MVCustom Load Trajectory: input 'file' is invalid: .*bad\.txt.*line 2"):
+    with pytest.raises(ValueError, match=r"^MVCustom Load Trajectory: input 'file' 'bad\.txt' could not be read as a "
+                                         r"camera file: bad\.txt.*line 2") as raised:
         run(load, file="bad.txt")
+    assert str(comfy_dirs["input"]) not in str(raised.value)  # the server's folders are not shown
     with pytest.raises(ValueError, match=r"^MVCustom Load Trajectory: input 'width' and 'height' must both be 0"):
         run(load, file="bad.txt", width=64, height=0)
 
@@ -83,6 +86,7 @@ def test_save_round_trips_through_the_output_folder(node, run, comfy_dirs, fmt):
 
 def test_save_refuses_a_prefix_outside_the_output_folder(node, run, comfy_dirs):
     cams = make_trajectory("static", 1)
-    with pytest.raises(ValueError, match=r"^MVCustom Save Trajectory: input 'filename_prefix' is invalid"):
+    with pytest.raises(ValueError, match=r"^MVCustom Save Trajectory: input 'filename_prefix' must be a path inside "
+                                         r"ComfyUI's output folder"):
         run(node("MVC_SaveTrajectory"), trajectory=cams, filename_prefix="../../escape", format="realestate10k")
     assert list(comfy_dirs["output"].iterdir()) == []

@@ -83,7 +83,7 @@ def test_bad_inputs_are_named(nodes, backbone, photos):
     for override, pattern in cases:
         with pytest.raises(ValueError, match=pattern):
             run_node(train, **{**base, **override})
-    with pytest.raises(ValueError, match="input 'customization'.*does not exist"):
+    with pytest.raises(ValueError, match="input 'customization' must name a customization file in models/mvcustom"):
         run_node(nodes.LoadCustomization, customization="absent.safetensors")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mvcustom_core.cameras.camera_set import CameraSet
+from mvcustom_core.checks import about
 from mvcustom_core.cameras.formats._common import PoseFileError, atomic_write_text
 from mvcustom_core.cameras.formats.cameractrl_poses import (DEFAULT_POSE_SIZE, cameractrl_resize,
                                                             cameras_from_cameractrl_poses, cameras_to_cameractrl_poses)
@@ -92,6 +93,21 @@ def detect_format(path: str | os.PathLike) -> str:
     raise PoseFileError(f"{path}: cannot tell the camera format from the name; pass format= one of {FORMATS}")
 
 
+_COLMAP_FILES = ("cameras.txt", "images.txt", "points3d.txt", "cameras.bin", "images.bin", "points3d.bin")
+
+
+def _check_kind(path: Path, fmt: str) -> None:
+    """A format that reads one file given a folder, or a folder reader given a stray file, is a wrong
+    ``format`` (marked so with :func:`~mvcustom_core.checks.about`), not a broken file."""
+    if path.is_dir() and fmt not in ("colmap", "transforms_json"):
+        raise about("format", PoseFileError(f"{path} is a folder; format {fmt!r} reads a single file"))
+    if fmt == "colmap" and not path.is_dir() and path.name.lower() not in _COLMAP_FILES:
+        raise about("format", PoseFileError(f"{path} is not part of a COLMAP model; format 'colmap' reads a model "
+                                            "folder (cameras, images and points3D files) or one of its files"))
+    if fmt == "transforms_json" and path.is_dir() and not (path / "transforms.json").is_file():
+        raise about("format", PoseFileError(f"{path} is a folder without a transforms.json"))
+
+
 def _check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown camera format {fmt!r}; expected one of {FORMATS}")
@@ -120,6 +136,7 @@ def load_camera_file_with_meta(path: str | os.PathLike, *, format: str | None = 
     fmt = _check_format(format) if format is not None else detect_format(path)
     if not path.exists():
         raise FileNotFoundError(f"camera file not found: {path}")
+    _check_kind(path, fmt)
     if fmt == "realestate10k":
         cams, meta = read_realestate10k(path, image_size=image_size or DEFAULT_POSE_SIZE, **options)
     elif fmt == "cameractrl_json":
