@@ -274,3 +274,21 @@ def test_dfr_node_field_previews_with_model_and_customization(node, run, backbon
     expected_completion, expected_views = dfr_previews(geometry)
     torch.testing.assert_close(completion[..., 0], expected_completion[:, 0])
     torch.testing.assert_close(views, expected_views.permute(0, 2, 3, 1))
+
+
+def test_dfr_layers_that_are_not_modules_are_named_where_they_were_typed(node, run, backbone):
+    """Finding: DFR layers="abc,zz" came out as the Sampler's 'positive'."""
+    cams = _cams()
+    dfr = node("MVC_DepthAwareFeatureRendering")
+    depth = dict(depth_source="depth image (depth, far = bright)", depth_image=_depth_image(2.5), scale=1.0)
+    with pytest.raises(ValueError, match=r"^MVCustom Depth-Aware Feature Rendering: input 'layers' is invalid: DFR "
+                                         r"layers \['abc', 'zz'\] are not hookable modules of this UNet"):
+        run(dfr, trajectory=cams, layers="abc, zz", model=backbone, **depth)  # checked when a model is connected
+    plan = run(dfr, trajectory=cams, layers="abc,zz", **depth).args[0]  # without one it cannot be checked here
+    with pytest.raises(ValueError, match=r"^MVCustom Sampler: input 'dfr_plan' is invalid: DFR layers \['abc', 'zz'\]"):
+        run(node("MVC_MVCustomSampler"), model=backbone, trajectory=cams, positive=_conditioning(1),
+            negative=_conditioning(2), dfr_plan=plan, **SAMPLER)
+    with pytest.raises(ValueError, match=r"^MVCustom Sampler: input 'negative' has text features of width 48, but "
+                                         r"this model's UNet reads 32"):
+        run(node("MVC_MVCustomSampler"), model=backbone, trajectory=cams, positive=_conditioning(1),
+            negative=[[torch.zeros(1, 5, 48), {}]], **SAMPLER)
