@@ -26,7 +26,7 @@ from ._host import io
 from .trajectories import CATEGORY, MAX_FRAMES, _check_frames, _check_size, _check_trajectory, _size_inputs
 from .types import Trajectory
 
-__all__ = ["TRAJECTORY_PRESET_NODES", "PresetFamily", "FAMILIES", "CAMERACTRL_SLOTS", "PRESET_WIDGET_ORDER",
+__all__ = ["TRAJECTORY_PRESET_NODES", "PresetFamily", "FAMILIES", "FAMILY_NODES", "CAMERACTRL_SLOTS", "PRESET_WIDGET_ORDER",
            "preset_widget_inputs", "family_parameters", "OrbitTrajectory", "SpiralTrajectory",
            "LemniscateTrajectory", "MoveTrajectory", "TurnTrajectory", "ZoomTrajectory", "StaticCamera",
            "CameraCtrlTrajectory", "CameraTrajectory"]
@@ -163,8 +163,8 @@ def _fov_input() -> io.Input:
                           tooltip="Vertical field of view of the first frame, in degrees (square pixels).")
 
 
-def _frames_input(default: int = 16) -> io.Input:
-    return io.Int.Input("frames", default=default, min=1, max=MAX_FRAMES,
+def _frames_input() -> io.Input:
+    return io.Int.Input("frames", default=16, min=1, max=MAX_FRAMES,
                         tooltip="Number of cameras (views) on the path, ≥ 1.")
 
 
@@ -213,46 +213,16 @@ class _FamilyNode:
         return io.NodeOutput(cams)
 
 
-class OrbitTrajectory(_FamilyNode, io.ComfyNode):
-    """A horizontal circle around the subject."""
-
-    FAMILY = FAMILIES[0]
-
-
-class SpiralTrajectory(_FamilyNode, io.ComfyNode):
-    """An orbit with changing elevation and radius."""
-
-    FAMILY = FAMILIES[1]
+def _family_node(family: PresetFamily) -> type[io.ComfyNode]:
+    """The node class of ``family``, named after its node id (``MVC_OrbitTrajectory`` -> ``OrbitTrajectory``)."""
+    name = family.node_id.removeprefix("MVC_")
+    return type(name, (_FamilyNode, io.ComfyNode), {"FAMILY": family, "__module__": __name__, "__qualname__": name,
+                                                    "__doc__": f"{family.display_name}: {', '.join(family.presets)}."})
 
 
-class LemniscateTrajectory(_FamilyNode, io.ComfyNode):
-    """A figure eight in front of the subject."""
-
-    FAMILY = FAMILIES[2]
-
-
-class MoveTrajectory(_FamilyNode, io.ComfyNode):
-    """dolly, dolly_in, dolly_out, truck, pedestal."""
-
-    FAMILY = FAMILIES[3]
-
-
-class TurnTrajectory(_FamilyNode, io.ComfyNode):
-    """pan, tilt, roll."""
-
-    FAMILY = FAMILIES[4]
-
-
-class ZoomTrajectory(_FamilyNode, io.ComfyNode):
-    """zoom_in, zoom_out, dolly_zoom_in, dolly_zoom_out."""
-
-    FAMILY = FAMILIES[5]
-
-
-class StaticCamera(_FamilyNode, io.ComfyNode):
-    """One camera, repeated."""
-
-    FAMILY = FAMILIES[6]
+FAMILY_NODES = [_family_node(family) for family in FAMILIES]
+(OrbitTrajectory, SpiralTrajectory, LemniscateTrajectory, MoveTrajectory, TurnTrajectory, ZoomTrajectory,
+ StaticCamera) = FAMILY_NODES
 
 
 # ---------------------------------------------------------------------------------------------- CameraCtrl
@@ -320,7 +290,8 @@ class CameraCtrlTrajectory(io.ComfyNode):
                     f"must be one of {list(CAMERACTRL_PRESET_NAMES)}, got {name!r}")
             names.append(name)
             strengths.append(slots.get(f"strength_{k}", 1.0))
-        with blame(cls, input_named_in(["speed", "frames", *(f"strength_{k}" for k in range(1, 7))], "speed")):
+        with blame(cls, input_named_in(["speed", "frames", *(f"strength_{k}" for k in range(1, CAMERACTRL_SLOTS + 1))],
+                                       "speed")):
             cams = cameractrl_trajectory(names, frames, speed=speed, strengths=strengths, convention=convention,
                                          image_size=image_size)
         if previous is not None:
@@ -398,7 +369,4 @@ class CameraTrajectory(io.ComfyNode):
         return io.NodeOutput(cams)
 
 
-TRAJECTORY_PRESET_NODES: list[type[io.ComfyNode]] = [
-    OrbitTrajectory, SpiralTrajectory, LemniscateTrajectory, MoveTrajectory, TurnTrajectory, ZoomTrajectory,
-    StaticCamera, CameraCtrlTrajectory, CameraTrajectory,
-]
+TRAJECTORY_PRESET_NODES: list[type[io.ComfyNode]] = [*FAMILY_NODES, CameraCtrlTrajectory, CameraTrajectory]
