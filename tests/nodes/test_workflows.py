@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import json
+import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +105,43 @@ def test_ui_workflow_is_the_same_graph_as_the_api_workflow(node_classes, name):
         assert not values, f"{name} node {n['id']}: {len(values)} widget values too many"
         assert {k: v for k, v in stored.items() if not isinstance(inputs.get(k), list)} == constants, \
             f"{name} node {n['id']}"
+
+
+def _generator():
+    """scripts/workflow_api_to_ui.py, imported by path (the suite runs with --import-mode=importlib)."""
+    spec = importlib.util.spec_from_file_location("mvc_workflow_api_to_ui", REPO_ROOT / "scripts" / "workflow_api_to_ui.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_layout_keeps_nodes_apart_and_right_of_their_sources(name):
+    """Whatever sizes the frontend reports, the generator's layout gives every node at least that size (plus the
+    image-preview room for output nodes), keeps title bars and bodies apart, and puts each node right of its
+    sources with room for the links."""
+    gen, ui = _generator(), _load(UI_DIR, name)
+    rng, title = random.Random(name), 30.0
+    sizes = {n["id"]: (rng.uniform(140, 480), rng.uniform(26, 700)) for n in ui["nodes"]}
+    outputs = {n["id"] for n in ui["nodes"] if rng.random() < 0.5}
+    gen.lay_out(ui, sizes, title, outputs)
+    box = {n["id"]: (n["pos"][0], n["pos"][1] - title, n["size"][0], n["size"][1] + title) for n in ui["nodes"]}
+    for n in ui["nodes"]:
+        w, h = sizes[n["id"]]
+        assert n["size"][0] >= w - 0.5 and n["size"][1] >= h + (gen.IMAGE_PREVIEW_HEIGHT if n["id"] in outputs else 0) - 0.5
+    for (a, (xa, ya, wa, ha)), (b, (xb, yb, wb, hb)) in itertools.combinations(box.items(), 2):
+        assert xa + wa <= xb or xb + wb <= xa or ya + ha <= yb or yb + hb <= ya, f"{name}: nodes {a} and {b} overlap"
+    for _link, src, _slot, dst, _dst_slot, _type in ui["links"]:
+        assert box[dst][0] >= box[src][0] + box[src][2] + gen.COLUMN_GAP - 0.5, f"{name}: {src} → {dst}"
+
+
+def test_docs_list_every_workflow():
+    """docs/nodes.md has one row per shipped workflow (both formats share the name)."""
+    text = (REPO_ROOT / "docs" / "nodes.md").read_text()
+    table = text[text.index("## Workflows"):].split("\n## ")[0]
+    listed = {row.split("|")[1].strip().strip("`") for row in table.splitlines() if row.startswith("| `")}
+    assert listed == set(WORKFLOWS)
