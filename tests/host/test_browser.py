@@ -84,6 +84,10 @@ def test_example_workflow_loads_with_every_node_and_nothing_overlapping(page, sh
     assert sorted(n.id for n in nodes) == sorted(n["id"] for n in workflow["nodes"])
     assert [n.type for n in nodes if not n.registered] == [], "node types the frontend does not know"
     assert _overlapping(nodes) == []
+    # a node the frontend had to make taller has gained inputs since its twin was made
+    stored = {n["id"]: n["size"][1] for n in workflow["nodes"]}
+    assert [(n.id, n.type, stored[n.id], n.size[1]) for n in nodes if n.size[1] != stored[n.id]] == [], \
+        "stale layout: regenerate with scripts/workflow_api_to_ui.py --server <this server> (docs/nodes.md)"
     assert page.problems(MARKER, since) == []
 
 
