@@ -3,7 +3,9 @@
 Files come from ComfyUI's model folders: ``checkpoints`` for SD1.x single files, ``animatediff_models`` for motion
 modules (registered here when AnimateDiff-Evolved has not done so: ``models/animatediff_models``, plus the pack's
 ``models/mvcustom``, where ``scripts/train_backbone.py`` output can be put). The modules are wrapped in ComfyUI
-``ModelPatcher`` objects, so ComfyUI's model management loads and offloads them (:meth:`MVCBackbone.load`).
+``ModelPatcher`` objects, so ComfyUI's model management loads and offloads them; nodes run on per-run views of
+them (:func:`nodes.bridge.prepare_backbone`), so the loaded modules are never patched. A MODEL from Load Checkpoint
+becomes an ``MVC_BACKBONE`` through ``MVC_ApplyMotionModule`` (``nodes/bridge.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from mvcustom_core.backbone.dense_attention import set_motion_attention
 from mvcustom_core.backbone.loading import Backbone, build_backbone, load_sd15_checkpoint
+from mvcustom_core.backbone.module_view import module_view
 from mvcustom_core.backbone.motion_module import load_motion_module, trained_attention_window
 from mvcustom_core.backbone.text import load_tokenizer
 from mvcustom_core.backbone.tiny import tiny_backbone
@@ -27,7 +30,8 @@ from ._host import comfy_utils, folder_paths, io, model_management, model_patche
 from .types import Backbone as BackboneType
 
 __all__ = ["BACKBONE_NODES", "MVCBackbone", "HostedModule", "LoadBackbone", "TinyBackbone", "register_model_folders",
-           "MOTION_FOLDER", "PACK_FOLDER", "DTYPES"]
+           "model_files", "resolve_model_file", "comfy_tokenizer", "attention_window", "MOTION_FOLDER", "PACK_FOLDER",
+           "DTYPES", "CATEGORY", "AUTO_WINDOW", "WINDOW_TOOLTIP"]
 
 CATEGORY = "MVCustom/backbone"
 MOTION_FOLDER = "animatediff_models"
@@ -39,60 +43,54 @@ _WINDOW_CHOICES = (
     "spatio-temporal attention over all frames within a k x k spatial window (MVCustom Sec. 3.3, trained "
     "progressively in stage 0). 0 = full: dense attention over all frames and positions. Dense attention (0 or "
     "k >= 3) on a stock AnimateDiff module is untrained and changes its output: MVCustom trains it first.")
-_WINDOW_TOOLTIP = ("Attention of the motion modules. -1 = auto (default): what the motion-module file was trained "
+WINDOW_TOOLTIP = ("Attention of the motion modules. -1 = auto (default): what the motion-module file was trained "
                    "with (the window scripts/train_backbone.py records in it); stock AnimateDiff v1/v2/v3 files: "
                    "their own temporal attention. " + _WINDOW_CHOICES)
-_TINY_WINDOW_TOOLTIP = ("Attention of the random motion modules. -1 = auto (default): temporal, as for a stock "
+TINY_WINDOW_TOOLTIP = ("Attention of the random motion modules. -1 = auto (default): temporal, as for a stock "
                         "AnimateDiff module. " + _WINDOW_CHOICES)
 
 
 @dataclass
 class MVCBackbone:
-    """What an ``MVC_BACKBONE`` socket carries.
+    """What an ``MVC_BACKBONE`` socket carries from the pack's own loaders (Load Backbone, Tiny Backbone).
 
-    ``unet``, ``vae``, ``text_encoder`` and ``tokenizer`` read through to ``backbone``; consumers call :meth:`load`
-    before running the modules so ComfyUI places (and can later offload) them.
+    The modules are never patched: each node run works on views of them (:meth:`modules`) after ComfyUI's model
+    management has placed the ones it needs (:meth:`patchers`); see :func:`nodes.bridge.prepare_backbone`.
 
     Attributes:
-        backbone: the core :class:`~mvcustom_core.backbone.loading.Backbone` (``unet`` is a ``UNetMotionModel``
-            whose motion modules run attention ``window``).
-        patchers: ComfyUI ``ModelPatcher`` per module (``"unet"``, ``"vae"``, ``"text_encoder"``), each holding a
-            :class:`HostedModule` around the module.
-        window: the motion modules' attention: 1 = temporal (the modules' own processors), k > 1 = dense
+        backbone: the core :class:`~mvcustom_core.backbone.loading.Backbone` (``unet`` is a plain
+            ``UNetMotionModel``: the motion modules' own temporal attention).
+        patchers_by_part: ComfyUI ``ModelPatcher`` per module (``"unet"``, ``"vae"``, ``"text_encoder"``), each
+            holding a :class:`HostedModule` around the module.
+        window: the attention each run's UNet view gets: 1 = temporal (the modules' own processors), k > 1 = dense
             attention in a k x k window, ``None`` = full dense attention.
         dtype: floating dtype of the UNet.
         source: what it was loaded from, for display.
     """
 
     backbone: Backbone
-    patchers: dict[str, Any]
+    patchers_by_part: dict[str, Any]
     window: int | None
     dtype: torch.dtype
     source: str = ""
 
     @property
-    def unet(self) -> Any:
-        return self.backbone.unet
-
-    @property
-    def vae(self) -> Any:
-        return self.backbone.vae
-
-    @property
-    def text_encoder(self) -> Any:
-        return self.backbone.text_encoder
-
-    @property
     def tokenizer(self) -> Any:
         return self.backbone.tokenizer
 
-    def load(self, memory_required: int = 0) -> Backbone:
-        """Load all three modules onto ComfyUI's torch device through its model management; returns the core
-        backbone (other models are offloaded as ComfyUI decides)."""
-        # Outside ComfyUI's inference mode, so weights moved to the device stay usable for training (customization).
-        with torch.inference_mode(False):
-            model_management.load_models_gpu(list(self.patchers.values()), memory_required=memory_required)
-        return self.backbone
+    def patchers(self, parts) -> list[Any]:
+        """The ``ModelPatcher`` s to load before :meth:`modules` (only the parts a node runs)."""
+        return [self.patchers_by_part[p] for p in parts]
+
+    def modules(self, node: type, input_name: str, parts, dtype: torch.dtype | None) -> dict[str, Any]:
+        """Per-run views of the asked modules (cast to ``dtype`` when given), the motion attention on the UNet's."""
+        out: dict[str, Any] = {"tokenizer": self.backbone.tokenizer}
+        for part in parts:
+            view = module_view(getattr(self.backbone, part))
+            out[part] = view if dtype is None else view.to(dtype)
+        if "unet" in out:
+            set_motion_attention(out["unet"], self.window)
+        return out
 
 
 class HostedModule(torch.nn.Module):
@@ -111,7 +109,7 @@ class HostedModule(torch.nn.Module):
         return self.module(*args, **kwargs)
 
 
-def _attention_window(node: type, choice: int, trained: int | None) -> int | None:
+def attention_window(node: type, choice: int, trained: int | None) -> int | None:
     """The node's ``window`` input as a motion-module window: -1 = ``trained`` (the file's), 0 = full (None)."""
     choice = int(choice)
     require(node, "window", choice >= AUTO_WINDOW,
@@ -148,7 +146,7 @@ def register_model_folders() -> None:
             folder_paths.add_model_folder_path(MOTION_FOLDER, path)
 
 
-def _model_files(key: str) -> list[str]:
+def model_files(key: str) -> list[str]:
     register_model_folders()
     lister = getattr(folder_paths, "get_filename_list", None)
     if lister is None:  # a host without model folders (the tier-2 fake)
@@ -159,7 +157,7 @@ def _model_files(key: str) -> list[str]:
         return []
 
 
-def _resolve(node: type, input_name: str, key: str, name: str) -> Path:
+def resolve_model_file(node: type, input_name: str, key: str, name: str) -> Path:
     register_model_folders()
     return read_path(node, input_name, name, key, what="model file",
                      hint=f"pick one from the list; files go into ComfyUI's models/{key} folder")
@@ -169,7 +167,7 @@ def _dtype(choice: str, default) -> torch.dtype:
     return DTYPES[choice] if DTYPES[choice] is not None else default()
 
 
-def _comfy_tokenizer():
+def comfy_tokenizer():
     """ComfyUI's own SD1.x CLIP tokenizer files (``comfy/sd1_tokenizer``), if present."""
     source = getattr(comfy_utils, "__file__", None)
     if not source:
@@ -183,8 +181,8 @@ class LoadBackbone(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        checkpoints = _model_files("checkpoints")
-        motions = _model_files(MOTION_FOLDER)
+        checkpoints = model_files("checkpoints")
+        motions = model_files(MOTION_FOLDER)
         return io.Schema(
             node_id="MVC_LoadBackbone",
             display_name="MVCustom Load Backbone",
@@ -202,7 +200,7 @@ class LoadBackbone(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
                                tooltip="Weight dtype; auto = ComfyUI's choice for this device (UNet/text encoder "
                                        "as for a diffusion model, VAE as for a VAE)."),
-                io.Int.Input("window", default=AUTO_WINDOW, min=AUTO_WINDOW, max=256, tooltip=_WINDOW_TOOLTIP),
+                io.Int.Input("window", default=AUTO_WINDOW, min=AUTO_WINDOW, max=256, tooltip=WINDOW_TOOLTIP),
             ],
             outputs=[BackboneType.Output("backbone", tooltip="The loaded backbone (MVC_BACKBONE).")],
         )
@@ -210,9 +208,9 @@ class LoadBackbone(io.ComfyNode):
     @classmethod
     def execute(cls, checkpoint: str, motion_module: str, dtype: str, window: int) -> io.NodeOutput:
         require(cls, "dtype", dtype in DTYPES, f"must be one of {list(DTYPES)}, got {dtype!r}")
-        _attention_window(cls, window, None)  # a bad choice is refused before any file is read
-        checkpoint_path = _resolve(cls, "checkpoint", "checkpoints", checkpoint)
-        motion_path = _resolve(cls, "motion_module", MOTION_FOLDER, motion_module)
+        attention_window(cls, window, None)  # a bad choice is refused before any file is read
+        checkpoint_path = resolve_model_file(cls, "checkpoint", "checkpoints", checkpoint)
+        motion_path = resolve_model_file(cls, "motion_module", MOTION_FOLDER, motion_module)
         unet_dtype = _dtype(dtype, model_management.unet_dtype)
         vae_dtype = _dtype(dtype, model_management.vae_dtype)
         # One bar per file (tensors read); each update is also an interrupt checkpoint. ComfyUI runs nodes under
@@ -223,13 +221,12 @@ class LoadBackbone(io.ComfyNode):
         with reading(cls, "motion_module", motion_module, motion_path, MOTION_FOLDER, what="a motion module"), \
                 torch.inference_mode(False):
             adapter = load_motion_module(motion_path, dtype=unet_dtype, progress=Progress(1).callback)
-            k = _attention_window(cls, window, trained_attention_window(motion_path))
+            k = attention_window(cls, window, trained_attention_window(motion_path))
         with blame(cls, "motion_module"), torch.inference_mode(False):
             unet = build_backbone(components, adapter)
         components.vae.to(vae_dtype)
         backbone = Backbone(unet=unet, vae=components.vae, text_encoder=components.text_encoder,
-                            tokenizer=_comfy_tokenizer())
-        set_motion_attention(backbone.unet, k)
+                            tokenizer=comfy_tokenizer())
         return io.NodeOutput(_wrap(backbone, k, unet_dtype, f"{checkpoint} + {motion_module}"))
 
 
@@ -248,17 +245,16 @@ class TinyBackbone(io.ComfyNode):
             inputs=[
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seeds every weight; equal seeds give identical models."),
-                io.Int.Input("window", default=AUTO_WINDOW, min=AUTO_WINDOW, max=256, tooltip=_TINY_WINDOW_TOOLTIP),
+                io.Int.Input("window", default=AUTO_WINDOW, min=AUTO_WINDOW, max=256, tooltip=TINY_WINDOW_TOOLTIP),
             ],
             outputs=[BackboneType.Output("backbone", tooltip="The tiny backbone (MVC_BACKBONE), float32.")],
         )
 
     @classmethod
     def execute(cls, seed: int, window: int) -> io.NodeOutput:
-        k = _attention_window(cls, window, 1)  # the random module stands for a stock one: temporal
+        k = attention_window(cls, window, 1)  # the random module stands for a stock one: temporal
         with torch.inference_mode(False):  # trainable weights even though ComfyUI runs nodes in inference mode
             backbone = tiny_backbone(seed=int(seed))
-        set_motion_attention(backbone.unet, k)
         return io.NodeOutput(_wrap(backbone, k, torch.float32, f"tiny (seed {int(seed)})"))
 
 

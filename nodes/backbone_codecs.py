@@ -1,8 +1,9 @@
 """Prompt encoding and latent decoding with an ``MVC_BACKBONE``'s own text encoder and VAE.
 
-With an SD1.5 checkpoint the standard CLIP Text Encode and VAE Decode nodes do the same (load the same
-checkpoint with Load Checkpoint); these nodes serve backbones that have no ComfyUI CLIP/VAE, such as
-the tiny random backbone used in demos and tests, and scripts that keep everything in one backbone.
+With an SD1.5 checkpoint the standard CLIP Text Encode and VAE Decode nodes do the same (Load Checkpoint's
+CLIP and VAE, with the MODEL going through Apply Motion Module); these nodes serve backbones that have no
+ComfyUI CLIP/VAE, such as the tiny random backbone used in demos and tests. Each run loads only the module it
+uses, and the subject token goes on that run's own view of the text encoder.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import torch
 
 from mvcustom_core.backbone.sampler import decode_latents, from_comfy_latent
 from mvcustom_core.backbone.text import encode_prompt
-from mvcustom_core.customization.token import add_subject_token, remove_subject_token
+from mvcustom_core.customization.token import add_subject_token
 
 from ._common import blame, image_from_chw, require
 from ._host import io
+from .bridge import prepare_backbone
 from .types import Backbone as BackboneType
 from .types import Customization as CustomizationType
 
@@ -50,24 +52,17 @@ class EncodePrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, backbone, text: str, customization=None) -> io.NodeOutput:
-        require(cls, "backbone", hasattr(backbone, "text_encoder") and getattr(backbone, "tokenizer", None) is not None,
-                "has no text encoder with a tokenizer")
         require(cls, "text", isinstance(text, str), f"must be a string, got {type(text).__name__}")
-        core = backbone.load() if hasattr(backbone, "load") else backbone
+        core = prepare_backbone(cls, backbone, ["text_encoder"])
+        require(cls, "backbone", core.tokenizer is not None, "has no CLIP tokenizer")
         encoder, tokenizer = core.text_encoder, core.tokenizer
-        if customization is None:
-            with blame(cls, "text"), torch.no_grad():
-                return io.NodeOutput([[encode_prompt(encoder, tokenizer, [text]).cpu(), {}]])
-        tokenizer = copy.deepcopy(tokenizer)  # the shared tokenizer keeps its vocabulary
-        prompt = _EMBEDDING.sub(customization.token, text)
-        with blame(cls, "customization"):
-            add_subject_token(encoder, tokenizer, customization.token, embedding=customization.token_embedding)
-        try:
-            with blame(cls, "text"), torch.no_grad():
-                cond = encode_prompt(encoder, tokenizer, [prompt]).cpu()
-        finally:
-            remove_subject_token(encoder)
-        return io.NodeOutput([[cond, {}]])
+        if customization is not None:
+            tokenizer = copy.deepcopy(tokenizer)  # the shared tokenizer keeps its vocabulary
+            text = _EMBEDDING.sub(customization.token, text)
+            with blame(cls, "customization"):  # on this run's view of the encoder only
+                add_subject_token(encoder, tokenizer, customization.token, embedding=customization.token_embedding)
+        with blame(cls, "text"), torch.no_grad():
+            return io.NodeOutput([[encode_prompt(encoder, tokenizer, [text]).float().cpu(), {}]])
 
 
 class DecodeLatent(io.ComfyNode):
@@ -89,8 +84,7 @@ class DecodeLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, backbone, latent) -> io.NodeOutput:
-        require(cls, "backbone", hasattr(backbone, "vae"), "has no VAE")
-        core = backbone.load() if hasattr(backbone, "load") else backbone
+        core = prepare_backbone(cls, backbone, ["vae"])
         with blame(cls, "latent"):
             frames = decode_latents(core.vae, from_comfy_latent(latent))
         return io.NodeOutput(image_from_chw(frames))

@@ -27,6 +27,7 @@ from mvcustom_core.customization.training import (TrainingConfig, checkpoint_pat
 from ._common import NodeInputError, Progress, blame, image_to_chw, input_named_in, require
 from ._files import claim, file_name, read_path, reading, write_owned
 from ._host import folder_paths, io, ui
+from .bridge import prepare_backbone
 from .types import Backbone, Customization as CustomizationType, Trajectory
 
 __all__ = ["CUSTOMIZATION_NODES", "ReferenceCameras", "TrainCustomization", "LoadCustomization",
@@ -123,17 +124,18 @@ class ReferenceCameras(io.ComfyNode):
         return io.NodeOutput(cams)
 
 
-def _core_backbone(value: Any) -> Any:
-    """The core backbone of an ``MVC_BACKBONE`` value, placed by ComfyUI's model management when it can be."""
-    load = getattr(value, "load", None)
-    return load() if callable(load) else value
+def _clip_skip(clip: Any) -> int:
+    """CLIP Set Last Layer's choice on a ComfyUI CLIP (``layer_idx`` -1 = last = 0 layers skipped)."""
+    layer = getattr(clip, "layer_idx", None)
+    return 0 if layer is None else -int(layer) - 1
 
 
 # Core training arguments (marked with mvcustom_core.checks.about) -> this node's inputs.
 _TRAINING_ARGUMENTS = {"checkpoint": "resume", "backbone": "backbone", "reference": "images",
                        "class_word": "class_word", "steps": "steps", "lr": "lr", "token_lr": "token_lr",
                        "frames": "frames", "references": "references", "fg_weight": "fg_weight",
-                       "bg_weight": "bg_weight", "rgb_weight": "rgb_weight", "denoise_weight": "denoise_weight"}
+                       "bg_weight": "bg_weight", "rgb_weight": "rgb_weight", "denoise_weight": "denoise_weight",
+                       "clip_skip": "clip"}
 
 
 class TrainCustomization(io.ComfyNode):
@@ -152,7 +154,8 @@ class TrainCustomization(io.ComfyNode):
                          "models/embeddings/<name>.safetensors (write 'embedding:<name>' in CLIP Text Encode). "
                          "Cancel stops after writing a checkpoint; running again resumes from it."),
             inputs=[
-                Backbone.Input("backbone", tooltip="The backbone to customize (MVC_BACKBONE), loaded in fp32."),
+                Backbone.Input("backbone", tooltip="The backbone to customize (MVC_BACKBONE): Load Backbone, or a "
+                                                   "Load Checkpoint MODEL through Apply Motion Module."),
                 io.Image.Input("images", tooltip="Reference photos of the subject, IMAGE [N, H, W, 3]; sides "
                                                  "multiples of 8."),
                 io.Mask.Input("masks", tooltip="Subject masks, MASK [N, H, W], 1 = subject."),
@@ -191,6 +194,13 @@ class TrainCustomization(io.ComfyNode):
                                  tooltip=("Replace files of this name that MVCustom did not write for these photos "
                                           "(another subject's, or anyone else's). Off: such files are never "
                                           "touched; a re-run for the same photos still replaces its own.")),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="The checkpoint's CLIP (Load Checkpoint, LoRA Loaders): the subject token is "
+                                      "trained against it, at its CLIP Set Last Layer. Needed when the backbone "
+                                      "comes from a MODEL; else the backbone's own text encoder."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="The checkpoint's VAE, which encodes the photos. Needed when the backbone "
+                                     "comes from a MODEL; else the backbone's own VAE."),
             ],
             outputs=[
                 CustomizationType.Output("customization", tooltip="The trained subject (MVC_CUSTOMIZATION)."),
@@ -204,14 +214,7 @@ class TrainCustomization(io.ComfyNode):
                 class_word: str, name: str, steps: int, lr: float, token_lr: float, frames: int, references: int,
                 samples: int, seed: int, invert_mask: bool, resume: bool, fg_weight: float = 10.0,
                 bg_weight: float = 10.0, rgb_weight: float = 5.0, denoise_weight: float = 1.0,
-                overwrite: bool = False) -> io.NodeOutput:
-        require(cls, "backbone", all(hasattr(backbone, a) for a in ("unet", "vae", "text_encoder")),
-                f"must be an MVC_BACKBONE, got {type(backbone).__name__}")
-        require(cls, "backbone", getattr(backbone, "tokenizer", None) is not None,
-                "has no CLIP tokenizer (comfy/sd1_tokenizer was not found), which the subject token needs")
-        dtype = getattr(backbone, "dtype", torch.float32)
-        require(cls, "backbone", dtype == torch.float32,
-                f"is {dtype}; training needs float32 weights: set dtype to fp32 in Load Backbone")
+                overwrite: bool = False, clip: Any = None, vae: Any = None) -> io.NodeOutput:
         require(cls, "cameras", isinstance(cameras, CameraSet),
                 f"must be an MVC_CAMERA_TRAJECTORY (CameraSet), got {type(cameras).__name__}")
         require(cls, "class_word", isinstance(class_word, str) and class_word.strip() != "",
@@ -230,7 +233,7 @@ class TrainCustomization(io.ComfyNode):
                                 token_lr=float(token_lr), frames=int(frames), references=int(references),
                                 seed=int(seed), featurenerf={"num_samples": int(samples)}, fg_weight=float(fg_weight),
                                 bg_weight=float(bg_weight), rgb_weight=float(rgb_weight),
-                                denoise_weight=float(denoise_weight))
+                                denoise_weight=float(denoise_weight), clip_skip=_clip_skip(clip))
         with blame(cls, None, _TRAINING_ARGUMENTS):
             config.check()
         out = customization_folder() / f"{stem}.safetensors"
@@ -254,10 +257,15 @@ class TrainCustomization(io.ComfyNode):
                          " ".join(f"{k} {v:.4f}" for k, v in losses.items()))
             progress.callback(done, total)
 
-        # ComfyUI runs nodes under torch.inference_mode; weights placed on the device there could not be trained.
-        with blame(cls, None, _TRAINING_ARGUMENTS), torch.inference_mode(False):
-            result = train_customization(_core_backbone(backbone), reference, config,
-                                         checkpoint=checkpoint, resume=bool(resume), progress=report)
+        # float32 views: the trained fusion layers sit in the UNet's token path (half-precision weights are cast,
+        # a copy for the run); pose blocks and the token go on the views, never on the shared models.
+        core = prepare_backbone(cls, backbone, ["unet", "vae", "text_encoder"], clip=clip, vae=vae,
+                                dtype=torch.float32)
+        require(cls, "clip" if clip is not None else "backbone", core.tokenizer is not None,
+                "has no CLIP tokenizer (comfy/sd1_tokenizer was not found), which the subject token needs")
+        with blame(cls, None, _TRAINING_ARGUMENTS):
+            result = train_customization(core, reference, config, checkpoint=checkpoint, resume=bool(resume),
+                                         progress=report)
         write_owned(cls, "name", f"models/{CUSTOMIZATION_FOLDER}/{out.name}", out,
                     lambda path, replace: save_customization(path, result.customization, replace=replace),
                     ours, bool(overwrite))

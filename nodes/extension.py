@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._host import ComfyExtension, io
 from .backbone import BACKBONE_NODES
 from .backbone_codecs import BACKBONE_CODEC_NODES
+from .bridge import BRIDGE_NODES
 from .camera_files import CAMERA_FILE_NODES
 from .customization import CUSTOMIZATION_NODES
 from .evaluation import EVALUATION_NODES
@@ -25,7 +26,7 @@ NODE_LISTS: dict[str, list[type[io.ComfyNode]]] = {
     "trajectories": TRAJECTORY_NODES,
     "camera_files": CAMERA_FILE_NODES,
     "synthetic": SYNTHETIC_NODES,
-    "backbone": BACKBONE_NODES + BACKBONE_CODEC_NODES,
+    "backbone": BACKBONE_NODES + BRIDGE_NODES + BACKBONE_CODEC_NODES,
     "customization": CUSTOMIZATION_NODES,
     "inference": INFERENCE_NODES,
     "evaluation": EVALUATION_NODES,

@@ -13,7 +13,7 @@ import torch
 
 from mvcustom_core.backbone.sampler import conditioning_to_tensor, to_comfy_latent
 from mvcustom_core.cameras import CameraSet
-from mvcustom_core.customization.pose_block import PoseContext, remove_pose_blocks
+from mvcustom_core.customization.pose_block import PoseContext
 from mvcustom_core.inference import (CLCPlan, DFRPlan, depth_from_image, mvcustom_sample,
                                      prepare_run, resolve_anchor_geometry)
 from mvcustom_core.inference.clc import DEFAULT_CLC_FRACTION
@@ -25,6 +25,7 @@ from mvcustom_core.ops import DEFAULT_MAX_REL_DEPTH_JUMP
 from ._common import (NodeInputError, Progress, blame, image_from_chw, image_to_chw, input_named_in, numbered_output,
                       require)
 from ._host import io, model_management, ui
+from .bridge import prepare_backbone
 from .types import Backbone, CLCPlan as CLCPlanType, Customization, DFRPlan as DFRPlanType, Trajectory
 
 __all__ = ["INFERENCE_NODES", "DepthAwareFeatureRendering", "LatentCompletion", "MVCustomSampler", "ExportViews"]
@@ -46,34 +47,20 @@ def _trajectory(node: type, value: Any, name: str = "trajectory") -> CameraSet:
     return value
 
 
-def _unet(node: type, model: Any) -> torch.nn.Module:
-    """The UNetMotionModel inside an MVC_BACKBONE value (a Backbone, or a patcher holding one in ``.model``)."""
-    for candidate in (model, getattr(model, "model", None)):
-        unet = getattr(candidate, "unet", None)
-        if isinstance(unet, torch.nn.Module):
-            return unet
-    if isinstance(model, torch.nn.Module) and hasattr(model, "up_blocks"):
-        return model
-    raise NodeInputError(node, "model", f"must be an MVC_BACKBONE (a backbone with a UNet), got {type(model).__name__}")
+def _pose_context(node: type, unet: torch.nn.Module, customization: Any) -> PoseContext | None:
+    """The customization's PoseContext on ``unet`` (this run's view: the shared backbone never sees its blocks).
 
-
-def _pose_context(node: type, unet: torch.nn.Module, customization: Any) -> tuple[PoseContext | None, bool]:
-    """The customization's PoseContext on ``unet`` and whether this call installed its pose blocks.
-
-    A :class:`~mvcustom_core.customization.Customization` (the loader node's value) is installed for the run
-    only and removed afterwards, so the shared backbone stays the plain backbone; a PoseContext is used as is
-    (its blocks are already installed).
+    A :class:`~mvcustom_core.customization.Customization` (the loader node's value) is installed on the view; a
+    PoseContext is used as is (a UNet whose blocks are already installed, e.g. from a script).
     """
-    if customization is None:
-        return None, False
-    if isinstance(customization, PoseContext):
-        return customization, False
+    if customization is None or isinstance(customization, PoseContext):
+        return customization
     from mvcustom_core.customization import Customization, apply_customization
 
     require(node, "customization", isinstance(customization, Customization),
             f"must be an MVC_CUSTOMIZATION, got {type(customization).__name__}")
     with blame(node, "customization"):
-        return apply_customization(unet, customization), True
+        return apply_customization(unet, customization)
 
 
 def _anchor_picture(node: type, name: str, image: torch.Tensor, anchor: int, frames: int) -> torch.Tensor:
@@ -168,24 +155,20 @@ class DepthAwareFeatureRendering(io.ComfyNode):
                            layers=names, steps=None if int(steps) == USE_FRACTION else int(steps),
                            fraction=float(fraction), max_rel_depth_jump=float(max_rel_depth_jump),
                            guard_silhouettes=bool(guard_silhouettes))
-        if model is not None:
+        unet = prepare_backbone(cls, model, ["unet"], input_name="model").unet if model is not None else None
+        if unet is not None:
             with blame(cls, "layers", {"layers": "layers"}):
-                dfr_layers(_unet(cls, model), plan)
+                dfr_layers(unet, plan)
         have_field = model is not None and customization is not None
         if depth is None and not have_field:  # field depth: known once the customization is applied
             blank = torch.zeros(1, 3, 8, 8)
             return io.NodeOutput(plan, image_from_chw(blank), image_from_chw(blank))
         picture = None if anchor_image is None else _anchor_picture(cls, "anchor_image", anchor_image, a,
                                                                      cams.num_frames)
-        unet = _unet(cls, model) if have_field else None
-        ctx, installed = _pose_context(cls, unet, customization) if have_field else (None, False)
-        try:
-            with blame(cls, "depth_image" if depth is not None else "customization"):
-                geometry, _ = resolve_anchor_geometry(plan, cams, unet=unet, pose_context=ctx)
-                completion, views = dfr_previews(geometry, picture)
-        finally:
-            if installed:
-                remove_pose_blocks(unet)
+        ctx = _pose_context(cls, unet, customization) if have_field else None
+        with blame(cls, "depth_image" if depth is not None else "customization"):
+            geometry, _ = resolve_anchor_geometry(plan, cams, unet=unet, pose_context=ctx)
+            completion, views = dfr_previews(geometry, picture)
         return io.NodeOutput(plan, image_from_chw(completion.expand(-1, 3, -1, -1)), image_from_chw(views))
 
 
@@ -278,7 +261,6 @@ class MVCustomSampler(io.ComfyNode):
                 cfg: float, pose_ratio: float, window: int, overlap: int, customization: Any = None,
                 dfr_plan: DFRPlan | None = None, clc_plan: CLCPlan | None = None) -> io.NodeOutput:
         cams = _trajectory(cls, trajectory)
-        unet = _unet(cls, model)
         h, w = cams.image_size
         require(cls, "trajectory", h % 8 == 0 and w % 8 == 0, f"image size must be multiples of 8, got {h}x{w}")
         require(cls, "dfr_plan", dfr_plan is None or isinstance(dfr_plan, DFRPlan),
@@ -291,32 +273,25 @@ class MVCustomSampler(io.ComfyNode):
             cond = conditioning_to_tensor(positive)
         with blame(cls, "negative"):
             uncond = conditioning_to_tensor(negative)
+        unet = prepare_backbone(cls, model, ["unet"], input_name="model").unet
         width = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
         for name, text in (("positive", cond), ("negative", uncond)):
             require(cls, name, not isinstance(width, int) or text.shape[-1] == width,
                     f"has text features of width {text.shape[-1]}, but this model's UNet reads {width} (encode the "
                     "prompt with the text encoder of the model's own checkpoint)")
-        if callable(getattr(model, "load", None)):
-            model.load()  # MVCBackbone: ComfyUI's model management places the modules
-        ctx, installed = _pose_context(cls, unet, customization)
-        try:
-            device = next(unet.parameters()).device
-            cams_dev = cams.to(device=device, dtype=torch.float32)
-            inputs = ["trajectory", "dfr_plan", "window", "overlap", "pose_ratio", "clc_plan", "customization"]
-            with blame(cls, input_named_in(inputs, None), _SAMPLER_ARGUMENTS):
-                run = prepare_run(unet, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan, steps=int(steps),
-                                  pose_ratio=float(pose_ratio), window=int(window), overlap=int(overlap))
-            progress = Progress(int(steps))
-            with blame(cls, None, _SAMPLER_ARGUMENTS):
-                latents = mvcustom_sample(unet, cond, uncond, cams_dev, pose_context=ctx, dfr=dfr_plan,
-                                          clc=clc_plan, seed=int(seed), steps=int(steps), cfg=float(cfg),
-                                          pose_ratio=float(pose_ratio),
-                                          callback=lambda i, total, _x0: progress.callback(i + 1, total),
-                                          interrupt=model_management.throw_exception_if_processing_interrupted,
-                                          run=run)
-        finally:
-            if installed:
-                remove_pose_blocks(unet)
+        ctx = _pose_context(cls, unet, customization)
+        device = next(unet.parameters()).device
+        cams_dev = cams.to(device=device, dtype=torch.float32)
+        inputs = ["trajectory", "dfr_plan", "window", "overlap", "pose_ratio", "clc_plan", "customization"]
+        with blame(cls, input_named_in(inputs, None), _SAMPLER_ARGUMENTS):
+            run = prepare_run(unet, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan, steps=int(steps),
+                              pose_ratio=float(pose_ratio), window=int(window), overlap=int(overlap))
+        progress = Progress(int(steps))
+        with blame(cls, None, _SAMPLER_ARGUMENTS):
+            latents = mvcustom_sample(unet, cond, uncond, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan,
+                                      seed=int(seed), steps=int(steps), cfg=float(cfg), pose_ratio=float(pose_ratio),
+                                      callback=lambda i, total, _x0: progress.callback(i + 1, total),
+                                      interrupt=model_management.throw_exception_if_processing_interrupted, run=run)
         anchor = None
         if run.geometry is not None:
             anchor = replace(dfr_plan, anchor=run.geometry.anchor, depth=run.geometry.depth.detach().float().cpu(),

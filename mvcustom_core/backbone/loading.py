@@ -31,10 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from .ldm_keys import CLIP_PREFIX, UNET_PREFIX, KeyMapping, clip_key_table, unet_key_table, vae_key_table
+from .module_view import shared_tensor
 
 __all__ = [
     "CheckpointError",
     "StateFile",
+    "TensorState",
     "SD15Components",
     "Backbone",
     "shipped_config",
@@ -42,6 +44,7 @@ __all__ = [
     "detect_layout",
     "build_sd15_modules",
     "load_sd15_checkpoint",
+    "sd15_modules_from_state",
     "build_backbone",
     "load_mapped_state",
     "export_ldm_state_dict",
@@ -132,6 +135,19 @@ class StateFile:
             raise CheckpointError(f"{self.path}: cannot read tensor {key!r} (truncated file?): {error}") from error
 
 
+class TensorState(StateFile):
+    """A :class:`StateFile` over tensors already in memory (a host's loaded model), under LDM file names.
+
+    ``name`` stands in for the file path in error messages (``"MODEL"``, ``"CLIP"``).
+    """
+
+    def __init__(self, tensors: Mapping[str, Tensor], name: str):  # noqa: D107 - no file to open
+        self.path = Path(name)
+        self._tensors = dict(tensors)
+        self._handle = None
+        self._shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
+
+
 def _torch_load_tensors(path: Path) -> dict[str, Tensor]:
     try:
         try:
@@ -203,13 +219,16 @@ def load_mapped_state(
     source: StateFile,
     *,
     what: str,
-    dtype: torch.dtype,
-    device: torch.device | str,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
     on_tensor: Callable[[], None] | None = None,
+    share: bool = False,
 ) -> None:
     """Read every ``table`` entry from ``source`` into ``module`` (built on ``meta``) by assignment.
 
-    ``on_tensor`` is called after each tensor is read (progress; it may raise to interrupt).
+    ``on_tensor`` is called after each tensor is read (progress; it may raise to interrupt). With ``share``
+    the module's tensors alias the source's (:func:`~mvcustom_core.backbone.module_view.shared_tensor`; no
+    copy) wherever dtype and device already agree; ``dtype`` / ``device`` None keep each tensor's own.
 
     Raises:
         CheckpointError: missing keys (count and the first few), or a tensor whose shape differs, naming the key,
@@ -241,11 +260,15 @@ def load_mapped_state(
         tensor = source.get(m.ldm)
         if m.conv1x1:
             tensor = tensor[:, :, 0, 0]
-        # Always a fresh, aligned copy: tensors viewing a memory-mapped file can be unaligned, which changes
-        # vectorised kernel paths (measured: 7e-7 differences in a UNet forward) and keeps the file mapped.
-        target_dtype = dtype if tensor.is_floating_point() else tensor.dtype
-        state[m.diffusers] = tensor.to(device=device, dtype=target_dtype, memory_format=torch.contiguous_format,
-                                       copy=True)
+        target_dtype = dtype if tensor.is_floating_point() and dtype is not None else tensor.dtype
+        target_device = tensor.device if device is None else torch.device(device)
+        if share and tensor.dtype == target_dtype and tensor.device == target_device:
+            state[m.diffusers] = shared_tensor(tensor)
+        else:
+            # A fresh, aligned copy: tensors viewing a memory-mapped file can be unaligned, which changes
+            # vectorised kernel paths (measured: 7e-7 differences in a UNet forward) and keeps the file mapped.
+            state[m.diffusers] = tensor.to(device=target_device, dtype=target_dtype,
+                                           memory_format=torch.contiguous_format, copy=True)
         if on_tensor is not None:
             on_tensor()
     module.load_state_dict(state, strict=True, assign=True)
@@ -291,6 +314,25 @@ class Backbone:
     tokenizer: Any = None
 
 
+SD15_PARTS = ("unet", "vae", "text_encoder")
+
+
+def _build_part(part: str, config: Mapping[str, Any]) -> nn.Module:
+    if part == "unet":
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel.from_config(dict(config)).eval()
+    if part == "vae":
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_config(dict(config)).eval()
+    if part == "text_encoder":
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        return CLIPTextModel(CLIPTextConfig(**config)).eval()
+    raise ValueError(f"unknown SD1.x part {part!r}; expected one of {SD15_PARTS}")
+
+
 def build_sd15_modules(
     unet_config: Mapping[str, Any],
     vae_config: Mapping[str, Any],
@@ -299,14 +341,18 @@ def build_sd15_modules(
     device: torch.device | str = "cpu",
 ) -> SD15Components:
     """Instantiate UNet, VAE and CLIP text encoder from configs (random init on ``device``; ``"meta"`` is free)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     with torch.device(device):
-        unet = UNet2DConditionModel.from_config(dict(unet_config))
-        vae = AutoencoderKL.from_config(dict(vae_config))
-        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
-    return SD15Components(unet.eval(), vae.eval(), text_encoder.eval())
+        return SD15Components(*(_build_part(part, config) for part, config in
+                                zip(SD15_PARTS, (unet_config, vae_config, text_config))))
+
+
+def _key_table(part: str, module: nn.Module, config: Mapping[str, Any]) -> tuple[list[KeyMapping], str]:
+    keys = module.state_dict().keys()
+    if part == "unet":
+        return unet_key_table(keys, config), "SD1.x UNet"
+    if part == "vae":
+        return vae_key_table(keys, config), "SD1.x VAE"
+    return clip_key_table(keys), "SD1.x CLIP text encoder"
 
 
 def load_sd15_checkpoint(
@@ -355,11 +401,9 @@ def load_sd15_checkpoint(
         source = _with_ema_unet(source)
 
     modules = build_sd15_modules(unet_config, vae_config, text_config, device="meta")
-    parts = (
-        (modules.unet, unet_key_table(modules.unet.state_dict().keys(), unet_config), "SD1.x UNet"),
-        (modules.vae, vae_key_table(modules.vae.state_dict().keys(), vae_config), "SD1.x VAE"),
-        (modules.text_encoder, clip_key_table(modules.text_encoder.state_dict().keys()), "SD1.x CLIP text encoder"),
-    )
+    configs = (unet_config, vae_config, text_config)
+    parts = [(getattr(modules, part), *_key_table(part, getattr(modules, part), config))
+             for part, config in zip(SD15_PARTS, configs)]
     on_tensor = _progress_counter(progress, sum(len(table) for _, table, _ in parts))
     for module, table, what in parts:
         load_mapped_state(module, table, source, what=what, dtype=dtype, device=device, on_tensor=on_tensor)
@@ -369,6 +413,52 @@ def load_sd15_checkpoint(
         _ensure_materialized(module, what, source.path)
     modules.source = source.path
     return modules
+
+
+def sd15_modules_from_state(
+    state: Mapping[str, Tensor],
+    *,
+    parts: Iterable[str] = SD15_PARTS,
+    name: str = "state",
+    config: Mapping[str, Mapping[str, Any] | str | os.PathLike] | None = None,
+    dtype: torch.dtype | None = None,
+) -> SD15Components:
+    """diffusers/transformers modules over SD1.x weights already in memory (a host's loaded, patched model).
+
+    The inverse direction of :func:`export_ldm_state_dict`, without copying: each module's tensors alias the
+    given ones (:func:`~mvcustom_core.backbone.module_view.shared_tensor`); only tensors of another dtype than
+    ``dtype`` are cast (copied). VAE attention projections stored as ``[C, C, 1, 1]`` become ``[C, C]`` views.
+
+    Args:
+        state: tensors under their LDM single-file names (``model.diffusion_model.*``, ``first_stage_model.*``,
+            ``cond_stage_model.transformer.text_model.*``); keys of parts not asked for are ignored.
+        parts: which of ``"unet"``, ``"vae"``, ``"text_encoder"`` to build; the others are ``None``.
+        name: what ``state`` is, for error messages (``"MODEL"``).
+        config: optional overrides as in :func:`load_sd15_checkpoint`.
+        dtype: cast floating tensors to this dtype (None: keep each tensor's own).
+
+    Raises:
+        CheckpointError: a requested part has missing keys or tensors of other shapes (another model family).
+    """
+    config = dict(config or {})
+    defaults = {"unet": "sd15/unet", "vae": "sd15/vae", "text_encoder": "sd15/text_encoder"}
+    source = TensorState(state, name)
+    wanted = list(parts)
+    built: dict[str, nn.Module | None] = dict.fromkeys(SD15_PARTS)
+    with torch.inference_mode(False):
+        for part in wanted:
+            part_config = _read_config(config.get(part), defaults[part])
+            if part == "unet":
+                _check_unet_input_channels(source, part_config)
+            with torch.device("meta"):
+                module = _build_part(part, part_config)
+            table, what = _key_table(part, module, part_config)
+            load_mapped_state(module, table, source, what=what, dtype=dtype, device=None, share=True)
+            if part == "text_encoder":
+                _restore_clip_position_ids(module, next(module.parameters()).device)
+            _ensure_materialized(module, what, source.path)
+            built[part] = module
+    return SD15Components(built["unet"], built["vae"], built["text_encoder"], source=None)
 
 
 class _RenamedView(StateFile):
@@ -494,16 +584,17 @@ def build_backbone(components: SD15Components, motion_adapter: nn.Module) -> Any
         )
     with torch.device("meta"):
         model = UNetMotionModel.from_unet2d(unet, motion_adapter, load_weights=False)
-    unet_state = unet.state_dict()
-    adapter_state = motion_adapter.state_dict()
-    state = {**unet_state, **adapter_state}
+    # Aliases, not the state dicts' own tensors: those may be inference tensors (created or moved under
+    # torch.inference_mode), which autograd refuses even as frozen weights.
+    state = {k: shared_tensor(v) for k, v in {**unet.state_dict(), **motion_adapter.state_dict()}.items()}
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise CheckpointError(
             f"motion adapter does not fit the UNet: missing {missing[:3]} unexpected {unexpected[:3]}"
         )
-    model.load_state_dict(state, strict=True, assign=True)
+    with torch.inference_mode(False):
+        model.load_state_dict(state, strict=True, assign=True)
     _ensure_materialized(model, "UNetMotionModel", None)
     return model.eval()
 

@@ -41,15 +41,16 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from mvcustom_core.backbone.module_view import module_view
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import about
 from mvcustom_core.customization.file_format import (
     Customization, backbone_fingerprint, check_backbone, customization_from_unet)
 from mvcustom_core.customization.losses import FeatureNeRFLossWeights, featurenerf_losses, masked_denoising_loss
 from mvcustom_core.customization.pose_block import (
-    PoseContext, install_pose_blocks, pose_blocks, remove_pose_blocks)
+    PoseContext, install_pose_blocks, pose_blocks)
 from mvcustom_core.customization.reference_poses import ReferenceSet
-from mvcustom_core.customization.token import DEFAULT_TOKEN, add_subject_token, remove_subject_token
+from mvcustom_core.customization.token import DEFAULT_TOKEN, add_subject_token
 from mvcustom_core.files import atomic_write
 
 __all__ = ["TrainingConfig", "TrainingResult", "TrainingError", "CHECKPOINT_FORMAT", "train_customization",
@@ -96,6 +97,8 @@ class TrainingConfig:
         seed: seeds every random draw.
         checkpoint_every: steps between checkpoints.
         ray_chunk: FeatureNeRF rays per chunk (memory bound).
+        clip_skip: text states from this many layers before the last (ComfyUI's CLIP Set Last Layer -1 = 0,
+            -2 = 1): the token is trained for the conditioning the prompts will be encoded with.
     """
 
     class_word: str
@@ -123,6 +126,7 @@ class TrainingConfig:
     seed: int = 0
     checkpoint_every: int = 100
     ray_chunk: int | None = None
+    clip_skip: int = 0
 
     def prompt(self) -> str:
         return self.prompt_template.format(token=self.token, class_word=self.class_word)
@@ -130,7 +134,7 @@ class TrainingConfig:
     def check(self) -> None:
         """Raise :class:`TrainingError` naming the first bad setting."""
         ints = {"steps": 1, "frames": 1, "references": 1, "bank_views": 1, "reference_max_timestep": 1,
-                "checkpoint_every": 1, "bank_timestep": 0, "mask_dilate": 0}
+                "checkpoint_every": 1, "bank_timestep": 0, "mask_dilate": 0, "clip_skip": 0}
         for name, low in ints.items():
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
@@ -312,8 +316,9 @@ def train_customization(
     Args:
         backbone: object with ``unet`` (``UNetMotionModel`` or ``UNet2DConditionModel``), ``vae``,
             ``text_encoder`` and ``tokenizer`` (:class:`~mvcustom_core.backbone.loading.Backbone`). It is
-            restored afterwards (pose blocks and token removed, gradient flags reset; the tokenizer is
-            copied, not extended).
+            never changed: pose blocks, the subject token and gradient flags go on per-run views of its
+            modules (:func:`~mvcustom_core.backbone.module_view.module_view`, same weight memory), and the
+            tokenizer is copied, not extended. Weights created under ``torch.inference_mode`` are fine.
         reference: checked photos, masks and normalized cameras (``prepare_reference_set``); image sides
             must be multiples of 8.
         config: :class:`TrainingConfig`.
@@ -324,24 +329,20 @@ def train_customization(
     Returns:
         :class:`TrainingResult`.
     """
-    if any(p.is_inference() for p in backbone.unet.parameters()):
-        raise about("backbone", TrainingError("the backbone's weights were created under torch.inference_mode, so "
-                                              "autograd cannot use them; build or load the backbone with inference "
-                                              "mode off"))
     cams = reference.cameras
     reference = ReferenceSet(reference.images.clone(), reference.masks.clone(),
                              CameraSet(K=cams.K.clone(), c2w=cams.c2w.clone(), image_size=cams.image_size),
                              reference.new_from_old.clone())
     config.check()
-    unet, vae, text_encoder = backbone.unet, backbone.vae, backbone.text_encoder
     if getattr(backbone, "tokenizer", None) is None:
         raise about("backbone", TrainingError("the backbone has no tokenizer; the subject token needs one"))
     m, (h, w) = len(reference), reference.images.shape[-2:]
     if h % 8 or w % 8:
         raise about("reference", TrainingError(f"reference images are {w}x{h}; both sides must be multiples of 8 "
                                                "(VAE factor)"))
-    if next(pose_blocks(unet), None) is not None:
+    if next(pose_blocks(backbone.unet), None) is not None:
         raise about("backbone", TrainingError("the UNet already has pose blocks installed; train on a clean backbone"))
+    unet, vae, text_encoder = (module_view(m) for m in (backbone.unet, backbone.vae, backbone.text_encoder))
     unet_dtype = next(unet.parameters()).dtype
     if unet_dtype != torch.float32:
         raise about("backbone", TrainingError(f"the backbone UNet is {unet_dtype}; training needs float32 weights (the "
@@ -376,116 +377,109 @@ def train_customization(
                                           "steps_offset", "clip_sample", "prediction_type")})
     num_t = scheduler.config.num_train_timesteps
 
-    flags = {p: p.requires_grad for module in (unet, vae, text_encoder) for p in module.parameters()}
     ctx = PoseContext(ray_chunk=config.ray_chunk)
     weights = FeatureNeRFLossWeights(fg=config.fg_weight, bg=config.bg_weight, rgb=config.rgb_weight)
-    try:
-        for module in (unet, vae, text_encoder):
-            module.requires_grad_(False)
-        with torch.random.fork_rng(devices=[]):  # pose weights drawn from the seed, global RNG untouched
-            torch.manual_seed(config.seed)
-            install_pose_blocks(unet, ctx, config.blocks, config_overrides=dict(config.featurenerf))
-        token_emb = add_subject_token(text_encoder, tokenizer, config.token, class_word=config.class_word)
-        pose_params = [p for b in pose_blocks(unet) for n, p in b.named_parameters() if not n.startswith("block.")]
-        for p in pose_params:
-            p.requires_grad_(True)
-        optimizer = torch.optim.AdamW([
-            {"params": pose_params, "lr": config.lr, "weight_decay": config.weight_decay},
-            {"params": [token_emb.vector], "lr": config.token_lr, "weight_decay": 0.0}])
-        gen = torch.Generator().manual_seed(config.seed)
-        start, history = 0, []
-        if state is not None:
-            for block in pose_blocks(unet):
-                block.load_state_dict(state["pose"][block.name], strict=False)
-            with torch.no_grad():
-                token_emb.vector.copy_(state["token"])
-            optimizer.load_state_dict(state["optimizer"])
-            gen.set_state(state["generator"])
-            start, history = int(state["step"]), json.loads(state["losses"])
-
-        images = reference.images.to(device)
-        masks = reference.masks.to(device)
-        cams = reference.cameras
-        latents = encode_references(vae, images)
-        prompt, empty = config.prompt(), ""
-        from mvcustom_core.backbone.text import encode_prompt
-
-        end = config.steps
-        done, gen_done = start, gen.get_state()
-        new_losses: list[dict[str, float]] = []
-
-        def save(step: int, gen_state: Tensor) -> None:
-            if ckpt_path is not None:
-                _write_checkpoint(ckpt_path, step, unet, token_emb.vector, optimizer, gen_state, config,
-                                  fingerprint, history, data_digest)
-
-        try:
-            for step in range(start, end):
-                targets, refs = _sample_step(gen, m, config.frames, config.references)
-                t = sample_timesteps(gen, 1, num_t, config.timesteps)
-                t_ref = torch.randint(0, config.reference_max_timestep, (1,), generator=gen)
-                noise = torch.randn(latents[targets].shape, generator=gen).to(latents)
-                ref_noise = torch.randn(latents[refs].shape, generator=gen).to(latents)
-                ctx.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-                step_prompt = empty if float(torch.rand((), generator=gen)) < config.text_dropout else prompt
-
-                with torch.no_grad():
-                    ref_text = encode_prompt(text_encoder, tokenizer, step_prompt)
-                ctx.jitter = False
-                capture_reference_bank(unet, ctx, latents[refs], cams[refs], [ref_text], int(t_ref),
-                                       ref_noise, scheduler)
-
-                ctx.mode, ctx.target_cams, ctx.jitter = "render", cams[targets], True
-                ctx.outputs = {}
-                text = encode_prompt(text_encoder, tokenizer, step_prompt)
-                noisy = scheduler.add_noise(latents[targets], noise, t)
-                eps = unet_epsilon(unet, noisy, t.to(device), text)
-                target_masks = masks[targets]
-                parts = {"denoise": masked_denoising_loss(
-                    eps, noise, target_masks if config.mask_denoising else None, dilate=config.mask_dilate)
-                    * config.denoise_weight}
-                fg = bg = rgb = torch.zeros((), device=device)
-                for outs in ctx.outputs.values():
-                    for out in outs:
-                        terms = featurenerf_losses(out, target_masks, images[targets], weights)
-                        fg, bg = fg + terms["fg"], bg + terms["bg"]
-                        rgb = rgb + terms.get("rgb", torch.zeros((), device=device))
-                parts.update(fg=fg, bg=bg, rgb=rgb)
-                total = sum(parts.values())
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                ctx.mode, ctx.outputs = "off", {}
-
-                done, gen_done = step + 1, gen.get_state()
-                record = {"total": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
-                history.append(record)
-                new_losses.append(record)
-                if done % config.checkpoint_every == 0 or done == end:
-                    save(done, gen_done)
-                if progress is not None:
-                    progress(done, config.steps, record)
-        except BaseException:
-            ctx.mode, ctx.outputs = "off", {}
-            save(done, gen_done)  # the last completed step: resuming continues exactly there
-            raise
-
-        # Inference bank: evenly spread photos, uncond (row 0) and cond (row 1) branches, fixed noise.
-        idx = bank_indices(m, config.bank_views)
-        bank_gen = torch.Generator().manual_seed(config.seed + 1)
-        bank_noise = torch.randn(latents[idx].shape, generator=bank_gen)
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):  # pose weights drawn from the seed, global RNG untouched
+        torch.manual_seed(config.seed)
+        install_pose_blocks(unet, ctx, config.blocks, config_overrides=dict(config.featurenerf))
+    token_emb = add_subject_token(text_encoder, tokenizer, config.token, class_word=config.class_word)
+    pose_params = [p for b in pose_blocks(unet) for n, p in b.named_parameters() if not n.startswith("block.")]
+    for p in pose_params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW([
+        {"params": pose_params, "lr": config.lr, "weight_decay": config.weight_decay},
+        {"params": [token_emb.vector], "lr": config.token_lr, "weight_decay": 0.0}])
+    gen = torch.Generator().manual_seed(config.seed)
+    start, history = 0, []
+    if state is not None:
+        for block in pose_blocks(unet):
+            block.load_state_dict(state["pose"][block.name], strict=False)
         with torch.no_grad():
-            texts = [encode_prompt(text_encoder, tokenizer, empty), encode_prompt(text_encoder, tokenizer, prompt)]
-        capture_reference_bank(unet, ctx, latents[idx], cams[idx], texts, config.bank_timestep, bank_noise,
-                               scheduler)
-        training = {"config": asdict(config), "steps_done": done, "final_losses": history[-1] if history else {},
-                    "num_photos": m, "bank_indices": idx.tolist(), "reference_digest": data_digest}
-        customization = customization_from_unet(
-            unet, ctx, token=config.token, class_word=config.class_word, token_embedding=token_emb.vector,
-            prompt_template=config.prompt_template, training=training)
-        return TrainingResult(customization, new_losses, start)
-    finally:
-        remove_pose_blocks(unet)
-        remove_subject_token(text_encoder)
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
+            token_emb.vector.copy_(state["token"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        start, history = int(state["step"]), json.loads(state["losses"])
+
+    images = reference.images.to(device)
+    masks = reference.masks.to(device)
+    cams = reference.cameras
+    latents = encode_references(vae, images)
+    prompt, empty = config.prompt(), ""
+    from mvcustom_core.backbone.text import encode_prompt
+
+    end = config.steps
+    done, gen_done = start, gen.get_state()
+    new_losses: list[dict[str, float]] = []
+
+    def save(step: int, gen_state: Tensor) -> None:
+        if ckpt_path is not None:
+            _write_checkpoint(ckpt_path, step, unet, token_emb.vector, optimizer, gen_state, config,
+                              fingerprint, history, data_digest)
+
+    try:
+        for step in range(start, end):
+            targets, refs = _sample_step(gen, m, config.frames, config.references)
+            t = sample_timesteps(gen, 1, num_t, config.timesteps)
+            t_ref = torch.randint(0, config.reference_max_timestep, (1,), generator=gen)
+            noise = torch.randn(latents[targets].shape, generator=gen).to(latents)
+            ref_noise = torch.randn(latents[refs].shape, generator=gen).to(latents)
+            ctx.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+            step_prompt = empty if float(torch.rand((), generator=gen)) < config.text_dropout else prompt
+
+            with torch.no_grad():
+                ref_text = encode_prompt(text_encoder, tokenizer, step_prompt, clip_skip=config.clip_skip)
+            ctx.jitter = False
+            capture_reference_bank(unet, ctx, latents[refs], cams[refs], [ref_text], int(t_ref),
+                                   ref_noise, scheduler)
+
+            ctx.mode, ctx.target_cams, ctx.jitter = "render", cams[targets], True
+            ctx.outputs = {}
+            text = encode_prompt(text_encoder, tokenizer, step_prompt, clip_skip=config.clip_skip)
+            noisy = scheduler.add_noise(latents[targets], noise, t)
+            eps = unet_epsilon(unet, noisy, t.to(device), text)
+            target_masks = masks[targets]
+            parts = {"denoise": masked_denoising_loss(
+                eps, noise, target_masks if config.mask_denoising else None, dilate=config.mask_dilate)
+                * config.denoise_weight}
+            fg = bg = rgb = torch.zeros((), device=device)
+            for outs in ctx.outputs.values():
+                for out in outs:
+                    terms = featurenerf_losses(out, target_masks, images[targets], weights)
+                    fg, bg = fg + terms["fg"], bg + terms["bg"]
+                    rgb = rgb + terms.get("rgb", torch.zeros((), device=device))
+            parts.update(fg=fg, bg=bg, rgb=rgb)
+            total = sum(parts.values())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            ctx.mode, ctx.outputs = "off", {}
+
+            done, gen_done = step + 1, gen.get_state()
+            record = {"total": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+            history.append(record)
+            new_losses.append(record)
+            if done % config.checkpoint_every == 0 or done == end:
+                save(done, gen_done)
+            if progress is not None:
+                progress(done, config.steps, record)
+    except BaseException:
+        ctx.mode, ctx.outputs = "off", {}
+        save(done, gen_done)  # the last completed step: resuming continues exactly there
+        raise
+
+    # Inference bank: evenly spread photos, uncond (row 0) and cond (row 1) branches, fixed noise.
+    idx = bank_indices(m, config.bank_views)
+    bank_gen = torch.Generator().manual_seed(config.seed + 1)
+    bank_noise = torch.randn(latents[idx].shape, generator=bank_gen)
+    with torch.no_grad():
+        texts = [encode_prompt(text_encoder, tokenizer, p, clip_skip=config.clip_skip) for p in (empty, prompt)]
+    capture_reference_bank(unet, ctx, latents[idx], cams[idx], texts, config.bank_timestep, bank_noise,
+                           scheduler)
+    training = {"config": asdict(config), "steps_done": done, "final_losses": history[-1] if history else {},
+                "num_photos": m, "bank_indices": idx.tolist(), "reference_digest": data_digest}
+    customization = customization_from_unet(
+        unet, ctx, token=config.token, class_word=config.class_word, token_embedding=token_emb.vector,
+        prompt_template=config.prompt_template, training=training)
+    return TrainingResult(customization, new_losses, start)

@@ -7,6 +7,7 @@ no other test sees a ``comfy`` or ``folder_paths`` module.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -109,3 +110,9 @@ def run():
 def mm(host):
     """The fake ``comfy.model_management`` (interrupt flag, intermediate device)."""
     return host["comfy.model_management"]
+
+
+@pytest.fixture
+def bridge(pack):
+    """The pack's ``nodes.bridge`` module (prepare_backbone, the MODEL/CLIP/VAE views)."""
+    return importlib.import_module(f"{PACK_NAME}.nodes.bridge")

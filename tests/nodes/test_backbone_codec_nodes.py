@@ -61,5 +61,5 @@ def test_decode_equals_the_core_decode(node, run, backbone):
 def test_bad_inputs_name_node_and_input(node, run, backbone):
     with pytest.raises(ValueError, match=r"^MVCustom Decode Latent: input 'latent'"):
         run(node("MVC_DecodeLatent"), backbone=backbone, latent={"samples": torch.zeros(2, 3, 8, 8)})
-    with pytest.raises(ValueError, match=r"^MVCustom Encode Prompt: input 'backbone' has no text encoder"):
+    with pytest.raises(ValueError, match=r"^MVCustom Encode Prompt: input 'backbone' must be an MVC_BACKBONE"):
         run(node("MVC_EncodePrompt"), backbone=object(), text="x")

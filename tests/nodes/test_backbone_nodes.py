@@ -85,26 +85,33 @@ def tiny_files(tmp_path_factory):
     return folder
 
 
-def test_tiny_backbone_node_wraps_the_core_backbone_in_model_patchers(node, run, models):
+def test_tiny_backbone_node_wraps_the_core_backbone_in_model_patchers(node, run, models, bridge):
     result = run(node("MVC_TinyBackbone"), seed=2, window=3).args[0]
     expected = tiny_backbone(seed=2)
     for name, tensor in expected.unet.state_dict().items():
         assert torch.equal(result.backbone.unet.state_dict()[name], tensor), name
-    assert result.window == dense_attention_window(result.backbone.unet) == 3
-    assert set(result.patchers) == {"unet", "vae", "text_encoder"}
-    for name, patcher in result.patchers.items():
+    assert set(result.patchers_by_part) == {"unet", "vae", "text_encoder"}
+    for name, patcher in result.patchers_by_part.items():
         assert patcher.model.module is getattr(result.backbone, name)
         assert dict(patcher.model.named_parameters()).keys() == {
             f"module.{k}" for k, _ in getattr(result.backbone, name).named_parameters()}
         assert patcher.load_device == patcher.offload_device == torch.device("cpu")
-    assert result.load() is result.backbone
-    assert models.loaded == [list(result.patchers.values())]
+
+    # A run loads only what it uses and gets views: dense attention on the run's UNet, never on the shared one.
+    core = bridge.prepare_backbone(node("MVC_MVCustomSampler"), result, ["unet"], input_name="model")
+    assert models.loaded == [[result.patchers_by_part["unet"]]]
+    assert core.vae is None and core.text_encoder is None
+    assert result.window == dense_attention_window(core.unet) == 3
+    with pytest.raises(RuntimeError, match="not enabled"):
+        dense_attention_window(result.backbone.unet)
+    assert all(a.data_ptr() == b.data_ptr() for a, b in zip(core.unet.parameters(), result.backbone.unet.parameters()))
     full = run(node("MVC_TinyBackbone"), seed=2, window=0).args[0]  # 0 = full, as saved workflows mean it
-    assert full.window is None and dense_attention_window(full.backbone.unet) is None
+    assert full.window is None
+    assert dense_attention_window(bridge.prepare_backbone(node("MVC_MVCustomSampler"), full, ["unet"]).unet) is None
     auto = run(node("MVC_TinyBackbone"), seed=2).args[0]  # default: the random (stock-like) module's temporal
-    assert auto.window == motion_attention_window(auto.backbone.unet) == 1
-    assert not any(isinstance(p, DenseSpatioTemporalAttnProcessor)
-                   for p in auto.backbone.unet.attn_processors.values())
+    auto_unet = bridge.prepare_backbone(node("MVC_MVCustomSampler"), auto, ["unet"]).unet
+    assert auto.window == motion_attention_window(auto_unet) == 1
+    assert not any(isinstance(p, DenseSpatioTemporalAttnProcessor) for p in auto_unet.attn_processors.values())
 
 
 def test_model_folders_are_registered_and_listed(node, models, tiny_files):
@@ -147,8 +154,8 @@ def test_load_node_builds_the_backbone_from_files(node, run, models, tiny_files,
     for name, tensor in expected.unet.state_dict().items():
         assert torch.equal(state[name], tensor.to(torch.bfloat16)), name
     assert result.backbone.vae.dtype == torch.bfloat16 and result.dtype == torch.bfloat16
-    assert dense_attention_window(result.backbone.unet) == 5
-    assert set(result.patchers) == {"unet", "vae", "text_encoder"}
+    assert result.window == 5
+    assert set(result.patchers_by_part) == {"unet", "vae", "text_encoder"}
 
 
 def test_load_node_errors_name_node_and_input(node, run, models, tiny_files):
@@ -178,13 +185,17 @@ def test_load_node_honours_cancel_while_reading(node, run, models, tiny_files, t
         run(node("MVC_LoadBackbone"), checkpoint="sd.safetensors", motion_module="mm.safetensors")
 
 
-def test_weights_are_trainable_although_comfyui_runs_nodes_in_inference_mode(node, run, models):
+def test_weights_placed_under_inference_mode_are_trainable_through_the_run_views(node, run, models, bridge):
     with torch.inference_mode():  # as ComfyUI's executor does
         result = run(node("MVC_TinyBackbone"), seed=0, window=1).args[0]
-        assert not any(p.is_inference() for p in result.backbone.unet.parameters())
-        result.load()  # the fake patcher re-creates every tensor, like a move to the GPU
-    assert not any(p.is_inference() for p in result.backbone.unet.parameters())
-    assert not any(p.is_inference() for p in result.backbone.text_encoder.parameters())
+        # the fake patcher re-creates every tensor, like a move to the GPU: the shared modules hold inference tensors
+        core = bridge.prepare_backbone(node("MVC_TrainCustomization"), result, ["unet", "vae", "text_encoder"])
+    assert all(p.is_inference() for p in result.backbone.unet.parameters())
+    for module in (core.unet, core.vae, core.text_encoder):
+        assert not any(p.is_inference() for p in module.parameters())
+    x = torch.randn(1, 4, 2, 8, 8, requires_grad=True)
+    core.unet(x, 10, encoder_hidden_states=torch.randn(2, 77, 32)).sample.sum().backward()
+    assert x.grad.abs().sum() > 0
 
 
 def _stock_files(folder, suffix):
@@ -205,7 +216,7 @@ def _stock_files(folder, suffix):
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 def test_auto_attention_on_a_stock_module_is_its_own_temporal_attention(node, run, models, tiny_files,
-                                                                         tiny_loaders, suffix):
+                                                                         tiny_loaders, suffix, bridge):
     (models.dir / "animatediff_models").mkdir()
     stock = _stock_files(models.dir / "animatediff_models", suffix)
     os.link(tiny_files / "tiny_sd15.safetensors", models.dir / "checkpoints" / "sd.safetensors")
@@ -218,16 +229,16 @@ def test_auto_attention_on_a_stock_module_is_its_own_temporal_attention(node, ru
     text = torch.randn(3, 7, plain.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = plain(x, 500, encoder_hidden_states=text).sample
-        assert torch.equal(result.backbone.unet(x, 500, encoder_hidden_states=text).sample, expected)
+        assert torch.equal(_run_unet(bridge, node, result)(x, 500, encoder_hidden_states=text).sample, expected)
         full = run(cls, checkpoint="sd.safetensors", motion_module=stock, dtype="fp32", window=0).args[0]
-        moved = full.backbone.unet(x, 500, encoder_hidden_states=text).sample
+        moved = _run_unet(bridge, node, full)(x, 500, encoder_hidden_states=text).sample
     assert full.window is None and (moved - expected).abs().max() > 1e-3  # dense attention on it is another model
 
 
 @pytest.mark.parametrize(("trained", "choice", "expected"), [(3, -1, 3), (None, -1, None), (3, 1, 1), (3, 0, None),
                                                              (None, 5, 5)])
 def test_auto_attention_reads_the_trained_window_from_the_file(node, run, models, tiny_files, tiny_loaders, trained,
-                                                               choice, expected):
+                                                               choice, expected, bridge):
     from mvcustom_core.backbone.training import save_motion_module
 
     unet = tiny_backbone(seed=4).unet
@@ -237,4 +248,9 @@ def test_auto_attention_reads_the_trained_window_from_the_file(node, run, models
     os.link(tiny_files / "tiny_sd15.safetensors", models.dir / "checkpoints" / "sd.safetensors")
     result = run(node("MVC_LoadBackbone"), checkpoint="sd.safetensors", motion_module="dense.safetensors",
                  window=choice).args[0]
-    assert result.window == motion_attention_window(result.backbone.unet) == expected
+    assert result.window == motion_attention_window(_run_unet(bridge, node, result)) == expected
+
+
+def _run_unet(bridge, node, backbone):
+    """The UNet a sampler run gets (the backbone's attention is installed on that view only)."""
+    return bridge.prepare_backbone(node("MVC_MVCustomSampler"), backbone, ["unet"], input_name="model").unet
