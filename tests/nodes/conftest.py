@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -116,3 +119,53 @@ def mm(host):
 def bridge(pack):
     """The pack's ``nodes.bridge`` module (prepare_backbone, the MODEL/CLIP/VAE views)."""
     return importlib.import_module(f"{PACK_NAME}.nodes.bridge")
+
+
+EXTENSIONS = {".ckpt", ".pt", ".bin", ".pth", ".safetensors", ".sft"}
+
+
+@pytest.fixture
+def models(host, tmp_path, monkeypatch):
+    """ComfyUI's models/ folder in tmp_path, with the folder_paths / model management / ModelPatcher doubles."""
+    fp, mm = host["folder_paths"], host["comfy.model_management"]
+    models_dir = tmp_path / "models"
+    (models_dir / "checkpoints").mkdir(parents=True)
+    names = {"checkpoints": ([str(models_dir / "checkpoints")], EXTENSIONS)}
+
+    def get_filename_list(key):
+        found = []
+        for folder in names[key][0]:
+            for dirpath, _, files in os.walk(folder):
+                found += [os.path.relpath(os.path.join(dirpath, f), folder).replace(os.sep, "/") for f in files
+                          if not names[key][1] or os.path.splitext(f)[1] in names[key][1]]
+        return sorted(set(found))
+
+    def get_full_path(key, name):
+        if key not in names:
+            return None
+        for folder in names[key][0]:
+            if os.path.isfile(os.path.join(folder, name)):
+                return os.path.join(folder, name)
+        return None
+
+    def add_model_folder_path(key, path, is_default=False):
+        paths = names.setdefault(key, ([], set()))[0]
+        if path not in paths:
+            paths.insert(0, path) if is_default else paths.append(path)
+
+    for name, value in dict(models_dir=str(models_dir), supported_pt_extensions=EXTENSIONS,
+                            folder_names_and_paths=names, get_filename_list=get_filename_list,
+                            get_full_path=get_full_path, add_model_folder_path=add_model_folder_path,
+                            get_folder_paths=lambda key: list(names[key][0])).items():
+        monkeypatch.setattr(fp, name, value, raising=False)
+    loaded = []
+    monkeypatch.setattr(mm, "unet_offload_device", lambda: torch.device("cpu"), raising=False)
+    monkeypatch.setattr(mm, "unet_dtype", lambda *a, **k: torch.float32, raising=False)
+    monkeypatch.setattr(mm, "vae_dtype", lambda *a, **k: torch.float32, raising=False)
+    def load_models_gpu(models, memory_required=0, **kwargs):
+        for patcher in models:
+            patcher.load(patcher.load_device)
+        loaded.append(list(models))
+
+    monkeypatch.setattr(mm, "load_models_gpu", load_models_gpu, raising=False)
+    return types.SimpleNamespace(dir=models_dir, folders=names, loaded=loaded)

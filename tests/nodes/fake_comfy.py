@@ -274,16 +274,85 @@ class ProgressBar:
 
 
 class ModelPatcher:
-    """Records its arguments and, like ComfyUI's, assigns ``model.device`` (at init and when loaded)."""
+    """Records its arguments and, like ComfyUI's, assigns ``model.device`` (at init and when loaded).
+
+    ``clone()`` shares the model, as ComfyUI's does; ``load`` re-creates every tensor, as a move to another device
+    (or ComfyUI's weight patching) does, so code that kept tensors from before a load would see stale ones.
+    """
 
     def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
         self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+        self.parent = None
         if not hasattr(model, "device") or model.device is None:
             model.device = offload_device
 
     def load(self, device_to):
         self.model._apply(lambda t: t.to(device_to, copy=True))  # new tensors, as a move to another device makes
         self.model.device = device_to
+
+    def clone(self):
+        clone = ModelPatcher(self.model, self.load_device, self.offload_device, self.size)
+        clone.parent = self
+        return clone
+
+    def model_dtype(self):
+        return self.model.get_dtype()
+
+
+class StateModule(torch.nn.Module):
+    """Tensors registered under dotted names, as ComfyUI's own module trees name them (``input_blocks.1.0...``)."""
+
+    def __init__(self, state: dict):
+        super().__init__()
+        for name, tensor in state.items():
+            *path, leaf = name.split(".")
+            owner = self
+            for part in path:
+                if part not in owner._modules:
+                    owner.add_module(part, torch.nn.Module())
+                owner = owner._modules[part]
+            owner.register_parameter(leaf, torch.nn.Parameter(tensor.detach().clone(), requires_grad=False))
+
+
+class SD15:
+    """Stands for ``comfy.supported_models.SD15`` (what Load Checkpoint detects for SD1.x files); the pack reads
+    only the class name."""
+
+
+class ModelType(Enum):  # comfy.model_base.ModelType
+    EPS = 1
+    V_PREDICTION = 2
+
+
+class BaseModel(torch.nn.Module):
+    """What ``ModelPatcher.model`` is after Load Checkpoint: ``diffusion_model`` (LDM names), the detected family."""
+
+    def __init__(self, diffusion_state: dict, model_config=None, model_type=ModelType.EPS):
+        super().__init__()
+        self.diffusion_model = StateModule(diffusion_state)
+        self.model_config = model_config if model_config is not None else SD15()
+        self.model_type = model_type
+        self.manual_cast_dtype = None
+
+    def get_dtype(self):
+        return next(self.diffusion_model.parameters()).dtype
+
+
+class CLIP:
+    """Load Checkpoint's CLIP for SD1.x: ``cond_stage_model.clip_l.transformer.text_model.*`` and its patcher."""
+
+    def __init__(self, text_state: dict, layer_idx=None):
+        self.cond_stage_model = StateModule({f"clip_l.transformer.text_model.{k}": v for k, v in text_state.items()})
+        self.patcher = ModelPatcher(self.cond_stage_model, torch.device("cpu"), torch.device("cpu"))
+        self.layer_idx = layer_idx
+
+
+class VAE:
+    """Load Checkpoint's VAE: ``first_stage_model`` with LDM names, and its patcher."""
+
+    def __init__(self, ldm_state: dict):
+        self.first_stage_model = StateModule(ldm_state)
+        self.patcher = ModelPatcher(self.first_stage_model, torch.device("cpu"), torch.device("cpu"))
 
 
 def _build_comfy() -> dict[str, types.ModuleType]:

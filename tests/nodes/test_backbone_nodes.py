@@ -1,7 +1,7 @@
 """Backbone nodes against the core loaders, with ComfyUI's model folders, ModelPatcher and model management faked.
 
 The tier-2 fake (fake_comfy.py) has no model folders or ``load_models_gpu`` (its ``ModelPatcher`` is used); the doubles
-below follow ComfyUI's signatures (``folder_paths.get_full_path``/``get_filename_list``/``add_model_folder_path``,
+of the ``models`` fixture (conftest.py) follow ComfyUI's signatures (``folder_paths.get_full_path``/``get_filename_list``/``add_model_folder_path``,
 ``ModelPatcher(model, load_device, offload_device, size=0)``, ``load_models_gpu(models, memory_required=0)``).
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import types
 
 import pytest
 import torch
@@ -21,55 +20,6 @@ from mvcustom_core.backbone.loading import export_ldm_state_dict, shipped_config
 from mvcustom_core.backbone.tiny import TINY_CONFIGS, tiny_backbone, tiny_components
 
 from .conftest import widget_defaults
-
-EXTENSIONS = {".ckpt", ".pt", ".bin", ".pth", ".safetensors", ".sft"}
-
-
-@pytest.fixture
-def models(host, tmp_path, monkeypatch):
-    """ComfyUI's models/ folder in tmp_path, with the folder_paths / model management / ModelPatcher doubles."""
-    fp, mm = host["folder_paths"], host["comfy.model_management"]
-    models_dir = tmp_path / "models"
-    (models_dir / "checkpoints").mkdir(parents=True)
-    names = {"checkpoints": ([str(models_dir / "checkpoints")], EXTENSIONS)}
-
-    def get_filename_list(key):
-        found = []
-        for folder in names[key][0]:
-            for dirpath, _, files in os.walk(folder):
-                found += [os.path.relpath(os.path.join(dirpath, f), folder).replace(os.sep, "/") for f in files
-                          if not names[key][1] or os.path.splitext(f)[1] in names[key][1]]
-        return sorted(set(found))
-
-    def get_full_path(key, name):
-        if key not in names:
-            return None
-        for folder in names[key][0]:
-            if os.path.isfile(os.path.join(folder, name)):
-                return os.path.join(folder, name)
-        return None
-
-    def add_model_folder_path(key, path, is_default=False):
-        paths = names.setdefault(key, ([], set()))[0]
-        if path not in paths:
-            paths.insert(0, path) if is_default else paths.append(path)
-
-    for name, value in dict(models_dir=str(models_dir), supported_pt_extensions=EXTENSIONS,
-                            folder_names_and_paths=names, get_filename_list=get_filename_list,
-                            get_full_path=get_full_path, add_model_folder_path=add_model_folder_path,
-                            get_folder_paths=lambda key: list(names[key][0])).items():
-        monkeypatch.setattr(fp, name, value, raising=False)
-    loaded = []
-    monkeypatch.setattr(mm, "unet_offload_device", lambda: torch.device("cpu"), raising=False)
-    monkeypatch.setattr(mm, "unet_dtype", lambda *a, **k: torch.float32, raising=False)
-    monkeypatch.setattr(mm, "vae_dtype", lambda *a, **k: torch.float32, raising=False)
-    def load_models_gpu(models, memory_required=0, **kwargs):
-        for patcher in models:
-            patcher.load(patcher.load_device)
-        loaded.append(list(models))
-
-    monkeypatch.setattr(mm, "load_models_gpu", load_models_gpu, raising=False)
-    return types.SimpleNamespace(dir=models_dir, folders=names, loaded=loaded)
 
 
 @pytest.fixture(scope="module")
