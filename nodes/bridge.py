@@ -32,6 +32,7 @@ from mvcustom_core.backbone.module_view import module_view
 from mvcustom_core.backbone.motion_module import load_motion_module, trained_attention_window
 
 from ._common import NodeInputError, Progress, blame, require
+from ._files import reading
 from ._host import io, model_management, model_patcher
 from .backbone import (AUTO_WINDOW, CATEGORY, MOTION_FOLDER, WINDOW_TOOLTIP, HostedModule, MVCBackbone,
                        attention_window, comfy_tokenizer, model_files, resolve_model_file)
@@ -258,7 +259,8 @@ class ApplyMotionModule(io.ComfyNode):
         path = resolve_model_file(cls, "motion_module", MOTION_FOLDER, motion_module)
         dtype = _compute_dtype(model)
         # Outside inference mode, like every module the pack creates (views alias it either way).
-        with blame(cls, "motion_module"), torch.inference_mode(False):
+        with reading(cls, "motion_module", motion_module, path, MOTION_FOLDER, what="a motion module"), \
+                torch.inference_mode(False):
             adapter = load_motion_module(path, dtype=dtype, progress=Progress(1).callback)
             k = attention_window(cls, window, trained_attention_window(path))
         hosted = model_patcher.ModelPatcher(HostedModule(adapter, model.offload_device), load_device=model.load_device,

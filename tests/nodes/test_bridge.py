@@ -215,7 +215,8 @@ def test_inputs_the_bridge_cannot_use_are_named(node, run, tiny_bridge, loaded, 
         run(apply, model=sdxl, motion_module="mm.safetensors")
     with pytest.raises(ValueError, match=r"^MVCustom Apply Motion Module: input 'model' must be a MODEL"):
         run(apply, model=clip, motion_module="mm.safetensors")
-    with pytest.raises(ValueError, match=r"^MVCustom Apply Motion Module: input 'motion_module' names 'absent"):
+    with pytest.raises(ValueError, match=r"^MVCustom Apply Motion Module: input 'motion_module' must name a model file "
+                                         r"in models/animatediff_models; 'absent\.safetensors' is not one"):
         run(apply, model=model, motion_module="absent.safetensors")
 
 
@@ -224,8 +225,8 @@ def test_the_shipped_sd15_layout_refuses_weights_of_another_shape(node, run, bri
     model, _, _ = loaded
     (models.dir / "animatediff_models").mkdir()
     save_motion_module(tiny_backbone(SEED).unet, models.dir / "animatediff_models" / "mm.safetensors")
-    with pytest.raises(ValueError, match=r"^MVCustom Apply Motion Module: input 'motion_module' is invalid: .*"
-                                         r"not SD1\.5's"):
+    with pytest.raises(ValueError, match=r"^MVCustom Apply Motion Module: input 'motion_module' 'mm\.safetensors' "
+                                         r"could not be read as a motion module: .*not SD1\.5's"):
         run(node("MVC_ApplyMotionModule"), model=model, motion_module="mm.safetensors")
 
 
