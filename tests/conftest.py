@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -53,6 +54,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def import_file(path: Path, name: str | None = None):
+    """Import a Python file by path as a fresh module (scripts/ and test-support files: the suite runs with
+    --import-mode=importlib, so they are not on sys.path)."""
+    name = name or f"mvc_file_{Path(path).stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while a class is built
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return module
+
+
+@pytest.fixture(scope="session")
+def import_by_path():
+    """:func:`import_file`: ``import_by_path(path) -> module``."""
+    return import_file
 
 
 @pytest.fixture

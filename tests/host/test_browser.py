@@ -8,12 +8,10 @@ with its reason unless ``COMFYUI_PATH``/``COMFYUI_PY`` are set (conftest.py) and
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
 import re
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -29,20 +27,9 @@ RUN_IN_BROWSER = ["trajectory_preview", "synthetic_views"]
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False}
 
 
-def _load_script(name: str):
-    """Import a file from scripts/ by path (the suite runs with --import-mode=importlib)."""
-    spec = importlib.util.spec_from_file_location(f"mvc_{name}", REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-comfy_frontend = _load_script("comfy_frontend")
-
-
 @pytest.fixture(scope="module")
-def page(comfy):
+def page(comfy, import_by_path):
+    comfy_frontend = import_by_path(REPO_ROOT / "scripts" / "comfy_frontend.py")
     chromium = comfy_frontend.find_chromium()
     if chromium is None:
         pytest.skip("no Chromium: the browser tier needs Debian's `chromium` on PATH or $MVC_CHROMIUM")

@@ -7,10 +7,8 @@ with the real API read from $COMFYUI_PATH by $COMFYUI_PY.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,22 +27,10 @@ print(json.dumps(describe_api(io, ui)))
 """
 
 
-def _load(path: Path, name: str):
-    """Import a test-support file by path (the suite runs with --import-mode=importlib: no sys.path entries)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
-
-
-def _fake_api() -> dict:
-    fake = _load(REPO_ROOT / "tests/nodes/fake_comfy.py", "mvc_fake_comfy_probe")
+def _fake_api(import_by_path) -> dict:
+    fake = import_by_path(REPO_ROOT / "tests/nodes/fake_comfy.py", "mvc_fake_comfy_probe")
     modules = fake.build_modules(fake.FolderState("", "", ""))
-    probe = _load(HERE / "api_probe.py", "mvc_api_probe")
+    probe = import_by_path(HERE / "api_probe.py", "mvc_api_probe")
     return probe.describe_api(modules["comfy_api.latest"].io, modules["comfy_api.latest"].ui)
 
 
@@ -56,8 +42,8 @@ def real_api(host_paths) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_fake_accepts_no_argument_the_real_api_lacks(real_api):
-    fake = _fake_api()
+def test_fake_accepts_no_argument_the_real_api_lacks(real_api, import_by_path):
+    fake = _fake_api(import_by_path)
     assert set(fake) == set(real_api)
     for key, fake_value in fake.items():
         real_value = real_api[key]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -107,24 +105,12 @@ def test_ui_workflow_is_the_same_graph_as_the_api_workflow(node_classes, name):
             f"{name} node {n['id']}"
 
 
-def _generator():
-    """scripts/workflow_api_to_ui.py, imported by path (the suite runs with --import-mode=importlib)."""
-    spec = importlib.util.spec_from_file_location("mvc_workflow_api_to_ui", REPO_ROOT / "scripts" / "workflow_api_to_ui.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
-
-
 @pytest.mark.parametrize("name", WORKFLOWS)
-def test_layout_keeps_nodes_apart_and_right_of_their_sources(name):
+def test_layout_keeps_nodes_apart_and_right_of_their_sources(import_by_path, name):
     """Whatever sizes the frontend reports, the generator's layout gives every node at least that size (plus the
     image-preview room for output nodes), keeps title bars and bodies apart, and puts each node right of its
     sources with room for the links."""
-    gen, ui = _generator(), _load(UI_DIR, name)
+    gen, ui = import_by_path(REPO_ROOT / "scripts" / "workflow_api_to_ui.py"), _load(UI_DIR, name)
     rng, title = random.Random(name), 30.0
     sizes = {n["id"]: (rng.uniform(140, 480), rng.uniform(26, 700)) for n in ui["nodes"]}
     outputs = {n["id"] for n in ui["nodes"] if rng.random() < 0.5}
