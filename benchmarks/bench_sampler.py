@@ -119,7 +119,7 @@ def _samplers(full: bool, quick: bool, device: str, dtype: torch.dtype):
     g = torch.Generator().manual_seed(0)
     cond, uncond = torch.randn(1, 77, text_dim, generator=g), torch.randn(1, 77, text_dim, generator=g)
     cams = _cams(frames, size).to(device=device)
-    dfr = DFRPlan(depth=torch.full((size, size), 2.5, device=device), depth_kind="depth", scale=1.0,
+    dfr = DFRPlan(depth=torch.full((size, size), 2.5, device=device), depth_kind="metric", scale=1.0,
                   steps=max(1, round(0.7 * steps)))
     clc = CLCPlan(tau=900 if steps >= 10 else 500)
     sides = {"plain": lambda: sample(unet, cond, uncond, frames, size, size, steps, 5.0, seed=1),

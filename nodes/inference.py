@@ -295,7 +295,7 @@ class MVCustomSampler(io.ComfyNode):
         anchor = None
         if run.geometry is not None:
             anchor = replace(dfr_plan, anchor=run.geometry.anchor, depth=run.geometry.depth.detach().float().cpu(),
-                             depth_kind="depth", scale=1.0, shift=0.0)
+                             depth_valid=None, depth_kind="metric", depth_model=None, scale=1.0, shift=0.0)
         return io.NodeOutput(to_comfy_latent(latents), anchor)
 
 
@@ -334,7 +334,7 @@ class ExportViews(io.ComfyNode):
                 f"has {frames.shape[0]} frames but the trajectory has {cams.num_frames} cameras")
         require(cls, "ply_format", ply_format in ("binary", "ascii"), f"must be 'binary' or 'ascii', got {ply_format!r}")
         require(cls, "anchor", anchor is None or (isinstance(anchor, DFRPlan) and anchor.depth is not None
-                                                  and anchor.depth_kind == "depth" and anchor.scale == 1.0),
+                                                  and anchor.depth_kind == "metric" and anchor.scale == 1.0),
                 "must be the MVCustom Sampler's 'anchor' output (a resolved metric depth)")
         parent, name, subfolder = numbered_output(cls, "folder_prefix", folder_prefix)
         with blame(cls, "images"):

@@ -1,49 +1,80 @@
 """The anchor frame's depth for depth-aware feature rendering (DFR, method.md §7.2).
 
-Two sources:
+Sources:
 
 * the customized FeatureNeRF's expected depth ``D(r) = Σ_k w_k t_k`` (method.md §4.6), rendered for the
   anchor camera from one pose-conditioned block (:func:`field_depth`): weight-free and metric in the
-  customization's scene frame; density is text-independent, so no prompt is needed;
-* a depth IMAGE from any ComfyUI depth node (ZoeDepth in the paper; MiDaS / Depth Anything give relative
-  *inverse* depth), brought to the scene's scale by :func:`align_depth`.
+  customization's scene frame, but only on the subject (opacity > 0.5);
+* a monocular estimate of the generated anchor frame (the paper: ZoeDepth) or a depth IMAGE from another
+  pack, a :class:`~mvcustom_core.depth.DepthMap` of kind ``metric``, ``relative`` or ``disparity``, brought to
+  the scene's scale by :func:`align_depth`.
 
 Convention: "depth" is always the anchor camera's z-depth (OpenCV camera z, not the ray length), which is
 what :func:`mvcustom_core.ops.build_feature_mesh` takes. The field integrates along *unit* ray directions,
 so its expected ray length ``t`` converts as ``z = t · (d · forward)`` (:func:`ray_length_to_z`).
 
-Alignment (open choice in the paper, Appendix B.2): least squares ``min_{s,b} Σ_mask (s·x + b − y)²``
-(MiDaS, Ranftl et al. 2020, eq. 4, "scale and shift invariant loss" closed form), with
+Alignment (open choice in the paper, Appendix B.2): the transformation each kind is known up to, fitted to the
+field's depth z on the subject's pixels:
 
-* ``kind="depth"``: x = the image's depth, y = the reference z-depth;
-* ``kind="disparity"``: x = the image's relative inverse depth, y = 1 / reference depth, and the result is
-  ``1 / (s·x + b)`` (MiDaS aligns in disparity space for the same reason: its output is affine-invariant
-  *inverse* depth).
+* ``metric``: z = s·x, scale only (the model's metres vs. the scene's normalized units);
+* ``relative``: z = s·x + b;
+* ``disparity``: 1/z = s·x + b. The fit is done in disparity because that is where the unknown map is affine
+  (MiDaS, Ranftl et al. 2020, eq. 4, and Depth Anything are trained scale-and-shift invariant on inverse depth):
+  converting to depth first would need the unknown shift, and 1/(x + b') is not an affine function of 1/x, so no
+  depth-space fit could undo a wrong guess. Residuals are left unweighted in the fit's own space: weighting them by
+  the reference depth (which would make them relative depth errors to first order, d(1/z) = −dz/z²) changes
+  little over a subject's narrow depth range, but gives wrong reference pixels leverage (a floater at 3z would
+  weigh 3 times more, and M-estimators do not resist leverage). The reported residual is the relative depth
+  error |ẑ − z| / z, one unit for all kinds.
 
-Without a reference (no customization), the fallback puts the median depth at ``center_distance`` (the
-anchor camera's distance to the scene origin, where normalized scenes have their subject); a manual
-``scale``/``shift`` overrides both.
+The fit is robust: iteratively reweighted least squares (Huber, then Tukey's biweight for gross outliers, scale =
+1.4826 · median absolute residual; Holland & Welsch 1977) starting from plain least squares, so a few wrong
+field pixels (silhouette rims, floaters) cannot drag the background. :class:`AlignedDepth` reports the median
+relative residual and the inlier share. Without a reference (no customization) the median depth goes to the anchor
+camera's distance from the origin; a manual ``scale``/``shift`` overrides both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import check_shape
+from mvcustom_core.depth.maps import DEPTH_KINDS, DepthKind
 
-__all__ = ["DepthKind", "AlignedDepth", "AnchorDepthError", "depth_from_image", "fit_scale_shift",
-           "align_depth", "ray_length_to_z", "field_depth"]
+__all__ = ["DepthKind", "AlignedDepth", "AnchorDepthError", "DepthFit", "depth_from_image", "fit_scale_shift",
+           "robust_fit", "align_depth", "ray_length_to_z", "field_depth"]
 
-DepthKind = Literal["depth", "disparity"]
+# Huber's and Tukey's tuning constants for 95 % efficiency under Gaussian noise (Holland & Welsch 1977).
+_HUBER_K, _TUKEY_C = 1.345, 4.685
+_MAD_TO_SIGMA = 1.4826
+_EXACT = 1e-9  # relative residual below which a fit counts as exact
+_INLIER = 0.01  # reported: share of reference pixels the aligned depth meets within 1 %
 
 
 class AnchorDepthError(ValueError):
     """Unusable anchor depth (empty overlap with the reference, non-positive result, bad kind)."""
+
+
+@dataclass(frozen=True)
+class DepthFit:
+    """A robust fit of ``y ≈ s·x (+ b)``.
+
+    Attributes:
+        scale, shift: the fitted map (shift 0 for scale-only fits).
+        residual: median |relative depth error| over all fitted pixels.
+        inliers: share of the fitted pixels whose aligned depth is within 1 % of the reference.
+        pixels: number of fitted pixels.
+    """
+
+    scale: float
+    shift: float
+    residual: float
+    inliers: float
+    pixels: int
 
 
 @dataclass(frozen=True)
@@ -53,8 +84,9 @@ class AlignedDepth:
     Attributes:
         depth: ``[H, W]`` z-depth, 0 where invalid.
         valid: ``[H, W]`` bool.
-        scale, shift: the affine map applied (in disparity space for ``kind="disparity"``).
+        scale, shift: the map applied (in disparity for ``kind="disparity"``).
         kind: what the input was.
+        fit: the least-squares fit against the field's depth (None for a manual or median alignment).
     """
 
     depth: Tensor
@@ -62,6 +94,16 @@ class AlignedDepth:
     scale: float
     shift: float
     kind: DepthKind
+    fit: DepthFit | None = None
+
+    def summary(self) -> str:
+        """One line for the UI, e.g. ``"disparity → 1/depth = 0.3·x + 0.05; fit residual 0.8 % ..."``."""
+        how = "depth" if self.kind != "disparity" else "1/depth"
+        text = f"{self.kind} → {how} = {self.scale:.4g}·x + {self.shift:.4g}"
+        if self.fit is None:
+            return text + " (manual or median, no fit)"
+        return (text + f"; fit residual {100 * self.fit.residual:.2g} % median |Δz|/z "
+                f"({100 * self.fit.inliers:.0f} % of {self.fit.pixels} subject px within 1 %)")
 
 
 def depth_from_image(image: Tensor) -> Tensor:
@@ -75,6 +117,15 @@ def depth_from_image(image: Tensor) -> Tensor:
     return image.float()
 
 
+def _pairs(x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    if x.shape != y.shape:
+        raise AnchorDepthError(f"cannot align depth of shape {tuple(x.shape)} to a reference of shape {tuple(y.shape)}")
+    ok = torch.isfinite(x) & torch.isfinite(y)
+    if mask is not None:
+        ok &= mask.to(torch.bool)
+    return x[ok].double(), y[ok].double()
+
+
 def fit_scale_shift(x: Tensor, y: Tensor, mask: Tensor | None = None) -> tuple[float, float]:
     """Least-squares ``s, b = argmin Σ_mask (s·x + b − y)²`` (2×2 normal equations, float64).
 
@@ -84,70 +135,109 @@ def fit_scale_shift(x: Tensor, y: Tensor, mask: Tensor | None = None) -> tuple[f
     Raises:
         AnchorDepthError: fewer than two distinct x values under the mask.
     """
-    if x.shape != y.shape:
-        raise AnchorDepthError(f"cannot align depth of shape {tuple(x.shape)} to a reference of shape {tuple(y.shape)}")
-    ok = torch.isfinite(x) & torch.isfinite(y)
-    if mask is not None:
-        ok &= mask.to(torch.bool)
-    xs, ys = x[ok].double(), y[ok].double()
-    if xs.numel() < 2 or float(xs.max() - xs.min()) == 0.0:
-        raise AnchorDepthError(f"depth alignment needs at least two distinct depths under the mask, got {xs.numel()} "
-                               "pixels; give a manual scale/shift or a larger mask")
+    xs, ys = _pairs(x, y, mask)
+    _need_distinct(xs, 2)
     a = torch.stack([xs, torch.ones_like(xs)], dim=1)  # [P, 2]
     sol = torch.linalg.solve(a.T @ a, a.T @ ys)
     return float(sol[0]), float(sol[1])
 
 
+def _need_distinct(xs: Tensor, count: int) -> None:
+    if xs.numel() < count or (count == 2 and float(xs.max() - xs.min()) == 0.0):
+        raise AnchorDepthError(f"depth alignment needs at least {count} distinct depths under the mask, got "
+                               f"{xs.numel()} pixels; give a manual scale/shift or a larger mask")
+
+
+def robust_fit(x: Tensor, y: Tensor, *, shift: bool = True, iterations: int = 30) -> tuple[float, float]:
+    """Robust fit of ``y ≈ s·x (+ b)`` by iteratively reweighted least squares.
+
+    Args:
+        x, y: ``[P]`` float64 samples.
+        shift: fit ``b`` too (False: ``b = 0``).
+        iterations: IRLS steps from plain least squares; the first two thirds use Huber weights (convex: they
+            converge to the unique M-estimate), the rest Tukey's biweight (gross outliers get weight 0).
+
+    Returns:
+        ``(s, b)``.
+
+    Raises:
+        AnchorDepthError: too few distinct samples for the model.
+    """
+    _need_distinct(x, 2 if shift else 1)
+    design = torch.stack([x, torch.ones_like(x)], dim=1) if shift else x[:, None]  # [P, 1 | 2]
+    floor = _EXACT * float(y.abs().median())
+    robust = torch.ones_like(x)
+    for it in range(iterations + 1):
+        w = robust.sqrt()
+        theta = torch.linalg.lstsq(design * w[:, None], y * w).solution
+        r = design @ theta - y
+        sigma = _MAD_TO_SIGMA * float(r.abs().median())
+        if sigma <= floor:  # more than half the samples fitted exactly: nothing left to reweight
+            break
+        u = r.abs() / sigma
+        if it < (2 * iterations) // 3:
+            robust = torch.where(u <= _HUBER_K, torch.ones_like(u), _HUBER_K / u)
+        else:
+            robust = torch.where(u < _TUKEY_C, (1 - (u / _TUKEY_C) ** 2) ** 2, torch.zeros_like(u))
+    return float(theta[0]), float(theta[1]) if shift else 0.0
+
+
 def align_depth(
-    depth: Tensor,  # [H, W] raw depth / relative disparity
+    depth: Tensor,  # [H, W] raw values of the kind
     reference: Tensor | None = None,  # [H, W] z-depth in scene units, 0/inf where unknown
     mask: Tensor | None = None,  # [H, W] bool, pixels the reference is trusted on
     *,
     kind: DepthKind = "disparity",
+    valid: Tensor | None = None,  # [H, W] bool, pixels the depth map carries depth on
     scale: float | None = None,
     shift: float | None = None,
     center_distance: float | None = None,
 ) -> AlignedDepth:
     """Bring a depth map to scene z-depth (see the module docstring for the formulas).
 
-    Priority: manual ``scale`` (``shift`` defaults to 0) > least squares against ``reference`` on ``mask``
-    (and the reference's valid pixels) > median depth at ``center_distance``.
+    Priority: manual ``scale`` (``shift`` defaults to 0) > robust fit against ``reference`` on ``mask`` (and both
+    maps' valid pixels) > median depth at ``center_distance``.
 
     Returns:
-        :class:`AlignedDepth`; pixels whose result is not a positive finite depth are invalid.
+        :class:`AlignedDepth`; pixels that are invalid in ``valid`` or whose result is not a positive finite
+        depth are invalid.
     """
     depth = depth if depth.is_floating_point() else depth.float()
     check_shape(depth, "H W", "depth")
-    if kind not in ("depth", "disparity"):
-        raise AnchorDepthError(f"depth kind must be 'depth' or 'disparity', got {kind!r}")
+    if kind not in DEPTH_KINDS:
+        raise AnchorDepthError(f"depth kind must be one of {DEPTH_KINDS}, got {kind!r}")
     if scale is None and shift is not None:
         raise AnchorDepthError("a manual depth shift needs a manual scale too")
+    usable = torch.isfinite(depth) if valid is None else (valid.to(torch.bool) & torch.isfinite(depth))
+    fit = None
     if scale is not None:
         s, b = float(scale), float(0.0 if shift is None else shift)
     elif reference is not None:
         check_shape(reference, f"{depth.shape[0]} {depth.shape[1]}", "reference depth")
         ref = reference.to(depth.dtype)
-        ref_ok = torch.isfinite(ref) & (ref > 0)
+        ok = usable & torch.isfinite(ref) & (ref > 0)
         if mask is not None:
-            ref_ok &= mask.to(torch.bool)
-        if kind == "depth":
-            s, b = fit_scale_shift(depth, ref, ref_ok)
-        else:
-            s, b = fit_scale_shift(depth, 1.0 / ref.clamp_min(1e-12), ref_ok)
+            ok &= mask.to(torch.bool)
+        xs, zs = _pairs(depth, ref, ok)
+        s, b = robust_fit(xs, 1.0 / zs if kind == "disparity" else zs, shift=kind != "metric")
+        fitted = s * xs + b if kind != "disparity" else 1.0 / (s * xs + b)
+        error = ((fitted - zs) / zs).abs()
+        fit = DepthFit(s, b, float(error.median()), float((error < _INLIER).double().mean()), int(xs.numel()))
     elif center_distance is not None:
-        med = float(depth[torch.isfinite(depth) & (depth > 0)].median()) if (depth > 0).any() else 0.0
+        positive = usable & (depth > 0)
+        med = float(depth[positive].median()) if positive.any() else 0.0
         if med <= 0:
             raise AnchorDepthError("depth image has no positive values to align")
         # depth: z = s·x puts the median at the distance; disparity: 1/(s·x) does.
-        s, b = (center_distance / med, 0.0) if kind == "depth" else (1.0 / (center_distance * med), 0.0)
+        s, b = (center_distance / med, 0.0) if kind != "disparity" else (1.0 / (center_distance * med), 0.0)
     else:
         raise AnchorDepthError("align_depth needs a reference depth, a center_distance or a manual scale")
     mapped = s * depth + b
-    z = mapped if kind == "depth" else 1.0 / mapped
-    valid = torch.isfinite(z) & (z > 0) & torch.isfinite(depth)
-    if not valid.any():
+    z = mapped if kind != "disparity" else 1.0 / mapped
+    ok = torch.isfinite(z) & (z > 0) & usable
+    if not ok.any():
         raise AnchorDepthError(f"aligned depth (scale {s:.4g}, shift {b:.4g}) has no positive pixels")
-    return AlignedDepth(torch.where(valid, z, torch.zeros_like(z)), valid, s, b, kind)
+    return AlignedDepth(torch.where(ok, z, torch.zeros_like(z)), ok, s, b, kind, fit)
 
 
 def ray_length_to_z(length: Tensor, cam: CameraSet) -> Tensor:

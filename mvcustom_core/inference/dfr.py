@@ -23,6 +23,7 @@ resolution), "decoder features at latent and half-latent resolution".
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,14 +32,18 @@ from mvcustom_core.backbone.hooks import FeatureHook, hookable_layers
 from mvcustom_core.backbone.schedule import check_fraction, leading_steps
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import about, check_shape
+from mvcustom_core.depth.maps import DEPTH_KINDS
 from mvcustom_core.inference.anchor_depth import AlignedDepth, DepthKind, align_depth, field_depth
 from mvcustom_core.ops import (DEFAULT_MAX_REL_DEPTH_JUMP, FeatureMesh, RenderPlan, apply_plan, build_feature_mesh,
                                plan_mesh_render, resample_depth)
 
 __all__ = ["DFRPlan", "DFRError", "AnchorGeometry", "DFRHook", "default_dfr_layers", "anchor_index",
-           "resolve_anchor_geometry", "dfr_previews", "DEFAULT_DFR_FRACTION"]
+           "resolve_anchor_geometry", "align_anchor_depth", "dfr_previews", "DEFAULT_DFR_FRACTION",
+           "DEFAULT_ONE_PASS_AT"]
 
 DEFAULT_DFR_FRACTION = 0.7  # paper: the first 35 of 50 DDIM steps
+# One pass: the anchor's x̂0 is decoded after this share of the steps (open choice, see one_pass.py).
+DEFAULT_ONE_PASS_AT = 0.1
 
 
 class DFRError(ValueError):
@@ -49,13 +54,20 @@ class DFRError(ValueError):
 class DFRPlan:
     """DFR settings; depth is resolved against the customization when sampling starts.
 
+    Depth source, in order: ``depth`` (an estimate or depth image of the anchor frame: two passes); else
+    ``depth_model`` (estimated inside the sampler from the anchor's x̂0: one pass); else the customized
+    FeatureNeRF's expected depth (subject only).
+
     Attributes:
         anchor: anchor frame index (negative counts from the end); None = middle frame ``F // 2``.
-        depth: optional ``[H, W]`` raw anchor depth (a depth node's IMAGE, channel-averaged); None = the
-            customized FeatureNeRF's expected depth.
-        depth_kind: ``"disparity"`` (relative inverse depth: MiDaS, Depth Anything; near is bright) or
-            ``"depth"`` (larger is farther: ZoeDepth metric depth).
-        scale, shift: manual alignment; None = least squares against the field's depth on its opaque
+        depth: optional ``[H, W]`` raw anchor depth values of kind ``depth_kind``.
+        depth_valid: ``[H, W]`` bool, the pixels of ``depth`` that carry depth (None: all finite ones).
+        depth_kind: ``"metric"`` (z = s·x: ZoeDepth, metric Depth Anything), ``"relative"`` (z = s·x + b) or
+            ``"disparity"`` (1/z = s·x + b: Depth Anything, MiDaS); see :mod:`mvcustom_core.depth.maps`.
+        depth_model: a :class:`~mvcustom_core.depth.DepthModel` for the one-pass mode (without ``depth``).
+        one_pass_at: one pass: share of the steps after which the anchor's x̂0 is decoded and its depth
+            estimated; DFR acts from the next step on.
+        scale, shift: manual alignment; None = robust least squares against the field's depth on its opaque
             pixels, or (no customization) the median depth at the anchor camera's distance to the origin.
         layers: hooked module paths; None = :func:`default_dfr_layers`.
         fraction: part of the schedule with replacement: steps ``i < ⌊fraction·S + ½⌋`` of S (default 0.7, the
@@ -69,7 +81,10 @@ class DFRPlan:
 
     anchor: int | None = None
     depth: Tensor | None = None
+    depth_valid: Tensor | None = None
     depth_kind: DepthKind = "disparity"
+    depth_model: Any = None
+    one_pass_at: float = DEFAULT_ONE_PASS_AT
     scale: float | None = None
     shift: float | None = None
     layers: tuple[str, ...] | None = None
@@ -87,9 +102,13 @@ class DFRPlan:
         except ValueError as error:
             raise DFRError(str(error)) from None
         if self.depth is not None:
-            check_shape(self.depth, "H W", "DFR depth")
-        if self.depth_kind not in ("depth", "disparity"):
-            raise DFRError(f"depth_kind must be 'depth' or 'disparity', got {self.depth_kind!r}")
+            dims = check_shape(self.depth, "H W", "DFR depth")
+            if self.depth_valid is not None:
+                check_shape(self.depth_valid, f"{dims['H']} {dims['W']}", "DFR depth valid mask")
+        if self.depth_kind not in DEPTH_KINDS:
+            raise DFRError(f"depth_kind must be one of {DEPTH_KINDS}, got {self.depth_kind!r}")
+        if not 0.0 <= self.one_pass_at < 1.0:
+            raise DFRError(f"one_pass_at must be a share of the steps in [0, 1), got {self.one_pass_at}")
 
     def active_steps(self, total: int) -> int:
         """K for an S = ``total``-step schedule: replacement in steps ``i < K``."""
@@ -180,6 +199,26 @@ class AnchorGeometry:
         return apply_plan(self.plan(size), self.mesh(size).vertex_features(features))
 
 
+def _at_centres(values: Tensor, valid: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """``[H, W]`` values sampled bilinearly at the pixel centres of an ``(h, w)`` grid over the same image.
+
+    The coarse pixel centre ``(j + ½)·W/w`` falls between fine pixel centres; sampling there (rather than taking
+    the nearest fine pixel, half a fine pixel off) keeps the reference and the depth at the same point, so a
+    smooth surface gives no systematic offset to the fit. A sample is valid only if its four fine neighbours
+    are (no mixing with invalid pixels; across a silhouette it mixes surfaces, which the robust fit rejects).
+
+    Returns:
+        ``([h, w] values, [h, w] bool valid)``.
+    """
+    grid_y = (torch.arange(size[0], device=values.device, dtype=torch.float32) + 0.5) / size[0] * 2 - 1
+    grid_x = (torch.arange(size[1], device=values.device, dtype=torch.float32) + 0.5) / size[1] * 2 - 1
+    grid = torch.stack(torch.meshgrid(grid_x, grid_y, indexing="xy"), dim=-1)[None]  # [1, h, w, 2] (x, y)
+    both = torch.stack([torch.where(valid, values, torch.zeros_like(values)), valid.to(values.dtype)])[None]
+    out = torch.nn.functional.grid_sample(both.float(), grid, mode="bilinear", padding_mode="border",
+                                          align_corners=False)[0]
+    return out[0], out[1] > 1 - 1e-6
+
+
 def resolve_anchor_geometry(
     plan: DFRPlan,
     cams: CameraSet,
@@ -187,12 +226,12 @@ def resolve_anchor_geometry(
     unet: torch.nn.Module | None = None,
     pose_context=None,
 ) -> tuple[AnchorGeometry, AlignedDepth | None]:
-    """Turn a :class:`DFRPlan` into anchor geometry for the trajectory ``cams``.
+    """Turn a :class:`DFRPlan` with ``depth`` (or none: field depth) into anchor geometry for the trajectory ``cams``.
 
-    Depth: the plan's depth image aligned to the field's expected depth (needs ``unet`` with pose blocks
+    Depth: the plan's depth aligned by its kind to the field's expected depth (needs ``unet`` with pose blocks
     and ``pose_context``; fitted on the field's latent-resolution render, opaque pixels only), or to manual
-    scale/shift, or to the anchor's distance to the origin; without a depth image, the field's depth itself
-    at latent resolution.
+    scale/shift, or to the anchor's distance to the origin; without a depth, the field's depth itself
+    at latent resolution. (One pass: :mod:`mvcustom_core.inference.one_pass` fills ``depth`` mid-sampling.)
 
     Returns:
         the geometry and the alignment (None when the field depth is used as-is).
@@ -206,25 +245,45 @@ def resolve_anchor_geometry(
     field_size = (max(2, height // 8), max(2, width // 8))
     if plan.depth is None:
         if not has_field:
-            raise DFRError("DFR without a depth image uses the customization's FeatureNeRF depth: connect a "
-                           "customization or give an anchor depth image")
+            raise DFRError("DFR without an anchor depth uses the customization's FeatureNeRF depth: connect a "
+                           "customization, or a depth (estimate of the anchor frame) or a depth model")
         depth, _ = field_depth(unet, pose_context, anchor_cam, field_size, opacity_threshold=plan.opacity_threshold)
         if not (depth > 0).any():
             raise DFRError("the customization's FeatureNeRF is transparent from the anchor view (no opacity above "
-                           f"{plan.opacity_threshold}); give an anchor depth image")
+                           f"{plan.opacity_threshold}); give an anchor depth")
         return AnchorGeometry(a, cams, depth, plan.max_rel_depth_jump, plan.guard_silhouettes), None
-    raw = plan.depth.to(device=cams.K.device, dtype=torch.float32)
-    scale, shift = plan.scale, plan.shift
-    if scale is None and has_field:
+    reference = trusted = None
+    if plan.scale is None and has_field:
         reference, opacity = field_depth(unet, pose_context, anchor_cam, field_size,
                                          opacity_threshold=plan.opacity_threshold)
-        # Fit on the field's grid (nearest samples of the depth image), then map the full image.
-        small = resample_depth(raw, field_size, mode="nearest")
-        fit = align_depth(small, reference, (opacity > plan.opacity_threshold) & (small > 0), kind=plan.depth_kind)
-        scale, shift = fit.scale, fit.shift
-    center = float(anchor_cam.centers[0].norm())
-    aligned = align_depth(raw, kind=plan.depth_kind, scale=scale, shift=shift, center_distance=center)
+        trusted = opacity > plan.opacity_threshold
+    aligned = align_anchor_depth(plan, cams, reference, trusted)
     return AnchorGeometry(a, cams, aligned.depth, plan.max_rel_depth_jump, plan.guard_silhouettes), aligned
+
+
+def align_anchor_depth(plan: DFRPlan, cams: CameraSet, reference: Tensor | None = None,
+                       trusted: Tensor | None = None) -> AlignedDepth:
+    """The plan's anchor depth in scene z-depth (see :mod:`~mvcustom_core.inference.anchor_depth`).
+
+    Args:
+        plan: with ``depth`` ``[H, W]`` (and ``depth_valid``, ``depth_kind``, manual ``scale``/``shift``).
+        cams: the trajectory (the anchor camera's distance to the origin is the fallback's median depth).
+        reference: ``[h, w]`` z-depth of the anchor view on any grid (the field's, at latent resolution); the
+            depth is sampled at its pixel centres for the fit and the fit then maps the full map.
+        trusted: ``[h, w]`` bool, reference pixels to fit on (the field's opaque pixels).
+    """
+    if plan.depth is None:
+        raise DFRError("align_anchor_depth needs a plan with an anchor depth")
+    raw = plan.depth.to(device=cams.K.device, dtype=torch.float32)
+    valid = torch.isfinite(raw) if plan.depth_valid is None else plan.depth_valid.to(raw.device, torch.bool)
+    if plan.scale is None and reference is not None:
+        samples, sampled_valid = _at_centres(raw, valid, tuple(reference.shape))
+        fit = align_depth(samples, reference.to(raw), trusted, valid=sampled_valid, kind=plan.depth_kind)
+        aligned = align_depth(raw, kind=plan.depth_kind, valid=valid, scale=fit.scale, shift=fit.shift)
+        return replace(aligned, fit=fit.fit)
+    center = float(cams[anchor_index(plan.anchor, cams.num_frames)].centers[0].norm())
+    return align_depth(raw, kind=plan.depth_kind, valid=valid, scale=plan.scale, shift=plan.shift,
+                       center_distance=center)
 
 
 def dfr_previews(geometry: AnchorGeometry, image: Tensor | None = None, max_size: int = 128
@@ -271,9 +330,10 @@ class DFRHook(FeatureHook):
     window renders the same anchor mesh *and* the same anchor features.
 
     ``record`` (optional list) receives ``(step, name, frames, replaced_rows_mask)`` for tests and previews.
+    ``geometry`` None replaces nothing until it is set (one pass: the anchor depth is estimated mid-sampling).
     """
 
-    def __init__(self, geometry: AnchorGeometry, layers: list[str], steps: int) -> None:
+    def __init__(self, geometry: AnchorGeometry | None, layers: list[str], steps: int) -> None:
         self.geometry = geometry
         self.num_steps = int(steps)
         self.frames: Tensor | None = None
@@ -288,7 +348,7 @@ class DFRHook(FeatureHook):
         return super().install(unet)
 
     def _replace(self, name: str, step: int, features: Tensor) -> Tensor | None:
-        if step >= self.num_steps or step < 0:
+        if step >= self.num_steps or step < 0 or self.geometry is None:
             return None
         geo = self.geometry
         frames = torch.arange(geo.cams.num_frames) if self.frames is None else self.frames.cpu()

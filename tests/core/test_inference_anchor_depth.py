@@ -24,7 +24,7 @@ def test_fit_recovers_known_affine_map_exactly():
 def test_depth_kind_alignment_recovers_scale_and_shift():
     ref = _scene_depth()
     raw = (ref - 0.4) / 2.5  # a depth map off by scale 2.5 and shift 0.4
-    out = align_depth(raw, ref, kind="depth")
+    out = align_depth(raw, ref, kind="relative")
     assert out.scale == pytest.approx(2.5, abs=1e-9) and out.shift == pytest.approx(0.4, abs=1e-9)
     torch.testing.assert_close(out.depth.double(), ref, rtol=0, atol=1e-5)
 
@@ -44,23 +44,23 @@ def test_mask_limits_the_fit_to_trusted_pixels():
     mask = torch.zeros_like(ref, dtype=torch.bool)
     mask[:6] = True
     corrupted[6:] = 100.0  # the reference is wrong outside the mask
-    out = align_depth(raw, corrupted, mask, kind="depth")
+    out = align_depth(raw, corrupted, mask, kind="relative")
     assert out.scale == pytest.approx(2.0, abs=1e-9) and out.shift == pytest.approx(0.0, abs=1e-9)
 
 
 def test_manual_override_and_median_fallback():
     raw = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    manual = align_depth(raw, _scene_depth(2, 2), kind="depth", scale=2.0, shift=1.0)
+    manual = align_depth(raw, _scene_depth(2, 2), kind="relative", scale=2.0, shift=1.0)
     torch.testing.assert_close(manual.depth, raw * 2 + 1)
     # No reference: the median depth lands at the anchor's distance to the origin.
-    median = align_depth(raw, kind="depth", center_distance=5.0)
+    median = align_depth(raw, kind="relative", center_distance=5.0)
     assert float(median.depth.flatten().median()) == pytest.approx(5.0)
     disp = align_depth(raw, kind="disparity", center_distance=5.0)
     assert float((1 / disp.depth).flatten().median()) == pytest.approx(1 / 5.0)
     with pytest.raises(AnchorDepthError, match="reference depth, a center_distance or a manual scale"):
         align_depth(raw)
     with pytest.raises(AnchorDepthError, match="distinct depths"):
-        align_depth(raw, torch.zeros(2, 2), kind="depth")
+        align_depth(raw, torch.zeros(2, 2), kind="relative")
 
 
 def test_ray_length_to_z_on_a_fronto_parallel_plane():
@@ -99,7 +99,7 @@ def test_invalid_pixels_are_left_out_of_the_fit_and_the_result():
     bad_ref[2, :4] = 0.0  # unknown reference pixels
     bad_ref[3, :4] = float("inf")
     raw[2:4, :4] = 50.0  # would ruin the fit if used
-    out = align_depth(raw, bad_ref, kind="depth")
+    out = align_depth(raw, bad_ref, kind="relative")
     assert out.scale == pytest.approx(2.5, abs=1e-9) and out.shift == pytest.approx(0.4, abs=1e-9)
     assert not out.valid[:2, :4].any() and (out.depth[:2, :4] == 0).all()
     # Disparity: s·x + b <= 0 is no depth (behind the camera or at infinity).
@@ -158,3 +158,50 @@ def test_field_depth_uses_the_cond_entry_of_a_two_branch_bank(unet, customize_ti
     torch.testing.assert_close(field_depth(model, ctx, cams[1], (8, 8), opacity_threshold=0.05)[0], ref8)
     ctx.references[name] = torch.cat([one, torch.zeros_like(one)])
     assert not torch.allclose(field_depth(model, ctx, cams[1], (8, 8), opacity_threshold=0.05)[0], ref8)
+
+
+# ------------------------------------------------------------------------------------------ robust alignment
+def _corrupt(ref: torch.Tensor, share: float, factor: float, seed: int = 3) -> torch.Tensor:
+    """The reference with a random ``share`` of its pixels off by ``factor`` (floaters, silhouette rims)."""
+    bad = torch.rand(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=ref.dtype) < share
+    return torch.where(bad, ref * factor, ref), bad
+
+
+@pytest.mark.parametrize("kind", ["metric", "relative", "disparity"])
+def test_robust_fit_ignores_a_fifth_of_wrong_reference_pixels(kind):
+    ref = 1.5 + torch.rand(24, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2.0
+    raw = {"metric": ref / 2.5, "relative": (ref - 0.4) / 2.5, "disparity": (1 / ref - 0.05) / 0.3}[kind]
+    corrupted, bad = _corrupt(ref, 0.2, 3.0)
+    out = align_depth(raw, corrupted, kind=kind)
+    torch.testing.assert_close(out.depth, ref, rtol=1e-9, atol=0)
+    assert out.fit.inliers == pytest.approx(1 - float(bad.double().mean()), abs=1e-9)  # the corrupted ones out
+    assert out.fit.residual == pytest.approx(0.0, abs=1e-9)  # the median pixel is an inlier, fitted exactly
+    # plain least squares on the same data is dragged by the outliers
+    x, y = (raw, corrupted) if kind != "disparity" else (raw, 1 / corrupted)
+    s, b = fit_scale_shift(x, y)
+    plain = s * raw + b if kind != "disparity" else 1 / (s * raw + b)
+    assert float(((plain - ref).abs() / ref).median()) > 0.05
+
+
+def test_metric_kind_fits_scale_only_and_reports_the_relative_residual():
+    ref = _scene_depth()
+    noise = 1 + 0.01 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    raw = ref * noise / 4.0 + 0.3  # a metric map with a spurious offset: scale-only cannot absorb it
+    out = align_depth(raw, ref, kind="metric")
+    assert out.shift == 0.0
+    rel = align_depth(raw, ref, kind="relative")
+    assert rel.shift == pytest.approx(-0.3 * rel.scale, rel=0.05)  # the affine model absorbs the offset
+    assert rel.fit.residual == pytest.approx(0.0067, rel=0.35)  # ~ median |N(0, 1 %)|
+    assert out.fit.residual > 3 * rel.fit.residual
+    assert "residual" in out.summary() and "within 1 %" in out.summary()
+
+
+def test_invalid_depth_pixels_stay_out_of_fit_and_result():
+    ref = _scene_depth()
+    raw = (1 / ref - 0.05) / 0.3
+    valid = torch.ones_like(ref, dtype=torch.bool)
+    valid[:, :3] = False
+    raw = torch.where(valid, raw, torch.zeros_like(raw))  # e.g. clipped pixels: value 0, not depth
+    out = align_depth(raw, ref, kind="disparity", valid=valid)
+    torch.testing.assert_close(out.depth[valid], ref[valid], rtol=1e-9, atol=0)
+    assert not out.valid[:, :3].any() and out.fit.pixels == int(valid.sum())

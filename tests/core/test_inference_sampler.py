@@ -38,7 +38,7 @@ def test_all_off_is_the_plain_sampler_bit_for_bit(unet, text):
 def test_dfr_replaces_covered_non_anchor_features_in_early_steps_only(unet, text):
     cond, uncond = text
     cams, depth = _cams(3), torch.full((SIZE, SIZE), 2.5)
-    plan = DFRPlan(depth=depth, depth_kind="depth", scale=1.0, steps=2, layers=("up_blocks.0",))
+    plan = DFRPlan(depth=depth, depth_kind="metric", scale=1.0, steps=2, layers=("up_blocks.0",))
     run = prepare_run(unet, cams, dfr=plan, steps=STEPS)
     before, after, other = [], [], []
     # Forward hooks run in registration order: `before` sees the module output, `after` the replaced one.
@@ -69,7 +69,7 @@ def test_dfr_replaces_covered_non_anchor_features_in_early_steps_only(unet, text
 def test_clc_acts_only_on_steps_with_t_at_least_tau(unet, text):
     cond, uncond = text
     cams = _cams(3)
-    plan = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="depth", scale=1.0, steps=0)
+    plan = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="metric", scale=1.0, steps=0)
     clc = CLCPlan(tau=500, erosion=0)
     base = mvcustom_sample(unet, cond, uncond, cams, dfr=plan, seed=5, steps=STEPS)
     run = prepare_run(unet, cams, dfr=plan, clc=clc, steps=STEPS)
@@ -89,7 +89,7 @@ def test_clc_acts_only_on_steps_with_t_at_least_tau(unet, text):
 def test_windows_render_the_same_anchor_features_into_shared_frames(unet, text):
     cond, uncond = text
     cams = _cams(7)
-    plan = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="depth", scale=1.0, steps=1,
+    plan = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="metric", scale=1.0, steps=1,
                    layers=("up_blocks.0",))
     run = prepare_run(unet, cams, dfr=plan, steps=2, window=4, overlap=1)
     # anchor 3 in every window; non-anchor frames [0, 1, 2, 4, 5, 6] in runs of 3 with stride 2, the last window
@@ -233,7 +233,7 @@ def test_windows_give_each_window_its_cameras_and_cache_entry(customized, text):
     try:
         cams = _cams(3)
         run = prepare_run(model, cams, pose_context=ctx, steps=STEPS, window=2, overlap=0,
-                          dfr=DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="depth", scale=1.0, steps=1))
+                          dfr=DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="metric", scale=1.0, steps=1))
         assert run.windows == [[0, 1], [1, 2]]
         mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, seed=1, steps=STEPS, run=run)
     finally:
@@ -295,7 +295,7 @@ def test_a_refused_window_plan_leaves_the_pose_context_off(customized, unet):
     from mvcustom_core.inference.windows import WindowError
 
     model, ctx, _ = customized
-    plan = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="depth", scale=1.0, steps=1)
+    plan = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="metric", scale=1.0, steps=1)
     with pytest.raises(WindowError, match="overlap"):
         prepare_run(model, _cams(7), pose_context=ctx, dfr=plan, steps=STEPS, pose_ratio=0.5, window=4, overlap=3)
     assert ctx.mode == "off" and ctx.active_steps is None

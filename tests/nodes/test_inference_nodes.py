@@ -178,7 +178,7 @@ def test_sampler_node_without_plans_is_the_plain_sampler(node, run, backbone, ho
 
 def test_sampler_node_with_dfr_and_clc_then_export(node, run, backbone, comfy_dirs, mm):
     cams = _cams()
-    plan = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="depth", scale=1.0, steps=1)
+    plan = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="metric", scale=1.0, steps=1)
     latent, anchor = run(node("MVC_MVCustomSampler"), model=backbone, trajectory=cams, positive=_conditioning(1),
                          negative=_conditioning(2), dfr_plan=plan, clc_plan=CLCPlan(tau=500), **SAMPLER).args
     assert latent["samples"].shape == (3, 4, 8, 8)
