@@ -37,7 +37,7 @@ USE_FRACTION = -1  # the absolute-step inputs' default: the schedule fraction de
 DEPTH_SOURCES = {
     "customization field": None,
     "depth image (disparity, near = bright)": "disparity",
-    "depth image (depth, far = bright)": "depth",
+    "depth image (depth, far = bright)": "relative",
 }
 
 
