@@ -31,7 +31,9 @@ Implementations (``impl``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,6 +57,7 @@ __all__ = [
     "set_motion_attention",
     "motion_attention_window",
     "motion_modules",
+    "motion_modules_bypassed",
 ]
 
 Impl = Literal["auto", "tiled", "gather", "flex"]
@@ -462,3 +465,30 @@ def motion_attention_window(unet: torch.nn.Module) -> int | None:
     """The attention the motion modules run: the dense window (None = full), or 1 without dense attention."""
     state = getattr(unet, _STATE_ATTR, None)
     return 1 if state is None else state.processors[0].window
+
+
+class _SkipMotionModule(torch.nn.Module):
+    """Stands in for an ``AnimateDiffTransformer3D``, which returns ``x + residual(x)``: returns ``x``."""
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return hidden_states
+
+
+@contextlib.contextmanager
+def motion_modules_bypassed(unet: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run ``unet`` without its motion modules: every frame then goes through the spatial (image) UNet alone,
+    independent of the other frames in the batch. The modules are put back on exit, also after an error.
+
+    A model without motion modules (``UNet2DConditionModel``) is used as it is.
+    """
+    swapped = []
+    try:
+        for name, module in motion_modules(unet).items():
+            path, _, leaf = name.rpartition(".")
+            parent = unet.get_submodule(path)
+            parent[int(leaf)] = _SkipMotionModule()
+            swapped.append((parent, int(leaf), module))
+        yield unet
+    finally:
+        for parent, leaf, module in swapped:
+            parent[leaf] = module

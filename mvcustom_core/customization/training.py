@@ -8,8 +8,9 @@ encoder, VAE). One step:
    other photos as references, a target timestep ``t`` (cubic: ``t = ⌊(1 − u³) T⌋``, ``u ~ U[0, 1)``, biased
    to high noise as CustomDiffusion360's training, method.md §6.4; or uniform) and a reference timestep
    ``t_ref ~ U[0, reference_max_timestep)`` (low noise, method.md §4.2);
-2. reference latents noised to ``t_ref`` go through the UNet without gradients with the pose context in
-   *capture* mode: every pose block stores its output tokens (the reference bank of this step);
+2. reference latents noised to ``t_ref`` go through the UNet without gradients, motion modules bypassed (each
+   reference on its own, as an image), with the pose context in *capture* mode: every pose block stores its output
+   tokens (the reference bank of this step);
 3. target latents noised to ``t`` go through the UNet in *render* mode with the prompt
    ``"photo of a <token> <class word>"`` (the empty prompt with probability ``text_dropout``, in both
    streams): every pose block renders FeatureNeRF from the bank for the target cameras;
@@ -41,6 +42,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from mvcustom_core.backbone.dense_attention import motion_modules_bypassed
 from mvcustom_core.backbone.module_view import module_view
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import about
@@ -221,14 +223,20 @@ def capture_reference_bank(unet: nn.Module, ctx: PoseContext, latents: Tensor, r
     """Capture the reference bank of N views ``latents [N, 4, h, w]``, one branch per text ``[1, L, D]``.
 
     ``noise`` (``[N, 4, h, w]``) is added at ``timestep`` with ``scheduler.add_noise`` when given.
+
+    The references run through the UNet with its motion modules bypassed (:func:`motion_modules_bypassed`): each
+    is an image through the spatial UNet, as in CustomDiffusion360's image model, so a reference's tokens do not
+    depend on which or how many other references are captured with it (method.md §4.2). Training and the stored
+    inference bank both capture here.
     """
     x = latents
     if noise is not None:
         x = scheduler.add_noise(latents, noise.to(latents), torch.tensor([timestep]))
     ctx.begin_capture()
     try:
-        for text in texts:
-            unet_epsilon(unet, x, timestep, text)
+        with motion_modules_bypassed(unet):
+            for text in texts:
+                unet_epsilon(unet, x, timestep, text)
     except BaseException:
         ctx.mode = "off"
         raise
