@@ -44,14 +44,21 @@ def model_roots(key: str) -> list[str]:
     return [os.path.join(models_dir, key)] if models_dir else []
 
 
-def _roots(folder: str) -> list[str]:
+Folders = str | tuple[str, ...]  # one folder, or several model keys searched in order
+
+
+def _roots(folder: Folders) -> list[str]:
+    if isinstance(folder, tuple):
+        return [root for key in folder for root in _roots(key)]
     if folder in HOST_FOLDERS:
         return [getattr(folder_paths, f"get_{folder}_directory")()]
     return model_roots(folder)
 
 
-def folder_label(folder: str) -> str:
-    """How messages name a folder: ``ComfyUI's input folder``, ``models/checkpoints``."""
+def folder_label(folder: Folders) -> str:
+    """How messages name a folder: ``ComfyUI's input folder``, ``models/checkpoints``, ``models/a or models/b``."""
+    if isinstance(folder, tuple):
+        return " or ".join(folder_label(key) for key in folder)
     return f"ComfyUI's {folder} folder" if folder in HOST_FOLDERS else f"models/{folder}"
 
 
@@ -62,7 +69,7 @@ def _shown(value: object) -> str:
     return repr(value[:_SHOWN_CHARS]) + ("…" if len(value) > _SHOWN_CHARS else "")
 
 
-def _split_annotation(name: str, folder: str) -> tuple[str, str]:
+def _split_annotation(name: str, folder: Folders) -> tuple[str, Folders]:
     """ComfyUI's ``"name [output]"`` annotation picks the host folder (only for names in the input folder)."""
     if folder == "input" and isinstance(name, str):
         for tag, target in _ANNOTATIONS.items():
@@ -71,9 +78,10 @@ def _split_annotation(name: str, folder: str) -> tuple[str, str]:
     return name, folder
 
 
-def read_path(node: type | str, input_name: str, name: str, folder: str = "input", *,
+def read_path(node: type | str, input_name: str, name: str, folder: Folders = "input", *,
               kind: Literal["file", "dir", "any"] = "file", what: str = "file", hint: str = "") -> Path:
-    """The path of the file (or folder, per ``kind``) that input ``input_name`` names inside ``folder``.
+    """The path of the file (or folder, per ``kind``) that input ``input_name`` names inside ``folder`` (for a
+    tuple of model keys, the first of their folders that holds it).
 
     Every failure other than an empty name raises one message (``... must name a <what> in <folder>;
     <value> is not one``), whatever the reason: missing, outside, absolute, ``..``, NUL, a link out.
@@ -99,7 +107,7 @@ def _redact(message: str, path: Path, shown: str) -> str:
 
 
 @contextlib.contextmanager
-def reading(node: type | str, input_name: str, name: str, path: Path, folder: str = "input", what: str = "a file",
+def reading(node: type | str, input_name: str, name: str, path: Path, folder: Folders = "input", what: str = "a file",
             arguments: Mapping[str, str] | None = None) -> Iterator[None]:
     """Words any failure while reading ``path`` (a bad format, a truncated file, a wrong pickle...) as
     ``<node>: input '<input_name>' <name> could not be read as <what>: <reason>``, the reason free of the

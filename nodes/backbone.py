@@ -1,11 +1,13 @@
 """Backbone nodes: SD1.5 checkpoint + AnimateDiff motion module (or the tiny random backbone) -> ``MVC_BACKBONE``.
 
 Files come from ComfyUI's model folders: ``checkpoints`` for SD1.x single files, ``animatediff_models`` for motion
-modules (registered here when AnimateDiff-Evolved has not done so: ``models/animatediff_models``, plus the pack's
-``models/mvcustom``, where ``scripts/train_backbone.py`` output can be put). The modules are wrapped in ComfyUI
-``ModelPatcher`` objects, so ComfyUI's model management loads and offloads them; nodes run on per-run views of
-them (:func:`nodes.bridge.prepare_backbone`), so the loaded modules are never patched. A MODEL from Load Checkpoint
-becomes an ``MVC_BACKBONE`` through ``MVC_ApplyMotionModule`` (``nodes/bridge.py``).
+modules (registered here as AnimateDiff-Evolved does when it is not installed), and the pack's own ``mvcustom``
+folder (customizations, and motion modules trained with ``scripts/train_backbone.py``). The ``mvcustom`` folder is
+not added to ``animatediff_models``, so customization files never show up in AnimateDiff-Evolved's motion-model
+list; Load Backbone and Apply Motion Module list the motion modules of both folders. The modules are wrapped in
+ComfyUI ``ModelPatcher`` objects, so ComfyUI's model management loads and offloads them; nodes run on per-run views
+of them (:func:`nodes.bridge.prepare_backbone`), so the loaded modules are never patched. A MODEL from Load
+Checkpoint becomes an ``MVC_BACKBONE`` through ``MVC_ApplyMotionModule`` (``nodes/bridge.py``).
 """
 
 from __future__ import annotations
@@ -23,19 +25,21 @@ from mvcustom_core.backbone.module_view import module_view
 from mvcustom_core.backbone.motion_module import load_motion_module, trained_attention_window
 from mvcustom_core.backbone.text import load_tokenizer
 from mvcustom_core.backbone.tiny import tiny_backbone
+from mvcustom_core.customization.file_format import is_customization_file
 
 from ._common import Progress, blame, require
-from ._files import read_path, reading
+from ._files import folder_label, model_roots, read_path, reading
 from ._host import comfy_utils, folder_paths, io, model_management, model_patcher
 from .types import Backbone as BackboneType
 
 __all__ = ["BACKBONE_NODES", "MVCBackbone", "HostedModule", "LoadBackbone", "TinyBackbone", "register_model_folders",
-           "model_files", "resolve_model_file", "comfy_tokenizer", "attention_window", "MOTION_FOLDER", "PACK_FOLDER",
-           "DTYPES", "CATEGORY", "AUTO_WINDOW", "WINDOW_TOOLTIP"]
+           "model_files", "motion_module_files", "resolve_model_file", "comfy_tokenizer", "attention_window",
+           "MOTION_FOLDER", "PACK_FOLDER", "MOTION_FOLDERS", "DTYPES", "CATEGORY", "AUTO_WINDOW", "WINDOW_TOOLTIP"]
 
 CATEGORY = "MVCustom/backbone"
 MOTION_FOLDER = "animatediff_models"
 PACK_FOLDER = "mvcustom"
+MOTION_FOLDERS = (MOTION_FOLDER, PACK_FOLDER)  # where motion modules are looked for, in this order
 DTYPES = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 AUTO_WINDOW, FULL_WINDOW = -1, 0  # the window input's two special values (0 = full, as saved workflows store it)
 _WINDOW_CHOICES = (
@@ -129,21 +133,20 @@ def _wrap(backbone: Backbone, window: int | None, dtype: torch.dtype, source: st
 
 
 def register_model_folders() -> None:
-    """Register ``animatediff_models`` (as AnimateDiff-Evolved does) and the pack's ``mvcustom`` folder.
+    """Register ``animatediff_models`` (``models/animatediff_models``, as AnimateDiff-Evolved does) and the pack's
+    own ``mvcustom`` folder (``models/mvcustom``, safetensors only), each only where not registered yet.
 
-    Both folders list motion modules here; existing registrations (and extra_model_paths.yaml entries) are kept.
+    Existing registrations (AnimateDiff-Evolved's, extra_model_paths.yaml entries) are kept, and neither folder
+    is added to the other's key.
     """
     names = getattr(folder_paths, "folder_names_and_paths", None)
     if names is None:  # a host without model folders (the tier-2 fake)
         return
     models_dir = folder_paths.models_dir
-    extensions = folder_paths.supported_pt_extensions
-    for key in (MOTION_FOLDER, PACK_FOLDER):
+    folders = {MOTION_FOLDER: set(folder_paths.supported_pt_extensions), PACK_FOLDER: {".safetensors"}}
+    for key, extensions in folders.items():
         if key not in names:
             names[key] = ([os.path.join(models_dir, key)], extensions)
-    for path in (os.path.join(models_dir, MOTION_FOLDER), os.path.join(models_dir, PACK_FOLDER)):
-        if path not in folder_paths.get_folder_paths(MOTION_FOLDER):
-            folder_paths.add_model_folder_path(MOTION_FOLDER, path)
 
 
 def model_files(key: str) -> list[str]:
@@ -157,10 +160,21 @@ def model_files(key: str) -> list[str]:
         return []
 
 
-def resolve_model_file(node: type, input_name: str, key: str, name: str) -> Path:
+def motion_module_files() -> list[str]:
+    """Motion modules to offer: ``animatediff_models``'s files, then the ``mvcustom`` folder's that are not
+    customizations (a name in both resolves to the ``animatediff_models`` file, as :data:`MOTION_FOLDERS` orders
+    them for :func:`resolve_model_file`)."""
+    listed = model_files(MOTION_FOLDER)
+    own = [name for name in model_files(PACK_FOLDER) if name not in listed]
+    roots = model_roots(PACK_FOLDER)
+    return listed + [name for name in own
+                     if not any(is_customization_file(os.path.join(root, name)) for root in roots)]
+
+
+def resolve_model_file(node: type, input_name: str, key: str | tuple[str, ...], name: str) -> Path:
     register_model_folders()
     return read_path(node, input_name, name, key, what="model file",
-                     hint=f"pick one from the list; files go into ComfyUI's models/{key} folder")
+                     hint=f"pick one from the list; files go into ComfyUI's {folder_label(key)} folder")
 
 
 def _dtype(choice: str, default) -> torch.dtype:
@@ -182,7 +196,7 @@ class LoadBackbone(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         checkpoints = model_files("checkpoints")
-        motions = model_files(MOTION_FOLDER)
+        motions = motion_module_files()
         return io.Schema(
             node_id="MVC_LoadBackbone",
             display_name="MVCustom Load Backbone",
@@ -210,7 +224,7 @@ class LoadBackbone(io.ComfyNode):
         require(cls, "dtype", dtype in DTYPES, f"must be one of {list(DTYPES)}, got {dtype!r}")
         attention_window(cls, window, None)  # a bad choice is refused before any file is read
         checkpoint_path = resolve_model_file(cls, "checkpoint", "checkpoints", checkpoint)
-        motion_path = resolve_model_file(cls, "motion_module", MOTION_FOLDER, motion_module)
+        motion_path = resolve_model_file(cls, "motion_module", MOTION_FOLDERS, motion_module)
         unet_dtype = _dtype(dtype, model_management.unet_dtype)
         vae_dtype = _dtype(dtype, model_management.vae_dtype)
         # One bar per file (tensors read); each update is also an interrupt checkpoint. ComfyUI runs nodes under
@@ -218,7 +232,7 @@ class LoadBackbone(io.ComfyNode):
         with reading(cls, "checkpoint", checkpoint, checkpoint_path, "checkpoints", what="an SD1.x checkpoint"), \
                 torch.inference_mode(False):
             components = load_sd15_checkpoint(checkpoint_path, dtype=unet_dtype, progress=Progress(1).callback)
-        with reading(cls, "motion_module", motion_module, motion_path, MOTION_FOLDER, what="a motion module"), \
+        with reading(cls, "motion_module", motion_module, motion_path, MOTION_FOLDERS, what="a motion module"), \
                 torch.inference_mode(False):
             adapter = load_motion_module(motion_path, dtype=unet_dtype, progress=Progress(1).callback)
             k = attention_window(cls, window, trained_attention_window(motion_path))

@@ -34,8 +34,8 @@ from mvcustom_core.backbone.motion_module import load_motion_module, trained_att
 from ._common import NodeInputError, Progress, blame, require
 from ._files import reading
 from ._host import io, model_management, model_patcher
-from .backbone import (AUTO_WINDOW, CATEGORY, MOTION_FOLDER, WINDOW_TOOLTIP, HostedModule, MVCBackbone,
-                       attention_window, comfy_tokenizer, model_files, resolve_model_file)
+from .backbone import (AUTO_WINDOW, CATEGORY, MOTION_FOLDERS, WINDOW_TOOLTIP, HostedModule, MVCBackbone,
+                       attention_window, comfy_tokenizer, motion_module_files, resolve_model_file)
 from .types import Backbone as BackboneType
 
 __all__ = ["BRIDGE_NODES", "ApplyMotionModule", "ModelBackbone", "prepare_backbone", "unet_view",
@@ -232,7 +232,7 @@ class ApplyMotionModule(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        motions = model_files(MOTION_FOLDER)
+        motions = motion_module_files()
         return io.Schema(
             node_id="MVC_ApplyMotionModule",
             display_name="MVCustom Apply Motion Module",
@@ -246,7 +246,8 @@ class ApplyMotionModule(io.ComfyNode):
                 io.Model.Input("model", tooltip="SD1.5 MODEL (Load Checkpoint, optionally through LoRA Loaders)."),
                 io.Combo.Input("motion_module", options=motions, default=motions[0] if motions else None,
                                tooltip="AnimateDiff motion module in models/animatediff_models (mm_sd_v15_v2.ckpt, "
-                                       "v3_sd15_mm.ckpt, or one trained with scripts/train_backbone.py)."),
+                                       "v3_sd15_mm.ckpt) or models/mvcustom (one trained with "
+                                       "scripts/train_backbone.py)."),
                 io.Int.Input("window", default=AUTO_WINDOW, min=AUTO_WINDOW, max=256, tooltip=WINDOW_TOOLTIP),
             ],
             outputs=[BackboneType.Output("backbone", tooltip="The MODEL with the motion module (MVC_BACKBONE).")],
@@ -256,10 +257,10 @@ class ApplyMotionModule(io.ComfyNode):
     def execute(cls, model: Any, motion_module: str, window: int) -> io.NodeOutput:
         attention_window(cls, window, None)  # a bad choice is refused before the file is read
         _check_sd15_model(cls, "model", model)
-        path = resolve_model_file(cls, "motion_module", MOTION_FOLDER, motion_module)
+        path = resolve_model_file(cls, "motion_module", MOTION_FOLDERS, motion_module)
         dtype = _compute_dtype(model)
         # Outside inference mode, like every module the pack creates (views alias it either way).
-        with reading(cls, "motion_module", motion_module, path, MOTION_FOLDER, what="a motion module"), \
+        with reading(cls, "motion_module", motion_module, path, MOTION_FOLDERS, what="a motion module"), \
                 torch.inference_mode(False):
             adapter = load_motion_module(path, dtype=dtype, progress=Progress(1).callback)
             k = attention_window(cls, window, trained_attention_window(path))

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from mvcustom_core.cameras import CameraSet
-from mvcustom_core.customization.file_format import FORMAT_NAME, Customization, load_customization, save_customization
+from mvcustom_core.customization.file_format import (Customization, is_customization_file, load_customization,
+                                                     save_customization)
 from mvcustom_core.customization.reference_poses import (
     estimate_reference_cameras, prepare_reference_set, turntable_reference_cameras)
 from mvcustom_core.customization.subject_files import subject_of
@@ -54,16 +55,6 @@ def _embeddings_folder() -> Path:
     return Path(folder_paths.models_dir) / "embeddings"
 
 
-def _is_customization(path: Path) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("format") == FORMAT_NAME
-    except Exception:  # unreadable files are simply not offered
-        return False
-
-
 def list_customizations(folder: str | os.PathLike | None = None) -> list[str]:
     """Customization files (by header, not just suffix) under ``folder`` (default :func:`customization_folder`),
     ``/``-separated relative paths, sorted. Motion modules kept in the same folder are skipped."""
@@ -74,7 +65,7 @@ def list_customizations(folder: str | os.PathLike | None = None) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors")
-                  if not p.name.startswith(".") and _is_customization(p))
+                  if not p.name.startswith(".") and is_customization_file(p))
 
 
 class ReferenceCameras(io.ComfyNode):

@@ -42,7 +42,7 @@ from mvcustom_core.files import Replace, atomic_write
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CustomizationFileError", "BackboneMismatchError", "Customization",
            "backbone_fingerprint", "check_backbone", "save_customization", "load_customization",
-           "customization_from_unet", "apply_customization"]
+           "is_customization_file", "customization_from_unet", "apply_customization"]
 
 FORMAT_NAME = "mvcustom.customization"
 FORMAT_VERSION = 1
@@ -169,6 +169,21 @@ def _json(meta: dict[str, str], key: str, path: Path) -> Any:
         return json.loads(meta[key])
     except json.JSONDecodeError as error:
         raise CustomizationFileError(f"{path}: header entry {key!r} is not JSON: {error}") from error
+
+
+def is_customization_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file whose header names this format (reads the header only).
+
+    Tells customizations from motion modules and other files kept in the same model folder; an unreadable
+    file is no customization.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == FORMAT_NAME
+    except Exception:  # noqa: BLE001 - whatever the reader refuses is not one of ours
+        return False
 
 
 def load_customization(path: str | os.PathLike) -> Customization:

@@ -203,6 +203,34 @@ def test_ui_workflow_widget_values_match_the_servers_widget_order(comfy, name):
             f"{name} node {n['id']} ({n['type']})"
 
 
+def test_customizations_stay_out_of_animatediff_evolveds_motion_model_list(comfy, tmp_path):
+    """models/mvcustom is the pack's own folder: Load Backbone lists its motion modules, animatediff_models (the
+    list AnimateDiff-Evolved offers) does not see it, Load Customization lists only customizations."""
+    import torch
+    from safetensors.torch import save_file
+
+    from mvcustom_core.backbone.tiny import tiny_backbone
+    from mvcustom_core.backbone.training import save_motion_module
+    from mvcustom_core.customization.file_format import FORMAT_NAME
+
+    folder = comfy.models_dir / "mvcustom"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_motion_module(tiny_backbone(seed=1).unet, folder / "host_trained_mm.safetensors")
+    save_file({"token_embedding": torch.zeros(4)}, str(folder / "host_subject.safetensors"),
+              metadata={"format": FORMAT_NAME})
+
+    def options(node_id: str, name: str) -> list:
+        spec = comfy.get_json(f"/object_info/{node_id}")[node_id]["input"]["required"][name]
+        return spec[0] if isinstance(spec[0], list) else spec[1]["options"]  # V1 or V3 combo layout
+
+    assert "host_trained_mm.safetensors" in options("MVC_LoadBackbone", "motion_module")
+    assert "host_subject.safetensors" not in options("MVC_LoadBackbone", "motion_module")
+    assert "host_subject.safetensors" in options("MVC_LoadCustomization", "customization")
+    motion_models = comfy.get_json("/models/animatediff_models")
+    assert not any(name.startswith("host_") for name in motion_models), motion_models
+    assert sorted(comfy.get_json("/models/mvcustom")) >= ["host_subject.safetensors", "host_trained_mm.safetensors"]
+
+
 def test_whole_mvcustom_job_runs_on_the_tiny_backbone(comfy):
     """workflows/mvcustom_tiny_pipeline.json: customize on synthetic photos, DFR + CLC sampling, decode, export."""
     from mvcustom_core.cameras import load_camera_file

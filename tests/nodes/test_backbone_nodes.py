@@ -64,18 +64,45 @@ def test_tiny_backbone_node_wraps_the_core_backbone_in_model_patchers(node, run,
     assert not any(isinstance(p, DenseSpatioTemporalAttnProcessor) for p in auto_unet.attn_processors.values())
 
 
+def _customization_file(path):
+    from mvcustom_core.customization.file_format import FORMAT_NAME
+    from safetensors.torch import save_file
+
+    save_file({"token_embedding": torch.zeros(4)}, str(path), metadata={"format": FORMAT_NAME})
+
+
 def test_model_folders_are_registered_and_listed(node, models, tiny_files):
     cls = node("MVC_LoadBackbone")
     (models.dir / "animatediff_models").mkdir()
     (models.dir / "mvcustom").mkdir()
     os.link(tiny_files / "tiny_mm.safetensors", models.dir / "mvcustom" / "trained.safetensors")
+    _customization_file(models.dir / "mvcustom" / "subject.safetensors")
     os.link(tiny_files / "tiny_mm.safetensors", models.dir / "animatediff_models" / "mm.safetensors")
     os.link(tiny_files / "tiny_sd15.safetensors", models.dir / "checkpoints" / "sd.safetensors")
     inputs = {i.id: i for i in cls.GET_SCHEMA().inputs}
     assert inputs["checkpoint"].options == ["sd.safetensors"]
+    # Load Backbone offers the motion modules of both folders, not the customization ...
     assert inputs["motion_module"].options == ["mm.safetensors", "trained.safetensors"]
-    assert models.folders["animatediff_models"][0] == [str(models.dir / "animatediff_models"),
-                                                      str(models.dir / "mvcustom")]
+    # ... while animatediff_models (AnimateDiff-Evolved's motion-model list) holds only its own folder
+    assert models.folders["animatediff_models"][0] == [str(models.dir / "animatediff_models")]
+    assert models.folders["mvcustom"] == ([str(models.dir / "mvcustom")], {".safetensors"})
+    assert node("MVC_LoadCustomization").GET_SCHEMA().inputs[0].options == ["subject.safetensors"]
+
+
+def test_a_motion_module_in_the_pack_folder_loads(node, run, models, tiny_files, tiny_loaders):
+    for folder in ("mvcustom", "animatediff_models"):
+        (models.dir / folder).mkdir()
+    os.link(tiny_files / "tiny_mm.safetensors", models.dir / "mvcustom" / "trained.safetensors")
+    os.link(tiny_files / "tiny_mm.safetensors", models.dir / "animatediff_models" / "stock.safetensors")
+    os.link(tiny_files / "tiny_sd15.safetensors", models.dir / "checkpoints" / "sd.safetensors")
+    out = run(node("MVC_LoadBackbone"), checkpoint="sd.safetensors", motion_module="trained.safetensors").args[0]
+    assert out.source == "sd.safetensors + trained.safetensors"
+    same = run(node("MVC_LoadBackbone"), checkpoint="sd.safetensors", motion_module="stock.safetensors").args[0]
+    for name, tensor in same.backbone.unet.state_dict().items():
+        assert torch.equal(out.backbone.unet.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'motion_module' must name a model file in "
+                                         r"models/animatediff_models or models/mvcustom; 'gone\.safetensors' is not one"):
+        run(node("MVC_LoadBackbone"), checkpoint="sd.safetensors", motion_module="gone.safetensors")
 
 
 @pytest.fixture
