@@ -216,7 +216,8 @@ def test_inputs_the_bridge_cannot_use_are_named(node, run, tiny_bridge, loaded, 
     with pytest.raises(ValueError, match=r"^MVCustom Apply Motion Module: input 'model' must be a MODEL"):
         run(apply, model=clip, motion_module="mm.safetensors")
     with pytest.raises(ValueError, match=r"^MVCustom Apply Motion Module: input 'motion_module' must name a model file "
-                                         r"in models/animatediff_models; 'absent\.safetensors' is not one"):
+                                         r"in models/animatediff_models or models/mvcustom; 'absent\.safetensors' "
+                                         r"is not one"):
         run(apply, model=model, motion_module="absent.safetensors")
 
 
