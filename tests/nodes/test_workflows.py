@@ -67,6 +67,13 @@ def test_api_workflow_is_valid_against_the_schemas(node_classes, name):
         assert not missing, f"{name} node {nid} ({class_type}) lacks required inputs {missing}"
 
 
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflows_use_no_deprecated_node(node_classes, name):
+    """Shipped examples teach the current nodes (the frontend badges deprecated ones and hides them from search)."""
+    used = {e["class_type"] for e in _load(API_DIR, name).values()} - set(CORE_NODES)
+    assert sorted(c for c in used if node_classes[c].GET_SCHEMA().is_deprecated) == []
+
+
 def _api_edges(api: dict) -> set[tuple]:
     return {(int(v[0]), v[1], int(nid), input_id) for nid, e in api.items()
             for input_id, v in e["inputs"].items() if isinstance(v, list)}
