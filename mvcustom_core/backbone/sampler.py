@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from ..checks import check_shape
+from ..checks import about, check_shape
 from .hooks import FeatureHook, StepContext, run_step_hooks
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_SCHEDULER_CONFIG",
     "LATENT_SCALE",
     "make_scheduler",
+    "fit_steps_offset",
     "initial_noise",
     "sample",
     "predict_noise",
@@ -69,10 +70,27 @@ DEFAULT_SCHEDULER_CONFIG = ANIMATEDIFF_SCHEDULER_CONFIG
 LATENT_SCALE = 0.18215  # SD1.5 VAE scaling_factor
 
 
-def make_scheduler(name: SchedulerName = "ddim", config: dict[str, Any] | None = None):
+def fit_steps_offset(config: dict[str, Any], steps: int) -> dict[str, Any]:
+    """``config`` with ``steps_offset`` lowered, if needed, so the first of ``steps`` timesteps exists.
+
+    With ``"leading"`` spacing diffusers puts the timesteps at ``i·⌊T/S⌋ + offset`` (``i < S``, T = 1000
+    trained timesteps). SD1.5's offset 1 puts the first one at ``T`` when ``S = T`` — one past the last trained
+    timestep (an ``IndexError`` in ``alphas_cumprod``) — while the grid ``0 … T−1`` needs no shift then. For
+    every ``S < T``, ``(S−1)·⌊T/S⌋ + 1 ≤ T − 1``, so those schedules are unchanged.
+    """
+    if config.get("timestep_spacing", "leading") != "leading":
+        return config
+    train = int(config.get("num_train_timesteps", 1000))
+    last = (int(steps) - 1) * (train // int(steps))
+    offset = min(int(config.get("steps_offset", 0)), train - 1 - last)
+    return {**config, "steps_offset": max(offset, 0)}
+
+
+def make_scheduler(name: SchedulerName = "ddim", config: dict[str, Any] | None = None, steps: int | None = None):
     """A fresh diffusers scheduler (``DDIMScheduler`` or ``EulerDiscreteScheduler``) from a config dict.
 
-    Keys the scheduler does not take (e.g. ``clip_sample`` for Euler) are dropped.
+    Keys the scheduler does not take (e.g. ``clip_sample`` for Euler) are dropped. With ``steps`` (1 … T) the
+    offset is fitted so that every step count gives trained timesteps (:func:`fit_steps_offset`).
     """
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
@@ -83,6 +101,11 @@ def make_scheduler(name: SchedulerName = "ddim", config: dict[str, Any] | None =
     else:
         raise ValueError(f"scheduler must be 'ddim' or 'euler', got {name!r}")
     config = dict(DEFAULT_SCHEDULER_CONFIG if config is None else config)
+    if steps is not None:
+        train = int(config.get("num_train_timesteps", 1000))
+        if not 1 <= int(steps) <= train:
+            raise about("steps", ValueError(f"steps must be in [1, {train}] (the trained timesteps), got {steps}"))
+        config = fit_steps_offset(config, int(steps))
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in config.items() if k in accepted})
 
@@ -209,7 +232,7 @@ def sample(
         raise ValueError("start_step > 0 needs latents noised to timesteps[start_step]")
     device = next(unet.parameters()).device
     generator = torch.Generator().manual_seed(int(seed))
-    sched = make_scheduler(scheduler, scheduler_config)
+    sched = make_scheduler(scheduler, scheduler_config, steps=steps)
     sched.set_timesteps(steps, device=device)
 
     cond_f = _frames_text(cond, num_frames, "cond")

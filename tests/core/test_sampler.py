@@ -227,3 +227,25 @@ def test_decode_latents_chunk_below_one_decodes_frame_by_frame():
         expected = (vae.decode(z / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
     for chunk in (0, -2):
         torch.testing.assert_close(decode_latents(vae, z, chunk=chunk), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_every_step_count_up_to_the_trained_timesteps_gives_trained_timesteps(scheduler):
+    """The node advertises steps up to 1000: with SD1.5's leading spacing + offset 1, 1000 steps asked for t = 1000."""
+    for steps in range(1, 1001):
+        sched = make_scheduler(scheduler, steps=steps)
+        sched.set_timesteps(steps)
+        t = sched.timesteps.round().long().tolist()
+        assert len(set(t)) == steps and max(t) <= 999 and min(t) >= 0, steps
+        if steps < 1000:
+            assert t == _leading_timesteps(steps), steps  # unchanged below the maximum
+    assert t == list(reversed(range(1000)))  # every trained timestep once
+    with pytest.raises(ValueError, match=r"steps must be in \[1, 1000\]"):
+        make_scheduler("ddim", steps=1001)
+
+
+def test_the_maximum_step_count_samples(unet, text):
+    """Two steps of the 1000-step schedule (the first is where t = 1000 used to raise IndexError)."""
+    cond, uncond = text
+    x = sample(unet, cond, uncond, F, SIZE, SIZE, steps=1000, cfg=2.0, seed=0, end_step=2)
+    assert x.shape == (F, 4, SIZE // 8, SIZE // 8) and torch.isfinite(x).all()
