@@ -7,8 +7,10 @@ errors read alike across the pack and no node re-implements a layout conversion.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
@@ -37,7 +39,10 @@ __all__ = [
     "numbered_output",
     "Progress",
     "check_interrupted",
+    "relaying_warnings",
 ]
+
+log = logging.getLogger("mvcustom")
 
 
 def node_name(node: type | str) -> str:
@@ -194,6 +199,19 @@ def numbered_output(node: type | str, input_name: str, prefix: str) -> tuple[Pat
     except Exception as e:  # ComfyUI raises a bare Exception for a prefix that leaves the output folder
         raise refused from e
     return Path(folder), f"{stem}_{counter:05}", subfolder
+
+
+@contextlib.contextmanager
+def relaying_warnings(node: type | str) -> Iterator[None]:
+    """Log every Python warning raised inside (a core ``DFRWarning``, ...) as ``<node>: <warning>``, each time it
+    happens: Python's own filter would show a warning once per process, and a server runs many prompts."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for item in caught:
+                log.warning("%s: %s", node_name(node), redact_server_paths(str(item.message)))
 
 
 # ---------------------------------------------------------------------------------------- progress

@@ -23,7 +23,7 @@ from mvcustom_core.inference.mvcustom_sampler import DEFAULT_CFG, DEFAULT_OVERLA
 from mvcustom_core.ops import DEFAULT_MAX_REL_DEPTH_JUMP
 
 from ._common import (NodeInputError, Progress, blame, image_from_chw, image_to_chw, input_named_in, numbered_output,
-                      require)
+                      relaying_warnings, require)
 from ._host import io, model_management, ui
 from .bridge import prepare_backbone
 from .types import Backbone, CLCPlan as CLCPlanType, Customization, DFRPlan as DFRPlanType, Trajectory
@@ -166,7 +166,7 @@ class DepthAwareFeatureRendering(io.ComfyNode):
         picture = None if anchor_image is None else _anchor_picture(cls, "anchor_image", anchor_image, a,
                                                                      cams.num_frames)
         ctx = _pose_context(cls, unet, customization) if have_field else None
-        with blame(cls, "depth_image" if depth is not None else "customization"):
+        with blame(cls, "depth_image" if depth is not None else "customization"), relaying_warnings(cls):
             geometry, _ = resolve_anchor_geometry(plan, cams, unet=unet, pose_context=ctx)
             completion, views = dfr_previews(geometry, picture)
         return io.NodeOutput(plan, image_from_chw(completion.expand(-1, 3, -1, -1)), image_from_chw(views))
@@ -283,7 +283,7 @@ class MVCustomSampler(io.ComfyNode):
         device = next(unet.parameters()).device
         cams_dev = cams.to(device=device, dtype=torch.float32)
         inputs = ["trajectory", "dfr_plan", "window", "overlap", "pose_ratio", "clc_plan", "customization"]
-        with blame(cls, input_named_in(inputs, None), _SAMPLER_ARGUMENTS):
+        with blame(cls, input_named_in(inputs, None), _SAMPLER_ARGUMENTS), relaying_warnings(cls):
             run = prepare_run(unet, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan, steps=int(steps),
                               pose_ratio=float(pose_ratio), window=int(window), overlap=int(overlap))
         progress = Progress(int(steps))

@@ -22,6 +22,7 @@ resolution), "decoder features at latent and half-latent resolution".
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,11 +34,11 @@ from mvcustom_core.backbone.schedule import check_fraction, leading_steps
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import about, check_shape
 from mvcustom_core.depth.maps import DEPTH_KINDS
-from mvcustom_core.inference.anchor_depth import AlignedDepth, DepthKind, align_depth, field_depth
+from mvcustom_core.inference.anchor_depth import AlignedDepth, AnchorDepthError, DepthKind, align_depth, field_depth
 from mvcustom_core.ops import (DEFAULT_MAX_REL_DEPTH_JUMP, FeatureMesh, RenderPlan, apply_plan, build_feature_mesh,
                                plan_mesh_render, resample_depth)
 
-__all__ = ["DFRPlan", "DFRError", "AnchorGeometry", "DFRHook", "default_dfr_layers", "anchor_index",
+__all__ = ["DFRPlan", "DFRError", "DFRWarning", "AnchorGeometry", "DFRHook", "default_dfr_layers", "anchor_index",
            "resolve_anchor_geometry", "align_anchor_depth", "dfr_previews", "DEFAULT_DFR_FRACTION",
            "DEFAULT_ONE_PASS_AT"]
 
@@ -48,6 +49,10 @@ DEFAULT_ONE_PASS_AT = 0.1
 
 class DFRError(ValueError):
     """Inconsistent DFR settings (anchor out of range, no depth source, unknown layer)."""
+
+
+class DFRWarning(UserWarning):
+    """DFR runs, but with less than asked for (no anchor surface, or a depth scale not fitted to the field)."""
 
 
 @dataclass(frozen=True)
@@ -247,10 +252,17 @@ def resolve_anchor_geometry(
         if not has_field:
             raise DFRError("DFR without an anchor depth uses the customization's FeatureNeRF depth: connect a "
                            "customization, or a depth (estimate of the anchor frame) or a depth model")
-        depth, _ = field_depth(unet, pose_context, anchor_cam, field_size, opacity_threshold=plan.opacity_threshold)
+        depth, opacity = field_depth(unet, pose_context, anchor_cam, field_size,
+                                     opacity_threshold=plan.opacity_threshold)
         if not (depth > 0).any():
-            raise DFRError("the customization's FeatureNeRF is transparent from the anchor view (no opacity above "
-                           f"{plan.opacity_threshold}); give an anchor depth")
+            # Not an error: a field trained briefly has lowered its density everywhere toward the mean mask value
+            # before it separates subject from background (the zero-initialised density starts as opaque fog), so
+            # it sees no surface yet. The anchor then carries nothing; the other frames are generated, not copied.
+            warnings.warn(DFRWarning(
+                f"the customization's FeatureNeRF is transparent from the anchor view (highest opacity "
+                f"{float(opacity.max()):.2f}, surface needs > {plan.opacity_threshold}), as after too few training "
+                "steps: DFR has no anchor surface to carry into the other frames and latent completion treats "
+                "them as unseen; train longer or give an anchor depth image"))
         return AnchorGeometry(a, cams, depth, plan.max_rel_depth_jump, plan.guard_silhouettes), None
     reference = trusted = None
     if plan.scale is None and has_field:
@@ -278,9 +290,14 @@ def align_anchor_depth(plan: DFRPlan, cams: CameraSet, reference: Tensor | None 
     valid = torch.isfinite(raw) if plan.depth_valid is None else plan.depth_valid.to(raw.device, torch.bool)
     if plan.scale is None and reference is not None:
         samples, sampled_valid = _at_centres(raw, valid, tuple(reference.shape))
-        fit = align_depth(samples, reference.to(raw), trusted, valid=sampled_valid, kind=plan.depth_kind)
-        aligned = align_depth(raw, kind=plan.depth_kind, valid=valid, scale=fit.scale, shift=fit.shift)
-        return replace(aligned, fit=fit.fit)
+        try:
+            fit = align_depth(samples, reference.to(raw), trusted, valid=sampled_valid, kind=plan.depth_kind)
+        except AnchorDepthError as error:  # too few opaque field pixels to fit (an early field): as without one
+            warnings.warn(DFRWarning(f"the anchor depth could not be fitted to the customization's FeatureNeRF "
+                                     f"({error}); it is scaled to the anchor's distance to the subject instead"))
+        else:
+            aligned = align_depth(raw, kind=plan.depth_kind, valid=valid, scale=fit.scale, shift=fit.shift)
+            return replace(aligned, fit=fit.fit)
     center = float(cams[anchor_index(plan.anchor, cams.num_frames)].centers[0].norm())
     return align_depth(raw, kind=plan.depth_kind, valid=valid, scale=plan.scale, shift=plan.shift,
                        center_distance=center)

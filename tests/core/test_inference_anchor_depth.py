@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -205,3 +207,37 @@ def test_invalid_depth_pixels_stay_out_of_fit_and_result():
     out = align_depth(raw, ref, kind="disparity", valid=valid)
     torch.testing.assert_close(out.depth[valid], ref[valid], rtol=1e-9, atol=0)
     assert not out.valid[:, :3].any() and out.fit.pixels == int(valid.sum())
+
+
+def test_a_field_transparent_from_the_anchor_gives_no_surface_and_sampling_runs(unet, customize_tiny):
+    """The whole-job example failed when training ran 40 steps instead of 12: training lowers the density everywhere
+    (from the zero-initialised head's uniform fog, opacity 1 − e⁻² on [0, 2]) before it separates subject from
+    background, so for a while the field sees no surface from the anchor. That is a state of the field, not an error:
+    DFR then replaces nothing (a warning says so) and the job completes."""
+    from mvcustom_core.customization import pose_blocks
+    from mvcustom_core.inference import CLCPlan, DFRPlan, field_depth, mvcustom_sample, resolve_anchor_geometry
+    from mvcustom_core.inference.dfr import DFRWarning
+
+    model, ctx, cams, _ = _customized_field(unet, customize_tiny)
+    with torch.no_grad():
+        for block in pose_blocks(model):
+            block.featurenerf.decoder.weight[0] = 0.0  # σ = exp(0) = 1 everywhere: fog, as at initialisation
+    fog = field_depth(model, ctx, cams[1], (8, 8))[1]
+    torch.testing.assert_close(fog, torch.full_like(fog, 1 - math.exp(-2.0)), rtol=0, atol=1e-5)
+    plan = DFRPlan(opacity_threshold=0.9, steps=2)  # more than the fog: transparent, as after ~40 training steps
+    with pytest.warns(DFRWarning, match=r"transparent from the anchor view \(highest opacity 0\.86"):
+        geometry, _ = resolve_anchor_geometry(plan, cams, unet=model, pose_context=ctx)
+    assert not (geometry.depth > 0).any() and geometry.coverage((8, 8)).sum() == 0
+    text = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(0))
+    common = dict(pose_context=ctx, seed=1, steps=2, cfg=1.0)
+    with pytest.warns(DFRWarning):
+        with_dfr = mvcustom_sample(model, text, None, cams, dfr=plan, **common)
+    torch.testing.assert_close(with_dfr, mvcustom_sample(model, text, None, cams, **common), rtol=0, atol=0)
+    with pytest.warns(DFRWarning):
+        completed = mvcustom_sample(model, text, None, cams, dfr=plan, clc=CLCPlan(fraction=1.0), **common)
+    assert torch.isfinite(completed).all()
+    # A depth image is fitted to the field's opaque pixels; with none, it is scaled to the anchor's distance.
+    with pytest.warns(DFRWarning, match="could not be fitted"):
+        _, aligned = resolve_anchor_geometry(DFRPlan(depth=torch.full((64, 64), 2.0), depth_kind="depth",
+                                                     opacity_threshold=0.9), cams, unet=model, pose_context=ctx)
+    assert aligned.scale == pytest.approx(float(cams[1].centers[0].norm()) / 2.0)

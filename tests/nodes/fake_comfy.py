@@ -370,6 +370,15 @@ def _build_comfy() -> dict[str, types.ModuleType]:
     mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
     mm.intermediate_device = lambda: torch.device("cpu")
     mm.get_torch_device = lambda: torch.device("cpu")
+    mm.unet_offload_device = lambda: torch.device("cpu")
+    mm.unet_dtype = lambda *args, **kwargs: torch.float32
+    mm.vae_dtype = lambda *args, **kwargs: torch.float32
+
+    def load_models_gpu(models, memory_required=0, **kwargs):
+        for patcher in models:
+            patcher.load(patcher.load_device)
+
+    mm.load_models_gpu = load_models_gpu
     utils = types.ModuleType("comfy.utils")
     utils.ProgressBar = ProgressBar
     patcher = types.ModuleType("comfy.model_patcher")
