@@ -238,6 +238,6 @@ def test_a_field_transparent_from_the_anchor_gives_no_surface_and_sampling_runs(
     assert torch.isfinite(completed).all()
     # A depth image is fitted to the field's opaque pixels; with none, it is scaled to the anchor's distance.
     with pytest.warns(DFRWarning, match="could not be fitted"):
-        _, aligned = resolve_anchor_geometry(DFRPlan(depth=torch.full((64, 64), 2.0), depth_kind="depth",
+        _, aligned = resolve_anchor_geometry(DFRPlan(depth=torch.full((64, 64), 2.0), depth_kind="metric",
                                                      opacity_threshold=0.9), cams, unet=model, pose_context=ctx)
     assert aligned.scale == pytest.approx(float(cams[1].centers[0].norm()) / 2.0)
