@@ -104,6 +104,28 @@ def test_workflow_queued_from_the_page_shows_its_images_without_overlaps(page, c
     assert page.problems(MARKER, since) == []
 
 
+def test_a_workflow_saved_before_the_trajectory_split_still_loads_and_runs(page, comfy):
+    """tests/host/data/legacy_trajectory_preview.json is example_workflows/trajectory_preview.json as saved when one
+    Camera Trajectory node held every preset: the node (now deprecated) still loads, its positional widget values
+    land in the same widgets, and the graph the page queues runs."""
+    workflow = json.loads((REPO_ROOT / "tests" / "host" / "data" / "legacy_trajectory_preview.json").read_text())
+    since = page.mark()
+    nodes = page.load_workflow(workflow)
+    assert [n.type for n in nodes if not n.registered] == []
+    legacy = next(n for n in workflow["nodes"] if n["type"] == "MVC_CameraTrajectory")
+    widgets = page.evaluate(f"""(() => {{ const n = app.graph.getNodeById({legacy["id"]});
+        return Object.fromEntries(n.widgets.map(w => [w.name, w.value])); }})()""")
+    assert {k: widgets[k] for k in ("preset", "frames", "fov_y_deg", "radius", "elevation_deg", "span_deg", "loop",
+                                    "convention")} == \
+        {"preset": "orbit", "frames": 16, "fov_y_deg": 50.0, "radius": 1.0, "elevation_deg": 20.0, "span_deg": 360.0,
+         "loop": True, "convention": "animatediff_evolved"}
+    prompt = page.evaluate("app.graphToPrompt().then(p => p.output)")
+    status, body = comfy.post_prompt(prompt)
+    assert status == 200, body
+    assert comfy.wait_history(body["prompt_id"])["status"]["status_str"] == "success"
+    assert page.problems(MARKER, since) == []
+
+
 def test_load_trajectory_upload_button_uploads_and_selects_the_file(page, comfy, tmp_path):
     """Click the node's "upload camera file" button, pick a pose file in the browser's chooser: the file lands
     in ComfyUI's input folder, the node's ``file`` combo selects it, and the button is not serialized."""
