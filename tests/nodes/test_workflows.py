@@ -13,9 +13,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 API_DIR, UI_DIR = REPO_ROOT / "workflows", REPO_ROOT / "example_workflows"
 WORKFLOWS = sorted(p.stem for p in API_DIR.glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-# Core nodes the workflows use: (socket inputs, widget inputs in UI order).
+# Core nodes the workflows use: (socket inputs, widget inputs in UI order), and their outputs (ComfyUI nodes.py).
 CORE_NODES = {"SaveImage": (["images"], ["filename_prefix"]), "PreviewImage": (["images"], []),
-              "MaskToImage": (["mask"], [])}
+              "MaskToImage": (["mask"], []), "CheckpointLoaderSimple": ([], ["ckpt_name"]),
+              "CLIPTextEncode": (["clip"], ["text"]), "VAEDecode": (["samples", "vae"], [])}
+CORE_OUTPUTS = {"MaskToImage": ["IMAGE"], "CheckpointLoaderSimple": ["MODEL", "CLIP", "VAE"],
+                "CLIPTextEncode": ["CONDITIONING"], "VAEDecode": ["IMAGE"]}
 
 
 def _load(folder: Path, name: str) -> dict:
@@ -49,8 +52,8 @@ def test_api_workflow_is_valid_against_the_schemas(node_classes, name):
         for input_id, value in entry["inputs"].items():
             if isinstance(value, list):  # a link [source id, output slot]
                 src = api[value[0]]
-                src_outputs = (["IMAGE"] if src["class_type"] == "MaskToImage" else
-                               [o.io_type for o in node_classes[src["class_type"]].GET_SCHEMA().outputs])
+                src_outputs = CORE_OUTPUTS.get(src["class_type"]) or [
+                    o.io_type for o in node_classes[src["class_type"]].GET_SCHEMA().outputs]
                 assert value[1] < len(src_outputs), f"{name} node {nid}.{input_id}: no output slot {value[1]}"
                 if by_id:
                     assert by_id[input_id].io_type == src_outputs[value[1]], f"{name} node {nid}.{input_id}"
