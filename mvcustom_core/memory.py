@@ -35,7 +35,7 @@ MAX_WORKSPACE = 512 << 20  # 512 MiB: per-chunk scratch beyond this buys no spee
 MIN_WORKSPACE = 16 << 20
 
 
-class MemoryBudgetError(RuntimeError):
+class MemoryBudgetError(ValueError):
     """A run whose estimated peak does not fit its memory budget (raised before any work starts)."""
 
 

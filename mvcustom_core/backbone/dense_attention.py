@@ -56,6 +56,7 @@ __all__ = [
     "dense_attention_window",
     "set_motion_attention",
     "motion_attention_window",
+    "set_dense_chunk_elements",
     "motion_modules",
     "motion_modules_bypassed",
 ]
@@ -492,3 +493,15 @@ def motion_modules_bypassed(unet: torch.nn.Module) -> Iterator[torch.nn.Module]:
     finally:
         for parent, leaf, module in swapped:
             parent[leaf] = module
+
+
+def set_dense_chunk_elements(unet: torch.nn.Module, chunk_elements: int) -> int | None:
+    """Set the per-chunk element budget of installed dense attention (the sampler sizes it from its memory
+    workspace); returns the previous value, or None (nothing changed) when dense attention is not enabled."""
+    state = getattr(unet, _STATE_ATTR, None)
+    if state is None:
+        return None
+    previous = state.processors[0].chunk_elements
+    for proc in state.processors:
+        proc.chunk_elements = max(1, int(chunk_elements))
+    return previous

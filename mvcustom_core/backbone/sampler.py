@@ -328,18 +328,31 @@ def conditioning_to_tensor(conditioning: Any) -> Tensor:
     return entry[0]
 
 
-def decode_latents(vae: torch.nn.Module, latents: Tensor, chunk: int = 4) -> Tensor:
+def decode_latents(vae: torch.nn.Module, latents: Tensor, chunk: int | None = None,
+                   memory_budget: Any = None) -> Tensor:
     """Diffusion-space latents [F, 4, h, w] -> images [F, 3, 8h, 8w] in [0, 1] with a diffusers AutoencoderKL.
 
-    Decodes ``chunk`` frames at a time; the VAE's ``config.scaling_factor`` undoes the latent scale.
+    Decodes ``chunk`` frames at a time; by default as many as fit the memory workspace (a
+    :class:`~mvcustom_core.memory.MemoryBudget`, GiB, or None = from the VAE device's free memory), from the
+    per-frame estimate :func:`~mvcustom_core.memory_estimate.vae_decode_frame_bytes`. The VAE's
+    ``config.scaling_factor`` undoes the latent scale.
     """
+    from mvcustom_core.memory import MemoryBudget, chunk_slices, resolve_budget, rows_per_chunk
+    from mvcustom_core.memory_estimate import vae_decode_frame_bytes
+
     check_shape(latents, "F 4 h w", "latents")
     param = next(vae.parameters())
     scale = getattr(getattr(vae, "config", None), "scaling_factor", LATENT_SCALE)
+    n, h, w = latents.shape[0], latents.shape[-2], latents.shape[-1]
+    if chunk is None:
+        budget = memory_budget if isinstance(memory_budget, MemoryBudget) else resolve_budget(memory_budget,
+                                                                                               param.device)
+        per_frame = vae_decode_frame_bytes(vae, (8 * h, 8 * w), param.dtype)
+        # Decoding runs alone (after sampling): the whole budget is its scratch, at least one frame at a time.
+        chunk = rows_per_chunk(n, per_frame, budget.bytes)
     frames = []
     with torch.no_grad():
-        step = max(1, chunk)
-        for i in range(0, latents.shape[0], step):
-            z = (latents[i:i + step] / scale).to(param.device, param.dtype)
+        for sl in chunk_slices(n, max(1, chunk)):
+            z = (latents[sl] / scale).to(param.device, param.dtype)
             frames.append(vae.decode(z).sample.float())
     return (torch.cat(frames) / 2 + 0.5).clamp(0, 1)

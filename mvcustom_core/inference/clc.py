@@ -34,6 +34,7 @@ from torch import Tensor
 from mvcustom_core.backbone.hooks import StepContext
 from mvcustom_core.backbone.schedule import check_fraction, leading_steps
 from mvcustom_core.checks import check_shape
+from mvcustom_core.memory import MAX_WORKSPACE, chunk_slices, dtype_bytes, rows_per_chunk
 from mvcustom_core.ops import morphology
 
 __all__ = ["CLCPlan", "CLCHook", "CLCError", "erode", "keep_mask", "renoise_to_next", "DEFAULT_CLC_FRACTION"]
@@ -99,10 +100,11 @@ def keep_mask(coverage: Tensor, anchor: int, erosion: int) -> Tensor:
     return m
 
 
-def renoise_to_next(ctx: StepContext, noise: Tensor) -> Tensor:
-    """``x̂_0`` re-noised to the *next* step's noise level with ``noise`` (DDIM ᾱ_{t−1} or Euler σ_next)."""
+def renoise_to_next(ctx: StepContext, noise: Tensor, x0: Tensor | None = None) -> Tensor:
+    """``x̂_0`` (default ``ctx.x0_pred``; or some of its frames) re-noised to the *next* step's noise level with
+    ``noise`` (DDIM ᾱ_{t−1} or Euler σ_next)."""
     sched = ctx.scheduler
-    x0 = ctx.x0_pred
+    x0 = ctx.x0_pred if x0 is None else x0
     if hasattr(sched, "sigmas") and not hasattr(sched, "final_alpha_cumprod"):  # Euler-type (σ space)
         sigma_next = sched.sigmas[ctx.step + 1].to(x0)
         return x0 + sigma_next * noise
@@ -128,14 +130,22 @@ class CLCHook:
         self.plan = plan
         self.keep = keep.float()
         self.record: list[int] = []
+        self.workspace: int | None = None  # scratch bytes of one chunk of frames (None: memory.MAX_WORKSPACE)
 
     def on_step(self, ctx: StepContext) -> Tensor | None:
         if not self.plan.acts(ctx.step, ctx.total, int(ctx.t)):
             return None
         if self.keep.shape[0] != ctx.latents.shape[0] or self.keep.shape[-2:] != ctx.latents.shape[-2:]:
             raise CLCError(f"CLC mask {tuple(self.keep.shape)} does not match latents {tuple(ctx.latents.shape)}")
-        noise = torch.randn(ctx.latents.shape, generator=ctx.generator, dtype=torch.float32).to(ctx.latents.device)
-        fresh = renoise_to_next(ctx, noise)
-        keep = self.keep.to(ctx.latents.device) > 0.5
+        # One draw for all frames, so the seed's noise does not depend on the chunking; it stays on the CPU.
+        noise = torch.randn(ctx.latents.shape, generator=ctx.generator, dtype=torch.float32)
+        latents, device = ctx.latents, ctx.latents.device
+        out = torch.empty_like(latents)
+        per_frame = latents[0].numel() * 4 * dtype_bytes(torch.float32)  # noise, fresh latents, keep mask, blend
+        workspace = MAX_WORKSPACE if self.workspace is None else self.workspace
+        for sl in chunk_slices(latents.shape[0], rows_per_chunk(latents.shape[0], per_frame, workspace)):
+            fresh = renoise_to_next(ctx, noise[sl].to(device), x0=ctx.x0_pred[sl])
+            keep = self.keep[sl].to(device) > 0.5
+            out[sl] = torch.where(keep, latents[sl], fresh.to(latents.dtype))
         self.record.append(ctx.step)
-        return torch.where(keep, ctx.latents, fresh.to(ctx.latents.dtype))
+        return out

@@ -35,6 +35,7 @@ from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import about, check_shape
 from mvcustom_core.depth.maps import DEPTH_KINDS
 from mvcustom_core.inference.anchor_depth import AlignedDepth, AnchorDepthError, DepthKind, align_depth, field_depth
+from mvcustom_core.memory import MAX_WORKSPACE, chunk_slices, dtype_bytes, rows_per_chunk
 from mvcustom_core.ops import (DEFAULT_MAX_REL_DEPTH_JUMP, FeatureMesh, RenderPlan, apply_plan, build_feature_mesh,
                                plan_mesh_render, resample_depth)
 
@@ -357,6 +358,7 @@ class DFRHook(FeatureHook):
         self._anchor_cache: dict[tuple[str, int], Tensor] = {}
         self._cache_step = -1
         self.record: list | None = None
+        self.workspace: int | None = None  # scratch bytes of one chunk of frames (None: memory.MAX_WORKSPACE)
         super().__init__(layers, self._replace)
 
     def install(self, unet: torch.nn.Module) -> "DFRHook":
@@ -389,13 +391,22 @@ class DFRHook(FeatureHook):
             anchors.append(self._anchor_cache[key])
         size = tuple(features.shape[-2:])
         plan = geo.plan(size)
-        sub = RenderPlan(plan.vert_idx[frames], plan.weights[frames], plan.coverage[frames], plan.num_verts)
         mesh = geo.mesh(size)
         vert = torch.cat([mesh.vertex_features(a.float()) for a in anchors], dim=1)  # [V, N·C]
-        rendered, cov = apply_plan(sub, vert)  # [nf, N·C, h, w], [nf, 1, h, w]
-        rendered = rendered.reshape(nf, branches, -1, *size).transpose(0, 1).to(features.dtype)
-        covered = cov.to(features.device)[None] > 0.5  # [1, nf, 1, h, w]
-        out = torch.where(covered, rendered.to(features.device), rows)  # exact copy outside the coverage
+        out = torch.empty_like(rows)
+        covered_rows = []
+        # Frames in chunks: one chunk's rendered features (float32) and blend stay within the workspace.
+        per_frame = features[0].numel() * branches * (dtype_bytes(torch.float32) + 2 * features.element_size())
+        workspace = MAX_WORKSPACE if self.workspace is None else self.workspace
+        for sl in chunk_slices(nf, rows_per_chunk(nf, per_frame, workspace)):
+            ids = frames[sl]
+            sub = RenderPlan(plan.vert_idx[ids], plan.weights[ids], plan.coverage[ids], plan.num_verts)
+            rendered, cov = apply_plan(sub, vert)  # [n, N·C, h, w], [n, 1, h, w]
+            rendered = rendered.reshape(len(ids), branches, -1, *size).transpose(0, 1)
+            covered = cov.to(features.device)[None] > 0.5  # [1, n, 1, h, w]
+            # exact copy outside the coverage
+            out[:, sl] = torch.where(covered, rendered.to(device=features.device, dtype=features.dtype), rows[:, sl])
+            covered_rows.append(covered[0, :, 0])
         if self.record is not None:
-            self.record.append((step, name, frames.clone(), covered[0, :, 0].clone()))
+            self.record.append((step, name, frames.clone(), torch.cat(covered_rows).clone()))
         return out.reshape(features.shape)

@@ -23,14 +23,18 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from mvcustom_core.backbone.dense_attention import set_dense_chunk_elements
 from mvcustom_core.backbone.sampler import sample
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import within
 from mvcustom_core.customization.pose_block import (PoseBlockError, PoseContext, active_pose_steps, pose_blocks,
                                                     pose_step_relay)
 from mvcustom_core.inference.clc import CLCError, CLCHook, CLCPlan, keep_mask
-from mvcustom_core.inference.dfr import AnchorGeometry, DFRHook, DFRPlan, dfr_layers, resolve_anchor_geometry
+from mvcustom_core.inference.dfr import (AnchorGeometry, DFRHook, DFRPlan, anchor_index, dfr_layers,
+                                         resolve_anchor_geometry)
 from mvcustom_core.inference.windows import WindowedUNet, plan_windows
+from mvcustom_core.memory import MemoryBudget, resolve_budget
+from mvcustom_core.memory_estimate import RunMemory, plan_run_memory
 
 __all__ = ["mvcustom_sample", "MVCustomRun", "prepare_run", "check_trajectory_in_scene", "DEFAULT_CFG", "DEFAULT_WINDOW", "DEFAULT_OVERLAP"]
 
@@ -48,6 +52,7 @@ class MVCustomRun:
         geometry: anchor geometry (None without DFR).
         dfr, clc: the hooks (None when off).
         windows: frame windows.
+        memory: the peak estimate and the choices made from it (CFG batching, chunk workspace).
     """
 
     def __init__(self) -> None:
@@ -57,6 +62,8 @@ class MVCustomRun:
         self.dfr: DFRHook | None = None
         self.clc: CLCHook | None = None
         self.windows: list[list[int]] = []
+        self.memory: RunMemory | None = None
+        self.dense_chunk_elements: int | None = None  # dense attention's chunk budget before the run
 
 
 def check_trajectory_in_scene(unet: torch.nn.Module, cams: CameraSet) -> None:
@@ -88,20 +95,27 @@ def prepare_run(
     overlap: int = DEFAULT_OVERLAP,
     geometry: AnchorGeometry | None = None,
     cache_pose_features: bool = True,
+    guided: bool = True,
+    memory_budget: MemoryBudget | float | None = None,
 ) -> MVCustomRun:
-    """Build the model wrapper and hooks; sets up ``pose_context`` (render mode, cameras, ratio, cache)."""
+    """Build the model wrapper and hooks; sets up ``pose_context`` (render mode, cameras, ratio, cache).
+
+    Before any work the run's peak memory is estimated against ``memory_budget`` (a :class:`MemoryBudget`, GiB,
+    or None = :func:`~mvcustom_core.memory.default_budget` of the UNet's device); that chooses CFG batching and
+    the chunk workspace of FeatureNeRF, DFR, CLC and dense attention, or raises
+    :class:`~mvcustom_core.memory.MemoryBudgetError` naming the inputs to change.
+    """
     run = MVCustomRun()
     nf = cams.num_frames
     if clc is not None and dfr is None and geometry is None:
         raise CLCError("latent completion needs the anchor geometry of a DFR plan (connect a DFR plan; "
                        "a DFR fraction of 0 gives geometry without feature replacement)")
+    layers: list[str] = []
+    anchor = geometry.anchor if geometry is not None else None
     if dfr is not None:
         with within("dfr"):
             layers = dfr_layers(unet, dfr)
-            if geometry is None:
-                geometry = resolve_anchor_geometry(dfr, cams, unet=unet, pose_context=pose_context)[0]
-    run.geometry = geometry
-    anchor = geometry.anchor if geometry is not None else None
+            anchor = anchor if anchor is not None else anchor_index(dfr.anchor, nf)
     # Before the pose context is touched: a bad window / overlap must not leave it in render mode.
     run.windows = plan_windows(nf, window, overlap, anchor)
 
@@ -109,6 +123,21 @@ def prepare_run(
     if has_pose and not any(True for _ in pose_blocks(unet)):
         raise PoseBlockError("the customization's pose context has a reference bank but the UNet has no pose "
                              "blocks installed (apply the customization to this backbone first)")
+    device = next(unet.parameters()).device
+    if not isinstance(memory_budget, MemoryBudget):
+        memory_budget = resolve_budget(memory_budget, device)
+    run.memory = plan_run_memory(unet, nf, cams.image_size, memory_budget, guided=guided,
+                                 window=len(run.windows[0]), windows_total_frames=sum(map(len, run.windows)),
+                                 pose_context=pose_context if has_pose else None, dfr_layers=len(layers))
+    workspace = run.memory.workspace
+    if pose_context is not None:
+        pose_context.workspace = workspace
+    run.dense_chunk_elements = set_dense_chunk_elements(unet, workspace // (2 * 4))  # scores + softmax, fp32
+
+    if dfr is not None and geometry is None:
+        with within("dfr"):
+            geometry = resolve_anchor_geometry(dfr, cams, unet=unet, pose_context=pose_context)[0]
+    run.geometry = geometry
     if has_pose:
         check_trajectory_in_scene(unet, cams)
         pose_context.mode = "render"
@@ -123,12 +152,14 @@ def prepare_run(
 
     if dfr is not None:
         run.dfr = DFRHook(geometry, layers, dfr.active_steps(steps))
+        run.dfr.workspace = workspace
         run.hooks.append(run.dfr)
 
     if clc is not None:
         height, width = cams.image_size
         keep = keep_mask(geometry.coverage((height // 8, width // 8)), geometry.anchor, clc.erosion)
         run.clc = CLCHook(clc, keep)
+        run.clc.workspace = workspace
         run.hooks.append(run.clc)
 
     if len(run.windows) > 1:
@@ -170,6 +201,7 @@ def mvcustom_sample(
     interrupt: Callable[[], None] | None = None,
     run: MVCustomRun | None = None,
     cache_pose_features: bool = True,
+    memory_budget: MemoryBudget | float | None = None,
 ) -> Tensor:
     """Generate one latent frame per camera of the trajectory.
 
@@ -186,6 +218,7 @@ def mvcustom_sample(
         callback, interrupt: progress ``callback(step, total, x0)`` and interrupt check (raises).
         run: a prepared :class:`MVCustomRun` (tests inspect its hooks); default built here.
         cache_pose_features: render each pose block's Fy once and reuse it (exact; method.md §4.8).
+        memory_budget: see :func:`prepare_run` (a :class:`MemoryBudget`, GiB, or None = from the free memory).
 
     Returns:
         latents ``[F, 4, H/8, W/8]`` in the diffusion space (× 0.18215), float32.
@@ -194,12 +227,16 @@ def mvcustom_sample(
     if run is None:
         run = prepare_run(unet, cams, pose_context=pose_context, dfr=dfr, clc=clc, steps=steps,
                           pose_ratio=pose_ratio, window=window, overlap=overlap,
-                          cache_pose_features=cache_pose_features)
+                          cache_pose_features=cache_pose_features, guided=uncond is not None and cfg != 1.0,
+                          memory_budget=memory_budget)
     hooks = list(run.hooks)
     try:
         return sample(run.model, cond, uncond, cams.num_frames, height, width, steps, cfg, scheduler, seed,
-                      hooks=hooks, callback=callback, interrupt=interrupt, scheduler_config=scheduler_config)
+                      hooks=hooks, callback=callback, interrupt=interrupt, scheduler_config=scheduler_config,
+                      cfg_batch=run.memory is None or run.memory.cfg_batch)
     finally:
+        if run.dense_chunk_elements is not None:
+            set_dense_chunk_elements(unet, run.dense_chunk_elements)
         if pose_context is not None:
             pose_context.clear_cache()
             pose_context.mode = "off"
@@ -207,3 +244,4 @@ def mvcustom_sample(
             pose_context.active_steps = None
             pose_context.target_key = None
             pose_context.keep_outputs = True
+            pose_context.workspace = None

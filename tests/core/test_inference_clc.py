@@ -53,6 +53,25 @@ def test_clc_refreshes_only_uncovered_latents_with_the_renoised_ddim_step():
     torch.testing.assert_close(out[~kept], expected[~kept], rtol=1e-5, atol=1e-5)
 
 
+def test_clc_in_frame_chunks_equals_one_chunk(monkeypatch):
+    """A workspace of one frame: the same refreshed latents and the same noise draw as all frames at once."""
+    import mvcustom_core.inference.clc as clc
+
+    sched = make_scheduler("ddim")
+    sched.set_timesteps(10)
+    coverage = torch.zeros(3, 1, 6, 6)
+    coverage[:, :, 2:, 1:4] = 1
+    keep = keep_mask(coverage, anchor=0, erosion=0)
+    whole = CLCHook(CLCPlan(tau=500, erosion=0), keep).on_step(_context(1, sched))
+    frames = []
+    renoise = clc.renoise_to_next
+    monkeypatch.setattr(clc, "renoise_to_next", lambda ctx, noise, x0: frames.append(len(x0)) or renoise(ctx, noise, x0))
+    hook = CLCHook(CLCPlan(tau=500, erosion=0), keep)
+    hook.workspace = 4 * 6 * 6 * 16  # one frame's noise, fresh latents, mask and blend
+    assert torch.equal(hook.on_step(_context(1, sched)), whole)
+    assert frames == [1, 1, 1]
+
+
 def test_clc_is_inactive_below_tau():
     sched = make_scheduler("ddim")
     sched.set_timesteps(10)

@@ -120,6 +120,28 @@ def test_batched_cfg_branches_render_their_own_anchor_at_non_square_sizes(size):
     assert hook.fn("layer", 2, feats) is None  # steps i >= K are untouched
 
 
+def test_frames_in_chunks_of_the_workspace_give_the_same_features(monkeypatch):
+    """A workspace of one frame (and of three) renders chunk by chunk: bit-identical to one chunk of all frames."""
+    import mvcustom_core.inference.dfr as dfr
+
+    calls = []
+    render = dfr.apply_plan
+    monkeypatch.setattr(dfr, "apply_plan", lambda plan, vert: calls.append(plan.vert_idx.shape[0]) or render(plan, vert))
+    geo, cams = _geometry(), _cams()
+    ks, size, frames = [_coefficients(8), _coefficients(9)], (12, 20), [0, 1, 2, 3]
+    feats = _features(ks, frames, size, seed=10)
+    whole = DFRHook(geo, ["layer"], steps=1).fn("layer", 0, feats)
+    per_frame = feats[0].numel() * 2 * (4 + 2 * 4)  # one frame: both branches' float32 render and blend
+    for frames_per_chunk in (1, 3):
+        hook = DFRHook(geo, ["layer"], steps=1)
+        hook.workspace = frames_per_chunk * per_frame
+        hook.record = []
+        calls.clear()
+        assert torch.equal(hook.fn("layer", 0, feats), whole)
+        assert calls == ([1, 1, 1, 1] if frames_per_chunk == 1 else [3, 1])
+        assert hook.record[0][3].shape == (4, *size)
+
+
 def test_window_calls_reuse_the_anchor_of_the_steps_first_call():
     geo, cams = _geometry(), _cams()
     hook = DFRHook(geo, ["layer"], steps=1)

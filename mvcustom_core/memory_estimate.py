@@ -1,0 +1,201 @@
+"""Peak-memory estimate of an MVCustom sampling run, made before any work starts (see :mod:`mvcustom_core.memory`).
+
+Everything is counted per UNet call, in bytes of the UNet's dtype (FeatureNeRF runs in float32):
+
+* **UNet activations** of one model call of ``R = branches · frames`` rows at latent size h × w. With
+  memory-efficient attention (SDPA's flash kernels on CPU and CUDA) every activation is linear in R·h·w, and the
+  peak sits at the top level (width C₀): the GEGLU feed-forward of a transformer block holds its projection (8 C₀),
+  the gated half through GELU (4 C₀) and their product (4 C₀) with the block's input, its LayerNorm output and the
+  transformer's residual (~6 C₀), beside the skip connections the decoder still needs (summed from the UNet's
+  config), ~23 C₀ in all. Measured (tests, docs/performance.md): 25.0–25.1 C₀ floats per row and latent pixel on
+  two small configs whose skips are 3 C₀ (estimate 26 C₀), ~26.6 C₀ on SD1.5 (skips 5.1 C₀, estimate 28.1 C₀).
+* **Pose blocks**: the Fy cache, one ``W_y·Fy`` map per pose block, CFG branch and frame (at the block's grid),
+  and during the first step the fixed part of one FeatureNeRF render (:meth:`FeatureNeRF.fixed_bytes`) plus one
+  chunk's workspace.
+* **DFR**: the render plans per hooked layer size (vertex ids and weights of three vertices per pixel); each
+  step's replacement is chunked to the workspace.
+* **Chunked ops** (FeatureNeRF rays, DFR apply, CLC, dense attention) run one at a time, each within the
+  workspace, so the run needs one workspace on top of the resident parts.
+
+The estimate drives two choices: both CFG branches in one call when that fits, else one after the other (half the
+activations), and the workspace (:func:`~mvcustom_core.memory.workspace_bytes`). When even sequential CFG with the
+smallest workspace does not fit, :class:`~mvcustom_core.memory.MemoryBudgetError` names the inputs to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mvcustom_core.memory import (GiB, MIN_WORKSPACE, MemoryBudget, MemoryBudgetError, dtype_bytes,
+                                  workspace_bytes)
+
+__all__ = ["unet_activation_bytes", "vae_decode_frame_bytes", "RunMemory", "plan_run_memory",
+           "pose_block_grids", "UNET_TOP_LEVEL_FLOATS"]
+
+UNET_TOP_LEVEL_FLOATS = 23  # per row, latent pixel and top-level channel, besides the skips (module docstring)
+
+
+def _config(unet: nn.Module):
+    inner = getattr(unet, "unet", unet)  # WindowedUNet wraps the UNet
+    return inner.config
+
+
+def unet_activation_bytes(unet: nn.Module, rows: int, latent_size: tuple[int, int], dtype: torch.dtype) -> int:
+    """Estimated activation peak of one forward of ``rows`` rows (CFG branches × frames) at latent h × w.
+
+    Counts ``UNET_TOP_LEVEL_FLOATS · C₀`` per row and latent pixel for the top level's transient, plus the skip
+    connections of the down path (``conv_in``, every resnet/attention output, every downsampler output).
+    """
+    cfg = _config(unet)
+    channels = list(cfg.block_out_channels)
+    layers = cfg.layers_per_block
+    layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
+    h, w = latent_size
+    skips = channels[0] * h * w  # conv_in
+    for level, (c, n) in enumerate(zip(channels, layers)):
+        pixels = (h >> level) * (w >> level)
+        skips += n * c * pixels
+        if level < len(channels) - 1:
+            skips += c * (h >> (level + 1)) * (w >> (level + 1))
+    per_row = UNET_TOP_LEVEL_FLOATS * channels[0] * h * w + skips
+    return rows * per_row * dtype_bytes(dtype)
+
+
+def vae_decode_frame_bytes(vae: nn.Module, image_size: tuple[int, int], dtype: torch.dtype) -> int:
+    """Estimated activation peak of decoding one frame with a diffusers ``AutoencoderKL`` at ``image_size``.
+
+    The largest tensors are at full resolution: the last upsampler's output (the widest channel count that
+    reaches full resolution) and the last block's ResNets. A ResNet holds its input, its GroupNorm output and
+    their SiLU at once before the first convolution, and the upsampler its interpolated input and convolution
+    output: five full-resolution maps of the widest full-resolution width (measured: 5.01 on a small VAE), and
+    one more for the convolutions' scratch.
+    """
+    channels = list(reversed(vae.config.block_out_channels))  # decoder order: 512, 512, 256, 128 for SD
+    widest = max(channels[-2:]) if len(channels) > 1 else channels[0]
+    return 6 * widest * image_size[0] * image_size[1] * dtype_bytes(dtype)
+
+
+def _level(name: str, n_down: int, n_up: int) -> int:
+    """Resolution level (0 = latent) of a diffusers UNet module path."""
+    parts = name.split(".")
+    if parts[0] == "down_blocks":
+        return int(parts[1])
+    if parts[0] == "up_blocks":
+        return n_up - 1 - int(parts[1])
+    if parts[0] == "mid_block":
+        return n_down - 1
+    raise ValueError(f"cannot tell the resolution level of {name!r}")
+
+
+def pose_block_grids(unet: nn.Module, latent_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+    """``name -> (h, w, C)`` of every installed pose block's token grid at latent size h × w."""
+    from mvcustom_core.customization.pose_block import pose_blocks
+
+    inner = getattr(unet, "unet", unet)
+    n_down, n_up = len(inner.down_blocks), len(inner.up_blocks)
+    out = {}
+    for block in pose_blocks(inner):
+        level = _level(block.name, n_down, n_up)
+        h, w = latent_size
+        for _ in range(level):  # diffusers' downsamplers: stride-2 3x3 convolutions, padding 1
+            h, w = (h + 1) // 2, (w + 1) // 2
+        out[block.name] = (h, w, block.featurenerf.config.channels)
+    return out
+
+
+@dataclass
+class RunMemory:
+    """The estimate of one run and the choices made from it.
+
+    Attributes:
+        budget: the budget it was checked against.
+        parts: what is resident at the peak, by name, in bytes (the workspace included).
+        workspace: scratch bytes of one chunk of every chunked op.
+        cfg_batch: both CFG branches in one UNet call (else one after the other).
+    """
+
+    budget: MemoryBudget
+    parts: dict[str, int] = field(default_factory=dict)
+    workspace: int = 0
+    cfg_batch: bool = True
+
+    @property
+    def peak(self) -> int:
+        return sum(self.parts.values())
+
+    def describe(self) -> str:
+        items = ", ".join(f"{name} {size / GiB:.2f}" for name, size in self.parts.items() if size)
+        return f"~{self.peak / GiB:.2f} GB ({items} GB)"
+
+
+def plan_run_memory(
+    unet: nn.Module,
+    frames: int,
+    image_size: tuple[int, int],
+    budget: MemoryBudget,
+    *,
+    guided: bool = True,
+    window: int | None = None,
+    windows_total_frames: int | None = None,
+    pose_context=None,
+    dfr_layers: int = 0,
+    dtype: torch.dtype | None = None,
+) -> RunMemory:
+    """Estimate the peak of an MVCustom run and choose CFG batching and the workspace (module docstring).
+
+    Args:
+        unet: the UNet (with pose blocks installed when ``pose_context`` has references).
+        frames: F, frames of the trajectory; ``window``: frames per model call (default all).
+        windows_total_frames: Σ frames over all windows (the Fy cache holds one map per window frame).
+        image_size: output (H, W) in pixels.
+        budget: the memory budget.
+        guided: CFG (two branches) or the conditional branch only.
+        pose_context: the customization's context (None or no references: no pose blocks).
+        dfr_layers: number of DFR hooked layers.
+        dtype: the UNet's dtype (default: its parameters').
+
+    Raises:
+        MemoryBudgetError: the run cannot fit (names the inputs to change).
+    """
+    dtype = dtype or next(unet.parameters()).dtype
+    per_call = min(frames, window or frames)
+    cached_frames = windows_total_frames or frames
+    latent = (image_size[0] // 8, image_size[1] // 8)
+    branches = 2 if guided else 1
+    nbytes = dtype_bytes(dtype)
+    fixed: dict[str, int] = {"latents": 6 * frames * 4 * latent[0] * latent[1] * 4}  # x, ε, x̂0, noise, …
+    render_fixed = 0
+    if pose_context is not None and pose_context.references:
+        grids = pose_block_grids(unet, latent)
+        fixed["Fy cache"] = branches * cached_frames * sum(h * w * c for h, w, c in grids.values()) * nbytes
+        n_views = pose_context.ref_cams.num_frames
+        from mvcustom_core.customization.pose_block import pose_blocks
+
+        nerfs = {b.name: b.featurenerf for b in pose_blocks(getattr(unet, "unet", unet))}
+        for name, (h, w, c) in grids.items():
+            ref_hw = pose_context.references[name].shape[-2:] if name in pose_context.references else (h, w)
+            n_samples = nerfs[name].config.num_samples
+            render_fixed = max(render_fixed, nerfs[name].fixed_bytes(n_views, tuple(ref_hw), per_call * h * w,
+                                                                       n_samples))
+    if dfr_layers:
+        fixed["DFR plans"] = dfr_layers * frames * latent[0] * latent[1] * 3 * (8 + 4 + 12)
+    for batch in ((True, False) if guided else (False,)):
+        rows = (2 if batch else 1) * per_call
+        parts = {"UNet activations": unet_activation_bytes(unet, rows, latent, dtype), **fixed}
+        if render_fixed:
+            parts["FeatureNeRF render"] = render_fixed
+        resident = sum(parts.values())
+        if budget.bytes - resident >= MIN_WORKSPACE:
+            workspace = workspace_bytes(budget, resident)
+            parts["workspace"] = workspace
+            return RunMemory(budget, parts, workspace, batch)
+    run = RunMemory(budget, {**parts, "workspace": MIN_WORKSPACE}, MIN_WORKSPACE, False)
+    raise MemoryBudgetError(
+        f"this run needs {run.describe()} at {frames} frames of {image_size[1]}x{image_size[0]} px "
+        f"({per_call} frames per model call{', CFG branches one after the other' if guided else ''}), more than "
+        f"the memory budget of {budget.gb:.2f} GB ({budget.source}). Lower the trajectory's frame count or image "
+        "size, lower 'window' (frames per model call), or raise 'memory_budget_gb' if the device has more free "
+        "memory")
