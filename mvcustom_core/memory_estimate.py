@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mvcustom_core.checks import about
 from mvcustom_core.memory import (GiB, MIN_WORKSPACE, MemoryBudget, MemoryBudgetError, dtype_bytes,
                                   workspace_bytes)
 
@@ -193,9 +194,9 @@ def plan_run_memory(
             parts["workspace"] = workspace
             return RunMemory(budget, parts, workspace, batch)
     run = RunMemory(budget, {**parts, "workspace": MIN_WORKSPACE}, MIN_WORKSPACE, False)
-    raise MemoryBudgetError(
+    raise about("memory_budget", MemoryBudgetError(
         f"this run needs {run.describe()} at {frames} frames of {image_size[1]}x{image_size[0]} px "
         f"({per_call} frames per model call{', CFG branches one after the other' if guided else ''}), more than "
         f"the memory budget of {budget.gb:.2f} GB ({budget.source}). Lower the trajectory's frame count or image "
         "size, lower 'window' (frames per model call), or raise 'memory_budget_gb' if the device has more free "
-        "memory")
+        "memory"))

@@ -102,6 +102,11 @@ def input_for(error: BaseException, arguments: Mapping[str, str]) -> str | None:
     return None
 
 
+MEMORY_BUDGET_TOOLTIP = ("Memory this node may use on the model's device, in GB; 0 = 85 % of what is free when it "
+                         "starts (free GPU memory, or available RAM on the CPU). Chunk sizes follow from it; a run "
+                         "that cannot fit stops before any work, naming the inputs to change.")
+
+
 @contextlib.contextmanager
 def blame(node: type | str, input_name: str | Callable[[str], str] | None,
           arguments: Mapping[str, str] | None = None) -> Iterator[None]:

@@ -17,7 +17,7 @@ from mvcustom_core.backbone.sampler import decode_latents, from_comfy_latent
 from mvcustom_core.backbone.text import encode_prompt
 from mvcustom_core.customization.token import add_subject_token
 
-from ._common import blame, image_from_chw, require
+from ._common import MEMORY_BUDGET_TOOLTIP, blame, image_from_chw, require
 from ._host import io
 from .bridge import prepare_backbone
 from .types import Backbone as BackboneType
@@ -74,19 +74,22 @@ class DecodeLatent(io.ComfyNode):
             node_id="MVC_DecodeLatent",
             display_name="MVCustom Decode Latent",
             category=CATEGORY,
-            description="Decodes a LATENT batch with the backbone's VAE (a few frames at a time).",
+            description="Decodes a LATENT batch with the backbone's VAE (as many frames at a time as fit the memory budget).",
             inputs=[
                 BackboneType.Input("backbone", tooltip="MVC_BACKBONE whose VAE is used."),
                 io.Latent.Input("latent", tooltip="LATENT from the MVCustom Sampler."),
+                io.Float.Input("memory_budget_gb", default=0.0, min=0.0, max=4096.0, step=0.5, optional=True,
+                               tooltip=MEMORY_BUDGET_TOOLTIP),
             ],
             outputs=[io.Image.Output("images", tooltip="Frames, IMAGE [F, H, W, 3].")],
         )
 
     @classmethod
-    def execute(cls, backbone, latent) -> io.NodeOutput:
+    def execute(cls, backbone, latent, memory_budget_gb: float = 0.0) -> io.NodeOutput:
         core = prepare_backbone(cls, backbone, ["vae"])
         with blame(cls, "latent"):
-            frames = decode_latents(core.vae, from_comfy_latent(latent))
+            frames = decode_latents(core.vae, from_comfy_latent(latent),
+                                    memory_budget=float(memory_budget_gb or 0) or None)
         return io.NodeOutput(image_from_chw(frames))
 
 

@@ -22,8 +22,8 @@ from mvcustom_core.inference.export import export_views
 from mvcustom_core.inference.mvcustom_sampler import DEFAULT_CFG, DEFAULT_OVERLAP, DEFAULT_WINDOW
 from mvcustom_core.ops import DEFAULT_MAX_REL_DEPTH_JUMP
 
-from ._common import (NodeInputError, Progress, blame, image_from_chw, image_to_chw, input_named_in, numbered_output,
-                      relaying_warnings, require)
+from ._common import (MEMORY_BUDGET_TOOLTIP, NodeInputError, Progress, blame, image_from_chw, image_to_chw,
+                      input_named_in, numbered_output, relaying_warnings, require)
 from ._host import io, model_management, ui
 from .bridge import prepare_backbone
 from .types import Backbone, CLCPlan as CLCPlanType, Customization, DFRPlan as DFRPlanType, Trajectory
@@ -210,7 +210,8 @@ class LatentCompletion(io.ComfyNode):
 # Core arguments of prepare_run / mvcustom_sample (marked with mvcustom_core.checks.about) -> Sampler inputs.
 _SAMPLER_ARGUMENTS = {"dfr": "dfr_plan", "clc": "clc_plan", "cams": "trajectory", "window": "window",
                       "overlap": "overlap", "pose_ratio": "pose_ratio", "pose_context": "customization",
-                      "steps": "steps", "cond": "positive", "uncond": "negative", "seed": "seed", "cfg": "cfg"}
+                      "steps": "steps", "cond": "positive", "uncond": "negative", "seed": "seed", "cfg": "cfg",
+                      "memory_budget": "memory_budget_gb"}
 
 
 class MVCustomSampler(io.ComfyNode):
@@ -248,6 +249,8 @@ class MVCustomSampler(io.ComfyNode):
                 Customization.Input("customization", optional=True, tooltip="Subject customization (MVC_CUSTOMIZATION)."),
                 DFRPlanType.Input("dfr_plan", optional=True, tooltip="Depth-aware feature rendering settings."),
                 CLCPlanType.Input("clc_plan", optional=True, tooltip="Latent completion settings (needs a DFR plan)."),
+                io.Float.Input("memory_budget_gb", default=0.0, min=0.0, max=4096.0, step=0.5, optional=True,
+                               tooltip=MEMORY_BUDGET_TOOLTIP),
             ],
             outputs=[
                 io.Latent.Output("latent", tooltip="Frames as a LATENT batch [F, 4, H/8, W/8] for VAE Decode."),
@@ -259,7 +262,8 @@ class MVCustomSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: Any, trajectory: CameraSet, positive: Any, negative: Any, seed: int, steps: int,
                 cfg: float, pose_ratio: float, window: int, overlap: int, customization: Any = None,
-                dfr_plan: DFRPlan | None = None, clc_plan: CLCPlan | None = None) -> io.NodeOutput:
+                dfr_plan: DFRPlan | None = None, clc_plan: CLCPlan | None = None,
+                memory_budget_gb: float = 0.0) -> io.NodeOutput:
         cams = _trajectory(cls, trajectory)
         h, w = cams.image_size
         require(cls, "trajectory", h % 8 == 0 and w % 8 == 0, f"image size must be multiples of 8, got {h}x{w}")
@@ -285,7 +289,8 @@ class MVCustomSampler(io.ComfyNode):
         inputs = ["trajectory", "dfr_plan", "window", "overlap", "pose_ratio", "clc_plan", "customization"]
         with blame(cls, input_named_in(inputs, None), _SAMPLER_ARGUMENTS), relaying_warnings(cls):
             run = prepare_run(unet, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan, steps=int(steps),
-                              pose_ratio=float(pose_ratio), window=int(window), overlap=int(overlap))
+                              pose_ratio=float(pose_ratio), window=int(window), overlap=int(overlap),
+                              guided=float(cfg) != 1.0, memory_budget=float(memory_budget_gb or 0.0) or None)
         progress = Progress(int(steps))
         with blame(cls, None, _SAMPLER_ARGUMENTS):
             latents = mvcustom_sample(unet, cond, uncond, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan,

@@ -76,7 +76,7 @@ def test_customized_run_stays_within_its_estimate(unet, text, customize_tiny):
     model, ctx, _block = customize_tiny(unet, _cams(4))
     cond, uncond = text
     cams = _cams(3)
-    dfr = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="depth", scale=1.0, fraction=0.7)
+    dfr = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="metric", scale=1.0, fraction=0.7)
     probe = plan_run_memory(model, 3, (SIZE, SIZE), MemoryBudget(1 << 40, "cpu", "set"), pose_context=ctx,
                             dfr_layers=len(default_dfr_layers(model)))
     resident = probe.peak - probe.workspace

@@ -209,6 +209,9 @@ def test_sampler_node_errors_name_the_input(node, run, backbone):
         run(cls, **{**base, "model": "checkpoint.safetensors"})
     with pytest.raises(ValueError, match=r"^MVCustom Sampler: input 'positive' is invalid"):
         run(cls, **{**base, "positive": [[torch.zeros(1, 5, 32), {}], [torch.zeros(1, 5, 32), {}]]})
+    with pytest.raises(ValueError, match=r"^MVCustom Sampler: input 'memory_budget_gb' is invalid: this run needs "
+                                         r"~\S+ GB .* at 3 frames of 64x64 px .* lower 'window'"):
+        run(cls, **base, memory_budget_gb=0.001)
     with pytest.raises(ValueError, match=r"^MVCustom Export Views: input 'images' has 2 frames"):
         run(node("MVC_ExportViews"), images=torch.zeros(2, 8, 8, 3), trajectory=_cams())
 
