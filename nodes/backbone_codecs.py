@@ -19,7 +19,7 @@ from mvcustom_core.customization.token import add_subject_token
 
 from ._common import MEMORY_BUDGET_TOOLTIP, blame, image_from_chw, require
 from ._host import io
-from .bridge import prepare_backbone
+from .bridge import decode_memory, prepare_backbone
 from .types import Backbone as BackboneType
 from .types import Customization as CustomizationType
 
@@ -86,10 +86,11 @@ class DecodeLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, backbone, latent, memory_budget_gb: float = 0.0) -> io.NodeOutput:
-        core = prepare_backbone(cls, backbone, ["vae"])
         with blame(cls, "latent"):
-            frames = decode_latents(core.vae, from_comfy_latent(latent),
-                                    memory_budget=float(memory_budget_gb or 0) or None)
+            latents = from_comfy_latent(latent)
+        core = prepare_backbone(cls, backbone, ["vae"], memory_required=decode_memory(backbone, latents))
+        with blame(cls, "latent"):
+            frames = decode_latents(core.vae, latents, memory_budget=float(memory_budget_gb or 0) or None)
         return io.NodeOutput(image_from_chw(frames))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Iterable
 
 import torch
@@ -27,9 +28,12 @@ from torch import nn
 
 from mvcustom_core.backbone.dense_attention import set_motion_attention
 from mvcustom_core.backbone.ldm_keys import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
-from mvcustom_core.backbone.loading import Backbone, SD15Components, build_backbone, sd15_modules_from_state
+from mvcustom_core.backbone.loading import (Backbone, SD15Components, build_backbone, sd15_modules_from_state,
+                                            shipped_config)
 from mvcustom_core.backbone.module_view import module_view
 from mvcustom_core.backbone.motion_module import load_motion_module, trained_attention_window
+from mvcustom_core.memory import MAX_WORKSPACE
+from mvcustom_core.memory_estimate import unet_activation_bytes, vae_decode_frame_bytes
 
 from ._common import NodeInputError, Progress, blame, require
 from ._files import reading
@@ -39,7 +43,7 @@ from .backbone import (AUTO_WINDOW, CATEGORY, MOTION_FOLDERS, WINDOW_TOOLTIP, Ho
 from .types import Backbone as BackboneType
 
 __all__ = ["BRIDGE_NODES", "ApplyMotionModule", "ModelBackbone", "prepare_backbone", "unet_view",
-           "text_encoder_view", "vae_view", "PARTS"]
+           "text_encoder_view", "vae_view", "unet_memory", "decode_memory", "PARTS"]
 
 log = logging.getLogger(__name__)
 PARTS = ("unet", "vae", "text_encoder")
@@ -174,6 +178,36 @@ def _refuse_missing_parts(node: type, input_name: str, source: Any, parts: Itera
 
 def _inputs_of(node: type) -> set[str]:
     return {i.id for i in node.define_schema().inputs or []}
+
+
+# ------------------------------------------------------------------------------ memory_required
+def _held_module(value: Any, part: str) -> nn.Module | None:
+    module = getattr(getattr(value, "backbone", value), part, None)
+    return module if isinstance(module, nn.Module) else None
+
+
+def unet_memory(value: Any, rows: int, latent_size: tuple[int, int]) -> int:
+    """Bytes a UNet call of ``rows`` rows (CFG branches x frames) needs beyond the weights, before anything is
+    loaded: the core's activation estimate (``memory_estimate.unet_activation_bytes``, from the UNet's config)
+    plus one workspace for the chunked ops (FeatureNeRF, DFR, CLC, dense attention)."""
+    if isinstance(value, ModelBackbone):  # an SD1.5 MODEL (checked by Apply Motion Module): the shipped config
+        unet, dtype = SimpleNamespace(config=SimpleNamespace(**shipped_config("sd15/unet"))), value.dtype
+    else:
+        unet = _held_module(value, "unet")
+        if unet is None:
+            return 0
+        dtype = next(unet.parameters()).dtype
+    return unet_activation_bytes(unet, rows, latent_size, dtype) + MAX_WORKSPACE
+
+
+def decode_memory(value: Any, latents: torch.Tensor) -> int:
+    """Bytes decoding ``latents [F, 4, h, w]`` needs beyond the VAE's weights (every frame at once; the decode
+    then chunks to what is free), from the core's per-frame estimate."""
+    vae = _held_module(value, "vae")
+    if vae is None:
+        return 0
+    h, w = latents.shape[-2:]
+    return latents.shape[0] * vae_decode_frame_bytes(vae, (8 * h, 8 * w), next(vae.parameters()).dtype)
 
 
 def prepare_backbone(node: type, value: Any, parts: Iterable[str], *, input_name: str = "backbone",

@@ -38,6 +38,9 @@ CATEGORY = "MVCustom/customization"
 log = logging.getLogger(__name__)
 CUSTOMIZATION_FOLDER = "mvcustom"
 _POSE_MODES = ["turntable", "structure_from_motion"]
+# Training keeps every activation for the backward pass: ask ComfyUI to offload every other model first, as its own
+# training node does (comfy_extras/nodes_train.py, load_models_gpu(..., memory_required=1e20)).
+TRAINING_MEMORY = int(1e20)
 
 
 def customization_folder() -> Path:
@@ -251,7 +254,7 @@ class TrainCustomization(io.ComfyNode):
         # float32 views: the trained fusion layers sit in the UNet's token path (half-precision weights are cast,
         # a copy for the run); pose blocks and the token go on the views, never on the shared models.
         core = prepare_backbone(cls, backbone, ["unet", "vae", "text_encoder"], clip=clip, vae=vae,
-                                dtype=torch.float32)
+                                dtype=torch.float32, memory_required=TRAINING_MEMORY)
         require(cls, "clip" if clip is not None else "backbone", core.tokenizer is not None,
                 "has no CLIP tokenizer (comfy/sd1_tokenizer was not found), which the subject token needs")
         with blame(cls, None, _TRAINING_ARGUMENTS):

@@ -25,7 +25,7 @@ from mvcustom_core.ops import DEFAULT_MAX_REL_DEPTH_JUMP
 from ._common import (MEMORY_BUDGET_TOOLTIP, NodeInputError, Progress, blame, image_from_chw, image_to_chw,
                       input_named_in, numbered_output, relaying_warnings, require)
 from ._host import io, model_management, ui
-from .bridge import prepare_backbone
+from .bridge import prepare_backbone, unet_memory
 from .types import Backbone, CLCPlan as CLCPlanType, Customization, DFRPlan as DFRPlanType, Trajectory
 
 __all__ = ["INFERENCE_NODES", "DepthAwareFeatureRendering", "LatentCompletion", "MVCustomSampler", "ExportViews"]
@@ -155,8 +155,10 @@ class DepthAwareFeatureRendering(io.ComfyNode):
                            layers=names, steps=None if int(steps) == USE_FRACTION else int(steps),
                            fraction=float(fraction), max_rel_depth_jump=float(max_rel_depth_jump),
                            guard_silhouettes=bool(guard_silhouettes))
-        unet = prepare_backbone(cls, model, ["unet"], input_name="model").unet if model is not None else None
-        if unet is not None:
+        unet = None
+        if model is not None:
+            memory = unet_memory(model, cams.num_frames, (cams.image_size[0] // 8, cams.image_size[1] // 8))
+            unet = prepare_backbone(cls, model, ["unet"], input_name="model", memory_required=memory).unet
             with blame(cls, "layers", {"layers": "layers"}):
                 dfr_layers(unet, plan)
         have_field = model is not None and customization is not None
@@ -277,7 +279,9 @@ class MVCustomSampler(io.ComfyNode):
             cond = conditioning_to_tensor(positive)
         with blame(cls, "negative"):
             uncond = conditioning_to_tensor(negative)
-        unet = prepare_backbone(cls, model, ["unet"], input_name="model").unet
+        rows = (1 if float(cfg) == 1.0 else 2) * min(int(window), cams.num_frames)
+        memory = unet_memory(model, rows, (h // 8, w // 8))
+        unet = prepare_backbone(cls, model, ["unet"], input_name="model", memory_required=memory).unet
         width = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
         for name, text in (("positive", cond), ("negative", uncond)):
             require(cls, name, not isinstance(width, int) or text.shape[-1] == width,

@@ -162,10 +162,13 @@ def models(host, tmp_path, monkeypatch):
     monkeypatch.setattr(mm, "unet_offload_device", lambda: torch.device("cpu"), raising=False)
     monkeypatch.setattr(mm, "unet_dtype", lambda *a, **k: torch.float32, raising=False)
     monkeypatch.setattr(mm, "vae_dtype", lambda *a, **k: torch.float32, raising=False)
+    memory = []
+
     def load_models_gpu(models, memory_required=0, **kwargs):
         for patcher in models:
             patcher.load(patcher.load_device)
         loaded.append(list(models))
+        memory.append(memory_required)
 
     monkeypatch.setattr(mm, "load_models_gpu", load_models_gpu, raising=False)
-    return types.SimpleNamespace(dir=models_dir, folders=names, loaded=loaded)
+    return types.SimpleNamespace(dir=models_dir, folders=names, loaded=loaded, memory=memory)

@@ -236,3 +236,25 @@ def test_nodes_load_only_the_modules_they_run(node, run, models):
     run(node("MVC_DecodeLatent"), backbone=own, latent={"samples": torch.zeros(1, 4, 8, 8)})
     run(node("MVC_EncodePrompt"), backbone=own, text="a toy")
     assert models.loaded == [[own.patchers_by_part["vae"]], [own.patchers_by_part["text_encoder"]]]
+
+
+def test_each_node_asks_model_management_for_its_activation_memory(node, run, models, tiny_bridge, loaded, photos,
+                                                                     host, tmp_path, monkeypatch):
+    """ComfyUI frees or offloads other models until weights + memory_required fit: each node states its own."""
+    from mvcustom_core.memory import MAX_WORKSPACE
+    from mvcustom_core.memory_estimate import unet_activation_bytes, vae_decode_frame_bytes
+
+    monkeypatch.setattr(host["folder_paths"], "models_dir", str(tmp_path / "models"), raising=False)
+    model, clip, vae = loaded
+    backbone = run(node("MVC_ApplyMotionModule"), model=model, motion_module="mm.safetensors", window=3).args[0]
+    run(node("MVC_MVCustomSampler"), model=backbone, trajectory=_cams(5), positive=_conditioning(1),
+        negative=_conditioning(2), **{**SAMPLER, "window": 4, "overlap": 1})
+    sd15 = type("UNet", (), {"config": type("Config", (), shipped_config("sd15/unet"))})()
+    assert models.memory[-1] == unet_activation_bytes(sd15, 2 * 4, (8, 8), torch.float32) + MAX_WORKSPACE
+    own = run(node("MVC_TinyBackbone"), seed=0, window=0).args[0]
+    run(node("MVC_DecodeLatent"), backbone=own, latent={"samples": torch.zeros(6, 4, 8, 12)})
+    assert models.memory[-1] == 6 * vae_decode_frame_bytes(own.backbone.vae, (64, 96), torch.float32)
+    images, masks, cams = photos
+    run_node(node("MVC_TrainCustomization"), backbone=backbone, clip=clip, vae=vae, images=images, masks=masks,
+             cameras=cams, name="memory", **{**SMALL_TRAINING, "steps": 1})
+    assert models.memory[-1] == 1e20  # as ComfyUI's own training node asks: every other model offloaded
