@@ -180,7 +180,7 @@ def plan_run_memory(
             ref_hw = pose_context.references[name].shape[-2:] if name in pose_context.references else (h, w)
             n_samples = nerfs[name].config.num_samples
             render_fixed = max(render_fixed, nerfs[name].fixed_bytes(n_views, tuple(ref_hw), per_call * h * w,
-                                                                       n_samples))
+                                                                       n_samples, branches=branches))
     if dfr_layers:
         fixed["DFR plans"] = dfr_layers * frames * latent[0] * latent[1] * 3 * (8 + 4 + 12)
     for batch in ((True, False) if guided else (False,)):

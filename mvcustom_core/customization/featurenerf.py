@@ -151,13 +151,49 @@ class FeatureNeRF(nn.Module):
             workspace: scratch bytes one chunk may use (default :data:`~mvcustom_core.memory.MAX_WORKSPACE`;
                 see :meth:`bytes_per_ray`). Chunking never changes the outputs.
         """
-        dims = check_shape(ref_features, "N C hr wr", "ref_features")
+        check_shape(ref_features, "N C hr wr", "ref_features")
+        return self.render_branches(ref_features[None], ref_cams, target_cams, grid_size, text_fns=[text_fn],
+                                    prev_weights=prev_weights, jitter=jitter, generator=generator,
+                                    ray_chunk=ray_chunk, workspace=workspace, text_min_weight=text_min_weight)[0]
+
+    def render_branches(
+        self,
+        ref_banks: Tensor,
+        ref_cams: CameraSet,
+        target_cams: CameraSet,
+        grid_size: tuple[int, int],
+        *,
+        text_fns: list[TextFn | None] | None = None,
+        prev_weights: Tensor | None = None,
+        jitter: bool = False,
+        generator: torch.Generator | None = None,
+        ray_chunk: int | None = None,
+        workspace: int | None = None,
+        text_min_weight: float = 0.0,
+    ) -> list[FeatureNeRFOutput]:
+        """Render the same rays with B reference banks (the CFG branches): one :meth:`forward` per bank, sharing
+        what does not depend on the reference features (rays, samples, projections, bilinear taps, and the
+        positional and Plücker terms of the point MLP).
+
+        Args:
+            ref_banks: ``[B, N, C, hr, wr]``.
+            text_fns: one text residual per bank (or None).
+            others: as :meth:`forward`.
+
+        Returns:
+            B outputs, each what :meth:`forward` gives for its bank.
+        """
+        dims = check_shape(ref_banks, "B N C hr wr", "ref_banks")
         if dims["N"] != ref_cams.num_frames:
             raise ValueError(f"ref_features has {dims['N']} views but ref_cams has {ref_cams.num_frames}")
         if dims["C"] != self.config.channels:
             raise ValueError(f"ref_features has {dims['C']} channels, FeatureNeRF expects {self.config.channels}")
+        branches = dims["B"]
+        text_fns = list(text_fns) if text_fns is not None else [None] * branches
+        if len(text_fns) != branches:
+            raise ValueError(f"{len(text_fns)} text functions for {branches} reference banks")
         h, w = grid_size
-        dtype, device = ref_features.dtype, ref_features.device
+        dtype, device = ref_banks.dtype, ref_banks.device
         ref_cams = ref_cams.to(device, dtype)
         target_cams = target_cams.to(device, dtype)
 
@@ -171,40 +207,28 @@ class FeatureNeRF(nn.Module):
         o, d, tt = origins.reshape(-1, 3), dirs.reshape(-1, 3), t.reshape(-1, n_samples)
         deltas = self._deltas(tt)
 
-        # 2. Reference maps through the linear parts of the MLP and view score (once for all rays).
-        maps = self.project_references(ref_features)  # [N, C + 1, hr, wr]
+        # 2. Reference maps through the linear parts of the MLP and view score (once for all rays), pixel-major.
+        maps = self.project_references(ref_banks)  # [B, N, C + 1, hr, wr]
+        maps = maps.flatten(3).transpose(2, 3).contiguous()  # [B, N, hr·wr, C + 1]
 
         # 3. Per chunk of rays: point features and density, text conditioning (per frame), compositing.
         n_rays = o.shape[0]
-        rows = ray_chunk or rows_per_chunk(n_rays, self.bytes_per_ray(dims["N"], n_samples, dtype),
+        rows = ray_chunk or rows_per_chunk(n_rays, branches * self.bytes_per_ray(dims["N"], n_samples, dtype),
                                            MAX_WORKSPACE if workspace is None else workspace)
         c = self.config.channels
-        feats = ref_features.new_empty(n_rays, c)
-        opacity, depth = tt.new_empty(n_rays), tt.new_empty(n_rays)
-        weights, alphas = torch.empty_like(tt), torch.empty_like(tt)
-        rgb = tt.new_empty(n_rays, 3) if self.config.rgb_head else None
+        outs = [_Outputs.empty(n_rays, n_samples, c, self.config.rgb_head, tt) for _ in range(branches)]
         for sl in chunk_slices(n_rays, rows):
-            g, raw = self._point_features(maps, ref_cams, target_cams, o[sl], d[sl], tt[sl], frame_of_ray[sl])
-            vr: VolumeRender = volume_render(raw[..., 0], tt[sl], deltas[sl], features=g,
-                                             rgb_logits=raw[..., 1:4] if self.config.rgb_head else None)
-            chunk_feats = vr.features
-            if text_fn is not None:
-                chunk_feats = chunk_feats + _text_term(text_fn, g, vr.weights, frame_of_ray[sl], text_min_weight)
-            del g, raw
-            feats[sl], opacity[sl], depth[sl], weights[sl], alphas[sl] = (
-                chunk_feats, vr.opacity, vr.expected_depth, vr.weights, vr.alphas)
-            if rgb is not None:
-                rgb[sl] = vr.rgb
-        grid = (n_frames, h, w)
-        return FeatureNeRFOutput(
-            features=feats.reshape(*grid, c).permute(0, 3, 1, 2),
-            opacity=opacity.reshape(grid),
-            expected_depth=depth.reshape(grid),
-            rgb=rgb.reshape(*grid, 3).permute(0, 3, 1, 2) if rgb is not None else None,
-            weights=weights.reshape(*grid, n_samples),
-            t=t,
-            alphas=alphas.reshape(*grid, n_samples),
-        )
+            gs, raws = self._point_features(maps, (dims["hr"], dims["wr"]), ref_cams, target_cams, o[sl], d[sl],
+                                            tt[sl], frame_of_ray[sl])
+            for out, g, raw, text_fn in zip(outs, gs, raws, text_fns):
+                vr: VolumeRender = volume_render(raw[..., 0], tt[sl], deltas[sl], features=g,
+                                                 rgb_logits=raw[..., 1:4] if self.config.rgb_head else None)
+                feats = vr.features
+                if text_fn is not None:
+                    feats = feats + _text_term(text_fn, g, vr.weights, frame_of_ray[sl], text_min_weight)
+                out.write(sl, feats, vr)
+            del gs, raws
+        return [out.result((n_frames, h, w), t) for out in outs]
 
     def bytes_per_ray(self, n_views: int, n_samples: int, dtype: torch.dtype = torch.float32) -> int:
         """Scratch of one ray inside a chunk of :meth:`forward` (inference; autograd keeps more).
@@ -221,17 +245,17 @@ class FeatureNeRF(nn.Module):
         return dtype_bytes(dtype) * (n_samples * per_sample + n_views * (c + 100))
 
     def fixed_bytes(self, n_views: int, ref_size: tuple[int, int], n_rays: int, n_samples: int,
-                    dtype: torch.dtype = torch.float32) -> int:
-        """Bytes of :meth:`forward` that do not shrink with the chunk: the projected reference maps twice
-        (conv output and the pixel-major copy the sparse products read), and the outputs (features,
-        opacity, depth, RGB, and the per-sample weights, distances and alphas)."""
+                    dtype: torch.dtype = torch.float32, branches: int = 1) -> int:
+        """Bytes of :meth:`render_branches` (B = ``branches`` banks) that do not shrink with the chunk: the projected
+        reference maps twice (conv output and the pixel-major copy the sparse products read), and the outputs
+        (features, opacity, depth, RGB, and the per-sample weights, distances and alphas)."""
         c = self.config.channels
-        maps = 2 * n_views * (c + 1) * ref_size[0] * ref_size[1]
-        outputs = n_rays * (c + 6 + 3 * n_samples)
+        maps = 2 * branches * n_views * (c + 1) * ref_size[0] * ref_size[1]
+        outputs = branches * n_rays * (c + 6 + 3 * n_samples)
         return dtype_bytes(dtype) * (maps + outputs)
 
     def project_references(self, ref_features: Tensor) -> Tensor:
-        """``[N, C + 1, hr, wr]``: the reference maps through the feature columns of the point MLP's first
+        """``[..., C + 1, hr, wr]`` from ``[..., C, hr, wr]``: the reference maps through the feature columns of the point MLP's first
         layer (C channels) and of the view score (1 channel).
 
         Bilinear sampling with zero padding is linear in the map and the in-front mask multiplies it, so
@@ -240,7 +264,9 @@ class FeatureNeRF(nn.Module):
         """
         c = self.config.channels
         weight = torch.cat([self.point_mlp[0].weight[:, :c], self.view_score.weight[:, :c]])  # [C + 1, C]
-        return F.conv2d(ref_features, weight[:, :, None, None])
+        lead, (hr, wr) = ref_features.shape[:-3], ref_features.shape[-2:]
+        out = F.conv2d(ref_features.reshape(-1, c, hr, wr), weight[:, :, None, None])
+        return out.reshape(*lead, c + 1, hr, wr)
 
     def _deltas(self, t: Tensor) -> Tensor:
         """``[..., S]`` interval lengths: gaps to the next sample, the last one a nominal bin width."""
@@ -249,37 +275,42 @@ class FeatureNeRF(nn.Module):
         return torch.cat([t.diff(dim=-1), torch.full_like(t[..., :1], nominal)], dim=-1)
 
     def _point_features(
-        self, maps: Tensor, ref_cams: CameraSet, target_cams: CameraSet,
+        self, maps: Tensor, map_size: tuple[int, int], ref_cams: CameraSet, target_cams: CameraSet,
         o: Tensor, d: Tensor, t: Tensor, frame_of_ray: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Features and raw density/RGB of the samples of R rays (method.md §4.5).
+        """Features and raw density/RGB of the samples of R rays, for each of B reference banks (method.md §4.5).
 
         With ``h_i = W_f f_i + W_p [γ16(p⁽ⁱ⁾), p⁽ⁱ⁾] + W_r [γ8(Plücker(r⁽ⁱ⁾)), d⁽ⁱ⁾] + b₁`` the first MLP layer
         split by input columns, the MLP's second layer ``W₂ · + b₂`` is affine and the view weights sum to one,
         so ``Σ_i a_i (W₂ silu(h_i) + b₂) = W₂ Σ_i a_i silu(h_i) + b₂``: the second layer runs once per sample
         instead of once per sample and view. In the view score the target-frame point terms and the bias
         are the same for every view and cancel in the softmax over views; the Plücker and camera-centre
-        terms depend on the ray only. ``W_f f_i`` is read from the projected maps
-        (:meth:`project_references`). Views are visited one at a time, so no ``[N, R, S, C]`` tensor exists.
+        terms depend on the ray only. ``W_f f_i`` is read from the projected maps (:meth:`project_references`)
+        with the four bilinear taps of ``grid_sample`` as a sparse matrix. Only ``W_f f_i`` (and the view score's
+        feature term) depends on the bank: the rest is computed once for all banks. Views are visited one at a
+        time, so no ``[N, R, S, C]`` tensor exists.
 
         Args:
-            maps: ``[N, C + 1, hr, wr]`` projected reference maps.
+            maps: ``[B, N, hr·wr, C + 1]`` projected reference maps, pixel-major; map_size: ``(hr, wr)``.
             o, d: ``[R, 3]`` ray origins and unit directions (world).
             t: ``[R, S]`` distances.
             frame_of_ray: ``[R]`` target frame index of each ray.
 
         Returns:
-            g: ``[R, S, C]`` view-aggregated point features; raw: ``[R, S, 1 (+3)]`` density (+RGB) logits.
+            g: ``[B, R, S, C]`` view-aggregated point features; raw: ``[B, R, S, 1 (+3)]`` density (+RGB) logits.
         """
         cfg = self.config
         c = cfg.channels
         n_views = ref_cams.num_frames
+        branches = maps.shape[0]
         r, s = t.shape
         points = o.unsqueeze(1) + t.unsqueeze(-1) * d.unsqueeze(1)  # [R, S, 3]
         w2c = ref_cams.w2c  # [N, 4, 4]
         rot, trans = w2c[:, :3, :3], w2c[:, :3, 3]
         p_ref = torch.einsum("nij,rsj->nrsi", rot, points) + trans[:, None, None]  # [N, R, S, 3]
         grid, in_front = self._reference_grid(ref_cams, p_ref)  # [N, R·S, 1, 2], [N, R·S]
+        taps = [_csr(*_bilinear_taps(grid[i], in_front[i], *map_size), map_size[0] * map_size[1])
+                for i in range(n_views)]  # [R·S, hr·wr] each: the four bilinear taps, zero padding, in-front mask
 
         pe_p = encoding_width(cfg.point_freqs, 3) + 3
         w1, b1 = self.point_mlp[0].weight, self.point_mlp[0].bias
@@ -290,33 +321,28 @@ class FeatureNeRF(nn.Module):
         ray_term = F.linear(ray_code, w_ray, b1)  # [N, R, C]
 
         if cfg.view_aggregation == "softmax" and n_views > 1:
-            score_feat = F.grid_sample(maps[:, c:], grid, mode="bilinear", padding_mode="zeros",
-                                       align_corners=False)[:, 0, :, 0] * in_front  # [N, R·S]
             w2c_t = target_cams.w2c[frame_of_ray]  # [R, 4, 4]
             c_tgt = torch.einsum("rij,nj->nri", w2c_t[:, :3, :3], ref_cams.centers) + w2c_t[None, :, :3, 3]
             c_code = torch.cat([c_tgt, positional_encoding(c_tgt, cfg.point_freqs)], dim=-1)  # [N, R, 3 + pe]
             score_cam = F.linear(c_code, self.view_score.weight[:, c + pe_p:])  # [N, R, 1]
-            attn = torch.softmax(score_feat.view(n_views, r, s) + score_cam, dim=0)  # [N, R, S]
+            score_feat = torch.stack([torch.stack([taps[i] @ maps[b, i, :, c] for i in range(n_views)])
+                                      for b in range(branches)])  # [B, N, R·S]
+            attn = torch.softmax(score_feat.view(branches, n_views, r, s) + score_cam, dim=1)  # [B, N, R, S]
         elif cfg.view_aggregation in ("softmax", "average"):
-            attn = t.new_full((n_views, r, s), 1.0 / n_views)
+            attn = t.new_full((branches, n_views, r, s), 1.0 / n_views)
         else:
             raise ValueError(f"view_aggregation must be 'softmax' or 'average', got {cfg.view_aggregation!r}")
 
-        # One sparse row per sample: four bilinear taps of the projected map (zero padding, in-front mask)
-        # and a 1 picking the sample's ray term, so one sparse product gives W_f f_i + W_r (...) + b₁.
-        hw = maps.shape[-2] * maps.shape[-1]
-        taps, tap_w = _bilinear_taps(grid, in_front, maps.shape[-2], maps.shape[-1])  # [N, R·S, 4]
-        ray_col = hw + torch.arange(r, device=t.device).repeat_interleave(s)[:, None]  # [R·S, 1]
-        dense = torch.cat([maps[:, :c].flatten(2).transpose(1, 2), ray_term], dim=1)  # [N, hr·wr + R, C]
-        mixed = None
+        mixed: list[Tensor | None] = [None] * branches
         for i in range(n_views):
-            cols = torch.cat([taps[i], ray_col], dim=1)
-            vals = torch.cat([tap_w[i], torch.ones_like(tap_w[i, :, :1])], dim=1)
             code = torch.cat([positional_encoding(p_ref[i], cfg.point_freqs), p_ref[i]], dim=-1)  # [R, S, pe_p]
-            pre = torch.addmm(_csr(cols, vals, hw + r) @ dense[i], code.reshape(r * s, -1), w_point.T)  # [R·S, C]
-            act = F.silu(pre).view(r, s, c)
-            mixed = attn[i, :, :, None] * act if mixed is None else torch.addcmul(mixed, attn[i, :, :, None], act)
-        g = self.point_mlp[2](mixed)  # [R, S, C]
+            shared = F.linear(code, w_point) + ray_term[i, :, None, :]  # [R, S, C]: the bank-independent terms
+            for b in range(branches):
+                pre = (taps[i] @ maps[b, i, :, :c]).view(r, s, c) + shared
+                act = F.silu(pre)
+                weight = attn[b, i, :, :, None]
+                mixed[b] = weight * act if mixed[b] is None else torch.addcmul(mixed[b], weight, act)
+        g = self.point_mlp[2](torch.stack(mixed))  # [B, R, S, C]
         return g, self.decoder(g)
 
     def _reference_grid(self, ref_cams: CameraSet, p_ref: Tensor) -> tuple[Tensor, Tensor]:
@@ -346,15 +372,51 @@ class FeatureNeRF(nn.Module):
         return (sampled[..., 0] * in_front[:, None]).permute(0, 2, 1).reshape(n, r, s, -1)
 
 
+@dataclass
+class _Outputs:
+    """Per-ray outputs of one bank, filled chunk by chunk (flat ``[F·h·w, ...]``)."""
+
+    features: Tensor
+    opacity: Tensor
+    depth: Tensor
+    weights: Tensor
+    alphas: Tensor
+    rgb: Tensor | None
+
+    @classmethod
+    def empty(cls, n_rays: int, n_samples: int, channels: int, rgb: bool, like: Tensor) -> "_Outputs":
+        return cls(like.new_empty(n_rays, channels), like.new_empty(n_rays), like.new_empty(n_rays),
+                   like.new_empty(n_rays, n_samples), like.new_empty(n_rays, n_samples),
+                   like.new_empty(n_rays, 3) if rgb else None)
+
+    def write(self, rows: slice, features: Tensor, vr: VolumeRender) -> None:
+        self.features[rows], self.opacity[rows], self.depth[rows] = features, vr.opacity, vr.expected_depth
+        self.weights[rows], self.alphas[rows] = vr.weights, vr.alphas
+        if self.rgb is not None:
+            self.rgb[rows] = vr.rgb
+
+    def result(self, grid: tuple[int, int, int], t: Tensor) -> FeatureNeRFOutput:
+        n_samples = t.shape[-1]
+        return FeatureNeRFOutput(
+            features=self.features.reshape(*grid, -1).permute(0, 3, 1, 2),
+            opacity=self.opacity.reshape(grid),
+            expected_depth=self.depth.reshape(grid),
+            rgb=self.rgb.reshape(*grid, 3).permute(0, 3, 1, 2) if self.rgb is not None else None,
+            weights=self.weights.reshape(*grid, n_samples),
+            t=t,
+            alphas=self.alphas.reshape(*grid, n_samples),
+        )
+
+
 def _bilinear_taps(grid: Tensor, in_front: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
     """The four taps of ``grid_sample(..., mode="bilinear", padding_mode="zeros", align_corners=False)``.
 
     Args:
-        grid: ``[N, M, 1, 2]`` normalized (x, y) coordinates; in_front: ``[N, M]`` multiplier.
+        grid: ``[..., M, 1, 2]`` normalized (x, y) coordinates; in_front: ``[..., M]`` multiplier.
 
     Returns:
-        flat pixel ids ``[N, M, 4]`` into an ``height × width`` map (0 for taps outside it) and weights
-        ``[N, M, 4]`` (0 outside, times ``in_front``).
+        flat pixel ids ``[..., M, 4]`` into an ``height × width`` map (0 for taps outside it) and weights
+        ``[..., M, 4]`` (0 outside, times ``in_front``).
     """
     x = (grid[..., 0, 0] + 1) * (width / 2) - 0.5  # pixel coordinates, centres at integers
     y = (grid[..., 0, 1] + 1) * (height / 2) - 0.5

@@ -210,8 +210,9 @@ class PoseConditionedBlock(nn.Module):
         return x + blk.ff(blk.norm3(x))
 
     def _fused_render(self, x: Tensor, text: Tensor | None, text_mask: Tensor | None, kwargs: dict) -> Tensor:
-        """``W_y · Fy`` ``[R, h·w, C]`` (in ``x``'s dtype) for the R = B·F rows of ``x``, one FeatureNeRF pass per
-        branch; cached for later calls when ``context.cache_rendered`` (method.md §4.8)."""
+        """``W_y · Fy`` ``[R, h·w, C]`` (in ``x``'s dtype) for the R = B·F rows of ``x``, the B branches rendered
+        together (:meth:`FeatureNeRF.render_branches`); cached for later calls when ``context.cache_rendered``
+        (method.md §4.8)."""
         ctx = self.context
         n_frames = ctx.frame_count()
         rows, tokens, width = x.shape
@@ -229,30 +230,32 @@ class PoseConditionedBlock(nn.Module):
                 return term
         bank = ctx.references[self.name]
         blk = self.block
-        outputs, terms = [], []
-        for b in range(rows // n_frames):
-            sl = slice(b * n_frames, (b + 1) * n_frames)
+
+        def text_fn_of(branch: int):
+            sl = slice(branch * n_frames, (branch + 1) * n_frames)
             branch_text = None if text is None else text[sl]
             branch_mask = None if text_mask is None else text_mask[sl]
 
-            def text_fn(g: Tensor, frame: int, _text=branch_text, _mask=branch_mask) -> Tensor:
+            def text_fn(g: Tensor, frame: int) -> Tensor:
                 # One frame's point features [P, C] through this block's own text cross-attention (method.md §4.1).
-                states = None if _text is None else _text[frame:frame + 1].to(x.dtype)
-                mask = None if _mask is None else _mask[frame:frame + 1]
+                states = None if branch_text is None else branch_text[frame:frame + 1].to(x.dtype)
+                mask = None if branch_mask is None else branch_mask[frame:frame + 1]
                 return blk.attn2(blk.norm2(g.to(x.dtype))[None], encoder_hidden_states=states, attention_mask=mask,
                                  **kwargs)[0].float()
+            return text_fn
 
-            # Entry per CFG branch ([uncond, cond]); a call that runs only the cond branch still uses cond's.
-            refs = bank[-1] if ctx.branch == "cond" else bank[min(b, bank.shape[0] - 1)]
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                out = self.featurenerf(refs.float(), ctx.ref_cams, ctx.target_cams, (h, w), text_fn=text_fn,
-                                       jitter=ctx.jitter, generator=ctx.generator, ray_chunk=ctx.ray_chunk,
-                                       workspace=ctx.workspace)
-            if ctx.keep_outputs:
-                outputs.append(out)
-            fy = out.features.flatten(2).transpose(1, 2)  # [F, h·w, C]
-            terms.append(self.fuse.project_rendered(fy.to(x.dtype)))
-            del out, fy
+        # Entry per CFG branch ([uncond, cond]); a call that runs only the cond branch still uses cond's.
+        n_branches = rows // n_frames
+        entries = [bank.shape[0] - 1 if ctx.branch == "cond" else min(b, bank.shape[0] - 1) for b in range(n_branches)]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            outputs = self.featurenerf.render_branches(
+                bank[entries].float(), ctx.ref_cams, ctx.target_cams, (h, w),
+                text_fns=[text_fn_of(b) for b in range(n_branches)], jitter=ctx.jitter, generator=ctx.generator,
+                ray_chunk=ctx.ray_chunk, workspace=ctx.workspace)
+        terms = [self.fuse.project_rendered(out.features.flatten(2).transpose(1, 2).to(x.dtype))  # [F, h·w, C]
+                 for out in outputs]
+        if not ctx.keep_outputs:
+            outputs = []
         term = torch.cat(terms) if len(terms) > 1 else terms[0]
         if ctx.keep_outputs:
             ctx.outputs[self.name] = outputs

@@ -99,10 +99,10 @@ def test_importance_sampling_follows_previous_weights():
 class _SphereField(FeatureNeRF):
     """Density 1e4 inside a sphere of radius 0.4 at the origin, 0 outside; point features = world position."""
 
-    def _point_features(self, ref_features, ref_cams, target_cams, o, d, t, frame_of_ray):
+    def _point_features(self, maps, map_size, ref_cams, target_cams, o, d, t, frame_of_ray):
         p = o[:, None] + t[..., None] * d[:, None]
         sigma = torch.where(p.norm(dim=-1) < 0.4, 1e4, 0.0).to(p.dtype)
-        return p, torch.cat([torch.log(sigma + 1e-30)[..., None], torch.zeros_like(p)], dim=-1)
+        return p[None], torch.cat([torch.log(sigma + 1e-30)[..., None], torch.zeros_like(p)], dim=-1)[None]
 
 
 def test_rendering_an_opaque_sphere_gives_the_analytic_first_hit():
@@ -226,7 +226,8 @@ def test_chunked_render_with_text_equals_text_before_compositing():
     o, d = (x.reshape(-1, 3) for x in camera_rays(tgt, 4, 5))
     t = whole.t.reshape(-1, 7)
     frame = torch.arange(2).repeat_interleave(20)
-    g, raw = nerf._point_features(nerf.project_references(feats), refs, tgt, o, d, t, frame)
+    maps = nerf.project_references(feats)[None].flatten(3).transpose(2, 3)
+    g, raw = (x[0] for x in nerf._point_features(maps, (8, 8), refs, tgt, o, d, t, frame))
     g = g + torch.stack([text(g[i], int(frame[i])) for i in range(40)])
     spec = volume_render(raw[..., 0], t, nerf._deltas(t), features=g)
     torch.testing.assert_close(whole.features.permute(0, 2, 3, 1).reshape(-1, 6), spec.features)
@@ -271,3 +272,22 @@ def test_chunk_scratch_stays_within_the_workspace():
         _, whole = measure_peak(lambda: nerf(feats, refs, tgt, (16, 16), text_fn=text, ray_chunk=512))
     assert chunked <= fixed + workspace
     assert whole > 4 * (fixed + workspace)
+
+
+def test_branches_rendered_together_equal_each_rendered_alone():
+    """Two reference banks (CFG branches) share rays, taps and the positional terms: each output equals the
+    bank's own render, with its own text residual."""
+    torch.manual_seed(6)
+    refs, tgt = _ring(3), _ring(2, radius=1.2)
+    nerf = FeatureNeRF(FeatureNeRFConfig(channels=6, num_samples=5)).double()
+    with torch.no_grad():
+        nerf.decoder.weight.normal_()
+    banks = torch.randn(2, 3, 6, 8, 8, dtype=D)
+    texts = [_text_module(6, seed=1), _text_module(6, seed=2)]
+    together = nerf.render_branches(banks, refs, tgt, (3, 4), text_fns=texts, ray_chunk=5)
+    for bank, text, out in zip(banks, texts, together):
+        alone = nerf(bank, refs, tgt, (3, 4), text_fn=text)
+        torch.testing.assert_close(out.features, alone.features, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out.rgb, alone.rgb, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out.expected_depth, alone.expected_depth, rtol=1e-12, atol=1e-12)
+    assert (together[0].features - together[1].features).abs().max() > 1e-3

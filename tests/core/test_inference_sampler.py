@@ -163,13 +163,14 @@ def test_customized_sampler_pose_ratio_and_single_fy_render(customized, unet, te
     assert torch.equal(mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, seed=4, steps=STEPS,
                                        pose_ratio=0.0), plain)  # pose blocks off on every step
     calls = []
-    handle = block.featurenerf.register_forward_hook(lambda *_: calls.append(1))
+    render = block.featurenerf.render_branches
+    block.featurenerf.render_branches = lambda banks, *a, **k: calls.append(len(banks)) or render(banks, *a, **k)
     try:
         full = mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, seed=4, steps=STEPS)
-        assert len(calls) == 2  # one render per CFG branch at the first step, cached afterwards
+        assert calls == [2]  # both CFG branches rendered together at the first step, cached afterwards
         part = mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, seed=4, steps=STEPS, pose_ratio=0.34)
     finally:
-        handle.remove()
+        del block.featurenerf.render_branches
     assert not torch.allclose(full, plain, atol=1e-4) and not torch.allclose(part, full, atol=1e-4)
     assert ctx.mode == "off" and not ctx._rendered  # state restored after the run
 
@@ -228,8 +229,9 @@ def test_windows_give_each_window_its_cameras_and_cache_entry(customized, text):
     model, ctx, block = customized
     cond, uncond = text
     seen = []
-    handle = block.featurenerf.register_forward_hook(
-        lambda _m, args, _out: seen.append(args[2].c2w.clone()))  # target cameras of each render
+    render = block.featurenerf.render_branches
+    block.featurenerf.render_branches = (  # target cameras of each render, once per CFG branch
+        lambda banks, refs, tgt, *a, **k: seen.extend([tgt.c2w.clone()] * len(banks)) or render(banks, refs, tgt, *a, **k))
     try:
         cams = _cams(3)
         run = prepare_run(model, cams, pose_context=ctx, steps=STEPS, window=2, overlap=0,
@@ -237,7 +239,7 @@ def test_windows_give_each_window_its_cameras_and_cache_entry(customized, text):
         assert run.windows == [[0, 1], [1, 2]]
         mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, seed=1, steps=STEPS, run=run)
     finally:
-        handle.remove()
+        del block.featurenerf.render_branches
     assert len(seen) == 4  # 2 windows × 2 CFG branches, first step only
     for c2w, frames in zip(seen, ([0, 1], [0, 1], [1, 2], [1, 2])):
         assert torch.equal(c2w, cams.c2w[frames])

@@ -195,7 +195,8 @@ def test_first_step_cache_renders_once_and_is_exact():
     _captured(unet, ctx, _ring(2, offset=0.4))
     ctx.mode, ctx.target_cams = "render", _ring(2)
     calls = []
-    block.featurenerf.register_forward_hook(lambda *_: calls.append(1))
+    render = block.featurenerf.render_branches
+    block.featurenerf.render_branches = lambda *a, **k: calls.append(1) or render(*a, **k)
     x1, t, text = _inputs(2, seed=1)
     x2 = _inputs(2, seed=2)[0]  # other noisy latents, same prompt and cameras (a later step)
     with torch.no_grad():
