@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import warnings
@@ -18,9 +19,9 @@ import torch
 from torch import Tensor
 
 from mvcustom_core.files import atomic_write as write_atomically  # noqa: F401  (the node layer's name for it)
-from mvcustom_core.files import is_inside
+from mvcustom_core.files import image_grid, is_inside
 
-from ._host import comfy_utils, folder_paths, model_management
+from ._host import comfy_utils, folder_paths, latent_formats, latent_preview, model_management
 
 __all__ = [
     "NodeInputError",
@@ -229,12 +230,15 @@ class Progress:
     """ComfyUI's progress bar for ``total`` steps; every step is also an interrupt checkpoint.
 
     ``callback`` has the ``(done, total)`` signature core loops take, so a core function with a
-    progress callback reports to the UI and stops on Cancel without knowing ComfyUI.
+    progress callback reports to the UI and stops on Cancel without knowing ComfyUI. With
+    ``latent_previews=True`` (a sampler), :meth:`preview` also sends a picture of the predicted latents
+    through ComfyUI's previewer, as KSampler does (Latent2RGB or TAESD, per ComfyUI's ``--preview-method``).
     """
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, latent_previews: bool = False):
         self.total = int(total)
         self._bar = comfy_utils.ProgressBar(self.total)
+        self._previewer = _sd_latent_previewer() if latent_previews else None
 
     def step(self, n: int = 1) -> None:
         check_interrupted()
@@ -243,3 +247,23 @@ class Progress:
     def callback(self, done: int, total: int | None = None) -> None:
         check_interrupted()
         self._bar.update_absolute(done, total if total is not None else self.total)
+
+    def preview(self, done: int, total: int, latents: Tensor) -> None:
+        """Progress ``done`` of ``total`` with a preview of ``latents`` ``[F, 4, h, w]`` (diffusion space, as the
+        core sampler's ``x0`` prediction): up to 16 frames tiled into one picture."""
+        check_interrupted()
+        image = None
+        if self._previewer is not None:
+            frames = latents[:PREVIEW_FRAMES].detach().float()
+            tiled = image_grid(frames, columns=math.ceil(math.sqrt(frames.shape[0])), pad=0, value=0.0)[None]
+            image = self._previewer.decode_latent_to_preview_image("JPEG", tiled)
+        self._bar.update_absolute(done, total, image)
+
+
+PREVIEW_FRAMES = 16
+
+
+def _sd_latent_previewer():
+    """ComfyUI's previewer for SD1.x latents (None when previews are off), as ``latent_preview.prepare_callback``
+    makes it for KSampler."""
+    return latent_preview.get_previewer(model_management.get_torch_device(), latent_formats.SD15())

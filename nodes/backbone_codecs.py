@@ -17,7 +17,7 @@ from mvcustom_core.backbone.sampler import decode_latents, from_comfy_latent
 from mvcustom_core.backbone.text import encode_prompt
 from mvcustom_core.customization.token import add_subject_token
 
-from ._common import MEMORY_BUDGET_TOOLTIP, blame, image_from_chw, require
+from ._common import MEMORY_BUDGET_TOOLTIP, Progress, blame, image_from_chw, require
 from ._host import io
 from .bridge import decode_memory, prepare_backbone
 from .types import Backbone as BackboneType
@@ -90,7 +90,8 @@ class DecodeLatent(io.ComfyNode):
             latents = from_comfy_latent(latent)
         core = prepare_backbone(cls, backbone, ["vae"], memory_required=decode_memory(backbone, latents))
         with blame(cls, "latent"):
-            frames = decode_latents(core.vae, latents, memory_budget=float(memory_budget_gb or 0) or None)
+            frames = decode_latents(core.vae, latents, memory_budget=float(memory_budget_gb or 0) or None,
+                                    progress=Progress(latents.shape[0]).callback)
         return io.NodeOutput(image_from_chw(frames))
 
 

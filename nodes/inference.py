@@ -295,11 +295,11 @@ class MVCustomSampler(io.ComfyNode):
             run = prepare_run(unet, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan, steps=int(steps),
                               pose_ratio=float(pose_ratio), window=int(window), overlap=int(overlap),
                               guided=float(cfg) != 1.0, memory_budget=float(memory_budget_gb or 0.0) or None)
-        progress = Progress(int(steps))
+        progress = Progress(int(steps), latent_previews=True)
         with blame(cls, None, _SAMPLER_ARGUMENTS):
             latents = mvcustom_sample(unet, cond, uncond, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan,
                                       seed=int(seed), steps=int(steps), cfg=float(cfg), pose_ratio=float(pose_ratio),
-                                      callback=lambda i, total, _x0: progress.callback(i + 1, total),
+                                      callback=lambda i, total, x0: progress.preview(i + 1, total, x0),
                                       interrupt=model_management.throw_exception_if_processing_interrupted, run=run)
         anchor = None
         if run.geometry is not None:
@@ -350,7 +350,7 @@ class ExportViews(io.ComfyNode):
             result = export_views(parent / name, frames, cams,
                                   anchor=None if anchor is None else anchor.anchor,
                                   anchor_depth=None if anchor is None else anchor.depth,
-                                  binary_ply=ply_format == "binary")
+                                  binary_ply=ply_format == "binary", progress=Progress(cams.num_frames + 2).callback)
         relative = Path(subfolder, name).as_posix()
         summary = f"saved {relative}: {len(result.images)} frames, transforms.json" + (", anchor_points.ply"
                                                                                        if result.ply else "")

@@ -15,7 +15,7 @@ from mvcustom_core.cameras.formats.cameractrl_poses import (DEFAULT_POSE_SIZE, c
                                                             cameras_to_cameractrl_poses)
 from mvcustom_core.trajectories import chain, compose, concatenate, render_trajectory_preview, resample, reverse
 
-from ._common import blame, image_from_hwc, input_named_in, require
+from ._common import Progress, blame, image_from_hwc, input_named_in, require
 from ._host import io, ui
 from .types import CameraCtrlPoses, Trajectory
 
@@ -192,7 +192,7 @@ class TrajectoryPreview(io.ComfyNode):
         cams = _check_trajectory(cls, "trajectory", trajectory)
         size = _check_size(cls, width, height)
         with blame(cls, "trajectory"):
-            picture = render_trajectory_preview(cams, size=size, title=title or None)
+            picture = render_trajectory_preview(cams, size=size, title=title or None, progress=Progress(2).callback)
         image = image_from_hwc(picture)
         return io.NodeOutput(image, ui=ui.PreviewImage(image, cls=cls))
 

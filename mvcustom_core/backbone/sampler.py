@@ -329,13 +329,14 @@ def conditioning_to_tensor(conditioning: Any) -> Tensor:
 
 
 def decode_latents(vae: torch.nn.Module, latents: Tensor, chunk: int | None = None,
-                   memory_budget: Any = None) -> Tensor:
+                   memory_budget: Any = None, progress: Callable[[int, int], None] | None = None) -> Tensor:
     """Diffusion-space latents [F, 4, h, w] -> images [F, 3, 8h, 8w] in [0, 1] with a diffusers AutoencoderKL.
 
     Decodes ``chunk`` frames at a time; by default as many as fit the memory workspace (a
     :class:`~mvcustom_core.memory.MemoryBudget`, GiB, or None = from the VAE device's free memory), from the
     per-frame estimate :func:`~mvcustom_core.memory_estimate.vae_decode_frame_bytes`. The VAE's
     ``config.scaling_factor`` undoes the latent scale.
+    ``progress(frames done, F)`` after each chunk (it may raise to stop).
     """
     from mvcustom_core.memory import MemoryBudget, chunk_slices, resolve_budget, rows_per_chunk
     from mvcustom_core.memory_estimate import vae_decode_frame_bytes
@@ -355,4 +356,6 @@ def decode_latents(vae: torch.nn.Module, latents: Tensor, chunk: int | None = No
         for sl in chunk_slices(n, max(1, chunk)):
             z = (latents[sl] / scale).to(param.device, param.dtype)
             frames.append(vae.decode(z).sample.float())
+            if progress is not None:
+                progress(min(sl.stop, n), n)
     return (torch.cat(frames) / 2 + 0.5).clamp(0, 1)

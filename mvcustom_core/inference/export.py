@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -125,10 +126,12 @@ def export_views(
     anchor_depth: Tensor | None = None,  # [h, w] z-depth of the anchor frame
     binary_ply: bool = True,
     prefix: str = "frame",
+    progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
     """Write frames as PNGs, their cameras as ``transforms.json`` and (given a depth) the anchor point cloud.
 
     The cameras are written at the frames' size (intrinsics rescaled when the trajectory's size differs).
+    ``progress(files written, F + 2)`` after each file (it may raise to stop; what is written stays whole).
     """
     dims = check_shape(frames, "F 3 H W", "frames")
     if cams.num_frames != dims["F"]:
@@ -137,11 +140,19 @@ def export_views(
     folder = Path(folder)
     cams = cams.with_image_size((dims["H"], dims["W"]))
     names = [f"images/{prefix}_{i:05d}.png" for i in range(dims["F"])]
-    images = tuple(save_png(frames[i].detach().float().cpu(), folder / name) for i, name in enumerate(names))
+    total = dims["F"] + 2
+    report = progress if progress is not None else (lambda done, total: None)
+    images = []
+    for i, name in enumerate(names):
+        images.append(save_png(frames[i].detach().float().cpu(), folder / name))
+        report(i + 1, total)
+    images = tuple(images)
     transforms = save_camera_file(cams, folder / "transforms.json", "transforms_json", meta=TransformsMeta(tuple(names)))
+    report(total - 1, total)
     ply = None
     if anchor_depth is not None:
         points, colours = anchor_point_cloud(anchor_depth.float().cpu(), cams[a].to(dtype=torch.float64),
                                              frames[a].detach().cpu())
         ply = write_ply(folder / "anchor_points.ply", points, colours, binary=binary_ply)
+    report(total, total)
     return ExportResult(Path(transforms), images, ply)

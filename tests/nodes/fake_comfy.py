@@ -261,7 +261,7 @@ class ProgressBar:
     instances: list = []
 
     def __init__(self, total, node_id=None):
-        self.total, self.current = total, 0
+        self.total, self.current, self.previews = total, 0, []
         ProgressBar.instances.append(self)
 
     def update(self, value):
@@ -271,6 +271,33 @@ class ProgressBar:
         self.current = value
         if total is not None:
             self.total = total
+        self.previews.append(preview)
+
+
+class LatentPreviewer:
+    """Stands in for ComfyUI's Latent2RGB / TAESD previewer: keeps the latents it was given."""
+
+    def __init__(self, latent_format):
+        self.latent_format, self.latents = latent_format, []
+
+    def decode_latent_to_preview_image(self, preview_format, x0):
+        self.latents.append(x0)
+        return (preview_format, f"preview of {tuple(x0.shape)}", 512)
+
+
+def _build_latent_preview() -> types.ModuleType:
+    """``latent_preview.get_previewer``: a previewer when ``enabled`` (ComfyUI: ``--preview-method``), else None."""
+    lp = types.ModuleType("latent_preview")
+    lp.enabled, lp.made = False, []
+
+    def get_previewer(device, latent_format):
+        if not lp.enabled:
+            return None
+        lp.made.append(LatentPreviewer(latent_format))
+        return lp.made[-1]
+
+    lp.get_previewer = get_previewer
+    return lp
 
 
 class ModelPatcher:
@@ -383,8 +410,11 @@ def _build_comfy() -> dict[str, types.ModuleType]:
     utils.ProgressBar = ProgressBar
     patcher = types.ModuleType("comfy.model_patcher")
     patcher.ModelPatcher = ModelPatcher
-    comfy.model_management, comfy.utils, comfy.model_patcher = mm, utils, patcher
-    return {"comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils, "comfy.model_patcher": patcher}
+    formats = types.ModuleType("comfy.latent_formats")
+    formats.SD15 = type("SD15", (), {"latent_channels": 4, "taesd_decoder_name": "taesd_decoder"})
+    comfy.model_management, comfy.utils, comfy.model_patcher, comfy.latent_formats = mm, utils, patcher, formats
+    return {"comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils, "comfy.model_patcher": patcher,
+            "comfy.latent_formats": formats}
 
 
 def build_modules(state: FolderState) -> dict[str, types.ModuleType]:
@@ -399,7 +429,7 @@ def build_modules(state: FolderState) -> dict[str, types.ModuleType]:
     latest.ComfyExtension = ComfyExtension
     comfy_api.latest = latest
     modules = {"comfy_api": comfy_api, "comfy_api.latest": latest,
-               "folder_paths": _build_folder_paths(state), **_build_comfy()}
+               "folder_paths": _build_folder_paths(state), "latent_preview": _build_latent_preview(), **_build_comfy()}
     for name, module in modules.items():
         # importlib.util.find_spec() on a module in sys.modules reads its __spec__.
         module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=hasattr(module, "__path__"))
