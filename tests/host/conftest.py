@@ -133,7 +133,8 @@ def comfy(tmp_path_factory) -> ComfyServer:
            "--database-url", "sqlite:///:memory:",
            "--input-directory", str(dirs["input"]), "--output-directory", str(dirs["output"]),
            "--temp-directory", str(dirs["temp"]), "--user-directory", str(dirs["user"]),
-           "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_FOLDER]
+           "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_FOLDER,
+           "--preview-method", "auto"]  # latent previews as a user who turned them on gets them
     env = dict(os.environ, OMP_NUM_THREADS="1", COMFY_NO_TELEMETRY="1", PYTHONUNBUFFERED="1")
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=comfy_root, stdout=out, stderr=subprocess.STDOUT, env=env)
