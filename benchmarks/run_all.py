@@ -3,8 +3,10 @@
 Usage:
     python -m benchmarks.run_all            # full sizes (minutes on CPU; the real sizes on a GPU)
     python -m benchmarks.run_all --quick    # small sizes, seconds
+    python -m benchmarks.run_all --only bench_fullsize   # one benchmark; the other sections of the record are kept
 
-Each benchmark module exposes ``run(quick: bool) -> list[dict]``; every row is one measurement with
+Sections of the record that were not run this time are kept as they were (each names the command, machine and
+date that wrote it). Each benchmark module exposes ``run(quick: bool) -> list[dict]``; every row is one measurement with
 a ``name`` and, where the goal is a ratio, the two sides measured side by side in the same run. The
 machine (CPU model, GPU, torch version) heads the written record so figures are never compared across
 machines by accident.
@@ -37,6 +39,7 @@ BENCHMARKS = [
     ("Feature-mesh rasterizer (DFR op)", "benchmarks.bench_raster"),
     ("FeatureNeRF and customization step", "benchmarks.bench_customization"),
     ("MVCustom sampler overhead", "benchmarks.bench_sampler"),
+    ("Full-size job", "benchmarks.bench_fullsize"),
 ]
 
 
@@ -66,6 +69,20 @@ def to_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _previous_sections(path: Path) -> dict[str, str]:
+    """``title -> text`` of the ``## `` sections of an existing record (none if there is no file)."""
+    if not path.is_file():
+        return {}
+    sections, title = {}, None
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if line.startswith("## "):
+            title = line[3:].strip()
+            sections[title] = ""
+        if title is not None:
+            sections[title] += line
+    return {t: text.rstrip("\n") + "\n" for t, text in sections.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (seconds)")
@@ -74,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", nargs="*", default=[], help="with --quick: module names still run at full size")
     args = p.parse_args(argv)
 
-    sections = []
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sections = _previous_sections(args.out)
     for title, module in BENCHMARKS:
         if args.only and module.split(".")[-1] not in args.only:
             continue
@@ -87,14 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # a failing benchmark must not hide the others' figures
             body = "_failed:_\n```\n" + traceback.format_exc() + "```\n"
         print(body, flush=True)
-        sections.append(f"## {title}\n\n_{'quick' if quick else 'full'} sizes (`{module}`)_\n\n{body}")
+        sections[title] = (f"## {title}\n\n_{'quick' if quick else 'full'} sizes (`{module}`), {stamp}, "
+                           f"{machine_description()}_\n\n{body}")
 
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m benchmarks.run_all" + (" --quick" if args.quick else "") + \
-        (" --full " + " ".join(args.full) if args.full else "")
-    head = (f"# Performance record\n\nWritten by `{command}` "
-            f"on {stamp}.\n\nMachine: {machine_description()}\n\n{GOALS}\n")
-    atomic_write_text(args.out, head + "\n".join(sections))
+        (" --full " + " ".join(args.full) if args.full else "") + (" --only " + " ".join(args.only) if args.only else "")
+    head = (f"# Performance record\n\nLast written by `{command}` on {stamp}.\n\n{GOALS}\n")
+    order = [title for title, _ in BENCHMARKS] + [t for t in sections if t not in dict(BENCHMARKS)]
+    atomic_write_text(args.out, head + "\n".join(sections[t] for t in order if t in sections))
     print(f"wrote {args.out}")
     return 0
 

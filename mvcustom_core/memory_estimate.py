@@ -48,7 +48,9 @@ def unet_activation_bytes(unet: nn.Module, rows: int, latent_size: tuple[int, in
     """Estimated activation peak of one forward of ``rows`` rows (CFG branches × frames) at latent h × w.
 
     Counts ``UNET_TOP_LEVEL_FLOATS · C₀`` per row and latent pixel for the top level's transient, plus the skip
-    connections of the down path (``conv_in``, every resnet/attention output, every downsampler output).
+    connections of the down path (``conv_in``, every resnet/attention output, every downsampler output). On the
+    CPU one more copy of the largest convolution weight: oneDNN reorders a convolution's weight into its blocked
+    layout on every call (measured on SD1.5: a ~118 MB constant, the 2560 → 1280 3×3 decoder convolution).
     """
     cfg = _config(unet)
     channels = list(cfg.block_out_channels)
@@ -62,7 +64,10 @@ def unet_activation_bytes(unet: nn.Module, rows: int, latent_size: tuple[int, in
         if level < len(channels) - 1:
             skips += c * (h >> (level + 1)) * (w >> (level + 1))
     per_row = UNET_TOP_LEVEL_FLOATS * channels[0] * h * w + skips
-    return rows * per_row * dtype_bytes(dtype)
+    inner = getattr(unet, "unet", unet)
+    convs = [m.weight for m in inner.modules() if isinstance(m, nn.Conv2d)] if isinstance(inner, nn.Module) else []
+    scratch = max((w.numel() for w in convs if w.device.type == "cpu"), default=0)
+    return (rows * per_row + scratch) * dtype_bytes(dtype)
 
 
 def vae_decode_frame_bytes(vae: nn.Module, image_size: tuple[int, int], dtype: torch.dtype) -> int:
@@ -79,57 +84,45 @@ def vae_decode_frame_bytes(vae: nn.Module, image_size: tuple[int, int], dtype: t
     return 6 * widest * image_size[0] * image_size[1] * dtype_bytes(dtype)
 
 
-def _level(name: str, n_down: int, n_up: int) -> int:
-    """Resolution level (0 = latent) of a diffusers UNet module path."""
-    parts = name.split(".")
-    if parts[0] == "down_blocks":
-        return int(parts[1])
-    if parts[0] == "up_blocks":
-        return n_up - 1 - int(parts[1])
-    if parts[0] == "mid_block":
-        return n_down - 1
-    raise ValueError(f"cannot tell the resolution level of {name!r}")
-
-
 def pose_block_grids(unet: nn.Module, latent_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
     """``name -> (h, w, C)`` of every installed pose block's token grid at latent size h × w."""
-    from mvcustom_core.customization.pose_block import pose_blocks
+    from mvcustom_core.customization.pose_block import block_grid, pose_blocks
 
     inner = getattr(unet, "unet", unet)
-    n_down, n_up = len(inner.down_blocks), len(inner.up_blocks)
-    out = {}
-    for block in pose_blocks(inner):
-        level = _level(block.name, n_down, n_up)
-        h, w = latent_size
-        for _ in range(level):  # diffusers' downsamplers: stride-2 3x3 convolutions, padding 1
-            h, w = (h + 1) // 2, (w + 1) // 2
-        out[block.name] = (h, w, block.featurenerf.config.channels)
-    return out
+    return {b.name: (*block_grid(inner, b.name, latent_size), b.featurenerf.config.channels) for b in pose_blocks(inner)}
 
 
 @dataclass
 class RunMemory:
     """The estimate of one run and the choices made from it.
 
+    The peak is ``Σ resident + workspace + max(phases)``: what stays allocated through the run, one chunk's
+    scratch, and the larger of the phases that never overlap (the pose blocks' pre-render happens before the
+    UNet call builds its activations, :func:`~mvcustom_core.customization.pose_block.install_prerender`).
+
     Attributes:
         budget: the budget it was checked against.
-        parts: what is resident at the peak, by name, in bytes (the workspace included).
+        resident: bytes allocated through the run, by name.
+        phases: bytes of each non-overlapping phase, by name.
         workspace: scratch bytes of one chunk of every chunked op.
         cfg_batch: both CFG branches in one UNet call (else one after the other).
     """
 
     budget: MemoryBudget
-    parts: dict[str, int] = field(default_factory=dict)
+    resident: dict[str, int] = field(default_factory=dict)
+    phases: dict[str, int] = field(default_factory=dict)
     workspace: int = 0
     cfg_batch: bool = True
 
     @property
     def peak(self) -> int:
-        return sum(self.parts.values())
+        return sum(self.resident.values()) + self.workspace + max(self.phases.values(), default=0)
 
     def describe(self) -> str:
-        items = ", ".join(f"{name} {size / GiB:.2f}" for name, size in self.parts.items() if size)
-        return f"~{self.peak / GiB:.2f} GB ({items} GB)"
+        gb = lambda n: f"{n / GiB:.2f}"  # noqa: E731
+        resident = ", ".join(f"{name} {gb(size)}" for name, size in self.resident.items() if size)
+        phases = " / ".join(f"{name} {gb(size)}" for name, size in self.phases.items())
+        return (f"~{gb(self.peak)} GB ({resident}; workspace {gb(self.workspace)}; the larger of {phases} GB)")
 
 
 def plan_run_memory(
@@ -144,6 +137,7 @@ def plan_run_memory(
     pose_context=None,
     dfr_layers: int = 0,
     dtype: torch.dtype | None = None,
+    cache_dtype: torch.dtype | None = None,
 ) -> RunMemory:
     """Estimate the peak of an MVCustom run and choose CFG batching and the workspace (module docstring).
 
@@ -156,7 +150,7 @@ def plan_run_memory(
         guided: CFG (two branches) or the conditional branch only.
         pose_context: the customization's context (None or no references: no pose blocks).
         dfr_layers: number of DFR hooked layers.
-        dtype: the UNet's dtype (default: its parameters').
+        dtype: the UNet's dtype (default: its parameters'); cache_dtype: the Fy cache's (default ``dtype``).
 
     Raises:
         MemoryBudgetError: the run cannot fit (names the inputs to change).
@@ -166,34 +160,32 @@ def plan_run_memory(
     cached_frames = windows_total_frames or frames
     latent = (image_size[0] // 8, image_size[1] // 8)
     branches = 2 if guided else 1
-    nbytes = dtype_bytes(dtype)
-    fixed: dict[str, int] = {"latents": 6 * frames * 4 * latent[0] * latent[1] * 4}  # x, ε, x̂0, noise, …
-    render_fixed = 0
+    resident: dict[str, int] = {"latents": 6 * frames * 4 * latent[0] * latent[1] * 4}  # x, ε, x̂0, noise, …
+    render = 0
     if pose_context is not None and pose_context.references:
-        grids = pose_block_grids(unet, latent)
-        fixed["Fy cache"] = branches * cached_frames * sum(h * w * c for h, w, c in grids.values()) * nbytes
-        n_views = pose_context.ref_cams.num_frames
         from mvcustom_core.customization.pose_block import pose_blocks
 
+        grids = pose_block_grids(unet, latent)
+        resident["Fy cache"] = (branches * cached_frames * sum(h * w * c for h, w, c in grids.values())
+                                * dtype_bytes(cache_dtype or dtype))
+        n_views = pose_context.ref_cams.num_frames
         nerfs = {b.name: b.featurenerf for b in pose_blocks(getattr(unet, "unet", unet))}
-        for name, (h, w, c) in grids.items():
-            ref_hw = pose_context.references[name].shape[-2:] if name in pose_context.references else (h, w)
-            n_samples = nerfs[name].config.num_samples
-            render_fixed = max(render_fixed, nerfs[name].fixed_bytes(n_views, tuple(ref_hw), per_call * h * w,
-                                                                       n_samples, branches=branches))
+        for name, (h, w, _c) in grids.items():
+            ref_hw = tuple(pose_context.references[name].shape[-2:]) if name in pose_context.references else (h, w)
+            render = max(render, nerfs[name].fixed_bytes(n_views, ref_hw, per_call * h * w,
+                                                         nerfs[name].config.num_samples, branches=branches))
     if dfr_layers:
-        fixed["DFR plans"] = dfr_layers * frames * latent[0] * latent[1] * 3 * (8 + 4 + 12)
+        resident["DFR plans"] = dfr_layers * frames * latent[0] * latent[1] * 3 * (8 + 4 + 12)
     for batch in ((True, False) if guided else (False,)):
         rows = (2 if batch else 1) * per_call
-        parts = {"UNet activations": unet_activation_bytes(unet, rows, latent, dtype), **fixed}
-        if render_fixed:
-            parts["FeatureNeRF render"] = render_fixed
-        resident = sum(parts.values())
-        if budget.bytes - resident >= MIN_WORKSPACE:
-            workspace = workspace_bytes(budget, resident)
-            parts["workspace"] = workspace
-            return RunMemory(budget, parts, workspace, batch)
-    run = RunMemory(budget, {**parts, "workspace": MIN_WORKSPACE}, MIN_WORKSPACE, False)
+        phases = {"UNet activations": unet_activation_bytes(unet, rows, latent, dtype)}
+        if render:
+            phases["FeatureNeRF pre-render"] = render
+        run = RunMemory(budget, resident, phases, 0, batch)
+        if budget.bytes - run.peak >= MIN_WORKSPACE:
+            run.workspace = workspace_bytes(budget, run.peak)
+            return run
+    run.workspace = MIN_WORKSPACE
     raise about("memory_budget", MemoryBudgetError(
         f"this run needs {run.describe()} at {frames} frames of {image_size[1]}x{image_size[0]} px "
         f"({per_call} frames per model call{', CFG branches one after the other' if guided else ''}), more than "

@@ -57,7 +57,8 @@ from mvcustom_core.backbone.hooks import FeatureHook
 from mvcustom_core.backbone.schedule import check_fraction, leading_steps
 
 __all__ = ["PoseContext", "PoseConditionedBlock", "install_pose_blocks", "pose_blocks", "remove_pose_blocks",
-           "spatial_transformer_blocks", "select_blocks", "PoseBlockError", "pose_step_relay", "active_pose_steps"]
+           "spatial_transformer_blocks", "select_blocks", "PoseBlockError", "pose_step_relay", "active_pose_steps",
+           "install_prerender", "block_grid"]
 
 Mode = Literal["off", "capture", "render"]
 
@@ -88,6 +89,8 @@ class PoseContext:
         branch: the CFG branch label of the current model call (``"uncond+cond"``, ``"uncond"``, ``"cond"``).
         active_steps: fuse only while ``step < active_steps``; None = every step (pose-block ratio 1).
         cache_rendered: reuse each block's first rendered Fy for later calls with the same key.
+        cache_dtype: dtype the fused term ``W_y · Fy`` is rounded to, cached or not (None: the UNet's);
+            float16 halves the cache of a float32 UNet (docs/performance.md measures the effect).
         target_key: hashable id of ``target_cams`` for the cache (change it when the cameras change).
     """
 
@@ -105,6 +108,7 @@ class PoseContext:
     branch: str = "uncond+cond"
     active_steps: int | None = None
     cache_rendered: bool = False
+    cache_dtype: torch.dtype | None = None
     target_key: Hashable = None
     _grid: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     _capture: dict[str, list[Tensor]] = field(default_factory=dict, repr=False)
@@ -206,19 +210,26 @@ class PoseConditionedBlock(nn.Module):
         x = hidden_states + blk.attn1(blk.norm1(hidden_states), attention_mask=attention_mask, **kwargs)
         x = x + blk.attn2(blk.norm2(x), encoder_hidden_states=encoder_hidden_states,
                           attention_mask=encoder_attention_mask, **kwargs)
-        x = self.fuse(x, self._fused_render(x, encoder_hidden_states, encoder_attention_mask, kwargs))
+        term = self.rendered_term(x.shape[0], x.dtype, x.device, self.context._grid[self.name],
+                                  encoder_hidden_states, encoder_attention_mask, kwargs)
+        x = self.fuse(x, term.to(x.dtype))
         return x + blk.ff(blk.norm3(x))
 
-    def _fused_render(self, x: Tensor, text: Tensor | None, text_mask: Tensor | None, kwargs: dict) -> Tensor:
-        """``W_y · Fy`` ``[R, h·w, C]`` (in ``x``'s dtype) for the R = B·F rows of ``x``, the B branches rendered
-        together (:meth:`FeatureNeRF.render_branches`); cached for later calls when ``context.cache_rendered``
-        (method.md §4.8)."""
+    def rendered_term(self, rows: int, dtype: torch.dtype, device: torch.device, grid: tuple[int, int],
+                      text: Tensor | None, text_mask: Tensor | None = None, kwargs: dict | None = None) -> Tensor:
+        """``W_y · Fy`` ``[R, h·w, C]`` for R = B·F rows of hidden states of ``dtype`` on an ``(h, w)`` grid, the B
+        branches rendered together (:meth:`FeatureNeRF.render_branches`), rounded to ``context.cache_dtype``;
+        cached for later calls when ``context.cache_rendered`` (method.md §4.8).
+
+        Args:
+            text, text_mask: the block's ``encoder_hidden_states`` ``[R, L, D]`` and its mask.
+        """
         ctx = self.context
+        kwargs = kwargs or {}
         n_frames = ctx.frame_count()
-        rows, tokens, width = x.shape
         if rows % n_frames:
             raise PoseBlockError(f"{self.name}: batch of {rows} rows is not a multiple of {n_frames} target frames")
-        h, w = ctx._grid[self.name]
+        h, w = grid
         key = None
         if ctx.cache_rendered:
             # Valid for one run (fixed prompt and references): callers clear it between runs.
@@ -238,22 +249,22 @@ class PoseConditionedBlock(nn.Module):
 
             def text_fn(g: Tensor, frame: int) -> Tensor:
                 # One frame's point features [P, C] through this block's own text cross-attention (method.md §4.1).
-                states = None if branch_text is None else branch_text[frame:frame + 1].to(x.dtype)
+                states = None if branch_text is None else branch_text[frame:frame + 1].to(dtype)
                 mask = None if branch_mask is None else branch_mask[frame:frame + 1]
-                return blk.attn2(blk.norm2(g.to(x.dtype))[None], encoder_hidden_states=states, attention_mask=mask,
+                return blk.attn2(blk.norm2(g.to(dtype))[None], encoder_hidden_states=states, attention_mask=mask,
                                  **kwargs)[0].float()
             return text_fn
 
         # Entry per CFG branch ([uncond, cond]); a call that runs only the cond branch still uses cond's.
         n_branches = rows // n_frames
         entries = [bank.shape[0] - 1 if ctx.branch == "cond" else min(b, bank.shape[0] - 1) for b in range(n_branches)]
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with torch.autocast(device_type=device.type, enabled=False):
             outputs = self.featurenerf.render_branches(
                 bank[entries].float(), ctx.ref_cams, ctx.target_cams, (h, w),
                 text_fns=[text_fn_of(b) for b in range(n_branches)], jitter=ctx.jitter, generator=ctx.generator,
                 ray_chunk=ctx.ray_chunk, workspace=ctx.workspace)
-        terms = [self.fuse.project_rendered(out.features.flatten(2).transpose(1, 2).to(x.dtype))  # [F, h·w, C]
-                 for out in outputs]
+        terms = [self.fuse.project_rendered(out.features.flatten(2).transpose(1, 2).to(dtype))  # [F, h·w, C]
+                 .to(ctx.cache_dtype or dtype) for out in outputs]
         if not ctx.keep_outputs:
             outputs = []
         term = torch.cat(terms) if len(terms) > 1 else terms[0]
@@ -324,6 +335,55 @@ def install_pose_blocks(unet: nn.Module, context: PoseContext, which: str = "eve
 
         wrapped.grid_hook = transformer.register_forward_pre_hook(record_grid, with_kwargs=True)
     return chosen
+
+
+def block_grid(unet: nn.Module, name: str, latent_size: tuple[int, int]) -> tuple[int, int]:
+    """``(h, w)`` token grid of the transformer block at ``name`` when the UNet's input is ``latent_size``.
+
+    Down block i and the up block working at the same level see the latent halved i times by diffusers'
+    downsamplers (stride-2 3×3 convolutions with padding 1: ``⌈h / 2⌉``); the mid block the lowest level.
+    """
+    parts = name.split(".")
+    n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
+    if parts[0] == "down_blocks":
+        level = int(parts[1])
+    elif parts[0] == "up_blocks":
+        level = n_up - 1 - int(parts[1])
+    elif parts[0] == "mid_block":
+        level = n_down - 1
+    else:
+        raise PoseBlockError(f"cannot tell the resolution level of {name!r}")
+    h, w = latent_size
+    for _ in range(level):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return h, w
+
+
+def install_prerender(unet: nn.Module, context: PoseContext) -> torch.utils.hooks.RemovableHandle:
+    """Render every pose block's ``W_y · Fy`` before a render-mode UNet call builds any activation (when the Fy
+    cache is on), so the render's scratch never adds to the UNet's own peak; the blocks then find it cached.
+
+    The terms are exactly what the blocks would compute: same rows, text states, grids and code path
+    (:meth:`PoseConditionedBlock.rendered_term`). A call with an attention mask is left to the blocks.
+    """
+    blocks = list(pose_blocks(unet))
+
+    def prerender(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ctx = context
+        if ctx.mode != "render" or not ctx.cache_rendered or not ctx.pose_active():
+            return
+        if kwargs.get("encoder_attention_mask") is not None or kwargs.get("cross_attention_kwargs"):
+            return
+        sample = args[0] if args else kwargs["sample"]
+        text = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
+        rows = sample.shape[0] * (sample.shape[2] if sample.dim() == 5 else 1)  # video [N, C, F, h, w] or images
+        param = next(unet.parameters())
+        for block in blocks:
+            if block.name in ctx.references:
+                grid = block_grid(unet, block.name, tuple(sample.shape[-2:]))
+                block.rendered_term(rows, param.dtype, param.device, grid, text)
+
+    return unet.register_forward_pre_hook(prerender, with_kwargs=True)
 
 
 def pose_blocks(unet: nn.Module) -> Iterator[PoseConditionedBlock]:

@@ -27,8 +27,8 @@ from mvcustom_core.backbone.dense_attention import set_dense_chunk_elements
 from mvcustom_core.backbone.sampler import sample
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import within
-from mvcustom_core.customization.pose_block import (PoseBlockError, PoseContext, active_pose_steps, pose_blocks,
-                                                    pose_step_relay)
+from mvcustom_core.customization.pose_block import (PoseBlockError, PoseContext, active_pose_steps,
+                                                    install_prerender, pose_blocks, pose_step_relay)
 from mvcustom_core.inference.clc import CLCError, CLCHook, CLCPlan, keep_mask
 from mvcustom_core.inference.dfr import (AnchorGeometry, DFRHook, DFRPlan, anchor_index, dfr_layers,
                                          resolve_anchor_geometry)
@@ -64,6 +64,17 @@ class MVCustomRun:
         self.windows: list[list[int]] = []
         self.memory: RunMemory | None = None
         self.dense_chunk_elements: int | None = None  # dense attention's chunk budget before the run
+        self.unet: torch.nn.Module | None = None
+        self.prerender: Any = None  # the pose blocks' pre-render hook on the UNet
+
+    def release(self) -> None:
+        """Undo what :func:`prepare_run` set on the UNet for this run (pre-render hook, dense attention chunks)."""
+        if self.prerender is not None:
+            self.prerender.remove()
+            self.prerender = None
+        if self.dense_chunk_elements is not None:
+            set_dense_chunk_elements(self.unet, self.dense_chunk_elements)
+            self.dense_chunk_elements = None
 
 
 def check_trajectory_in_scene(unet: torch.nn.Module, cams: CameraSet) -> None:
@@ -82,6 +93,14 @@ def check_trajectory_in_scene(unet: torch.nn.Module, cams: CameraSet) -> None:
                              "customization's normalized frame (subject at the origin, cameras within ~1-2 units)")
 
 
+def _pose_cache_dtype(choice: torch.dtype | str | None, unet_dtype: torch.dtype) -> torch.dtype | None:
+    if choice == "auto":
+        return torch.float16 if unet_dtype == torch.float32 else None
+    if choice is None or isinstance(choice, torch.dtype):
+        return choice
+    raise ValueError(f"pose_cache_dtype must be 'auto', None or a torch dtype, got {choice!r}")
+
+
 def prepare_run(
     unet: torch.nn.Module,
     cams: CameraSet,
@@ -97,8 +116,13 @@ def prepare_run(
     cache_pose_features: bool = True,
     guided: bool = True,
     memory_budget: MemoryBudget | float | None = None,
+    pose_cache_dtype: torch.dtype | str | None = "auto",
 ) -> MVCustomRun:
     """Build the model wrapper and hooks; sets up ``pose_context`` (render mode, cameras, ratio, cache).
+
+    ``pose_cache_dtype``: dtype of the cached pose-block terms ``W_y · Fy``; ``"auto"`` = float16 for a float32
+    UNet (half the cache; relative change of the final latents ~3e-5, docs/performance.md), else the UNet's;
+    None = the UNet's.
 
     Before any work the run's peak memory is estimated against ``memory_budget`` (a :class:`MemoryBudget`, GiB,
     or None = :func:`~mvcustom_core.memory.default_budget` of the UNet's device); that chooses CFG batching and
@@ -126,12 +150,15 @@ def prepare_run(
     device = next(unet.parameters()).device
     if not isinstance(memory_budget, MemoryBudget):
         memory_budget = resolve_budget(memory_budget, device)
+    cache_dtype = _pose_cache_dtype(pose_cache_dtype, next(unet.parameters()).dtype)
     run.memory = plan_run_memory(unet, nf, cams.image_size, memory_budget, guided=guided,
                                  window=len(run.windows[0]), windows_total_frames=sum(map(len, run.windows)),
-                                 pose_context=pose_context if has_pose else None, dfr_layers=len(layers))
+                                 pose_context=pose_context if has_pose else None, dfr_layers=len(layers),
+                                 cache_dtype=cache_dtype)
     workspace = run.memory.workspace
     if pose_context is not None:
         pose_context.workspace = workspace
+    run.unet = unet
     run.dense_chunk_elements = set_dense_chunk_elements(unet, workspace // (2 * 4))  # scores + softmax, fp32
 
     if dfr is not None and geometry is None:
@@ -147,8 +174,11 @@ def prepare_run(
         pose_context.active_steps = active_pose_steps(pose_ratio, steps)
         pose_context.cache_rendered = bool(cache_pose_features)
         pose_context.keep_outputs = False  # the Fy cache then holds only the fused term W_y · Fy
+        pose_context.cache_dtype = cache_dtype
         pose_context.clear_cache()
         run.hooks.append(pose_step_relay(unet, pose_context))
+        if cache_pose_features:
+            run.prerender = install_prerender(unet, pose_context)
 
     if dfr is not None:
         run.dfr = DFRHook(geometry, layers, dfr.active_steps(steps))
@@ -202,6 +232,7 @@ def mvcustom_sample(
     run: MVCustomRun | None = None,
     cache_pose_features: bool = True,
     memory_budget: MemoryBudget | float | None = None,
+    pose_cache_dtype: torch.dtype | str | None = "auto",
 ) -> Tensor:
     """Generate one latent frame per camera of the trajectory.
 
@@ -218,7 +249,8 @@ def mvcustom_sample(
         callback, interrupt: progress ``callback(step, total, x0)`` and interrupt check (raises).
         run: a prepared :class:`MVCustomRun` (tests inspect its hooks); default built here.
         cache_pose_features: render each pose block's Fy once and reuse it (exact; method.md §4.8).
-        memory_budget: see :func:`prepare_run` (a :class:`MemoryBudget`, GiB, or None = from the free memory).
+        memory_budget, pose_cache_dtype: see :func:`prepare_run` (budget: a :class:`MemoryBudget`, GiB, or None =
+            from the free memory).
 
     Returns:
         latents ``[F, 4, H/8, W/8]`` in the diffusion space (× 0.18215), float32.
@@ -228,15 +260,14 @@ def mvcustom_sample(
         run = prepare_run(unet, cams, pose_context=pose_context, dfr=dfr, clc=clc, steps=steps,
                           pose_ratio=pose_ratio, window=window, overlap=overlap,
                           cache_pose_features=cache_pose_features, guided=uncond is not None and cfg != 1.0,
-                          memory_budget=memory_budget)
+                          memory_budget=memory_budget, pose_cache_dtype=pose_cache_dtype)
     hooks = list(run.hooks)
     try:
         return sample(run.model, cond, uncond, cams.num_frames, height, width, steps, cfg, scheduler, seed,
                       hooks=hooks, callback=callback, interrupt=interrupt, scheduler_config=scheduler_config,
                       cfg_batch=run.memory is None or run.memory.cfg_batch)
     finally:
-        if run.dense_chunk_elements is not None:
-            set_dense_chunk_elements(unet, run.dense_chunk_elements)
+        run.release()
         if pose_context is not None:
             pose_context.clear_cache()
             pose_context.mode = "off"
@@ -245,3 +276,4 @@ def mvcustom_sample(
             pose_context.target_key = None
             pose_context.keep_outputs = True
             pose_context.workspace = None
+            pose_context.cache_dtype = None

@@ -34,7 +34,7 @@ def test_unet_estimate_bounds_the_measured_activation_peak(unet, frames, latent)
     with torch.no_grad():
         _, measured = measure_peak(lambda: unet(x, 500, encoder_hidden_states=text))
     estimate = unet_activation_bytes(unet, rows, latent, torch.float32)
-    assert measured <= estimate <= 1.3 * measured
+    assert measured <= estimate <= 1.5 * measured
 
 
 def test_vae_estimate_bounds_the_measured_decode_peak():
@@ -78,9 +78,8 @@ def test_customized_run_stays_within_its_estimate(unet, text, customize_tiny):
     cams = _cams(3)
     dfr = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="metric", scale=1.0, fraction=0.7)
     probe = plan_run_memory(model, 3, (SIZE, SIZE), MemoryBudget(1 << 40, "cpu", "set"), pose_context=ctx,
-                            dfr_layers=len(default_dfr_layers(model)))
-    resident = probe.peak - probe.workspace
-    budget = MemoryBudget(resident + MIN_WORKSPACE, "cpu", "set")
+                            dfr_layers=len(default_dfr_layers(model)), cache_dtype=torch.float16)
+    budget = MemoryBudget(probe.peak - probe.workspace + MIN_WORKSPACE, "cpu", "set")
     run = prepare_run(model, cams, pose_context=ctx, dfr=dfr, clc=CLCPlan(), steps=3, memory_budget=budget)
     assert run.memory.cfg_batch and run.memory.workspace == MIN_WORKSPACE and ctx.workspace == MIN_WORKSPACE
     _, measured = measure_peak(lambda: mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, dfr=dfr,
@@ -92,9 +91,10 @@ def test_a_budget_short_of_batched_cfg_runs_the_branches_in_turn(unet, text):
     cond, uncond = text
     cams = _cams(3)
     whole = plan_run_memory(unet, 3, (SIZE, SIZE), MemoryBudget(1 << 40, "cpu", "set"))
-    batched_activations = whole.parts["UNet activations"]
+    one_branch = unet_activation_bytes(unet, 3, (SIZE // 8, SIZE // 8), torch.float32)
     # Room for one branch's activations and the smallest workspace, not for both branches.
-    budget = MemoryBudget(whole.peak - whole.workspace - batched_activations // 2 + MIN_WORKSPACE, "cpu", "set")
+    budget = MemoryBudget(whole.peak - whole.workspace - whole.phases["UNet activations"] + one_branch + MIN_WORKSPACE,
+                          "cpu", "set")
     run = prepare_run(unet, cams, steps=2, memory_budget=budget)
     assert not run.memory.cfg_batch
     batched = mvcustom_sample(unet, cond, uncond, cams, seed=5, steps=2)
