@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Pose", "Ellipsoid", "Box", "CappedCylinder", "HalfSpaceY", "Primitive", "first_hit",
-           "rotation_xyz"]
+           "rotation_xyz", "euler_xyz_from_matrix"]
 
 
 def rotation_xyz(degrees: tuple[float, float, float]) -> Tensor:
@@ -37,6 +37,24 @@ def rotation_xyz(degrees: tuple[float, float, float]) -> Tensor:
     rz = torch.tensor([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]],
                       dtype=torch.float64)
     return rz @ ry @ rx
+
+
+def euler_xyz_from_matrix(rotation: Tensor) -> tuple[float, float, float]:
+    """The angles ``(ax, ay, az)`` in degrees with ``rotation_xyz(angles) == rotation`` (``[3, 3]``).
+
+    From ``R = Rz Ry Rx``: ``R[2, 0] = -sin ay``, ``(R[2, 1], R[2, 2]) = cos ay (sin ax, cos ax)``,
+    ``(R[1, 0], R[0, 0]) = cos ay (sin az, cos az)``. At ``cos ay = 0`` (gimbal lock) only ``ax ∓ az``
+    is determined; ``az = 0`` is chosen and ``ax`` read from ``R[0, 1], R[1, 1]``.
+    """
+    r = rotation.to(torch.float64)
+    ay = math.asin(max(-1.0, min(1.0, float(-r[2, 0]))))
+    if math.cos(ay) > 1e-6:
+        ax = math.atan2(float(r[2, 1]), float(r[2, 2]))
+        az = math.atan2(float(r[1, 0]), float(r[0, 0]))
+    else:  # R = Ry(±90) Rx(ax): R[0, 1] = ±sin ax, R[1, 1] = cos ax
+        ax = math.atan2(float(r[0, 1]) * math.copysign(1.0, float(-r[2, 0])), float(r[1, 1]))
+        az = 0.0
+    return math.degrees(ax), math.degrees(ay), math.degrees(az)
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,12 @@ class Pose:
     def rotation(self) -> Tensor:
         """``[3, 3]`` float64 local-to-world rotation."""
         return rotation_xyz(self.rotation_deg)
+
+    def moved(self, rotation: Tensor, offset: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> "Pose":
+        """This pose after the rigid motion ``X -> rotation @ X + offset`` of the world (``rotation [3, 3]``)."""
+        r = rotation.to(torch.float64)
+        center = r @ torch.tensor(self.center, dtype=torch.float64) + torch.tensor(offset, dtype=torch.float64)
+        return Pose(tuple(float(c) for c in center), euler_xyz_from_matrix(r @ self.rotation))
 
     def to_local(self, points: Tensor) -> Tensor:
         """``points: [..., 3]`` world -> local coordinates."""

@@ -24,7 +24,7 @@ from torch import Tensor
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import ShapeError, check_finite, check_shape
 from mvcustom_core.synthetic.primitives import HalfSpaceY, Primitive, first_hit
-from mvcustom_core.synthetic.subjects import SUBJECTS
+from mvcustom_core.synthetic.subjects import SUBJECTS, SubjectPreset
 from mvcustom_core.synthetic.textures import WaveTexture, make_wave_texture
 
 __all__ = ["SyntheticScene", "SceneRender", "SceneError", "BACKGROUND_ID", "GROUND_ID", "FIRST_PART_ID"]
@@ -93,7 +93,9 @@ class SyntheticScene:
         seed: draws every texture; equal seeds give bit-identical renders.
         subject: ``"default"`` (body ellipsoid, box plinth, tilted rod, sphere head: non-convex
             silhouettes and self-occlusion), ``"sphere"`` (radius 0.6 at the origin: exact circular
-            silhouettes) or ``"none"`` (ground and sky only). See ``SUBJECTS``.
+            silhouettes) or ``"none"`` (ground and sky only). See ``SUBJECTS``. Or any
+            :class:`~mvcustom_core.synthetic.subjects.SubjectPreset` (e.g. from
+            :mod:`mvcustom_core.synthetic.world`).
         max_frequency: texture band limit in cycles per world unit (on the subject and on the ground
             near it); every plane wave of every texture has frequency ``<= max_frequency``. 16 gives
             rich, non-repeating detail for feature matching at 128-256 px; 2-4 gives smooth textures
@@ -102,6 +104,8 @@ class SyntheticScene:
         light_dir: world direction *towards* the directional light (default: above, -y).
         ambient: shade of surfaces facing away from the light, in [0, 1]; 1 switches shading off.
             The sky is unshaded.
+        textures: optional textures, one per object id (sky, ground, then the subject's parts),
+            replacing the ones drawn from ``seed``.
 
     Example:
         >>> from mvcustom_core.synthetic import turntable_cameras
@@ -112,25 +116,26 @@ class SyntheticScene:
     """
 
     seed: int = 0
-    subject: str = "default"
+    subject: str | SubjectPreset = "default"
     max_frequency: float = 16.0
     ground: bool = True
     light_dir: tuple[float, float, float] = (0.45, -1.0, -0.35)
     ambient: float = 0.35
+    textures: tuple[WaveTexture, ...] | None = field(default=None, repr=False)
     _solids: tuple[Primitive, ...] = field(init=False, repr=False, compare=False)
     _textures: tuple[WaveTexture, ...] = field(init=False, repr=False, compare=False)
     part_names: tuple[str, ...] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.subject not in SUBJECTS:
-            raise SceneError(f"subject must be one of {sorted(SUBJECTS)}, got {self.subject!r}")
+        if not isinstance(self.subject, SubjectPreset) and self.subject not in SUBJECTS:
+            raise SceneError(f"subject must be one of {sorted(SUBJECTS)} or a SubjectPreset, got {self.subject!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise SceneError(f"seed must be a non-negative int, got {self.seed!r}")
         if not 0.0 <= self.ambient <= 1.0:
             raise SceneError(f"ambient must lie in [0, 1], got {self.ambient}")
         if len(self.light_dir) != 3 or math.hypot(*self.light_dir) == 0:
             raise SceneError(f"light_dir must be a non-zero 3-vector, got {self.light_dir}")
-        preset = SUBJECTS[self.subject]
+        preset = self.preset
         # Index 0 (the sky) has no solid; a ground that is switched off is a solid no ray reaches.
         ground = HalfSpaceY(height=preset.ground_y if self.ground else math.inf)
         solids = (None, ground) + tuple(p.primitive for p in preset.parts)
@@ -139,15 +144,25 @@ class SyntheticScene:
             textures = tuple(make_wave_texture(gen, max_frequency=self.max_frequency) for _ in solids)
         except ValueError as err:
             raise SceneError(f"max_frequency: {err}") from None
+        if self.textures is not None:
+            if len(self.textures) != len(solids):
+                raise SceneError(f"textures must give one texture per object (sky, ground, {len(preset.parts)} "
+                                 f"part(s)): {len(solids)}, got {len(self.textures)}")
+            textures = tuple(self.textures)
         object.__setattr__(self, "_solids", solids)
         object.__setattr__(self, "_textures", textures)
         object.__setattr__(self, "part_names", tuple(p.name for p in preset.parts))
 
     # ------------------------------------------------------------------ geometry
     @property
+    def preset(self) -> SubjectPreset:
+        """The subject's parts, ground height and centre."""
+        return self.subject if isinstance(self.subject, SubjectPreset) else SUBJECTS[self.subject]
+
+    @property
     def subject_center(self) -> tuple[float, float, float]:
         """World point the subject is centred on (where turntable cameras should look)."""
-        return SUBJECTS[self.subject].center
+        return self.preset.center
 
     @property
     def subject_radius(self) -> float:
