@@ -1,0 +1,662 @@
+#!/usr/bin/env python
+"""Train the built-in backbone on the synthetic world and write the shipped weights (docs/tiny_world.md).
+
+    python scripts/train_tiny_world.py --output runs/tiny_world --ship mvcustom_core/weights/tiny_world
+
+Stages, each resumable (re-running the same command continues where it stopped; Ctrl-C / SIGTERM
+checkpoint and exit):
+
+1. ``data``: render ``--clips`` clips of ``--frames`` frames at ``--size``² from worlds ``HELD_OUT_SEEDS + i``
+   (:mod:`mvcustom_core.synthetic.world`: subject, ground, sky, path, caption) into ``data/chunk-*.safetensors``.
+2. ``vae``: the ``AutoencoderKL`` (L1 + image-gradient L1 + a small KL), first on random crops, then on whole
+   frames; its latents are then scaled to SD1.5's convention (``fold_latent_scale``) and cached.
+3. ``unet``: UNet, motion modules (temporal attention) and CLIP text tower together from scratch, on the
+   cached latents: ε-prediction with AnimateDiff's linear betas, caption dropout, EMA weights.
+4. ``dense``: the pack's own backbone stage (``mvcustom_core.backbone.training.train_motion_module``): only
+   the motion modules train while their attention widens from temporal (k = 1) to dense over all frames
+   and positions (MVCustom §3.3). ``--dense-steps 0`` skips it.
+5. ``depth``: a tiny Depth Anything (transformers format) on the clips' exact disparity (scale-and-shift
+   invariant loss), half of the inputs passed through the VAE so it also reads generated frames.
+6. ``export``: float16 files in the real layouts plus ``manifest.json`` (hashes, settings, losses, times)
+   into ``--ship``; then loaded back with ``load_tiny_world``.
+7. ``preview``: frames sampled from held-out captions (``preview.png``); not part of ``all``.
+
+Every random draw of a step comes from a generator seeded by ``(--seed, stage, step)``, so a resumed
+stage repeats the uninterrupted one. Settings that change what a stage computes are stored in its
+checkpoint; resuming with other values is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a file from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+STAGES = ("data", "vae", "unet", "dense", "depth", "export", "preview")
+DEFAULT_STAGES = STAGES[:-1]
+_STAGE_CODES = {"vae": 1, "unet": 2, "depth": 5}  # seeds per-step generators
+CHUNK = 100  # clips per data file
+
+
+# ------------------------------------------------------------------------------------------ settings
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--output", type=Path, required=True, help="run folder: data, checkpoints, logs")
+    p.add_argument("--ship", type=Path, default=None, help="folder for the exported weights (export stage); "
+                   "default <output>/ship")
+    p.add_argument("--stages", default=",".join(DEFAULT_STAGES), help=f"comma-separated subset of {STAGES}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    g = p.add_argument_group("data")
+    g.add_argument("--clips", type=int, default=1200)
+    g.add_argument("--frames", type=int, default=8)
+    g.add_argument("--size", type=int, default=64, help="frame side in pixels (a multiple of 16)")
+    g.add_argument("--supersample", type=int, default=2)
+    g = p.add_argument_group("vae")
+    g.add_argument("--vae-steps", type=int, default=1600)
+    g.add_argument("--vae-crop-steps", type=int, default=1200, help="first steps on random crops")
+    g.add_argument("--vae-crop", type=int, default=32)
+    g.add_argument("--vae-batch", type=int, default=32)
+    g.add_argument("--vae-lr", type=float, default=1e-3)
+    g.add_argument("--vae-kl", type=float, default=1e-6)
+    g.add_argument("--vae-grad", type=float, default=0.5, help="weight of the image-gradient L1 term")
+    g = p.add_argument_group("unet")
+    g.add_argument("--unet-steps", type=int, default=4000)
+    g.add_argument("--unet-batch", type=int, default=4, help="clips per step")
+    g.add_argument("--unet-lr", type=float, default=3e-4)
+    g.add_argument("--unet-warmup", type=int, default=200)
+    g.add_argument("--ema", type=float, default=0.999)
+    g.add_argument("--caption-dropout", type=float, default=0.1)
+    g = p.add_argument_group("dense")
+    g.add_argument("--dense-steps", type=int, default=400)
+    g.add_argument("--dense-clips", type=int, default=300, help="clips written as frame folders for this stage")
+    g.add_argument("--dense-batch", type=int, default=4)
+    g.add_argument("--dense-lr", type=float, default=1e-4)
+    g = p.add_argument_group("depth")
+    g.add_argument("--depth-steps", type=int, default=800)
+    g.add_argument("--depth-batch", type=int, default=32)
+    g.add_argument("--depth-lr", type=float, default=1e-3)
+    g = p.add_argument_group("progress")
+    g.add_argument("--checkpoint-every", type=int, default=200)
+    g.add_argument("--log-every", type=int, default=25)
+    args = p.parse_args(argv)
+    args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = sorted(set(args.stages) - set(STAGES))
+    if unknown:
+        p.error(f"unknown stage(s) {unknown}; choose from {STAGES}")
+    if args.size % 16:
+        p.error(f"--size must be a multiple of 16 (VAE 8x, UNet 2x), got {args.size}")
+    if args.vae_crop % 8 or args.vae_crop > args.size:
+        p.error(f"--vae-crop must be a multiple of 8 and at most --size, got {args.vae_crop}")
+    args.ship = args.ship or args.output / "ship"
+    return args
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _seed(args, stage: str, step: int) -> torch.Generator:
+    from mvcustom_core.backbone.video_data import sample_seed
+
+    return torch.Generator().manual_seed(sample_seed(args.seed, _STAGE_CODES[stage], step))
+
+
+def _save_torch(path: Path, payload: dict) -> None:
+    from mvcustom_core.files import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    from mvcustom_core.files import atomic_write
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+class _Stop:
+    reason: str | None = None
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_Stop]:
+    """SIGTERM / SIGINT set a flag; the loop checkpoints after the current step and exits."""
+    flag, previous = _Stop(), {}
+
+    def handler(signum, _frame):
+        flag.reason = signal.Signals(signum).name
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, handler)
+    try:
+        yield flag
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+class EMA:
+    """Exponential moving average of parameters (decay warmed up as ``min(d, (1 + n) / (10 + n))``)."""
+
+    def __init__(self, parameters: dict[str, nn.Parameter], decay: float):
+        self.decay, self.updates = decay, 0
+        self.shadow = {k: p.detach().clone() for k, p in parameters.items()}
+
+    @torch.no_grad()
+    def update(self, parameters: dict[str, nn.Parameter]) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, p in parameters.items():
+            self.shadow[k].lerp_(p.detach(), 1 - d)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
+
+
+def train_loop(stage: str, folder: Path, key: dict, steps: int, parameters: dict[str, nn.Parameter],
+               loss_fn: Callable[[int], Tensor], args, *, lr: float, warmup: int = 0,
+               ema: EMA | None = None, max_grad_norm: float = 1.0) -> dict[str, Any]:
+    """AdamW over ``parameters`` for ``steps >= 1`` steps of ``loss_fn(step)``, with checkpoints and resume.
+
+    ``folder/checkpoint.pt`` holds parameters, optimizer, EMA, step, the losses and ``key`` (the settings that
+    change what the stage computes; resuming with another key is refused). Returns the final checkpoint payload.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = folder / "checkpoint.pt", folder / "log.jsonl"
+    optimizer = torch.optim.AdamW(list(parameters.values()), lr=lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    start, losses, seconds = 0, [], 0.0
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state["key"] != key:
+            changed = sorted(k for k in key if state["key"].get(k) != key[k])
+            raise SystemExit(f"{ckpt_path}: written with other settings ({', '.join(changed)}); restore them or "
+                             f"delete {folder} to train this stage again")
+        with torch.no_grad():
+            for k, p in parameters.items():
+                p.copy_(state["parameters"][k])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        start, losses, seconds = int(state["step"]), list(state["losses"]), float(state["seconds"])
+        if start < steps:
+            print(f"{stage}: resuming at step {start}", flush=True)
+
+    def payload(step: int) -> dict:
+        return {"key": key, "step": step, "losses": losses, "seconds": seconds,
+                "parameters": {k: p.detach().clone() for k, p in parameters.items()},
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None}
+
+    with _stop_on_signals() as flag:
+        for step in range(start, steps):
+            began = time.perf_counter()
+            loss = loss_fn(step)
+            if not torch.isfinite(loss):
+                raise SystemExit(f"{stage}: loss is {float(loss)} at step {step}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(parameters.values()), max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            if ema is not None:
+                ema.update(parameters)
+            done, took = step + 1, time.perf_counter() - began
+            seconds += took
+            losses.append(float(loss.detach()))
+            if done % args.log_every == 0 or done == steps or done == start + 1:
+                recent = sum(losses[-args.log_every:]) / len(losses[-args.log_every:])
+                eta = (steps - done) * seconds / max(1, done)
+                print(f"{stage}: step {done}/{steps}  loss {recent:.5f}  {took:.2f} s/step  eta {eta / 60:.1f} min",
+                      flush=True)
+                with open(log_path, "a", encoding="utf-8") as log:  # a log, appended; not a checkpoint
+                    log.write(json.dumps({"step": done, "loss": recent, "seconds": round(seconds, 2)}) + "\n")
+            if flag.reason or done % args.checkpoint_every == 0 or done == steps:
+                _save_torch(ckpt_path, payload(done))
+            if flag.reason:
+                raise SystemExit(f"{stage}: stopped by {flag.reason} at step {done}; re-run the same command to resume")
+    return torch.load(ckpt_path, map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------------------------------------ 1. data
+def _chunk_paths(args, index: int) -> tuple[Path, Path]:
+    folder = args.output / "data"
+    return folder / f"chunk-{index:05d}.safetensors", folder / f"chunk-{index:05d}.json"
+
+
+def _data_key(args) -> dict:
+    return {"frames": args.frames, "size": args.size, "supersample": args.supersample, "seed": args.seed}
+
+
+def stage_data(args) -> None:
+    """Render the clips in chunks of :data:`CHUNK` (a chunk is complete once its JSON exists)."""
+    from mvcustom_core.backbone.video_data import sample_seed
+    from mvcustom_core.files import atomic_write_text
+    from mvcustom_core.synthetic.world import HELD_OUT_SEEDS, render_clip
+
+    chunks = math.ceil(args.clips / CHUNK)
+    began = time.perf_counter()
+    for c in range(chunks):
+        tensors_path, json_path = _chunk_paths(args, c)
+        if json_path.is_file():
+            if json.loads(json_path.read_text())["key"] != _data_key(args):
+                raise SystemExit(f"{json_path}: rendered with other data settings; delete {json_path.parent}")
+            continue
+        rgb, disparity, mask, captions, worlds, paths = [], [], [], [], [], []
+        for i in range(c * CHUNK, min(args.clips, (c + 1) * CHUNK)):
+            world = HELD_OUT_SEEDS + i
+            clip = render_clip(world, args.frames, args.size, supersample=args.supersample,
+                               path_seed=sample_seed(args.seed, 0xDA7A, i))
+            r = clip.render
+            rgb.append((r.rgb * 255).round().to(torch.uint8))
+            disparity.append(torch.where(r.valid, 1.0 / r.depth, torch.zeros_like(r.depth)).half())
+            mask.append(r.mask.to(torch.uint8))
+            captions.append(clip.caption)
+            worlds.append(world)
+            paths.append(clip.path)
+        _save_tensors(tensors_path, {"rgb": torch.stack(rgb), "disparity": torch.stack(disparity),
+                                     "mask": torch.stack(mask)})
+        atomic_write_text(json_path, json.dumps({"key": _data_key(args), "captions": captions, "worlds": worlds,
+                                                 "paths": paths}) + "\n")
+        done = min(args.clips, (c + 1) * CHUNK)
+        print(f"data: {done}/{args.clips} clips  {(time.perf_counter() - began) / 60:.1f} min", flush=True)
+
+
+def load_data(args) -> dict[str, Any]:
+    """All chunks: ``rgb [N, F, 3, H, W]`` uint8, ``disparity [N, F, 1, H, W]`` float16, ``mask``, ``captions``."""
+    parts, captions = [], []
+    for c in range(math.ceil(args.clips / CHUNK)):
+        tensors_path, json_path = _chunk_paths(args, c)
+        if not json_path.is_file():
+            raise SystemExit(f"{json_path}: missing; run the data stage first")
+        parts.append(_load_tensors(tensors_path))
+        captions += json.loads(json_path.read_text())["captions"]
+    data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    data["captions"] = captions
+    return data
+
+
+def _pixels(rgb_uint8: Tensor) -> Tensor:
+    return rgb_uint8.float() / 127.5 - 1.0
+
+
+# ------------------------------------------------------------------------------------------ 2. vae
+def _vae_key(args) -> dict:
+    return {**_data_key(args), "clips": args.clips, "steps": args.vae_steps, "crop_steps": args.vae_crop_steps,
+            "crop": args.vae_crop, "batch": args.vae_batch, "lr": args.vae_lr, "kl": args.vae_kl,
+            "grad": args.vae_grad}
+
+
+def vae_loss(vae: nn.Module, x: Tensor, eps: Tensor, kl_weight: float, grad_weight: float) -> Tensor:
+    """L1 reconstruction + ``grad_weight`` · L1 of the finite differences + ``kl_weight`` · KL(q(z|x) ‖ N(0, I))."""
+    posterior = vae.encode(x).latent_dist
+    z = posterior.mean + posterior.std * eps
+    rec = vae.decode(z).sample
+    loss = (rec - x).abs().mean()
+    for dim in (-1, -2):
+        loss = loss + grad_weight * (rec.diff(dim=dim) - x.diff(dim=dim)).abs().mean()
+    kl = 0.5 * (posterior.mean ** 2 + posterior.var - 1.0 - posterior.logvar).sum(dim=(1, 2, 3)).mean()
+    return loss + kl_weight * kl
+
+
+def stage_vae(args) -> None:
+    from mvcustom_core.backbone.sampler import LATENT_SCALE
+    from mvcustom_core.backbone.tiny_world import fold_latent_scale, tiny_world_components
+
+    folder = args.output / "vae"
+    if (folder / "vae.safetensors").is_file():
+        return
+    data = load_data(args)
+    frames = data["rgb"].flatten(0, 1)  # [N*F, 3, H, W]
+    vae = tiny_world_components(args.seed).vae.train()
+    params = dict(vae.named_parameters())
+    latent_channels = vae.config.latent_channels
+
+    def loss_fn(step: int) -> Tensor:
+        g = _seed(args, "vae", step)
+        idx = torch.randint(len(frames), (args.vae_batch,), generator=g)
+        x = _pixels(frames[idx])
+        if step < args.vae_crop_steps and args.vae_crop < args.size:
+            cells = (args.size - args.vae_crop) // 8 + 1
+            oy, ox = (int(torch.randint(cells, (), generator=g)) * 8 for _ in range(2))
+            x = x[..., oy:oy + args.vae_crop, ox:ox + args.vae_crop]
+        if bool(torch.rand((), generator=g) < 0.5):
+            x = x.flip(-1)
+        eps = torch.randn((x.shape[0], latent_channels, x.shape[-2] // 8, x.shape[-1] // 8), generator=g)
+        return vae_loss(vae, x, eps, args.vae_kl, args.vae_grad)
+
+    state = train_loop("vae", folder, _vae_key(args), args.vae_steps, params, loss_fn, args, lr=args.vae_lr,
+                       warmup=100)
+    vae.load_state_dict(state["parameters"], strict=False)
+    vae.eval()
+    # Latent spread on a fixed subset, folded into the weights so that 0.18215 · z has unit spread.
+    with torch.no_grad():
+        sample = _pixels(frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(0))[:512]])
+        z = torch.cat([vae.encode(sample[i:i + 64]).latent_dist.mean for i in range(0, len(sample), 64)])
+    factor = 1.0 / (LATENT_SCALE * float(z.std()))
+    fold_latent_scale(vae, factor)
+    _save_tensors(folder / "vae.safetensors", vae.state_dict(), {"latent_factor": repr(factor)})
+    print(f"vae: latent std {float(z.std()):.4f} folded by {factor:.4f}", flush=True)
+
+
+def _trained_vae(args) -> nn.Module:
+    from mvcustom_core.backbone.tiny_world import tiny_world_components
+
+    vae = tiny_world_components(args.seed).vae
+    vae.load_state_dict(_load_tensors(args.output / "vae" / "vae.safetensors"))
+    return vae.eval().requires_grad_(False)
+
+
+def cached_latents(args) -> tuple[Tensor, Tensor]:
+    """Posterior mean and std of every frame ``[N, F, 4, h, w]`` (float16), encoded once with the trained VAE."""
+    path = args.output / "latents.safetensors"
+    if path.is_file():
+        cached = _load_tensors(path)
+        return cached["mean"], cached["std"]
+    data, vae = load_data(args), _trained_vae(args)
+    rgb = data["rgb"]
+    means, stds = [], []
+    with torch.no_grad():
+        for clip in rgb:
+            posterior = vae.encode(_pixels(clip)).latent_dist
+            means.append(posterior.mean.half())
+            stds.append(posterior.std.half())
+    mean, std = torch.stack(means), torch.stack(stds)
+    _save_tensors(path, {"mean": mean, "std": std})
+    return mean, std
+
+
+# ------------------------------------------------------------------------------------------ 3. unet
+def _unet_key(args) -> dict:
+    return {**_vae_key(args), "unet_steps": args.unet_steps, "batch": args.unet_batch, "lr": args.unet_lr,
+            "warmup": args.unet_warmup, "ema": args.ema, "caption_dropout": args.caption_dropout}
+
+
+def _fresh_unet_parts(args):
+    """Random UNet, text encoder and motion adapter combined into one ``UNetMotionModel`` (shared tensors)."""
+    from mvcustom_core.backbone.loading import build_backbone
+    from mvcustom_core.backbone.tiny_world import tiny_world_components, tiny_world_motion_adapter
+
+    components = tiny_world_components(args.seed)
+    unet = build_backbone(components, tiny_world_motion_adapter(args.seed))
+    return components, unet
+
+
+def _noise_scheduler():
+    from diffusers import DDPMScheduler
+
+    from mvcustom_core.backbone.sampler import ANIMATEDIFF_SCHEDULER_CONFIG
+
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+    return DDPMScheduler(**{k: ANIMATEDIFF_SCHEDULER_CONFIG[k] for k in keys})
+
+
+def stage_unet(args) -> None:
+    from mvcustom_core.backbone.sampler import LATENT_SCALE
+    from mvcustom_core.backbone.text import encode_prompt
+    from mvcustom_core.backbone.tiny_world import tiny_world_tokenizer
+    from mvcustom_core.backbone.training import diffusion_loss
+
+    folder = args.output / "unet"
+    if (folder / "unet.safetensors").is_file():
+        return
+    mean, std = cached_latents(args)
+    captions = load_data(args)["captions"]
+    components, unet = _fresh_unet_parts(args)
+    text_encoder, tokenizer = components.text_encoder, tiny_world_tokenizer()
+    unet.train()
+    text_encoder.train()
+    params = {f"unet.{k}": p for k, p in unet.named_parameters()}
+    params.update({f"text.{k}": p for k, p in text_encoder.named_parameters()})
+    ema = EMA(params, args.ema)
+    scheduler = _noise_scheduler()
+    num_t = scheduler.config.num_train_timesteps
+
+    def loss_fn(step: int) -> Tensor:
+        g = _seed(args, "unet", step)
+        idx = torch.randint(len(mean), (args.unet_batch,), generator=g)
+        m, s = mean[idx].float(), std[idx].float()
+        z = (m + s * torch.randn(m.shape, generator=g)) * LATENT_SCALE  # [B, F, 4, h, w]
+        latents = z.permute(0, 2, 1, 3, 4).contiguous()  # [B, 4, F, h, w]
+        drop = torch.rand(args.unet_batch, generator=g) < args.caption_dropout
+        texts = ["" if d else captions[int(i)] for i, d in zip(idx, drop)]
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, num_t, (args.unet_batch,), generator=g)
+        text = encode_prompt(text_encoder, tokenizer, texts)
+        return diffusion_loss(unet, latents, text, scheduler, noise, t)
+
+    train_loop("unet", folder, _unet_key(args), args.unet_steps, params, loss_fn, args, lr=args.unet_lr,
+               warmup=args.unet_warmup, ema=ema)
+    state = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
+    _save_tensors(folder / "unet.safetensors", state["ema"]["shadow"])
+
+
+def _load_parameters(module: nn.Module, parameters: dict[str, Tensor]) -> None:
+    """Load every parameter of ``module`` (buffers such as positional encodings keep their fixed values)."""
+    missing, unexpected = module.load_state_dict(parameters, strict=False)
+    names = {n for n, _ in module.named_parameters()}
+    if unexpected or any(m in names for m in missing):
+        raise SystemExit(f"{type(module).__name__}: saved weights do not fit: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+
+
+def trained_backbone(args, *, motion: Path | None = None):
+    """The stage-3 result (EMA weights) as a pack ``Backbone``; ``motion`` replaces its motion modules."""
+    from mvcustom_core.backbone.loading import Backbone
+    from mvcustom_core.backbone.tiny_world import tiny_world_tokenizer
+    from mvcustom_core.backbone.training import _load_motion_weights, motion_adapter_from_unet
+
+    components, unet = _fresh_unet_parts(args)
+    weights = _load_tensors(args.output / "unet" / "unet.safetensors")
+    _load_parameters(unet, {k[5:]: v for k, v in weights.items() if k.startswith("unet.")})
+    _load_parameters(components.text_encoder, {k[5:]: v for k, v in weights.items() if k.startswith("text.")})
+    if motion is not None:
+        _load_motion_weights(unet, dict(motion_adapter_from_unet(unet).config), motion)
+    return components, Backbone(unet=unet.eval(), vae=_trained_vae(args), text_encoder=components.text_encoder.eval(),
+                                tokenizer=tiny_world_tokenizer())
+
+
+# ------------------------------------------------------------------------------------------ 4. dense
+def _write_frame_folders(args, root: Path) -> None:
+    from mvcustom_core.files import atomic_write_text, save_png
+
+    index = root / "captions.jsonl"
+    if index.is_file():
+        return
+    data = load_data(args)
+    lines = []
+    for i in range(min(args.dense_clips, len(data["rgb"]))):
+        name = f"clip_{i:05d}"
+        for f, frame in enumerate(data["rgb"][i]):
+            save_png(frame.float() / 255, root / name / f"{f:03d}.png")
+        lines.append(json.dumps({"clip": name, "caption": data["captions"][i]}))
+    atomic_write_text(index, "\n".join(lines) + "\n")
+
+
+def stage_dense(args) -> None:
+    from mvcustom_core.backbone.training import TrainConfig, train_motion_module
+    from mvcustom_core.backbone.video_data import VideoClipDataset, scan_clips
+
+    folder = args.output / "dense"
+    if args.dense_steps == 0 or (folder / "motion_module.safetensors").is_file():
+        return
+    clips_root = args.output / "clips"
+    _write_frame_folders(args, clips_root)
+    _, backbone = trained_backbone(args)
+    dataset = VideoClipDataset(scan_clips(clips_root), args.frames, (args.size, args.size), stride=1,
+                               caption_dropout=args.caption_dropout)
+    config = TrainConfig(steps=args.dense_steps, batch_size=args.dense_batch, learning_rate=args.dense_lr,
+                         lr_warmup_steps=20, window_start=1, window_end=None, window_steps=max(1, args.dense_steps // 2),
+                         checkpoint_every=args.checkpoint_every, keep_checkpoints=1, seed=args.seed,
+                         log_every=args.log_every)
+
+    def report(p) -> None:
+        if p.log:
+            print(f"dense: step {p.step}/{p.total}  loss {p.loss:.5f}  window {p.window or 'full'}  "
+                  f"{p.seconds:.2f} s/step", flush=True)
+
+    result = train_motion_module(backbone, dataset, folder, config, progress=report)
+    if result.stopped:
+        raise SystemExit(f"dense: stopped at step {result.step}; re-run the same command to resume")
+
+
+# ------------------------------------------------------------------------------------------ 5. depth
+def _depth_key(args) -> dict:
+    return {**_vae_key(args), "depth_steps": args.depth_steps, "batch": args.depth_batch, "lr": args.depth_lr}
+
+
+def ssi_disparity_loss(prediction: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Scale-and-shift-invariant MSE in disparity (MiDaS, Ranftl et al. 2020, eq. 4 with the closed-form fit).
+
+    Per image the least-squares ``s, b`` mapping ``prediction`` to ``target`` on all pixels (the sky's target is
+    0) is applied before the error; ``valid`` weights the error. Shapes ``[B, H, W]``.
+    """
+    x, y = prediction.flatten(1), target.flatten(1)
+    xm, ym = x.mean(1, keepdim=True), y.mean(1, keepdim=True)
+    s = ((x - xm) * (y - ym)).mean(1, keepdim=True) / (x - xm).pow(2).mean(1, keepdim=True).clamp_min(1e-8)
+    aligned = s * (x - xm) + ym
+    w = valid.flatten(1).float()
+    return (((aligned - y) ** 2) * w).sum() / w.sum().clamp_min(1.0)
+
+
+def stage_depth(args) -> None:
+    from mvcustom_core.backbone.tiny_world import tiny_world_depth_model
+
+    folder = args.output / "depth"
+    if (folder / "model" / "model.safetensors").is_file():
+        return
+    data, vae = load_data(args), _trained_vae(args)
+    frames, disparity = data["rgb"].flatten(0, 1), data["disparity"].flatten(0, 1)[:, 0].float()
+    model = tiny_world_depth_model(args.seed).train()
+    params = dict(model.named_parameters())
+
+    def loss_fn(step: int) -> Tensor:
+        g = _seed(args, "depth", step)
+        idx = torch.randint(len(frames), (args.depth_batch,), generator=g)
+        x = _pixels(frames[idx])
+        through_vae = torch.rand(args.depth_batch, generator=g) < 0.5
+        if through_vae.any():
+            with torch.no_grad():
+                x[through_vae] = vae.decode(vae.encode(x[through_vae]).latent_dist.mean).sample.clamp(-1, 1)
+        target = disparity[idx]
+        prediction = model(pixel_values=x).predicted_depth  # [-1, 1]: the processor's mean/std of 0.5
+        return ssi_disparity_loss(prediction, target, torch.ones_like(target, dtype=torch.bool))
+
+    state = train_loop("depth", folder, _depth_key(args), args.depth_steps, params, loss_fn, args, lr=args.depth_lr,
+                       warmup=50)
+    model.load_state_dict(state["parameters"])
+    model.eval().save_pretrained(folder / "model", safe_serialization=True)
+
+
+# ------------------------------------------------------------------------------------------ 6. export
+def stage_export(args) -> None:
+    from mvcustom_core.backbone.loading import export_ldm_state_dict
+    from mvcustom_core.backbone.motion_module import export_motion_module_state_dict
+    from mvcustom_core.backbone.tiny_world import (CHECKPOINT_FILE, DEPTH_FOLDER, MANIFEST_FILE, MOTION_FILE,
+                                                   file_sha256, load_tiny_world, save_depth_model)
+    from mvcustom_core.backbone.training import motion_adapter_from_unet
+    from mvcustom_core.files import atomic_write_text
+    from mvcustom_core.synthetic.world import HELD_OUT_SEEDS
+
+    dense = args.output / "dense" / "motion_module.safetensors"
+    components, backbone = trained_backbone(args, motion=dense if dense.is_file() else None)
+    components.vae = backbone.vae
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in export_ldm_state_dict(components).items()}
+    ship = args.ship
+    _save_tensors(ship / CHECKPOINT_FILE, half, {"format": "sd15-ldm-single-file", "model": "mvcustom tiny_world"})
+    motion = export_motion_module_state_dict(motion_adapter_from_unet(backbone.unet))
+    _save_tensors(ship / MOTION_FILE, {k: v.half() for k, v in motion.items()},
+                  {"format": "animatediff-motion-module", "model": "mvcustom tiny_world"})
+    depth_files = save_depth_model(args.output / "depth" / "model", ship / DEPTH_FOLDER)
+
+    def summary(stage: str) -> dict:
+        path = args.output / stage / "checkpoint.pt"
+        if not path.is_file():
+            return {}
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        tail = state["losses"][-100:]
+        return {"steps": state["step"], "final_loss": sum(tail) / max(1, len(tail)),
+                "seconds": round(state["seconds"], 1)}
+
+    files = [CHECKPOINT_FILE, MOTION_FILE, *(f"{DEPTH_FOLDER}/{name}" for name in depth_files)]
+    manifest = {
+        "format": "mvcustom.tiny_world/1",
+        "files": {name: {"sha256": file_sha256(ship / name), "bytes": (ship / name).stat().st_size} for name in files},
+        "attention": {"window": "full" if dense.is_file() else "temporal"},
+        "image_size": [args.size, args.size], "frames": args.frames,
+        "training": {"command": "python scripts/train_tiny_world.py " + " ".join(sys.argv[1:]),
+                     "data": {"clips": args.clips, "world_seeds": [HELD_OUT_SEEDS, HELD_OUT_SEEDS + args.clips - 1]},
+                     "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                     "vae": summary("vae"), "unet": summary("unet"), "depth": summary("depth"),
+                     "dense": {"steps": args.dense_steps, "window_end": "full"} if dense.is_file() else {}},
+    }
+    atomic_write_text(ship / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    load_tiny_world(folder=ship)  # the real loaders accept what was written
+    total = sum(entry["bytes"] for entry in manifest["files"].values())
+    print(f"export: {len(files)} files, {total / 2**20:.2f} MiB in {ship}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ 7. preview
+def stage_preview(args) -> None:
+    from mvcustom_core.backbone.sampler import decode_latents, sample
+    from mvcustom_core.backbone.text import encode_prompt
+    from mvcustom_core.backbone.tiny_world import load_tiny_world
+    from mvcustom_core.files import image_grid, save_png
+    from mvcustom_core.synthetic.world import world_spec
+
+    backbone = load_tiny_world(folder=args.ship)
+    rows = []
+    for seed in range(6):
+        prompt = world_spec(seed).caption()
+        cond = encode_prompt(backbone.text_encoder, backbone.tokenizer, [prompt])
+        uncond = encode_prompt(backbone.text_encoder, backbone.tokenizer, [""])
+        with torch.no_grad():
+            latents = sample(backbone.unet, cond, uncond, args.frames, args.size, args.size, steps=25, cfg=5.0,
+                             seed=seed)
+        rows.append(decode_latents(backbone.vae, latents))
+        print(f"preview {seed}: {prompt}", flush=True)
+    save_png(image_grid(torch.cat(rows), args.frames), args.output / "preview.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    runners = {"data": stage_data, "vae": stage_vae, "unet": stage_unet, "dense": stage_dense,
+               "depth": stage_depth, "export": stage_export, "preview": stage_preview}
+    for stage in STAGES:
+        if stage in args.stages:
+            began = time.perf_counter()
+            runners[stage](args)
+            print(f"{stage}: done in {(time.perf_counter() - began) / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""scripts/train_tiny_world.py: resumable loops, the losses, the latent-scale fold and a whole small run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from mvcustom_core.backbone.loading import detect_layout, open_state_file
+from mvcustom_core.backbone.tiny_world import (CHECKPOINT_FILE, DEPTH_FOLDER, MANIFEST_FILE, MOTION_FILE,
+                                               file_sha256, fold_latent_scale, load_tiny_world, load_tiny_world_depth,
+                                               tiny_world_components)
+
+
+@pytest.fixture(scope="module")
+def script(repo_root_module):  # noqa: D103
+    spec = importlib.util.spec_from_file_location("train_tiny_world", repo_root_module / "scripts" / "train_tiny_world.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def repo_root_module():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2]
+
+
+def _args(script, out, *extra):
+    return script.parse_args(["--output", str(out), "--threads", "1", *extra])
+
+
+def _regression(script, out, steps, crash_at=None, checkpoint_every=4):
+    """A linear model fitted by train_loop; ``crash_at`` raises inside step ``crash_at`` (a killed process)."""
+    args = _args(script, out, "--checkpoint-every", str(checkpoint_every), "--log-every", "1")
+    model = torch.nn.Linear(3, 1)
+    with torch.no_grad():
+        model.weight.zero_(), model.bias.zero_()
+    params = dict(model.named_parameters())
+    truth = torch.tensor([[1.0, -2.0, 0.5]])
+
+    def loss_fn(step):
+        if step == crash_at:
+            raise RuntimeError("killed")
+        g = torch.Generator().manual_seed(step)  # the script's loops draw from (seed, stage, step) likewise
+        x = torch.randn(8, 3, generator=g)
+        return ((model(x) - x @ truth.T) ** 2).mean()
+
+    ema = script.EMA(params, 0.9)
+    state = script.train_loop("toy", out / "toy", {"lr": 0.05}, steps, params, loss_fn, args, lr=0.05, ema=ema)
+    return state, model
+
+
+def test_train_loop_resumes_exactly_after_a_crash(script, tmp_path):
+    whole, _ = _regression(script, tmp_path / "a", 40)
+    with pytest.raises(RuntimeError, match="killed"):
+        _regression(script, tmp_path / "b", 40, crash_at=26)  # the last checkpoint is at step 24
+    assert torch.load(tmp_path / "b" / "toy" / "checkpoint.pt", weights_only=True)["step"] == 24
+    resumed, model = _regression(script, tmp_path / "b", 40)
+    assert resumed["step"] == 40 and resumed["losses"] == whole["losses"]
+    for k in whole["parameters"]:
+        assert torch.equal(resumed["parameters"][k], whole["parameters"][k])
+        assert torch.equal(resumed["ema"]["shadow"][k], whole["ema"]["shadow"][k])
+    assert whole["losses"][-1] < 0.2 * whole["losses"][0]  # it fits
+    log = [json.loads(line) for line in (tmp_path / "b" / "toy" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 40
+
+
+def test_train_loop_refuses_other_settings(script, tmp_path):
+    _regression(script, tmp_path, 4)
+    args = _args(script, tmp_path)
+    params = dict(torch.nn.Linear(3, 1).named_parameters())
+    with pytest.raises(SystemExit, match="other settings"):
+        script.train_loop("toy", tmp_path / "toy", {"lr": 0.2}, 2, params, lambda s: torch.zeros(()), args, lr=0.2)
+
+
+def test_fold_latent_scale_keeps_the_decoder_output_and_scales_the_posterior():
+    vae = tiny_world_components(3).vae.eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        before = vae.encode(x).latent_dist
+        decoded = vae.decode(before.mean).sample
+        fold_latent_scale(vae, 2.5)
+        after = vae.encode(x).latent_dist
+        torch.testing.assert_close(after.mean, 2.5 * before.mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(after.std, 2.5 * before.std, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(vae.decode(after.mean).sample, decoded, rtol=1e-4, atol=1e-5)
+
+
+def test_ssi_disparity_loss_ignores_scale_and_shift(script):
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 8, 8, generator=g)
+    valid = torch.ones_like(target, dtype=torch.bool)
+    assert float(script.ssi_disparity_loss(3.0 * target - 0.7, target, valid)) < 1e-10
+    noisy = target + 0.1 * torch.randn(target.shape, generator=g)
+    loss = float(script.ssi_disparity_loss(noisy, target, valid))
+    assert 0.001 < loss < 0.02  # about the noise variance
+    assert float(script.ssi_disparity_loss(torch.rand(2, 8, 8, generator=g), target, valid)) > loss
+
+
+def test_vae_loss_is_zero_only_for_a_perfect_reconstruction(script):
+    vae = tiny_world_components(0).vae
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    eps = torch.zeros(2, 4, 2, 2)
+    loss = script.vae_loss(vae, x, eps, kl_weight=0.0, grad_weight=0.5)
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+    expected = (rec - x).abs().mean() + 0.5 * sum((rec.diff(dim=d) - x.diff(dim=d)).abs().mean() for d in (-1, -2))
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_small_run_writes_weights_the_real_loaders_read(script, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--output", str(out), "--threads", "1", "--clips", "3", "--frames", "2", "--size", "32",
+            "--vae-steps", "2", "--vae-crop-steps", "1", "--vae-crop", "16", "--vae-batch", "2", "--unet-steps", "2",
+            "--unet-batch", "2", "--dense-steps", "2", "--dense-clips", "2", "--dense-batch", "1", "--depth-steps",
+            "2", "--depth-batch", "2", "--checkpoint-every", "1"]
+    assert script.main(argv) == 0
+    ship = out / "ship"
+    manifest = json.loads((ship / MANIFEST_FILE).read_text())
+    assert set(manifest["files"]) == {CHECKPOINT_FILE, MOTION_FILE, f"{DEPTH_FOLDER}/config.json",
+                                      f"{DEPTH_FOLDER}/model.safetensors", f"{DEPTH_FOLDER}/preprocessor_config.json"}
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == file_sha256(ship / name)
+    assert detect_layout(open_state_file(ship / CHECKPOINT_FILE).keys) == "sd15_checkpoint"
+    assert detect_layout(open_state_file(ship / MOTION_FILE).keys) == "animatediff_motion_module"
+    assert manifest["attention"]["window"] == "full"
+    assert manifest["training"]["unet"]["steps"] == 2 and manifest["training"]["data"]["clips"] == 3
+    backbone = load_tiny_world(folder=ship)
+    # The exported EMA weights are what the unet stage saved, up to float16 rounding.
+    saved = script._load_tensors(out / "unet" / "unet.safetensors")
+    conv = saved["unet.conv_in.weight"]
+    torch.testing.assert_close(backbone.unet.conv_in.weight, conv.half().float())
+    assert load_tiny_world_depth(ship / DEPTH_FOLDER).config.model_type == "depth_anything"
+    # A second run finds every stage done and rewrites the same files.
+    before = {name: entry["sha256"] for name, entry in manifest["files"].items()}
+    assert script.main(argv) == 0
+    after = json.loads((ship / MANIFEST_FILE).read_text())["files"]
+    assert {name: entry["sha256"] for name, entry in after.items()} == before
