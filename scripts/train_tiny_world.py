@@ -15,8 +15,8 @@ checkpoint and exit):
 4. ``dense``: the pack's own backbone stage (``mvcustom_core.backbone.training.train_motion_module``): only
    the motion modules train while their attention widens from temporal (k = 1) to dense over all frames
    and positions (MVCustom §3.3). ``--dense-steps 0`` skips it.
-5. ``depth``: a tiny Depth Anything (transformers format) on the clips' exact disparity (scale-and-shift
-   invariant loss), half of the inputs passed through the VAE so it also reads generated frames.
+5. ``depth``: a tiny Depth Anything (transformers format) on the clips' exact disparity (scale-invariant
+   loss), half of the inputs passed through the VAE so it also reads generated frames.
 6. ``export``: float16 files in the real layouts plus ``manifest.json`` (hashes, settings, losses, times)
    into ``--ship``; then loaded back with ``load_tiny_world``.
 7. ``preview``: frames sampled from held-out captions (``preview.png``); not part of ``all``.
@@ -184,14 +184,15 @@ def train_loop(stage: str, folder: Path, key: dict, steps: int, parameters: dict
                ema: EMA | None = None, max_grad_norm: float = 1.0) -> dict[str, Any]:
     """AdamW over ``parameters`` for ``steps >= 1`` steps of ``loss_fn(step)``, with checkpoints and resume.
 
-    ``folder/checkpoint.pt`` holds parameters, optimizer, EMA, step, the losses and ``key`` (the settings that
-    change what the stage computes; resuming with another key is refused). Returns the final checkpoint payload.
+    ``folder/checkpoint.pt`` holds parameters, optimizer, EMA, step, the losses, the wall and CPU seconds spent
+    and ``key`` (the settings that change what the stage computes; resuming with another key is refused).
+    Returns the final checkpoint payload.
     """
     folder.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = folder / "checkpoint.pt", folder / "log.jsonl"
     optimizer = torch.optim.AdamW(list(parameters.values()), lr=lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    start, losses, seconds = 0, [], 0.0
+    start, losses, seconds, cpu = 0, [], 0.0, 0.0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if state["key"] != key:
@@ -205,19 +206,20 @@ def train_loop(stage: str, folder: Path, key: dict, steps: int, parameters: dict
         schedule.load_state_dict(state["schedule"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        start, losses, seconds = int(state["step"]), list(state["losses"]), float(state["seconds"])
+        start, losses = int(state["step"]), list(state["losses"])
+        seconds, cpu = float(state["seconds"]), float(state["cpu_seconds"])
         if start < steps:
             print(f"{stage}: resuming at step {start}", flush=True)
 
     def payload(step: int) -> dict:
-        return {"key": key, "step": step, "losses": losses, "seconds": seconds,
+        return {"key": key, "step": step, "losses": losses, "seconds": seconds, "cpu_seconds": cpu,
                 "parameters": {k: p.detach().clone() for k, p in parameters.items()},
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None}
 
     with _stop_on_signals() as flag:
         for step in range(start, steps):
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             loss = loss_fn(step)
             if not torch.isfinite(loss):
                 raise SystemExit(f"{stage}: loss is {float(loss)} at step {step}; lower the learning rate")
@@ -230,6 +232,7 @@ def train_loop(stage: str, folder: Path, key: dict, steps: int, parameters: dict
                 ema.update(parameters)
             done, took = step + 1, time.perf_counter() - began
             seconds += took
+            cpu += time.process_time() - began_cpu
             losses.append(float(loss.detach()))
             if done % args.log_every == 0 or done == steps or done == start + 1:
                 recent = sum(losses[-args.log_every:]) / len(losses[-args.log_every:])
@@ -237,7 +240,8 @@ def train_loop(stage: str, folder: Path, key: dict, steps: int, parameters: dict
                 print(f"{stage}: step {done}/{steps}  loss {recent:.5f}  {took:.2f} s/step  eta {eta / 60:.1f} min",
                       flush=True)
                 with open(log_path, "a", encoding="utf-8") as log:  # a log, appended; not a checkpoint
-                    log.write(json.dumps({"step": done, "loss": recent, "seconds": round(seconds, 2)}) + "\n")
+                    log.write(json.dumps({"step": done, "loss": recent, "seconds": round(seconds, 2),
+                                          "cpu_seconds": round(cpu, 2)}) + "\n")
             if flag.reason or done % args.checkpoint_every == 0 or done == steps:
                 _save_torch(ckpt_path, payload(done))
             if flag.reason:
@@ -532,18 +536,14 @@ def _depth_key(args) -> dict:
     return {**_vae_key(args), "depth_steps": args.depth_steps, "batch": args.depth_batch, "lr": args.depth_lr}
 
 
-def ssi_disparity_loss(prediction: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-    """Scale-and-shift-invariant MSE in disparity (MiDaS, Ranftl et al. 2020, eq. 4 with the closed-form fit).
-
-    Per image the least-squares ``s, b`` mapping ``prediction`` to ``target`` on all pixels (the sky's target is
-    0) is applied before the error; ``valid`` weights the error. Shapes ``[B, H, W]``.
+def scale_invariant_disparity_loss(prediction: Tensor, target: Tensor) -> Tensor:
+    """Scale-invariant MSE in disparity: per image the least-squares scale ``s = Σxy / Σx²`` maps ``prediction`` to
+    ``target`` before the error (MiDaS's scale-and-shift fit, Ranftl et al. 2020 eq. 4, without the shift: the
+    sky's disparity 0 stays 0, so one scale fitted on the subject later places the ground too). ``[B, H, W]``.
     """
     x, y = prediction.flatten(1), target.flatten(1)
-    xm, ym = x.mean(1, keepdim=True), y.mean(1, keepdim=True)
-    s = ((x - xm) * (y - ym)).mean(1, keepdim=True) / (x - xm).pow(2).mean(1, keepdim=True).clamp_min(1e-8)
-    aligned = s * (x - xm) + ym
-    w = valid.flatten(1).float()
-    return (((aligned - y) ** 2) * w).sum() / w.sum().clamp_min(1.0)
+    s = (x * y).sum(1, keepdim=True) / (x * x).sum(1, keepdim=True).clamp_min(1e-8)
+    return ((s * x - y) ** 2).mean()
 
 
 def stage_depth(args) -> None:
@@ -567,7 +567,7 @@ def stage_depth(args) -> None:
                 x[through_vae] = vae.decode(vae.encode(x[through_vae]).latent_dist.mean).sample.clamp(-1, 1)
         target = disparity[idx]
         prediction = model(pixel_values=x).predicted_depth  # [-1, 1]: the processor's mean/std of 0.5
-        return ssi_disparity_loss(prediction, target, torch.ones_like(target, dtype=torch.bool))
+        return scale_invariant_disparity_loss(prediction, target)
 
     state = train_loop("depth", folder, _depth_key(args), args.depth_steps, params, loss_fn, args, lr=args.depth_lr,
                        warmup=50)
@@ -603,7 +603,7 @@ def stage_export(args) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         tail = state["losses"][-100:]
         return {"steps": state["step"], "final_loss": sum(tail) / max(1, len(tail)),
-                "seconds": round(state["seconds"], 1)}
+                "seconds": round(state["seconds"], 1), "cpu_seconds": round(state["cpu_seconds"], 1)}
 
     files = [CHECKPOINT_FILE, MOTION_FILE, *(f"{DEPTH_FOLDER}/{name}" for name in depth_files)]
     manifest = {
@@ -615,7 +615,9 @@ def stage_export(args) -> None:
                      "data": {"clips": args.clips, "world_seeds": [HELD_OUT_SEEDS, HELD_OUT_SEEDS + args.clips - 1]},
                      "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                      "vae": summary("vae"), "unet": summary("unet"), "depth": summary("depth"),
-                     "dense": {"steps": args.dense_steps, "window_end": "full"} if dense.is_file() else {}},
+                     "dense": {"steps": args.dense_steps, "window_end": "full"} if dense.is_file() else {},
+                     "times": json.loads((args.output / "times.json").read_text())
+                     if (args.output / "times.json").is_file() else {}},
     }
     atomic_write_text(ship / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     load_tiny_world(folder=ship)  # the real loaders accept what was written
@@ -652,10 +654,26 @@ def main(argv: list[str] | None = None) -> int:
                "depth": stage_depth, "export": stage_export, "preview": stage_preview}
     for stage in STAGES:
         if stage in args.stages:
-            began = time.perf_counter()
-            runners[stage](args)
+            began, began_cpu = time.perf_counter(), time.process_time()
+            try:
+                runners[stage](args)
+            finally:
+                _add_time(args, stage, time.perf_counter() - began, time.process_time() - began_cpu)
             print(f"{stage}: done in {(time.perf_counter() - began) / 60:.1f} min", flush=True)
     return 0
+
+
+def _add_time(args, stage: str, wall: float, cpu: float) -> None:
+    """Accumulate each stage's wall and CPU seconds over all runs (resumes included) in ``times.json``."""
+    from mvcustom_core.files import atomic_write_text
+
+    path = args.output / "times.json"
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    entry = times.setdefault(stage, {"wall_seconds": 0.0, "cpu_seconds": 0.0})
+    entry["wall_seconds"] = round(entry["wall_seconds"] + wall, 1)
+    entry["cpu_seconds"] = round(entry["cpu_seconds"] + cpu, 1)
+    args.output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(times, indent=2) + "\n")
 
 
 if __name__ == "__main__":

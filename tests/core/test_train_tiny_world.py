@@ -90,15 +90,15 @@ def test_fold_latent_scale_keeps_the_decoder_output_and_scales_the_posterior():
         torch.testing.assert_close(vae.decode(after.mean).sample, decoded, rtol=1e-4, atol=1e-5)
 
 
-def test_ssi_disparity_loss_ignores_scale_and_shift(script):
+def test_disparity_loss_ignores_scale_not_shift(script):
     g = torch.Generator().manual_seed(0)
     target = torch.rand(2, 8, 8, generator=g)
-    valid = torch.ones_like(target, dtype=torch.bool)
-    assert float(script.ssi_disparity_loss(3.0 * target - 0.7, target, valid)) < 1e-10
+    assert float(script.scale_invariant_disparity_loss(3.0 * target, target)) < 1e-12
+    assert float(script.scale_invariant_disparity_loss(3.0 * target + 0.5, target)) > 1e-3
     noisy = target + 0.1 * torch.randn(target.shape, generator=g)
-    loss = float(script.ssi_disparity_loss(noisy, target, valid))
-    assert 0.001 < loss < 0.02  # about the noise variance
-    assert float(script.ssi_disparity_loss(torch.rand(2, 8, 8, generator=g), target, valid)) > loss
+    loss = float(script.scale_invariant_disparity_loss(noisy, target))
+    assert 0.003 < loss < 0.02  # about the noise variance
+    assert float(script.scale_invariant_disparity_loss(torch.rand(2, 8, 8, generator=g), target)) > loss
 
 
 def test_vae_loss_is_zero_only_for_a_perfect_reconstruction(script):
