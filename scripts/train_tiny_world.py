@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--size", type=int, default=64, help="frame side in pixels (a multiple of 16)")
     g.add_argument("--supersample", type=int, default=2)
     g = p.add_argument_group("vae")
-    g.add_argument("--vae-steps", type=int, default=1600)
-    g.add_argument("--vae-crop-steps", type=int, default=1200, help="first steps on random crops")
+    g.add_argument("--vae-steps", type=int, default=3000)
+    g.add_argument("--vae-crop-steps", type=int, default=2400, help="first steps on random crops")
     g.add_argument("--vae-crop", type=int, default=32)
     g.add_argument("--vae-batch", type=int, default=32)
     g.add_argument("--vae-lr", type=float, default=1e-3)
@@ -182,7 +182,8 @@ class EMA:
 def train_loop(stage: str, folder: Path, key: dict, steps: int, parameters: dict[str, nn.Parameter],
                loss_fn: Callable[[int], Tensor], args, *, lr: float, warmup: int = 0,
                ema: EMA | None = None, max_grad_norm: float = 1.0) -> dict[str, Any]:
-    """AdamW over ``parameters`` for ``steps >= 1`` steps of ``loss_fn(step)``, with checkpoints and resume.
+    """AdamW over ``parameters`` for ``steps >= 1`` steps of ``loss_fn(step)`` (linear warm-up, cosine decay to
+    ``lr / 10``), with checkpoints and resume.
 
     ``folder/checkpoint.pt`` holds parameters, optimizer, EMA, step, the losses, the wall and CPU seconds spent
     and ``key`` (the settings that change what the stage computes; resuming with another key is refused).
@@ -191,7 +192,9 @@ def train_loop(stage: str, folder: Path, key: dict, steps: int, parameters: dict
     folder.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = folder / "checkpoint.pt", folder / "log.jsonl"
     optimizer = torch.optim.AdamW(list(parameters.values()), lr=lr, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    # Linear warm-up, then a cosine decay to a tenth of the rate at the last step.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)) * (
+        0.1 + 0.45 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     start, losses, seconds, cpu = 0, [], 0.0, 0.0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -590,10 +593,12 @@ def stage_export(args) -> None:
     components.vae = backbone.vae
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in export_ldm_state_dict(components).items()}
     ship = args.ship
-    _save_tensors(ship / CHECKPOINT_FILE, half, {"format": "sd15-ldm-single-file", "model": "mvcustom tiny_world"})
+    # One metadata entry: safetensors writes its metadata map in an unspecified order, so several entries would
+    # make the bytes (and the manifest's hashes) differ from one export to the next.
+    _save_tensors(ship / CHECKPOINT_FILE, half, {"model": "mvcustom tiny_world, SD1.x single-file layout"})
     motion = export_motion_module_state_dict(motion_adapter_from_unet(backbone.unet))
     _save_tensors(ship / MOTION_FILE, {k: v.half() for k, v in motion.items()},
-                  {"format": "animatediff-motion-module", "model": "mvcustom tiny_world"})
+                  {"model": "mvcustom tiny_world, AnimateDiff motion-module layout"})
     depth_files = save_depth_model(args.output / "depth" / "model", ship / DEPTH_FOLDER)
 
     def summary(stage: str) -> dict:

@@ -208,23 +208,28 @@ def save_depth_model(source: str | Path, folder: str | Path) -> list[str]:
     return sorted(names + ["preprocessor_config.json"])
 
 
-def load_tiny_world_depth(folder: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
-                          device: torch.device | str = "cpu") -> nn.Module:
-    """The built-in depth model from its transformers folder (``local_files_only``; hashes checked with the rest)."""
-    from transformers import DepthAnythingForDepthEstimation
+def load_tiny_world_depth(folder: str | Path | None = None, *, dtype: torch.dtype = torch.float32):
+    """The built-in depth model through the pack's depth loader (:func:`mvcustom_core.depth.load_depth_model`).
+
+    Returns a :class:`~mvcustom_core.depth.DepthModel` (family ``depth_anything``, kind ``disparity``). Run it with
+    :func:`estimate_disparity`: it was trained on 64x64 frames as they are, not through Depth Anything's 518-pixel
+    input resize that :func:`mvcustom_core.depth.estimate_depth` applies to released models.
+    """
+    from mvcustom_core.depth import load_depth_model
 
     path = Path(folder or weights_dir() / DEPTH_FOLDER)
-    model = DepthAnythingForDepthEstimation.from_pretrained(str(path), local_files_only=True)
-    return model.to(device=device, dtype=dtype).eval()
+    return load_depth_model(path / "model.safetensors", dtype=dtype)
 
 
 @torch.no_grad()
-def estimate_disparity(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Relative inverse depth ``[N, H, W]`` of images ``[N, 3, H, W]`` in [0, 1] (near is large; the sky ~0).
+def estimate_disparity(model, images: torch.Tensor) -> torch.Tensor:
+    """Inverse depth up to scale ``[N, H, W]`` of images ``[N, 3, H, W]`` in [0, 1] (near is large; the sky ~0).
 
-    Affine-invariant like Depth Anything's output: align it with
-    :func:`mvcustom_core.inference.anchor_depth.align_depth` (``kind="disparity"``) before use.
+    ``model``: a :class:`~mvcustom_core.depth.DepthModel` or its transformers module. The scale is unknown (the
+    model was trained with a scale-invariant loss); the shift is 0, so one scale fitted anywhere (e.g. on the
+    subject) places every pixel.
     """
-    param = next(model.parameters())
-    pixels = (images * 2 - 1).to(param)
-    return model(pixel_values=pixels).predicted_depth.float()
+    module = getattr(model, "module", model)
+    param = next(module.parameters())
+    pixels = (images * 2 - 1).to(param)  # the processor's mean and std of 0.5
+    return module(pixel_values=pixels).predicted_depth.float().clamp_min(0)

@@ -135,7 +135,8 @@ def test_a_small_run_writes_weights_the_real_loaders_read(script, tmp_path):
     saved = script._load_tensors(out / "unet" / "unet.safetensors")
     conv = saved["unet.conv_in.weight"]
     torch.testing.assert_close(backbone.unet.conv_in.weight, conv.half().float())
-    assert load_tiny_world_depth(ship / DEPTH_FOLDER).config.model_type == "depth_anything"
+    depth = load_tiny_world_depth(ship / DEPTH_FOLDER)  # through the pack's depth loader
+    assert depth.family == "depth_anything" and depth.kind == "disparity"
     # A second run finds every stage done and rewrites the same files.
     before = {name: entry["sha256"] for name, entry in manifest["files"].items()}
     assert script.main(argv) == 0
