@@ -51,7 +51,7 @@ def _acted_steps(unet, text, steps: int, dfr: DFRPlan, clc: CLCPlan) -> tuple[li
 def test_default_dfr_and_clc_cover_the_same_part_of_the_schedule_at_any_step_count(unet, text, steps):
     """DFR on the first 70 % (the paper's 35 of 50), CLC on the first 10 % (5 of 50), at every step count."""
     depth = torch.full((SIZE, SIZE), 2.5)
-    dfr_steps, clc_steps = _acted_steps(unet, text, steps, DFRPlan(depth=depth, depth_kind="depth", scale=1.0),
+    dfr_steps, clc_steps = _acted_steps(unet, text, steps, DFRPlan(depth=depth, depth_kind="metric", scale=1.0),
                                         CLCPlan(erosion=0))
     assert dfr_steps == list(range(_half_up("0.7", steps)))
     assert clc_steps == list(range(_half_up("0.1", steps)))
@@ -63,7 +63,7 @@ def test_an_absolute_k_and_a_timestep_tau_keep_their_old_meaning(unet, text, ste
     """Plans saved before fractions: K = 35 replaces on every step of a shorter run; τ = 900 acts while t ≥ 900."""
     depth = torch.full((SIZE, SIZE), 2.5)
     dfr_steps, clc_steps = _acted_steps(unet, text, steps,
-                                        DFRPlan(depth=depth, depth_kind="depth", scale=1.0, steps=35),
+                                        DFRPlan(depth=depth, depth_kind="metric", scale=1.0, steps=35),
                                         CLCPlan(tau=900, erosion=0))
     assert dfr_steps == list(range(steps))
     sched = make_scheduler("ddim")
