@@ -22,8 +22,8 @@ from mvcustom_core.customization.reference_poses import (
     estimate_reference_cameras, prepare_reference_set, turntable_reference_cameras)
 from mvcustom_core.customization.subject_files import subject_of
 from mvcustom_core.customization.token import save_comfy_embedding
-from mvcustom_core.customization.training import (TrainingConfig, checkpoint_path_for, reference_digest,
-                                                  train_customization)
+from mvcustom_core.customization.training import (RegularizationSet, TrainingConfig, checkpoint_path_for,
+                                                  reference_digest, train_customization)
 
 from ._common import NodeInputError, Progress, blame, image_to_chw, input_named_in, require
 from ._files import claim, file_name, read_path, reading, write_owned
@@ -129,7 +129,8 @@ _TRAINING_ARGUMENTS = {"checkpoint": "resume", "backbone": "backbone", "referenc
                        "class_word": "class_word", "steps": "steps", "lr": "lr", "token_lr": "token_lr",
                        "frames": "frames", "references": "references", "fg_weight": "fg_weight",
                        "bg_weight": "bg_weight", "rgb_weight": "rgb_weight", "denoise_weight": "denoise_weight",
-                       "clip_skip": "clip"}
+                       "clip_skip": "clip", "reference_dropout": "reference_dropout",
+                       "regularization": "regularization_images"}
 
 
 class TrainCustomization(io.ComfyNode):
@@ -159,16 +160,21 @@ class TrainCustomization(io.ComfyNode):
                                 tooltip="The subject's category ('car', 'chair', 'teddybear'); initialises the token."),
                 io.String.Input("name", default="my_subject",
                                 tooltip="File name (no suffix) in models/mvcustom and models/embeddings."),
-                io.Int.Input("steps", default=defaults.steps, min=1, max=100000, tooltip="Optimizer steps."),
+                io.Int.Input("steps", default=defaults.steps, min=1, max=100000,
+                             tooltip="Optimizer steps (CustomDiffusion360: 1600)."),
                 io.Float.Input("lr", default=defaults.lr, min=0.0, max=1.0, step=1e-5, round=1e-7,
-                               tooltip="Learning rate of FeatureNeRF and fusion layers."),
+                               tooltip="Learning rate of FeatureNeRF and fusion layers (CustomDiffusion360: 1e-4, "
+                                       "constant)."),
                 io.Float.Input("token_lr", default=defaults.token_lr, min=0.0, max=1.0, step=1e-6, round=1e-8,
-                               tooltip="Learning rate of the subject token (lower)."),
+                               tooltip="Learning rate of the subject token (CustomDiffusion360: the same as lr)."),
                 io.Int.Input("frames", default=defaults.frames, min=1, max=64,
-                             tooltip="Target frames per step (one clip)."),
+                             tooltip=("Target photos per step, trained as one clip (CustomDiffusion360, an image "
+                                      "model, takes one target per step).")),
                 io.Int.Input("references", default=defaults.references, min=1, max=64,
-                             tooltip="Reference views per step."),
-                io.Int.Input("samples", default=24, min=2, max=128, tooltip="FeatureNeRF samples per ray."),
+                             tooltip="Reference views per step, spread evenly over the other photos "
+                                     "(CustomDiffusion360: 4)."),
+                io.Int.Input("samples", default=24, min=2, max=128,
+                             tooltip="FeatureNeRF samples per ray on [near, far] = [0, 2] (CustomDiffusion360: 24)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seeds every random draw of the run."),
                 io.Boolean.Input("invert_mask", default=False,
@@ -195,6 +201,16 @@ class TrainCustomization(io.ComfyNode):
                 io.Vae.Input("vae", optional=True,
                              tooltip="The checkpoint's VAE, which encodes the photos. Needed when the backbone "
                                      "comes from a MODEL; else the backbone's own VAE."),
+                io.Float.Input("reference_dropout", default=defaults.reference_dropout, min=0.0, max=1.0, step=0.05,
+                               optional=True,
+                               tooltip=("Share of steps trained without references (CustomDiffusion360: 0.25): null "
+                                        "references, no FeatureNeRF losses, the whole picture denoised with the "
+                                        "subject prompt, or a regularization picture with its caption.")),
+                io.Image.Input("regularization_images", optional=True,
+                               tooltip=("Regularization pictures (the photos' size), e.g. generated from class "
+                                        "prompts: the target of steps whose references are dropped.")),
+                io.String.Input("regularization_captions", default="", multiline=True, optional=True,
+                                tooltip="One caption per regularization picture, one per line (one line: for all)."),
             ],
             outputs=[
                 CustomizationType.Output("customization", tooltip="The trained subject (MVC_CUSTOMIZATION)."),
@@ -208,7 +224,9 @@ class TrainCustomization(io.ComfyNode):
                 class_word: str, name: str, steps: int, lr: float, token_lr: float, frames: int, references: int,
                 samples: int, seed: int, invert_mask: bool, resume: bool, fg_weight: float = 10.0,
                 bg_weight: float = 10.0, rgb_weight: float = 5.0, denoise_weight: float = 1.0,
-                overwrite: bool = False, clip: Any = None, vae: Any = None) -> io.NodeOutput:
+                overwrite: bool = False, clip: Any = None, vae: Any = None,
+                reference_dropout: float = TrainingConfig.reference_dropout,
+                regularization_images: torch.Tensor | None = None, regularization_captions: str = "") -> io.NodeOutput:
         require(cls, "cameras", isinstance(cameras, CameraSet),
                 f"must be an MVC_CAMERA_TRAJECTORY (CameraSet), got {type(cameras).__name__}")
         require(cls, "class_word", isinstance(class_word, str) and class_word.strip() != "",
@@ -227,9 +245,19 @@ class TrainCustomization(io.ComfyNode):
                                 token_lr=float(token_lr), frames=int(frames), references=int(references),
                                 seed=int(seed), featurenerf={"num_samples": int(samples)}, fg_weight=float(fg_weight),
                                 bg_weight=float(bg_weight), rgb_weight=float(rgb_weight),
-                                denoise_weight=float(denoise_weight), clip_skip=_clip_skip(clip))
+                                denoise_weight=float(denoise_weight), clip_skip=_clip_skip(clip),
+                                reference_dropout=float(reference_dropout))
         with blame(cls, None, _TRAINING_ARGUMENTS):
             config.check()
+        regularization = None
+        if regularization_images is not None:
+            pictures = image_to_chw(cls, "regularization_images", regularization_images)
+            captions = [line.strip() for line in regularization_captions.splitlines() if line.strip()]
+            captions = captions * pictures.shape[0] if len(captions) == 1 else captions
+            require(cls, "regularization_captions", len(captions) == pictures.shape[0],
+                    f"must hold one caption per regularization picture ({pictures.shape[0]}) or one for all, got "
+                    f"{len(captions)}")
+            regularization = RegularizationSet(pictures, captions)
         out = customization_folder() / f"{stem}.safetensors"
         embedding = _embeddings_folder() / f"{stem}.safetensors"
         checkpoint = checkpoint_path_for(out)
@@ -259,7 +287,7 @@ class TrainCustomization(io.ComfyNode):
                 "has no CLIP tokenizer (comfy/sd1_tokenizer was not found), which the subject token needs")
         with blame(cls, None, _TRAINING_ARGUMENTS):
             result = train_customization(core, reference, config, checkpoint=checkpoint, resume=bool(resume),
-                                         progress=report)
+                                         progress=report, regularization=regularization)
         write_owned(cls, "name", f"models/{CUSTOMIZATION_FOLDER}/{out.name}", out,
                     lambda path, replace: save_customization(path, result.customization, replace=replace),
                     ours, bool(overwrite))

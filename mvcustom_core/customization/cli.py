@@ -33,9 +33,9 @@ from mvcustom_core.customization.reference_poses import (
     reference_cameras_from_file, turntable_reference_cameras)
 from mvcustom_core.customization.token import DEFAULT_TOKEN, save_comfy_embedding
 from mvcustom_core.customization.training import (
-    TrainingConfig, TrainingError, checkpoint_path_for, train_customization)
+    RegularizationSet, TrainingConfig, TrainingError, checkpoint_path_for, train_customization)
 
-__all__ = ["main", "build_parser", "read_photos"]
+__all__ = ["main", "build_parser", "read_photos", "read_regularization"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -82,6 +82,22 @@ def read_photos(images: Path, masks: Path | None, size: tuple[int, int] | None =
     return rgbs, alphas
 
 
+def read_regularization(folder: Path, size: tuple[int, int]) -> RegularizationSet:
+    """Pictures resized to ``size = (H, W)`` and their captions (``<name>.txt`` beside ``<name>.png``)."""
+    from PIL import Image
+
+    pictures, captions = [], []
+    for path in _image_files(folder, "regularization"):
+        caption = path.with_suffix(".txt")
+        if not caption.is_file():
+            raise ReferenceInputError(f"--regularization: {path.name} has no caption file {caption.name}")
+        captions.append(caption.read_text(encoding="utf-8-sig").strip())
+        with Image.open(path) as im:
+            rgb = im.convert("RGB").resize((size[1], size[0]), Image.BICUBIC)
+        pictures.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1))
+    return RegularizationSet(torch.stack(pictures), captions)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mvcustom_core.customization",
                                      description="MVCustom subject customization (train / info).")
@@ -111,12 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("bank_views", int), ("seed", int), ("checkpoint_every", int),
                        ("fg_weight", float), ("bg_weight", float), ("rgb_weight", float),
                        ("denoise_weight", float), ("reference_max_timestep", int), ("ray_chunk", int),
-                       ("text_dropout", float)):
+                       ("text_dropout", float), ("reference_dropout", float)):
         t.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
     t.add_argument("--blocks", default=defaults.blocks, help="'every_other', 'all' or block indices/names")
     t.add_argument("--samples", type=int, default=24, help="FeatureNeRF samples per ray")
     t.add_argument("--timesteps", choices=["cubic", "uniform"], default=defaults.timesteps,
                    help="training timestep distribution (cubic: biased to high noise)")
+    t.add_argument("--regularization", type=Path,
+                   help="folder of regularization pictures, each with a same-named .txt caption, the target of "
+                        "steps whose references are dropped (--reference-dropout; CustomDiffusion360's addreg)")
     t.add_argument("--out", type=Path, required=True, help="customization file to write (.safetensors)")
     t.add_argument("--embedding", type=Path, help="also write the token as a ComfyUI embedding file")
     t.add_argument("--no-resume", action="store_true", help="ignore an existing <out>.training checkpoint")
@@ -162,9 +181,10 @@ def _train(args) -> int:
         checkpoint_every=args.checkpoint_every, fg_weight=args.fg_weight, bg_weight=args.bg_weight,
         rgb_weight=args.rgb_weight, denoise_weight=args.denoise_weight,
         reference_max_timestep=args.reference_max_timestep, ray_chunk=args.ray_chunk, blocks=args.blocks,
-        text_dropout=args.text_dropout, timesteps=args.timesteps,
+        text_dropout=args.text_dropout, reference_dropout=args.reference_dropout, timesteps=args.timesteps,
         featurenerf={"num_samples": args.samples})
     config.check()
+    regularization = None if args.regularization is None else read_regularization(args.regularization, (h, w))
     backbone = _backbone(args)
 
     def report(done: int, total: int, losses: dict) -> None:
@@ -174,7 +194,7 @@ def _train(args) -> int:
     checkpoint = checkpoint_path_for(args.out)
     try:
         result = train_customization(backbone, reference, config, checkpoint=checkpoint,
-                                     resume=not args.no_resume, progress=report)
+                                     resume=not args.no_resume, progress=report, regularization=regularization)
     except KeyboardInterrupt:
         print(f"interrupted; progress kept in {checkpoint}: run the same command to resume", file=sys.stderr)
         return 130

@@ -1,21 +1,25 @@
 """Per-subject training (MVCustom Stage 1, method.md §6): FeatureNeRF + fusion layers + the subject token.
 
-Trained: every pose-conditioned block's FeatureNeRF and ``W_fuse`` (learning rate ``lr``) and the subject
-token's input embedding (``token_lr``, lower). Frozen: everything else (UNet incl. motion modules, text
-encoder, VAE). One step:
+Trained: every pose-conditioned block's FeatureNeRF and ``W_fuse`` and the subject token's input embedding, both at
+learning rate 1e-4 by default (``lr``, ``token_lr``: CustomDiffusion360's ``trainkeys: pose`` puts the token in the
+base-rate group). Frozen: everything else (UNet incl. motion modules, text encoder, VAE). Per-step details follow
+CustomDiffusion360's released code; docs/customization.md tabulates them against ours. One step:
 
-1. draw F target photos (sorted, they form one clip whose cameras are the clip's target cameras) and N
-   other photos as references, a target timestep ``t`` (cubic: ``t = ⌊(1 − u³) T⌋``, ``u ~ U[0, 1)``, biased
-   to high noise as CustomDiffusion360's training, method.md §6.4; or uniform) and a reference timestep
-   ``t_ref ~ U[0, reference_max_timestep)`` (low noise, method.md §4.2);
+1. draw F target photos (sorted, they form one clip whose cameras are the clip's target cameras), N references
+   spread evenly over the other photos with a random offset, a target timestep ``t = ⌊(1 − u³)(T − 1)⌋``
+   (``u ~ U[0, 1)``, CustomDiffusion360's cubic sampling, biased to high noise; or uniform), a reference timestep
+   ``t_ref ~ U[0, reference_max_timestep)`` (low noise, method.md §4.2), and the dropouts: with probability
+   ``reference_dropout`` the references are null (zero latents, empty prompt) and the target is the photos with the
+   subject prompt or a regularization picture with its caption; otherwise, with probability ``text_dropout``, the
+   empty prompt in both streams;
 2. reference latents noised to ``t_ref`` go through the UNet without gradients, motion modules bypassed (each
    reference on its own, as an image), with the pose context in *capture* mode: every pose block stores its output
    tokens (the reference bank of this step);
 3. target latents noised to ``t`` go through the UNet in *render* mode with the prompt
-   ``"photo of a <token> <class word>"`` (the empty prompt with probability ``text_dropout``, in both
-   streams): every pose block renders FeatureNeRF from the bank for the target cameras;
+   ``"photo of a <token> <class word>"``: every pose block renders FeatureNeRF from the bank for the target cameras;
 4. loss ``L = λ_diff L_diff + Σ_blocks (λ_fg L_fg + λ_bg L_bg + λ_rgb L_rgb)`` (method.md §6.2,
-   :mod:`mvcustom_core.customization.losses`), AdamW step.
+   :mod:`mvcustom_core.customization.losses`; without references only ``L_diff``, over the whole picture), AdamW
+   step.
 
 Afterwards the reference bank for inference is captured once from ``bank_views`` photos spread evenly over
 the set, for both CFG branches (empty prompt, then the subject prompt), so inference needs no photos.
@@ -55,8 +59,8 @@ from mvcustom_core.customization.reference_poses import ReferenceSet
 from mvcustom_core.customization.token import DEFAULT_TOKEN, add_subject_token
 from mvcustom_core.files import atomic_write
 
-__all__ = ["TrainingConfig", "TrainingResult", "TrainingError", "CHECKPOINT_FORMAT", "train_customization",
-           "checkpoint_path_for", "sample_timesteps", "reference_digest",
+__all__ = ["TrainingConfig", "TrainingResult", "TrainingError", "RegularizationSet", "CHECKPOINT_FORMAT", "train_customization",
+           "checkpoint_path_for", "sample_timesteps", "spread_references", "reference_digest",
            "encode_references", "unet_epsilon", "capture_reference_bank", "bank_indices", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "mvcustom.training-checkpoint/1"
@@ -79,11 +83,11 @@ class TrainingConfig:
         prompt_template: training prompt; ``{token}`` and ``{class_word}`` are filled in.
         steps: optimizer steps (CustomDiffusion360: ~1.6k).
         lr: AdamW learning rate of FeatureNeRF and fusion (CustomDiffusion360: 1e-4).
-        token_lr: learning rate of the token embedding; lower by default (0.05 × lr, CustomDiffusion360's
-            low-lr multiplier).
-        weight_decay: AdamW weight decay of the pose weights (the token has none).
+        token_lr: learning rate of the token embedding (CustomDiffusion360 trains it at the base rate, 1e-4).
+        weight_decay: AdamW weight decay of the pose weights and the token (torch's AdamW default, which
+            CustomDiffusion360 keeps).
         frames: F target frames per step (one clip).
-        references: N reference views per step.
+        references: N reference views per step, spread evenly over the other photos with a random offset.
         bank_views: reference views stored for inference (CustomDiffusion360: 8).
         reference_max_timestep: reference noise ``t_ref ~ U[0, this)``; the bank uses ``bank_timestep``.
         bank_timestep: timestep of the stored reference bank.
@@ -94,8 +98,14 @@ class TrainingConfig:
         mask_denoising: average the denoising loss inside the dilated mask (CustomDiffusion360) or everywhere.
         text_dropout: probability that a step uses the empty prompt (references and targets), so the
             unconditional CFG branch also sees pose blocks in training (CustomDiffusion360: 0.1).
-        timesteps: ``"cubic"`` (``t = ⌊(1 − u³) T⌋``; the "cubic sampling" of diffusers'
-            ``examples/t2i_adapter/train_t2i_adapter_sdxl.py``) or ``"uniform"`` (``t ~ U{0 … T−1}``).
+        reference_dropout: probability that a step drops its references (CustomDiffusion360: 0.25): the
+            reference latents become zeros (what CustomDiffusion360's noise images turn into before noising)
+            with the empty prompt, the FeatureNeRF losses are off and the denoising loss covers the whole
+            picture; the target is a regularization picture with its caption when ``train_customization``
+            has any, else the photos with the subject prompt.
+        timesteps: ``"cubic"`` (``t = ⌊(1 − u³)(T − 1)⌋``, CustomDiffusion360's ``CubicSampling``; also the
+            "cubic sampling" of diffusers' ``examples/t2i_adapter/train_t2i_adapter_sdxl.py``) or ``"uniform"``
+            (``t ~ U{0 … T−1}``).
         seed: seeds every random draw.
         checkpoint_every: steps between checkpoints.
         ray_chunk: FeatureNeRF rays per chunk (memory bound).
@@ -108,7 +118,7 @@ class TrainingConfig:
     prompt_template: str = "photo of a {token} {class_word}"
     steps: int = 1600
     lr: float = 1e-4
-    token_lr: float = 5e-6
+    token_lr: float = 1e-4
     weight_decay: float = 1e-2
     frames: int = 4
     references: int = 4
@@ -124,6 +134,7 @@ class TrainingConfig:
     mask_dilate: int = 7
     mask_denoising: bool = True
     text_dropout: float = 0.1
+    reference_dropout: float = 0.25
     timesteps: str = "cubic"
     seed: int = 0
     checkpoint_every: int = 100
@@ -145,8 +156,10 @@ class TrainingConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise about(name, TrainingError(f"{name} must be a finite number ≥ 0, got {value!r}"))
-        if not (isinstance(self.text_dropout, (int, float)) and 0.0 <= self.text_dropout <= 1.0):
-            raise about("text_dropout", TrainingError(f"text_dropout must be in [0, 1], got {self.text_dropout!r}"))
+        for name in ("text_dropout", "reference_dropout"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise about(name, TrainingError(f"{name} must be in [0, 1], got {value!r}"))
         if self.timesteps not in ("cubic", "uniform"):
             raise about("timesteps", TrainingError(f"timesteps must be 'cubic' or 'uniform', got {self.timesteps!r}"))
         if not self.class_word or not self.class_word.strip():
@@ -250,6 +263,33 @@ def _trainable_state(unet: nn.Module, token_vector: Tensor) -> dict[str, Any]:
     return {"pose": pose, "token": token_vector.detach().clone()}
 
 
+@dataclass
+class RegularizationSet:
+    """Regularization pictures for the steps whose references are dropped (CustomDiffusion360's ``addreg``).
+
+    Attributes:
+        images: ``[R, 3, H, W]`` in [0, 1], the size of the reference photos (e.g. generated by the backbone
+            from class prompts, as in Custom Diffusion's prior preservation).
+        captions: R prompts, one per picture.
+    """
+
+    images: Tensor
+    captions: list[str]
+
+    def check(self, size: tuple[int, int]) -> None:
+        """Raise :class:`TrainingError` naming the problem (count, size, range)."""
+        if self.images.ndim != 4 or self.images.shape[1] != 3 or self.images.shape[0] < 1:
+            raise about("regularization", TrainingError(
+                f"regularization images must be [R, 3, H, W], got {list(self.images.shape)}"))
+        if len(self.captions) != self.images.shape[0]:
+            raise about("regularization", TrainingError(
+                f"{self.images.shape[0]} regularization images but {len(self.captions)} captions"))
+        if tuple(self.images.shape[-2:]) != tuple(size):
+            raise about("regularization", TrainingError(
+                f"regularization images are {self.images.shape[-1]}x{self.images.shape[-2]}, the photos "
+                f"{size[1]}x{size[0]}; give them the photos' size"))
+
+
 def reference_digest(reference: ReferenceSet) -> str:
     """SHA-256 of the photos, masks and cameras: a checkpoint only resumes on the same data."""
     digest = hashlib.sha256()
@@ -291,19 +331,51 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------- training
 def sample_timesteps(gen: torch.Generator, n: int, num_train_timesteps: int, kind: str = "cubic") -> Tensor:
-    """``[n]`` int64 training timesteps: ``⌊(1 − u³) T⌋`` (cubic) or ``⌊u T⌋`` (uniform), ``u ~ U[0, 1)``."""
+    """``[n]`` int64 training timesteps, ``u ~ U[0, 1)``: ``⌊(1 − u³)(T − 1)⌋`` (cubic, CustomDiffusion360's
+    ``CubicSampling`` over its 1000 DDPM levels) or ``⌊u T⌋`` (uniform)."""
     u = torch.rand((n,), generator=gen, dtype=torch.float64)
-    t = (1 - u**3) * num_train_timesteps if kind == "cubic" else u * num_train_timesteps
+    t = (1 - u**3) * (num_train_timesteps - 1) if kind == "cubic" else u * num_train_timesteps
     return t.long().clamp(0, num_train_timesteps - 1)
 
 
+def spread_references(others: Tensor, count: int, offset: int) -> Tensor:
+    """``count`` of the photo indices ``others`` (in capture order), evenly spread: ``others[(⌊i·L/n⌋ + offset)
+    mod L]`` for ``i < n = min(count, L)``.
+
+    CustomDiffusion360 picks its 4 references at evenly spaced positions of the sequence with a random offset,
+    so every step sees the subject from around it; photos taken in order around the subject (a turntable, a
+    walk-around video) are then spread in viewpoint too.
+    """
+    length = others.numel()
+    n = min(count, length)
+    return others[(torch.arange(n) * length // n + offset) % length]
+
+
 def _sample_step(gen: torch.Generator, m: int, frames: int, refs: int) -> tuple[Tensor, Tensor]:
-    """Sorted F target indices and N reference indices drawn from the other photos."""
+    """Sorted F target indices, and N reference indices spread evenly over the other photos (random offset)."""
     f = min(frames, m - 1)
-    perm = torch.randperm(m, generator=gen)
-    targets = perm[:f].sort().values
-    rest = perm[f:]
-    return targets, rest[:min(refs, rest.numel())]
+    targets = torch.randperm(m, generator=gen)[:f].sort().values
+    others = torch.tensor([i for i in range(m) if i not in set(targets.tolist())])
+    offset = int(torch.randint(0, others.numel(), (1,), generator=gen))
+    return targets, spread_references(others, refs, offset)
+
+
+def _step_inputs(ref_latents: Tensor, target_latents: Tensor, prompt: str, *, drop_text: bool, drop_refs: bool,
+                 regularization: tuple[Tensor, str] | None = None) -> tuple[Tensor, str, Tensor, str]:
+    """What one step trains on: ``(reference latents, reference prompt, target latents, target prompt)``.
+
+    CustomDiffusion360's data loader: a text-dropped step uses the empty prompt (here in both streams, the
+    configuration of the stored unconditional bank row); a reference-dropped step has null references (zero
+    latents, empty prompt) and keeps the target's prompt, or replaces the target by a regularization picture
+    ``[4, h, w]`` (a still clip) with its caption.
+    """
+    if not drop_refs:
+        text = "" if drop_text else prompt
+        return ref_latents, text, target_latents, text
+    if regularization is None:
+        return torch.zeros_like(ref_latents), "", target_latents, prompt
+    picture, caption = regularization
+    return torch.zeros_like(ref_latents), "", picture.expand_as(target_latents), caption
 
 
 # Hosts may call this under torch.inference_mode (ComfyUI runs every node in it): training needs autograd,
@@ -318,6 +390,7 @@ def train_customization(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = True,
     progress: ProgressFn | None = None,
+    regularization: RegularizationSet | None = None,
 ) -> TrainingResult:
     """Train a subject customization (see the module docstring).
 
@@ -333,6 +406,8 @@ def train_customization(
         checkpoint: checkpoint file; resumed from when it exists and ``resume``.
         progress: ``progress(done, total, losses)`` after every step; raising in it stops the run cleanly
             (a checkpoint is written first when ``checkpoint`` is set), then the exception propagates.
+        regularization: optional pictures + captions that replace the target in steps whose references are
+            dropped (``config.reference_dropout``); part of what a checkpoint must be resumed with.
 
     Returns:
         :class:`TrainingResult`.
@@ -361,6 +436,13 @@ def train_customization(
     fingerprint = backbone_fingerprint(unet)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     data_digest = reference_digest(reference)
+    checkpoint_data = data_digest
+    if regularization is not None:
+        regularization.check((h, w))
+        digest = hashlib.sha256(data_digest.encode())
+        digest.update(regularization.images.detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(json.dumps(list(regularization.captions)).encode())
+        checkpoint_data = digest.hexdigest()
     state = load_checkpoint(ckpt_path) if ckpt_path is not None and resume and ckpt_path.exists() else None
     if state is not None:
         if json.loads(state["resume_key"]) != config.resume_key():
@@ -371,9 +453,10 @@ def train_customization(
             check_backbone(json.loads(state["backbone"]), unet, f"checkpoint {ckpt_path}")
         except ValueError as error:
             raise about("checkpoint", error)
-        if state.get("data") != data_digest:
+        if state.get("data") != checkpoint_data:
             raise about("checkpoint", TrainingError(f"{ckpt_path}: checkpoint was written for other photos, masks or "
-                                                    "cameras; turn resume off, or train on the same reference set"))
+                                                    "cameras (or regularization pictures); turn resume off, or train "
+                                                    "on the same reference set"))
 
     from diffusers import DDPMScheduler
 
@@ -398,7 +481,7 @@ def train_customization(
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW([
         {"params": pose_params, "lr": config.lr, "weight_decay": config.weight_decay},
-        {"params": [token_emb.vector], "lr": config.token_lr, "weight_decay": 0.0}])
+        {"params": [token_emb.vector], "lr": config.token_lr, "weight_decay": config.weight_decay}])
     gen = torch.Generator().manual_seed(config.seed)
     start, history = 0, []
     if state is not None:
@@ -414,6 +497,7 @@ def train_customization(
     masks = reference.masks.to(device)
     cams = reference.cameras
     latents = encode_references(vae, images)
+    reg_latents = None if regularization is None else encode_references(vae, regularization.images.to(device))
     prompt, empty = config.prompt(), ""
     from mvcustom_core.backbone.text import encode_prompt
 
@@ -424,7 +508,7 @@ def train_customization(
     def save(step: int, gen_state: Tensor) -> None:
         if ckpt_path is not None:
             _write_checkpoint(ckpt_path, step, unet, token_emb.vector, optimizer, gen_state, config,
-                              fingerprint, history, data_digest)
+                              fingerprint, history, checkpoint_data)
 
     try:
         for step in range(start, end):
@@ -434,25 +518,30 @@ def train_customization(
             noise = torch.randn(latents[targets].shape, generator=gen).to(latents)
             ref_noise = torch.randn(latents[refs].shape, generator=gen).to(latents)
             ctx.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-            step_prompt = empty if float(torch.rand((), generator=gen)) < config.text_dropout else prompt
+            drop_text = float(torch.rand((), generator=gen)) < config.text_dropout
+            drop_refs = float(torch.rand((), generator=gen)) < config.reference_dropout
+            reg = (int(torch.randint(0, reg_latents.shape[0], (1,), generator=gen))
+                   if drop_refs and reg_latents is not None else None)
+            ref_latents, ref_prompt, target_latents, target_prompt = _step_inputs(
+                latents[refs], latents[targets], prompt, drop_text=drop_text, drop_refs=drop_refs,
+                regularization=None if reg is None else (reg_latents[reg], regularization.captions[reg]))
 
             with torch.no_grad():
-                ref_text = encode_prompt(text_encoder, tokenizer, step_prompt, clip_skip=config.clip_skip)
+                ref_text = encode_prompt(text_encoder, tokenizer, ref_prompt, clip_skip=config.clip_skip)
             ctx.jitter = False
-            capture_reference_bank(unet, ctx, latents[refs], cams[refs], [ref_text], int(t_ref),
-                                   ref_noise, scheduler)
+            capture_reference_bank(unet, ctx, ref_latents, cams[refs], [ref_text], int(t_ref), ref_noise, scheduler)
 
             ctx.mode, ctx.target_cams, ctx.jitter = "render", cams[targets], True
             ctx.outputs = {}
-            text = encode_prompt(text_encoder, tokenizer, step_prompt, clip_skip=config.clip_skip)
-            noisy = scheduler.add_noise(latents[targets], noise, t)
+            text = encode_prompt(text_encoder, tokenizer, target_prompt, clip_skip=config.clip_skip)
+            noisy = scheduler.add_noise(target_latents, noise, t)
             eps = unet_epsilon(unet, noisy, t.to(device), text)
             target_masks = masks[targets]
-            parts = {"denoise": masked_denoising_loss(
-                eps, noise, target_masks if config.mask_denoising else None, dilate=config.mask_dilate)
-                * config.denoise_weight}
+            loss_mask = target_masks if config.mask_denoising and not drop_refs else None
+            parts = {"denoise": masked_denoising_loss(eps, noise, loss_mask, dilate=config.mask_dilate)
+                     * config.denoise_weight}
             fg = bg = rgb = torch.zeros((), device=device)
-            for outs in ctx.outputs.values():
+            for outs in ctx.outputs.values() if not drop_refs else ():  # nothing to fit without references
                 for out in outs:
                     terms = featurenerf_losses(out, target_masks, images[targets], weights)
                     fg, bg = fg + terms["fg"], bg + terms["bg"]

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from mvcustom_core.cameras import save_camera_file
-from mvcustom_core.customization.cli import main, read_photos
+from mvcustom_core.customization.cli import main, read_photos, read_regularization
 from mvcustom_core.customization.file_format import load_customization
 from mvcustom_core.files import save_png
 from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
@@ -74,3 +74,21 @@ def test_bad_inputs_exit_2_with_a_message_naming_them(photo_folders, tmp_path, c
     assert "cameras: 3 cameras for 4 images" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "absent.safetensors")]) == 2
     assert "no such customization file" in capsys.readouterr().err
+
+
+def test_regularization_folder_reads_pictures_with_their_captions(photo_folders, tmp_path, capsys):
+    images, masks, render = photo_folders
+    reg = tmp_path / "reg"
+    save_png(render.rgb[0], reg / "b.png")
+    save_png(render.rgb[1], reg / "a.png")
+    (reg / "a.txt").write_text("a dog on grass\n")
+    (reg / "b.txt").write_text("\ufeffa dog in snow")  # a byte-order mark (Notepad) is not part of the caption
+    pictures = read_regularization(reg, (32, 32))
+    assert pictures.captions == ["a dog on grass", "a dog in snow"] and pictures.images.shape == (2, 3, 32, 32)
+    common = ["train", "--images", str(images), "--masks", str(masks), "--turntable", "--tiny", "--class-word",
+              "dog", "--steps", "1", "--frames", "1", "--references", "1", "--bank-views", "1", "--samples", "4",
+              "--reference-dropout", "1", "--out", str(tmp_path / "x.safetensors")]
+    assert main(common + ["--regularization", str(reg)]) == 0
+    (reg / "a.txt").unlink()
+    assert main(common + ["--regularization", str(reg)]) == 2
+    assert "--regularization: a.png has no caption file a.txt" in capsys.readouterr().err

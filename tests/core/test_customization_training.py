@@ -22,8 +22,10 @@ from mvcustom_core.backbone.tiny import tiny_backbone
 from mvcustom_core.customization.pose_block import pose_blocks
 from mvcustom_core.customization.reference_poses import prepare_reference_set
 from mvcustom_core.customization.token import class_word_embedding, subject_token_embedding
+from mvcustom_core.customization import training
 from mvcustom_core.customization.training import (
-    TrainingConfig, TrainingError, bank_indices, load_checkpoint, sample_timesteps, train_customization)
+    RegularizationSet, TrainingConfig, TrainingError, bank_indices, load_checkpoint, sample_timesteps,
+    spread_references, train_customization)
 from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,6 +178,61 @@ def test_training_timesteps_follow_their_distributions():
     for x in (0.1, 0.5, 0.9):
         assert abs(float((cubic < x * 1000).double().mean()) - (1 - (1 - x) ** (1 / 3))) < 0.01
         assert abs(float((uniform < x * 1000).double().mean()) - x) < 0.01
+
+
+def test_cubic_timesteps_are_customdiffusion360s_draw():
+    """CubicSampling: idx = ⌊(1 − u³)(T − 1)⌋ for the same u (torch.rand in float64)."""
+    u = torch.rand((500,), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = ((1 - u**3) * 999).floor().long()
+    assert torch.equal(sample_timesteps(torch.Generator().manual_seed(3), 500, 1000, "cubic"), expected)
+
+
+def test_references_are_spread_evenly_around_the_subject():
+    assert spread_references(torch.arange(10, 22), 4, 0).tolist() == [10, 13, 16, 19]
+    assert spread_references(torch.arange(10, 22), 4, 5).tolist() == [15, 18, 21, 12]
+    assert spread_references(torch.arange(5), 8, 1).tolist() == [1, 2, 3, 4, 0]  # fewer photos than asked
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):  # 14 photos, 2 targets: 4 references, cyclic gaps of 3 among the other 12
+        targets, refs = training._sample_step(gen, 14, 2, 4)
+        others = [i for i in range(14) if i not in targets.tolist()]
+        positions = sorted(others.index(r) for r in refs.tolist())
+        gaps = [(b - a) % 12 for a, b in zip(positions, positions[1:] + positions[:1])]
+        assert gaps == [3, 3, 3, 3] and not set(refs.tolist()) & set(targets.tolist())
+
+
+def test_step_inputs_follow_customdiffusion360s_dropout():
+    refs, targets = torch.randn(3, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    picture = torch.randn(4, 8, 8)
+    plain = training._step_inputs(refs, targets, "photo of a V dog", drop_text=False, drop_refs=False)
+    assert plain[0] is refs and plain[2] is targets and plain[1] == plain[3] == "photo of a V dog"
+    no_text = training._step_inputs(refs, targets, "photo of a V dog", drop_text=True, drop_refs=False)
+    assert no_text[1] == no_text[3] == ""
+    dropped = training._step_inputs(refs, targets, "photo of a V dog", drop_text=True, drop_refs=True)
+    assert not dropped[0].any() and dropped[1] == "" and dropped[2] is targets and dropped[3] == "photo of a V dog"
+    regularized = training._step_inputs(refs, targets, "photo of a V dog", drop_text=False, drop_refs=True,
+                                        regularization=(picture, "a dog on grass"))
+    assert not regularized[0].any() and regularized[1] == ""
+    assert torch.equal(regularized[2], picture.expand(2, -1, -1, -1)) and regularized[3] == "a dog on grass"
+
+
+def test_reference_dropout_and_regularization_pictures(backbone, reference, tmp_path):
+    """With every step's references dropped the FeatureNeRF losses are off; regularization pictures must have
+    the photos' size and one caption each, and a checkpoint resumes only with the same pictures."""
+    dropped = train_customization(backbone, reference, _config(steps=2, reference_dropout=1.0))
+    assert all(r["fg"] == r["bg"] == r["rgb"] == 0.0 and r["denoise"] > 0 for r in dropped.losses)
+    pictures = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    reg = RegularizationSet(pictures, ["a dog on grass", "a dog in snow"])
+    ckpt = tmp_path / "dog.training"
+    train_customization(backbone, reference, _config(steps=2, reference_dropout=0.5), checkpoint=ckpt,
+                        regularization=reg)
+    with pytest.raises(TrainingError, match=r"other photos, masks or cameras \(or regularization pictures\)"):
+        train_customization(backbone, reference, _config(steps=3, reference_dropout=0.5), checkpoint=ckpt,
+                            regularization=RegularizationSet(pictures.flip(0), reg.captions))
+    with pytest.raises(TrainingError, match=r"2 regularization images but 1 captions"):
+        train_customization(backbone, reference, _config(), regularization=RegularizationSet(pictures, ["x"]))
+    with pytest.raises(TrainingError, match=r"regularization images are 32x32, the photos 64x64"):
+        train_customization(backbone, reference, _config(),
+                            regularization=RegularizationSet(pictures[..., :32, :32], reg.captions))
 
 
 def test_a_host_running_under_inference_mode_still_trains(backbone, uninterrupted):

@@ -79,6 +79,11 @@ def test_bad_inputs_are_named(nodes, backbone, photos):
         (dict(class_word=" "), "input 'class_word'"),
         (dict(backbone=object()), "input 'backbone'"),
         (dict(bg_weight=-1.0), "input 'bg_weight'.*≥ 0"),
+        (dict(reference_dropout=1.5), r"input 'reference_dropout'.*must be in \[0, 1\]"),
+        (dict(regularization_images=images[:2], regularization_captions="a dog\na cat\na cow"),
+         r"input 'regularization_captions' must hold one caption per regularization picture \(2\)"),
+        (dict(regularization_images=images[:2, :32, :32], regularization_captions="a dog"),
+         r"input 'regularization_images'.*are 32x32, the photos 64x64"),
     ]
     for override, pattern in cases:
         with pytest.raises(ValueError, match=pattern):
