@@ -148,8 +148,8 @@ class DepthAwareFeatureRendering(io.ComfyNode):
             require(cls, "depth_image", depth_image is not None, f"must be connected for depth source {depth_source!r}")
             depth = depth_from_image(_anchor_picture(cls, "depth_image", depth_image, a, cams.num_frames))
         names = tuple(n.strip() for n in layers.split(",") if n.strip()) or None
-        with blame(cls, input_named_in(["steps", "fraction", "depth_kind", "scale", "shift", "max_rel_depth_jump"],
-                                       "steps")):
+        # depth_kind follows from depth_source, so only a bug could make it wrong: such errors pass unnamed
+        with blame(cls, input_named_in(["steps", "fraction", "scale", "shift", "max_rel_depth_jump"], None)):
             plan = DFRPlan(anchor=anchor, depth=depth, depth_kind=kind or "disparity",
                            scale=float(scale) if scale > 0 else None, shift=float(shift) if scale > 0 else None,
                            layers=names, steps=None if int(steps) == USE_FRACTION else int(steps),

@@ -45,8 +45,10 @@ def test_pack_imports_without_failure(comfy):
     assert f"custom_nodes/{PACK_FOLDER}" in log, f"the pack was not loaded at all:\n{log[-3000:]}"
     failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and PACK_FOLDER in line]
     assert failed == [], "\n".join(failed) + "\n" + log[-4000:]
-    # nothing else about the pack: no traceback through its files, no warning naming it
-    ours = [line for line in log.splitlines() if str(REPO_ROOT) in line or PACK_FOLDER in line]
+    # nothing else about the pack while ComfyUI starts: no traceback through its files, no warning naming it
+    # (later lines are prompts' errors, which other tests of the session cause on purpose)
+    startup = log.split("To see the GUI go to", 1)[0]
+    ours = [line for line in startup.splitlines() if str(REPO_ROOT) in line or PACK_FOLDER in line]
     unexpected = [line for line in ours if not re.fullmatch(rf"\s*[\d.]+ seconds: .*/{PACK_FOLDER}", line)]
     assert unexpected == [], "\n".join(unexpected)
 
@@ -228,7 +230,7 @@ def test_customizations_stay_out_of_animatediff_evolveds_motion_model_list(comfy
     assert "host_subject.safetensors" in options("MVC_LoadCustomization", "customization")
     motion_models = comfy.get_json("/models/animatediff_models")
     assert not any(name.startswith("host_") for name in motion_models), motion_models
-    assert sorted(comfy.get_json("/models/mvcustom")) >= ["host_subject.safetensors", "host_trained_mm.safetensors"]
+    assert set(comfy.get_json("/models/mvcustom")) >= {"host_subject.safetensors", "host_trained_mm.safetensors"}
 
 
 def test_whole_mvcustom_job_runs_on_the_tiny_backbone(comfy):

@@ -11,12 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mvcustom_core.backbone.tiny import tiny_backbone
 from mvcustom_core.customization.training import checkpoint_path_for
-from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 from mvcustom_core.trajectories import make_trajectory
 
 from .conftest import PACK_NAME, run_node
+from .test_customization_nodes import backbone, photos  # noqa: F401  (fixtures: the tiny backbone, 4 subject views)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -46,24 +45,28 @@ def _bad_names(world, name):
             f"{name}\0.txt", "link_out.txt", f"dir_out/{name}", "no_such_file.txt", "C:\\\\x\\" + name]
 
 
-def _same_message(messages: dict[str, str]) -> None:
-    """The refusals differ only in the echoed value: nothing tells whether or why a name exists."""
+def _refused_alike(execute, validate, names: list[str], pattern: str) -> dict[str, str]:
+    """Every name refused by ``execute(name)`` with ``pattern`` and the same words at queue time (``validate``),
+    the messages differing only in the echoed value: nothing tells whether or why a name exists."""
+    messages = {}
+    for name in names:
+        with pytest.raises(ValueError, match=pattern) as raised:
+            execute(name)
+        messages[name] = str(raised.value)
+        assert validate(name) == messages[name]
     shapes = {m.replace(repr(v[:120]), "<value>") for v, m in messages.items()}
     assert len(shapes) == 1, shapes
+    return messages
 
 
 def test_load_trajectory_refuses_everything_outside_the_input_folder_alike(node, run, world):
     load = node("MVC_LoadTrajectory")
     assert len(run(load, file="good.txt").args[0]) > 1
-    messages = {}
-    for name in _bad_names(world, "poses.txt"):
-        with pytest.raises(ValueError, match=r"^MVCustom Load Trajectory: input 'file' must name a camera file or "
-                                             r"COLMAP folder in ComfyUI's input folder; ") as raised:
-            run(load, file=name)
-        messages[name] = str(raised.value)
-        assert load.validate_inputs(file=name) == messages[name]  # the same at queue time
-        assert load.fingerprint_inputs(file=name, format="auto") == name  # no error, no file read
-    _same_message(messages)
+    names = _bad_names(world, "poses.txt")
+    messages = _refused_alike(lambda name: run(load, file=name), lambda name: load.validate_inputs(file=name), names,
+                              r"^MVCustom Load Trajectory: input 'file' must name a camera file or COLMAP folder in "
+                              r"ComfyUI's input folder; ")
+    assert all(load.fingerprint_inputs(file=name, format="auto") == name for name in names)  # no error, no read
     assert all(str(world["input"]) not in m.replace(repr(v), "") for v, m in messages.items())
 
 
@@ -89,17 +92,15 @@ def test_wrong_format_for_a_good_file_names_format(node, run, world):
         run(load, file="model", format="realestate10k")
 
 
-def test_load_customization_refuses_a_valid_file_outside_models(node, run, world):
-    nodes = importlib.import_module(f"{PACK_NAME}.nodes.customization")
-    load = nodes.LoadCustomization
-    messages = {}
-    for name in _bad_names(world, "subject.safetensors"):
-        with pytest.raises(ValueError, match=r"^MVCustom Load Customization: input 'customization' must name a "
-                                             r"customization file in models/mvcustom; ") as raised:
-            run_node(load, customization=name)
-        messages[name] = str(raised.value)
-        assert load.validate_inputs(customization=name) == messages[name]
-    _same_message(messages)
+def test_load_customization_refuses_a_file_outside_models(node, run, world):
+    from mvcustom_core.customization.file_format import FORMAT_NAME
+
+    save_file({"x": torch.zeros(1)}, str(world["outside"] / "subject.safetensors"), metadata={"format": FORMAT_NAME})
+    load = importlib.import_module(f"{PACK_NAME}.nodes.customization").LoadCustomization
+    _refused_alike(lambda name: run_node(load, customization=name),
+                   lambda name: load.validate_inputs(customization=name), _bad_names(world, "subject.safetensors"),
+                   r"^MVCustom Load Customization: input 'customization' must name a customization file in "
+                   r"models/mvcustom; ")
 
 
 def test_corrupt_customization_is_named_without_server_paths(node, run, world):
@@ -143,24 +144,17 @@ def test_save_refuses_a_linked_subfolder_that_leads_outside(node, run, world):
 
 
 # ------------------------------------------------------------------------------------------------ training
-@pytest.fixture(scope="module")
-def backbone():
-    return tiny_backbone(seed=0)
-
-
-@pytest.fixture(scope="module")
-def photos():
-    cams = turntable_cameras(4, elevation_deg=20.0, radius=2.5, image_size=(64, 64), fov_y_deg=45.0)
-    render = SyntheticScene(seed=1, ground=False).render(cams)
-    return dict(images=render.rgb.permute(0, 2, 3, 1).contiguous(), masks=render.mask[:, 0].contiguous(),
-                cameras=cams)
-
-
 def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_training_never_replaces_a_file_it_did_not_write_for_this_subject(world, backbone, photos):
+@pytest.fixture
+def views(photos):
+    images, masks, cameras = photos
+    return dict(images=images, masks=masks, cameras=cameras)
+
+
+def test_training_never_replaces_a_file_it_did_not_write_for_this_subject(world, backbone, views):
     nodes = importlib.import_module(f"{PACK_NAME}.nodes.customization")
     train = nodes.TrainCustomization
     embeddings = world["models"] / "embeddings"
@@ -171,37 +165,37 @@ def test_training_never_replaces_a_file_it_did_not_write_for_this_subject(world,
     with pytest.raises(ValueError, match=r"^MVCustom Train Customization: input 'name' would replace "
                                          r"models/embeddings/precious\.safetensors, which MVCustom did not write for "
                                          r"this subject; choose another name or turn on 'overwrite'"):
-        run_node(train, backbone=backbone, name="precious", **photos, **SMALL)
+        run_node(train, backbone=backbone, name="precious", **views, **SMALL)
     assert _digest(precious) == before
     assert not (world["models"] / "mvcustom" / "precious.safetensors").exists()  # refused before any work
     assert not checkpoint_path_for(world["models"] / "mvcustom" / "precious.safetensors").exists()
 
-    run_node(train, backbone=backbone, name="precious", overwrite=True, **photos, **SMALL)  # explicit: replaced
+    run_node(train, backbone=backbone, name="precious", overwrite=True, **views, **SMALL)  # explicit: replaced
     assert load_file(str(precious))["emb_params"].shape == (1, 32) and _digest(precious) != before
     first = _digest(precious)
-    run_node(train, backbone=backbone, name="precious", **photos, **{**SMALL, "steps": 2})  # same photos: its own
+    run_node(train, backbone=backbone, name="precious", **views, **{**SMALL, "steps": 2})  # same photos: its own
     assert _digest(precious) != first
 
-    other = {**photos, "images": photos["images"].flip(0), "masks": photos["masks"].flip(0)}
+    other = {**views, "images": views["images"].flip(0), "masks": views["masks"].flip(0)}
     with pytest.raises(ValueError, match=r"input 'name' would replace models/mvcustom/precious\.safetensors, "
                                          r"models/embeddings/precious\.safetensors"):
         run_node(train, backbone=backbone, name="precious", resume=False, **other, **SMALL)  # another subject
 
 
-def test_training_name_and_resume_errors_name_their_input(world, backbone, photos):
+def test_training_name_and_resume_errors_name_their_input(world, backbone, views):
     nodes = importlib.import_module(f"{PACK_NAME}.nodes.customization")
     train = nodes.TrainCustomization
     for bad in ("with\0nul", "../up", "a/b", ".hidden", "  "):
         with pytest.raises(ValueError, match=r"^MVCustom Train Customization: input 'name' must be a plain file name"):
-            run_node(train, backbone=backbone, name=bad, **photos, **SMALL)
+            run_node(train, backbone=backbone, name=bad, **views, **SMALL)
     ckpt = checkpoint_path_for(world["models"] / "mvcustom" / "subj.safetensors")
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"PK\x03\x04 not a checkpoint")
     with pytest.raises(ValueError, match=r"^MVCustom Train Customization: input 'resume' is invalid: "
                                          r"models/mvcustom/subj\.safetensors\.training: not a readable training "
                                          r"checkpoint") as raised:
-        run_node(train, backbone=backbone, name="subj", resume=True, **photos, **SMALL)
+        run_node(train, backbone=backbone, name="subj", resume=True, **views, **SMALL)
     assert str(world["models"]) not in str(raised.value)
     with pytest.raises(ValueError, match=r"input 'name' would replace models/mvcustom/subj\.safetensors\.training"):
-        run_node(train, backbone=backbone, name="subj", resume=False, **photos, **SMALL)  # not ours either
+        run_node(train, backbone=backbone, name="subj", resume=False, **views, **SMALL)  # not ours either
     assert ckpt.read_bytes() == b"PK\x03\x04 not a checkpoint"
