@@ -40,6 +40,7 @@ BENCHMARKS = [
     ("FeatureNeRF and customization step", "benchmarks.bench_customization"),
     ("MVCustom sampler overhead", "benchmarks.bench_sampler"),
     ("Full-size job", "benchmarks.bench_fullsize"),
+    ("Load Checkpoint MODEL bridge: memory", "benchmarks.bench_bridge"),
 ]
 
 

@@ -80,6 +80,23 @@ def _compute_dtype(model: Any) -> torch.dtype:
     return getattr(base, "manual_cast_dtype", None) or model.model_dtype()
 
 
+_OPTION_PATCHES = ("model_function_wrapper", "sampler_cfg_function", "sampler_pre_cfg_function",
+                   "sampler_post_cfg_function", "sampler_calc_cond_batch_function")
+
+
+def _patches_outside_weights(model: Any) -> list[str]:
+    """Patches of a MODEL that change ComfyUI's own forward or sampling, not its weights (the bridge reads the
+    weights only): object patches, attention / block patches, CFG functions, wrappers."""
+    options = getattr(model, "model_options", {}) or {}
+    transformer = options.get("transformer_options", {}) or {}
+    found = [f"object patch {name}" for name in getattr(model, "object_patches", {}) or {}]
+    found += [f"transformer_options['{k}']" for k in ("patches", "patches_replace") if transformer.get(k)]
+    found += [k for k in _OPTION_PATCHES if options.get(k)]
+    found += [f"{kind} wrapper" for kind, by_key in (getattr(model, "wrappers", {}) or {}).items()
+              if any(by_key.values())]
+    return found
+
+
 def _check_sd15_model(node: type, input_name: str, model: Any) -> None:
     base = getattr(model, "model", None)
     require(node, input_name, base is not None and hasattr(base, "diffusion_model"),
@@ -170,8 +187,8 @@ def _refuse_missing_parts(node: type, input_name: str, source: Any, parts: Itera
         host_type, hint = _OWN_PART_HINTS[part]
         own_input = host_type.lower()
         if own_input in _inputs_of(node):
-            raise NodeInputError(node, own_input, f"must be connected: the backbone is a MODEL with a motion module "
-                                                  f"and has no {host_type} of its own (connect the checkpoint's {host_type})")
+            raise NodeInputError(node, own_input, f"must be connected: the backbone is a MODEL with a motion module and "
+                                                  f"has no {host_type} of its own (connect the checkpoint's)")
         raise NodeInputError(node, input_name, f"has no {host_type} of its own (it is a MODEL with a motion "
                                                f"module): {hint}")
 
@@ -233,7 +250,7 @@ def prepare_backbone(node: type, value: Any, parts: Iterable[str], *, input_name
     if unknown:
         raise ValueError(f"unknown parts {sorted(unknown)}; expected some of {PARTS}")
     own = [p for p in parts if not (p == "text_encoder" and clip is not None or p == "vae" and vae is not None)]
-    source = _source(node, input_name, value, own)
+    source = _source(node, input_name, value, own) if own else _PlainBackbone(None)  # all from clip / vae
     _refuse_missing_parts(node, input_name, source, own)
     patchers = list(source.patchers(own))
     if clip is not None and "text_encoder" in parts:
@@ -298,6 +315,10 @@ class ApplyMotionModule(io.ComfyNode):
                 torch.inference_mode(False):
             adapter = load_motion_module(path, dtype=dtype, progress=Progress(1).callback)
             k = attention_window(cls, window, trained_attention_window(path))
+        ignored = _patches_outside_weights(model)
+        if ignored:
+            log.warning("%s: the MODEL carries patches that change ComfyUI's own sampling, not its weights; the "
+                        "MVCustom nodes run without them: %s", cls.define_schema().display_name, ", ".join(ignored))
         hosted = model_patcher.ModelPatcher(HostedModule(adapter, model.offload_device), load_device=model.load_device,
                                             offload_device=model.offload_device)
         return io.NodeOutput(ModelBackbone(model.clone(), hosted, k, dtype, f"MODEL + {motion_module}"))

@@ -6,7 +6,7 @@ would be seen by the next run. :func:`module_view` gives each run its own module
 *memory*: every module object is new (its own submodule, hook and attribute dicts), every parameter and
 buffer is a new tensor object aliasing the original storage. Swapping a submodule, setting a processor,
 registering a hook or flipping ``requires_grad`` on the view leaves the original untouched; the weights
-themselves are shared, so a view costs no weight memory (module objects only: milliseconds for SD1.5).
+themselves are shared, so a view costs no weight memory (module objects only).
 
 Writing into a view's tensors in place (``param.data.add_``) would still change the original: views are
 for patches that add or replace modules, never for in-place weight edits.

@@ -258,3 +258,22 @@ def test_each_node_asks_model_management_for_its_activation_memory(node, run, mo
     run_node(node("MVC_TrainCustomization"), backbone=backbone, clip=clip, vae=vae, images=images, masks=masks,
              cameras=cams, name="memory", **{**SMALL_TRAINING, "steps": 1})
     assert models.memory[-1] == 1e20  # as ComfyUI's own training node asks: every other model offloaded
+
+
+def test_patches_outside_the_weights_are_named_in_a_warning(node, run, tiny_bridge, loaded, caplog):
+    """LoRAs are weight patches (the bridge reads the patched weights); attention patches, object patches and CFG
+    functions change ComfyUI's own forward, which the MVCustom nodes do not run: the user is told which."""
+    model, _, _ = loaded
+    model.object_patches = {"model_sampling": object()}
+    model.model_options = {"transformer_options": {"patches_replace": {"attn1": {("input", 1): object()}}},
+                           "sampler_cfg_function": lambda args: args["cond"]}
+    caplog.set_level("WARNING")
+    run(node("MVC_ApplyMotionModule"), model=model, motion_module="mm.safetensors")
+    warned = [r.getMessage() for r in caplog.records if "Apply Motion Module" in r.getMessage()]
+    assert len(warned) == 1
+    for name in ("object patch model_sampling", "transformer_options['patches_replace']", "sampler_cfg_function"):
+        assert name in warned[0]
+    caplog.clear()
+    model.object_patches, model.model_options = {}, {"transformer_options": {}}
+    run(node("MVC_ApplyMotionModule"), model=model, motion_module="mm.safetensors")
+    assert not [r for r in caplog.records if "Apply Motion Module" in r.getMessage()]
