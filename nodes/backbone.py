@@ -227,16 +227,14 @@ class LoadBackbone(io.ComfyNode):
         motion_path = resolve_model_file(cls, "motion_module", MOTION_FOLDERS, motion_module)
         unet_dtype = _dtype(dtype, model_management.unet_dtype)
         vae_dtype = _dtype(dtype, model_management.vae_dtype)
-        # One bar per file (tensors read); each update is also an interrupt checkpoint. ComfyUI runs nodes under
-        # torch.inference_mode: weights made there could never be trained (customization), so build them outside it.
-        with reading(cls, "checkpoint", checkpoint, checkpoint_path, "checkpoints", what="an SD1.x checkpoint"), \
-                torch.inference_mode(False):
+        # One bar per file (tensors read); each update is also an interrupt checkpoint. Weights made under ComfyUI's
+        # inference mode still train: runs work on views whose tensors are ordinary aliases (nodes/bridge.py).
+        with reading(cls, "checkpoint", checkpoint, checkpoint_path, "checkpoints", what="an SD1.x checkpoint"):
             components = load_sd15_checkpoint(checkpoint_path, dtype=unet_dtype, progress=Progress(1).callback)
-        with reading(cls, "motion_module", motion_module, motion_path, MOTION_FOLDERS, what="a motion module"), \
-                torch.inference_mode(False):
+        with reading(cls, "motion_module", motion_module, motion_path, MOTION_FOLDERS, what="a motion module"):
             adapter = load_motion_module(motion_path, dtype=unet_dtype, progress=Progress(1).callback)
             k = attention_window(cls, window, trained_attention_window(motion_path))
-        with blame(cls, "motion_module"), torch.inference_mode(False):
+        with blame(cls, "motion_module"):
             unet = build_backbone(components, adapter)
         components.vae.to(vae_dtype)
         backbone = Backbone(unet=unet, vae=components.vae, text_encoder=components.text_encoder,
@@ -267,8 +265,7 @@ class TinyBackbone(io.ComfyNode):
     @classmethod
     def execute(cls, seed: int, window: int) -> io.NodeOutput:
         k = attention_window(cls, window, 1)  # the random module stands for a stock one: temporal
-        with torch.inference_mode(False):  # trainable weights even though ComfyUI runs nodes in inference mode
-            backbone = tiny_backbone(seed=int(seed))
+        backbone = tiny_backbone(seed=int(seed))
         return io.NodeOutput(_wrap(backbone, k, torch.float32, f"tiny (seed {int(seed)})"))
 
 

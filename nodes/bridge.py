@@ -187,8 +187,8 @@ def _refuse_missing_parts(node: type, input_name: str, source: Any, parts: Itera
         host_type, hint = _OWN_PART_HINTS[part]
         own_input = host_type.lower()
         if own_input in _inputs_of(node):
-            raise NodeInputError(node, own_input, f"must be connected: the backbone is a MODEL with a motion module and "
-                                                  f"has no {host_type} of its own (connect the checkpoint's)")
+            raise NodeInputError(node, own_input, f"must be connected: the backbone is a MODEL with a motion module "
+                                                  f"and has no {host_type} of its own (connect the checkpoint's)")
         raise NodeInputError(node, input_name, f"has no {host_type} of its own (it is a MODEL with a motion "
                                                f"module): {hint}")
 
@@ -310,9 +310,7 @@ class ApplyMotionModule(io.ComfyNode):
         _check_sd15_model(cls, "model", model)
         path = resolve_model_file(cls, "motion_module", MOTION_FOLDERS, motion_module)
         dtype = _compute_dtype(model)
-        # Outside inference mode, like every module the pack creates (views alias it either way).
-        with reading(cls, "motion_module", motion_module, path, MOTION_FOLDERS, what="a motion module"), \
-                torch.inference_mode(False):
+        with reading(cls, "motion_module", motion_module, path, MOTION_FOLDERS, what="a motion module"):
             adapter = load_motion_module(path, dtype=dtype, progress=Progress(1).callback)
             k = attention_window(cls, window, trained_attention_window(path))
         ignored = _patches_outside_weights(model)

@@ -74,7 +74,7 @@ def module_view(module: M) -> M:
     """
     memo: dict[int, nn.Module] = {}
 
-    def copy(original: nn.Module) -> nn.Module:
+    def view_of(original: nn.Module) -> nn.Module:
         if id(original) in memo:
             return memo[id(original)]
         view = object.__new__(type(original))
@@ -86,8 +86,8 @@ def module_view(module: M) -> M:
         state["_non_persistent_buffers_set"] = set(state.get("_non_persistent_buffers_set", ()))
         state["_parameters"] = {k: _view_parameter(p) for k, p in original._parameters.items()}
         state["_buffers"] = {k: None if b is None else shared_tensor(b) for k, b in original._buffers.items()}
-        state["_modules"] = {k: None if m is None else copy(m) for k, m in original._modules.items()}
+        state["_modules"] = {k: None if m is None else view_of(m) for k, m in original._modules.items()}
         view.__dict__.update(state)
         return view
 
-    return copy(module)
+    return view_of(module)

@@ -101,7 +101,8 @@ def write_kohya_lora(path: str | os.PathLike, seed: int = 1, scale: float = 0.5)
     text_shapes = {k: tuple(v.shape) for k, v in meta.text_encoder.state_dict().items()}
     for layer, kohya in LORA_CLIP_LAYERS:
         module = kohya.replace("self_attn_", "self_attn.").replace("mlp_", "mlp.")
-        add(f"lora_te_text_model_encoder_layers_{layer}_{kohya}", text_shapes[f"encoder.layers.{layer}.{module}.weight"])
+        add(f"lora_te_text_model_encoder_layers_{layer}_{kohya}",
+            text_shapes[f"encoder.layers.{layer}.{module}.weight"])
     return _save(tensors, Path(path))
 
 
