@@ -289,6 +289,12 @@ class RegularizationSet:
                 f"regularization images are {self.images.shape[-1]}x{self.images.shape[-2]}, the photos "
                 f"{size[1]}x{size[0]}; give them the photos' size"))
 
+    def digest(self) -> str:
+        """SHA-256 of the pictures and captions: a checkpoint only resumes with the same regularization set."""
+        digest = hashlib.sha256(self.images.detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(json.dumps(list(self.captions)).encode())
+        return digest.hexdigest()
+
 
 def reference_digest(reference: ReferenceSet) -> str:
     """SHA-256 of the photos, masks and cameras: a checkpoint only resumes on the same data."""
@@ -299,8 +305,14 @@ def reference_digest(reference: ReferenceSet) -> str:
 
 
 def _write_checkpoint(path: Path, step: int, unet: nn.Module, token_vector: Tensor, optimizer, gen_state: Tensor,
-                      config: TrainingConfig, fingerprint: dict, losses: list, data: str) -> None:
-    payload = {"format": CHECKPOINT_FORMAT, "step": int(step), "data": data, **_trainable_state(unet, token_vector),
+                      config: TrainingConfig, fingerprint: dict, losses: list, data: str,
+                      regularization: str | None) -> None:
+    """``data``: the subject's reference digest (what :func:`~.subject_files.subject_of` reads, so a later run
+    for the same subject may replace the file); ``regularization``: the digest of the regularization set, if any
+    (kept apart, so it never changes whose file this is)."""
+    extra = {} if regularization is None else {"regularization": regularization}
+    payload = {"format": CHECKPOINT_FORMAT, "step": int(step), "data": data, **extra,
+               **_trainable_state(unet, token_vector),
                "optimizer": optimizer.state_dict(), "generator": gen_state.clone(),
                "config": json.dumps(asdict(config)), "resume_key": json.dumps(config.resume_key()),
                "backbone": json.dumps(fingerprint), "losses": json.dumps(losses)}
@@ -436,13 +448,9 @@ def train_customization(
     fingerprint = backbone_fingerprint(unet)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     data_digest = reference_digest(reference)
-    checkpoint_data = data_digest
     if regularization is not None:
         regularization.check((h, w))
-        digest = hashlib.sha256(data_digest.encode())
-        digest.update(regularization.images.detach().float().cpu().contiguous().numpy().tobytes())
-        digest.update(json.dumps(list(regularization.captions)).encode())
-        checkpoint_data = digest.hexdigest()
+    regularization_digest = None if regularization is None else regularization.digest()
     state = load_checkpoint(ckpt_path) if ckpt_path is not None and resume and ckpt_path.exists() else None
     if state is not None:
         if json.loads(state["resume_key"]) != config.resume_key():
@@ -453,10 +461,13 @@ def train_customization(
             check_backbone(json.loads(state["backbone"]), unet, f"checkpoint {ckpt_path}")
         except ValueError as error:
             raise about("checkpoint", error)
-        if state.get("data") != checkpoint_data:
+        if state.get("data") != data_digest:
             raise about("checkpoint", TrainingError(f"{ckpt_path}: checkpoint was written for other photos, masks or "
-                                                    "cameras (or regularization pictures); turn resume off, or train "
-                                                    "on the same reference set"))
+                                                    "cameras; turn resume off, or train on the same reference set"))
+        if state.get("regularization") != regularization_digest:
+            raise about("checkpoint", TrainingError(f"{ckpt_path}: checkpoint was written with other regularization "
+                                                    "pictures or captions (or without them); turn resume off, or "
+                                                    "train with the same ones"))
 
     from diffusers import DDPMScheduler
 
@@ -508,7 +519,7 @@ def train_customization(
     def save(step: int, gen_state: Tensor) -> None:
         if ckpt_path is not None:
             _write_checkpoint(ckpt_path, step, unet, token_emb.vector, optimizer, gen_state, config,
-                              fingerprint, history, checkpoint_data)
+                              fingerprint, history, data_digest, regularization_digest)
 
     try:
         for step in range(start, end):

@@ -23,8 +23,9 @@ from mvcustom_core.customization.pose_block import pose_blocks
 from mvcustom_core.customization.reference_poses import prepare_reference_set
 from mvcustom_core.customization.token import class_word_embedding, subject_token_embedding
 from mvcustom_core.customization import training
+from mvcustom_core.customization.subject_files import subject_of
 from mvcustom_core.customization.training import (
-    RegularizationSet, TrainingConfig, TrainingError, bank_indices, load_checkpoint, sample_timesteps,
+    RegularizationSet, TrainingConfig, TrainingError, bank_indices, load_checkpoint, reference_digest, sample_timesteps,
     spread_references, train_customization)
 from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 
@@ -225,9 +226,11 @@ def test_reference_dropout_and_regularization_pictures(backbone, reference, tmp_
     ckpt = tmp_path / "dog.training"
     train_customization(backbone, reference, _config(steps=2, reference_dropout=0.5), checkpoint=ckpt,
                         regularization=reg)
-    with pytest.raises(TrainingError, match=r"other photos, masks or cameras \(or regularization pictures\)"):
-        train_customization(backbone, reference, _config(steps=3, reference_dropout=0.5), checkpoint=ckpt,
-                            regularization=RegularizationSet(pictures.flip(0), reg.captions))
+    for other in (RegularizationSet(pictures.flip(0), reg.captions), None):
+        with pytest.raises(TrainingError, match=r"other regularization pictures or captions \(or without them\)"):
+            train_customization(backbone, reference, _config(steps=3, reference_dropout=0.5), checkpoint=ckpt,
+                                regularization=other)
+    assert subject_of(ckpt) == reference_digest(reference)  # still the subject's file, whatever the regularization
     with pytest.raises(TrainingError, match=r"2 regularization images but 1 captions"):
         train_customization(backbone, reference, _config(), regularization=RegularizationSet(pictures, ["x"]))
     with pytest.raises(TrainingError, match=r"regularization images are 32x32, the photos 64x64"):

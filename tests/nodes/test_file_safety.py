@@ -199,3 +199,24 @@ def test_training_name_and_resume_errors_name_their_input(world, backbone, views
     with pytest.raises(ValueError, match=r"input 'name' would replace models/mvcustom/subj\.safetensors\.training"):
         run_node(train, backbone=backbone, name="subj", resume=False, **views, **SMALL)  # not ours either
     assert ckpt.read_bytes() == b"PK\x03\x04 not a checkpoint"
+
+
+def test_training_with_regularization_pictures_replaces_its_own_checkpoint(node, world, backbone, views):
+    """A checkpoint also records the regularization pictures it was trained with; it still belongs to its subject,
+    so training the same subject again without resuming replaces it instead of refusing it as someone else's."""
+    train = node("MVC_TrainCustomization")
+    regularization = dict(regularization_images=views["images"][:2].flip(-1), regularization_captions="a dog",
+                          reference_dropout=1.0)
+    run_node(train, backbone=backbone, name="reg", **views, **SMALL, **regularization)
+    ckpt = checkpoint_path_for(world["models"] / "mvcustom" / "reg.safetensors")
+    first = _digest(ckpt)
+    run_node(train, backbone=backbone, name="reg", resume=False, **views, **{**SMALL, "seed": 4}, **regularization)
+    assert _digest(ckpt) != first
+    other = {**regularization, "regularization_captions": "a cat"}
+    with pytest.raises(ValueError, match=r"^MVCustom Train Customization: input 'resume' is invalid: .*other "
+                                         r"regularization pictures or captions"):
+        run_node(train, backbone=backbone, name="reg", resume=True, **views, **{**SMALL, "seed": 4, "steps": 2},
+                 **other)
+    run_node(train, backbone=backbone, name="reg", resume=True, **views, **{**SMALL, "seed": 4, "steps": 2},
+             **regularization)  # the same set resumes
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
