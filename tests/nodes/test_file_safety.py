@@ -154,9 +154,8 @@ def views(photos):
     return dict(images=images, masks=masks, cameras=cameras)
 
 
-def test_training_never_replaces_a_file_it_did_not_write_for_this_subject(world, backbone, views):
-    nodes = importlib.import_module(f"{PACK_NAME}.nodes.customization")
-    train = nodes.TrainCustomization
+def test_training_never_replaces_a_file_it_did_not_write_for_this_subject(node, world, backbone, views):
+    train = node("MVC_TrainCustomization")
     embeddings = world["models"] / "embeddings"
     embeddings.mkdir(parents=True)
     precious = embeddings / "precious.safetensors"
@@ -182,9 +181,8 @@ def test_training_never_replaces_a_file_it_did_not_write_for_this_subject(world,
         run_node(train, backbone=backbone, name="precious", resume=False, **other, **SMALL)  # another subject
 
 
-def test_training_name_and_resume_errors_name_their_input(world, backbone, views):
-    nodes = importlib.import_module(f"{PACK_NAME}.nodes.customization")
-    train = nodes.TrainCustomization
+def test_training_name_and_resume_errors_name_their_input(node, world, backbone, views):
+    train = node("MVC_TrainCustomization")
     for bad in ("with\0nul", "../up", "a/b", ".hidden", "  "):
         with pytest.raises(ValueError, match=r"^MVCustom Train Customization: input 'name' must be a plain file name"):
             run_node(train, backbone=backbone, name=bad, **views, **SMALL)
