@@ -120,13 +120,23 @@ def resolve_inside(name: str, roots: Iterable[str | os.PathLike],
     return None
 
 
+# Windows file naming rules (Microsoft, "Naming Files, Paths, and Namespaces"): these characters are refused or
+# mean something else (':' names an NTFS stream of another file), and these device names stay devices in every
+# folder, with any suffix ("CON.safetensors").
+_WINDOWS_RESERVED_CHARS = frozenset('<>:"|?*')
+_WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10))})
+
+
 def plain_file_name(name: object, max_bytes: int = 200) -> str | None:
-    """``name`` if it can be a file name on its own in any folder (no folder part, no ``..``, no NUL or
-    control character, not hidden, no trailing dot or space, at most ``max_bytes`` UTF-8 bytes), else None."""
+    """``name`` if it can be a file name on its own in any folder on any system (no folder part, no ``..``, no
+    NUL or control character, none of Windows' ``<>:"|?*``, not a Windows device name such as ``CON`` or
+    ``nul.x``, not hidden, no trailing dot or space, at most ``max_bytes`` UTF-8 bytes), else None."""
     if not isinstance(name, str):
         return None
     parts = _relative_parts(name)
     if parts != [name] or name.startswith(".") or name.rstrip(". ") != name or len(name.encode()) > max_bytes:
+        return None
+    if _WINDOWS_RESERVED_CHARS & set(name) or name.split(".")[0].rstrip().upper() in _WINDOWS_DEVICES:
         return None
     return name
 

@@ -131,12 +131,13 @@ def reading(node: type | str, input_name: str, name: str, path: Path, folder: Fo
 
 # ---------------------------------------------------------------------------------------------- writing
 def file_name(node: type | str, input_name: str, name: str, what: str = "name") -> str:
-    """``name`` stripped of surrounding spaces if it is a plain file name (no folder part, ``..``, NUL, control
-    characters, leading dot, trailing dot), else :class:`NodeInputError`."""
+    """``name`` stripped of surrounding spaces if it is a plain file name on every system (no folder part,
+    ``..``, NUL, control characters, Windows' reserved characters and device names, leading or trailing dot;
+    :func:`~mvcustom_core.files.plain_file_name`), else :class:`NodeInputError`."""
     stem = name.strip() if isinstance(name, str) else name
     require(node, input_name, plain_file_name(stem) is not None,
-            f"must be a plain {what} (letters, digits, spaces, '-', '_'; no folders, no leading '.'); "
-            f"got {_shown(name)}")
+            f"must be a plain {what} (letters, digits, spaces, '-', '_'; no folders, no leading '.', none of "
+            f"<>:\"|?*, not a device name such as CON or NUL); got {_shown(name)}")
     return stem
 
 

@@ -83,6 +83,11 @@ def test_first_root_holding_the_name_wins_and_a_linked_root_is_its_target(tree, 
     ("my_subject", True), ("Teddy bear 2", True), ("über-toy", True),
     ("../x", False), ("a/b", False), ("a\\b", False), ("x\0", False), (".hidden", False), ("trail.", False),
     ("trail ", False), ("", False), ("..", False), ("/abs", False), ("C:x", False), ("x" * 201, False), (3, False),
+    # Windows (where most ComfyUI installs run): 'a:b' writes an NTFS stream of 'a', '?' and '*' are wildcards,
+    # and device names are devices in every folder, whatever the suffix ('CON.safetensors' too).
+    ("subject:v2", False), ("what?", False), ("a*b", False), ('say "hi"', False), ("a<b>", False), ("a|b", False),
+    ("CON", False), ("nul", False), ("Com1", False), ("lpt9", False), ("aux.v2", False), ("Nul .x", False), ("console", True),
+    ("com10", True), ("my_nul", True),
 ])
 def test_plain_file_name(name, ok):
     assert (plain_file_name(name) == name) is ok

@@ -183,7 +183,7 @@ def test_training_never_replaces_a_file_it_did_not_write_for_this_subject(node, 
 
 def test_training_name_and_resume_errors_name_their_input(node, world, backbone, views):
     train = node("MVC_TrainCustomization")
-    for bad in ("with\0nul", "../up", "a/b", ".hidden", "  "):
+    for bad in ("with\0nul", "../up", "a/b", ".hidden", "  ", "v2:stream", "nul"):
         with pytest.raises(ValueError, match=r"^MVCustom Train Customization: input 'name' must be a plain file name"):
             run_node(train, backbone=backbone, name=bad, **views, **SMALL)
     ckpt = checkpoint_path_for(world["models"] / "mvcustom" / "subj.safetensors")
