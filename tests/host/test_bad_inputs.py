@@ -185,7 +185,7 @@ CASES = (
                                                    motion_module="mm.safetensors", dtype="fp64"))]
     # Train Customization: names, foreign files, resume, photos, settings
     + [Case(f"train-name-{i}", _training("name", name=name)) for i, name in
-       enumerate(["with\0nul", "../up", "a/b", ".hidden", " ", "{outside}/abs"])]
+       enumerate(["with\0nul", "../up", "a/b", ".hidden", " ", "{outside}/abs", "v2:stream", "CON"])]
     + [Case("train-would-replace-a-users-embedding", _training("name", name="precious")),
        Case("train-corrupt-resume-checkpoint", _training("resume", name="corrupt_resume", resume=True)),
        Case("train-photos-not-multiple-of-8", _training("images", views={"width": 60, "height": 60})),
