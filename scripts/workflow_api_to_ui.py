@@ -77,7 +77,8 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
             value = entry["inputs"].get(name)
             if _is_widget(spec):
                 options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-                default = options.get("default", spec[0][0] if isinstance(spec[0], list) else None)
+                listed = spec[0] if isinstance(spec[0], list) else []  # a V1 combo: empty for a model-less folder
+                default = options.get("default", listed[0] if listed else None)
                 widgets.append(default if value is None or isinstance(value, list) else value)
                 if options.get("control_after_generate"):
                     widgets.append("fixed")

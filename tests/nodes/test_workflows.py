@@ -137,6 +137,19 @@ def test_layout_keeps_nodes_apart_and_right_of_their_sources(import_by_path, nam
         assert box[dst][0] >= box[src][0] + box[src][2] + gen.COLUMN_GAP - 0.5, f"{name}: {src} → {dst}"
 
 
+def test_generator_keeps_a_model_name_whose_folder_is_empty_on_the_server(import_by_path):
+    """A loader's combo lists the server's files; on a server without the model (the real-weights workflow
+    regenerated on a test server) the list is empty and the prompt's own file name is what the twin keeps."""
+    gen = import_by_path(REPO_ROOT / "scripts" / "workflow_api_to_ui.py")
+    info = {"CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [[]]}}, "input_order": {"required":
+            ["ckpt_name"]}, "output": ["MODEL", "CLIP", "VAE"], "output_name": ["MODEL", "CLIP", "VAE"]}}
+    api = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}}}
+    (node,) = gen.api_to_ui(api, info)["nodes"]
+    assert node["widgets_values"] == ["v1-5-pruned-emaonly.safetensors"]
+    api["1"]["inputs"] = {}
+    assert gen.api_to_ui(api, info)["nodes"][0]["widgets_values"] == [None]
+
+
 def test_docs_list_every_workflow():
     """docs/nodes.md has one row per shipped workflow (both formats share the name)."""
     text = (REPO_ROOT / "docs" / "nodes.md").read_text()
