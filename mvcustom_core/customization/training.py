@@ -277,7 +277,7 @@ class RegularizationSet:
     captions: list[str]
 
     def check(self, size: tuple[int, int]) -> None:
-        """Raise :class:`TrainingError` naming the problem (count, size, range)."""
+        """Raise :class:`TrainingError` naming the problem (layout, caption count, size)."""
         if self.images.ndim != 4 or self.images.shape[1] != 3 or self.images.shape[0] < 1:
             raise about("regularization", TrainingError(
                 f"regularization images must be [R, 3, H, W], got {list(self.images.shape)}"))
