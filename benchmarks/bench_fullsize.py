@@ -141,7 +141,7 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
         sync()
         return out
 
-    plain()  # warm-up at this shape
+    sample(unet, cond, uncond, frames, size, size, STEPS, CFG, seed=1, end_step=1)  # warm-up at this shape
     steps, _ = _timed_steps(plain)
     row["plain_step_s"] = statistics.median(steps)
     if profile:
@@ -166,6 +166,7 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
         sync()
         return out
 
+    run = None
     try:
         t0 = time.perf_counter()
         run = prepare()
@@ -176,12 +177,15 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
         steps, latents = _timed_steps(lambda cb: steps_of(run, 0, 2, callback=cb))
         row["mv_step0_s"], row["mv_step1_s"] = steps
         if profile:
+            run.release()
             ctx.clear_cache()
             run, row["mv_prepare_peak"] = measure_peak(prepare, device)
             x1, row["mv_step0_peak"] = measure_peak(lambda: steps_of(run, 0, 1), device)
             _, row["mv_step1_peak"] = measure_peak(lambda: steps_of(run, 1, 2, latents=x1), device)
             row["mv_peak"] = max(row["mv_prepare_peak"], row["mv_step0_peak"], row["mv_step1_peak"])
     finally:
+        if run is not None:
+            run.release()
         ctx.clear_cache()
         ctx.mode = "off"
         remove_pose_blocks(unet)

@@ -39,6 +39,7 @@ BENCHMARKS = [
     ("Feature-mesh rasterizer (DFR op)", "benchmarks.bench_raster"),
     ("FeatureNeRF and customization step", "benchmarks.bench_customization"),
     ("MVCustom sampler overhead", "benchmarks.bench_sampler"),
+    ("Pose-block render choices", "benchmarks.bench_pose_render"),
     ("Full-size job", "benchmarks.bench_fullsize"),
     ("Load Checkpoint MODEL bridge: memory", "benchmarks.bench_bridge"),
 ]
