@@ -19,6 +19,9 @@ minutes on a few cores, the whole job well over 20 minutes) and every quantity q
 (memory) by least squares, then evaluated at F = 16, P = 64². On CUDA the job runs at 16 × 512² in fp16 directly
 and gives seconds per 50-step sample.
 
+Times on the CPU are CPU seconds of the process (all its threads), not wall time: the machine is shared, and the
+CPU time of a computation does not grow with other processes' load the way its wall time does.
+
 The projected fp16 GPU peak = weights in fp16 (UNet, motion modules, fusion layers; FeatureNeRF in fp32 as it
 runs) + the plain activations at half size + MVCustom's extra activations kept at fp32 size (FeatureNeRF runs in
 float32) + the reference bank in fp16.
@@ -87,10 +90,16 @@ def _references(size: int) -> CameraSet:
     return CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (size, size))
 
 
+def clock() -> float:
+    """Seconds of CPU time of this process (all threads) on the CPU, wall time on CUDA: on a shared machine the
+    CPU time of the work does not grow with other processes' load, so ratios measured minutes apart compare."""
+    return time.perf_counter() if torch.cuda.is_available() else time.process_time()
+
+
 def _timed_steps(fn) -> tuple[list[float], object]:
     """Run ``fn(callback)`` and return the duration of each sampler step (from the step callbacks)."""
-    marks = [time.perf_counter()]
-    out = fn(lambda *_: marks.append(time.perf_counter()))
+    marks = [clock()]
+    out = fn(lambda *_: marks.append(clock()))
     return [b - a for a, b in zip(marks, marks[1:])], out
 
 
@@ -110,11 +119,11 @@ def customize(models: Models, size: int, text: tuple[torch.Tensor, torch.Tensor]
             block.fuse.weight[:, c:] = (torch.randn(c, c, generator=g) * 0.3 / c**0.5).to(param)
     latents = torch.randn(N_REFS, 4, size // 8, size // 8, generator=g).to(param)
     uncond, cond = text
-    seconds = time.perf_counter()
+    seconds = clock()
     with torch.no_grad():
         _, peak = measure_peak(lambda: capture_reference_bank(models.unet, ctx, latents, _references(size),
                                                               [uncond, cond], timestep=1), param.device)
-    seconds = time.perf_counter() - seconds
+    seconds = clock() - seconds
     bank = sum(t.numel() * t.element_size() for t in ctx.references.values())
     return ctx, {"capture_s": seconds, "capture_peak": peak, "bank_bytes": bank}
 
@@ -168,9 +177,9 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
 
     run = None
     try:
-        t0 = time.perf_counter()
+        t0 = clock()
         run = prepare()
-        row["mv_prepare_s"] = time.perf_counter() - t0
+        row["mv_prepare_s"] = clock() - t0
         row["estimate"] = run.memory.peak
         row["estimate_unet"] = run.memory.phases["UNet activations"]
         row["workspace"] = run.memory.workspace
@@ -282,20 +291,22 @@ def attention_rows(quick: bool) -> list[dict]:
                          ("window 7 (tiled)", 7), ("full (SDPA, query chunks)", None)):
         with torch.no_grad():
             dense_attention(q[:, :, :2, :8, :8], k[:, :, :2, :8, :8], v[:, :, :2, :8, :8], window=window)  # warm-up
-            t0 = time.perf_counter()
+            t0 = clock()
+            dense_attention(q, k, v, window=window)
+            seconds = clock() - t0
             _, peak = measure_peak(lambda: dense_attention(q, k, v, window=window))
             rows.append({"name": f"dense attention, {name}", "shape": f"F={f} latent={side}x{side} C=320",
-                         "seconds per call": time.perf_counter() - t0, "peak (GB)": peak / GiB,
-                         "note": "time includes the profiler's bookkeeping"})
+                         "CPU seconds per call": seconds, "peak (GB)": peak / GiB})
     return rows
 
 
 def run(quick: bool) -> list[dict]:
     rows: list[dict] = []
     models = build_models(full=not quick)
-    measured = [measure_size(models, f, s) for f, s in (QUICK_SIZES if quick else CPU_SIZES)]
-    for r in measured:
-        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+    measured = []
+    for f, s in (QUICK_SIZES if quick else CPU_SIZES):
+        measured.append(measure_size(models, f, s))
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in measured[-1].items()}, flush=True)
     rows += summary_rows(models, measured, fitted=True)
     rows += attention_rows(quick)
     if torch.cuda.is_available() and not quick:
