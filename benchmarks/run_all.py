@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sections = _previous_sections(args.out)
+    sections = {}
     for title, module in BENCHMARKS:
         if args.only and module.split(".")[-1] not in args.only:
             continue
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.run_all" + (" --quick" if args.quick else "") + \
         (" --full " + " ".join(args.full) if args.full else "") + (" --only " + " ".join(args.only) if args.only else "")
     head = (f"# Performance record\n\nLast written by `{command}` on {stamp}.\n\n{GOALS}\n")
+    sections = {**_previous_sections(args.out), **sections}  # read now: another run may have written meanwhile
     order = [title for title, _ in BENCHMARKS] + [t for t in sections if t not in dict(BENCHMARKS)]
     atomic_write_text(args.out, head + "\n".join(sections[t] for t in order if t in sections))
     print(f"wrote {args.out}")
