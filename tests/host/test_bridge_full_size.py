@@ -13,9 +13,9 @@ import copy
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,26 +32,31 @@ from full_size import write_identity_motion_module, write_kohya_lora, write_rand
 
 @pytest.fixture(scope="module")
 def heavy_lock(host_paths):
-    """Hold the heavy-job lock while this module's full-size tests run (waits for another holder, up to an hour)."""
+    """Hold the heavy-job lock while this module's full-size tests run: a blocking wait in line with the other
+    holders (``flock`` commands), up to an hour, then skip saying why."""
+    def give_up(signum, frame):
+        raise TimeoutError
+
     with HEAVY_LOCK.open("a") as handle:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.skip(f"{HEAVY_LOCK} stayed held by another full-size job for {LOCK_WAIT_S} s")
-                time.sleep(5)
+        previous = signal.signal(signal.SIGALRM, give_up)
+        signal.alarm(LOCK_WAIT_S)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except TimeoutError:
+            pytest.skip(f"{HEAVY_LOCK} stayed held by other full-size jobs for {LOCK_WAIT_S} s")
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@pytest.fixture(scope="session")
-def full_size_files(tmp_path_factory) -> dict[str, Path]:
-    """The three full-size files, written once per test session."""
+@pytest.fixture(scope="module")
+def full_size_files(heavy_lock, tmp_path_factory) -> dict[str, Path]:
+    """The three full-size files, written once per test session (only this module uses them), under the lock:
+    writing them takes ~3 GB of RAM."""
     folder = tmp_path_factory.mktemp("full_size")
     return {"checkpoint": write_random_sd15_checkpoint(folder / "sd15_random.safetensors"),
             "lora": write_kohya_lora(folder / "kohya_lora.safetensors"),
