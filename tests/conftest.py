@@ -106,12 +106,12 @@ def text():
     return torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)
 
 
-def _customize_tiny(unet, ref_cams, *, fuse_identity: bool = False):
+def _customize_tiny(unet, ref_cams, *, fuse_identity: bool = False, seed: int = 0):
     """A copy of the tiny ``unet`` with one pose block that sees geometry, and its captured reference bank.
 
     The block's FeatureNeRF decoder gets large random weights (so the field has structure); with
     ``fuse_identity`` its fusion layer passes the rendered features through as well. The bank is captured
-    from seeded random latents and text for the 4 ``ref_cams``.
+    from seeded random latents and text for the 4 ``ref_cams``. Everything is drawn from ``seed``.
 
     Returns:
         ``(model, context, block)``.
@@ -121,14 +121,16 @@ def _customize_tiny(unet, ref_cams, *, fuse_identity: bool = False):
     from mvcustom_core.customization.pose_block import PoseContext, install_pose_blocks, pose_blocks
 
     model, ctx = copy.deepcopy(unet), PoseContext()
-    install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
+    with torch.random.fork_rng(devices=[]):  # FeatureNeRF's MLPs draw their initial weights from the global RNG
+        torch.manual_seed(seed)
+        install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
     block = next(pose_blocks(model))
     with torch.no_grad():
-        block.featurenerf.decoder.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
+        block.featurenerf.decoder.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(seed))
         if fuse_identity:
             c = block.fuse.out_features
             block.fuse.weight[:, c:] = torch.eye(c)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed + 1)
     ctx.begin_capture()
     with torch.no_grad():
         model(torch.randn(1, 4, 4, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(4, 5, 32, generator=g))
@@ -138,5 +140,6 @@ def _customize_tiny(unet, ref_cams, *, fuse_identity: bool = False):
 
 @pytest.fixture(scope="session")
 def customize_tiny():
-    """:func:`_customize_tiny`: ``customize_tiny(unet, ref_cams, fuse_identity=False) -> (model, context, block)``."""
+    """:func:`_customize_tiny`: ``customize_tiny(unet, ref_cams, fuse_identity=False, seed=0) -> (model, context,
+    block)``."""
     return _customize_tiny

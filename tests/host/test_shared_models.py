@@ -17,32 +17,21 @@ import torch
 
 from mvcustom_core.backbone.tiny import tiny_backbone
 from mvcustom_core.cameras import CameraSet, look_at
-from mvcustom_core.customization import PoseContext, install_pose_blocks, pose_blocks, save_customization
+from mvcustom_core.customization import save_customization
 from mvcustom_core.customization.file_format import customization_from_unet
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 
-def _customization(seed: int):
+def _customization(customize_tiny, seed: int):
     """A customization of the tiny backbone (seed 0) whose fusion uses the rendered features, so the output shows
     which one is applied."""
-    unet, ctx = tiny_backbone(0).unet, PoseContext()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        install_pose_blocks(unet, ctx, "0", config_overrides={"num_samples": 8})
-    block = next(pose_blocks(unet))
-    with torch.no_grad():
-        block.featurenerf.decoder.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(seed))
-        block.fuse.weight[:, block.fuse.out_features:] = torch.eye(block.fuse.out_features)
-    ctx.begin_capture()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        unet(torch.randn(1, 4, 2, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(2, 5, 32, generator=g))
-    az = torch.tensor([-0.3, 0.3])
+    az = torch.tensor([-0.45, -0.15, 0.15, 0.45])
     eye = torch.stack([2.0 * torch.sin(az), torch.full_like(az, -0.3), -2.0 * torch.cos(az)], dim=-1)
-    ctx.end_capture(CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (64, 64)))
-    return customization_from_unet(unet, ctx, token="<mvc-subject>", class_word="toy",
-                                   token_embedding=torch.randn(1, 32, generator=g))
+    cams = CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (64, 64))
+    model, ctx, _ = customize_tiny(tiny_backbone(0).unet, cams, fuse_identity=True, seed=seed)
+    return customization_from_unet(model, ctx, token="<mvc-subject>", class_word="toy",
+                                   token_embedding=torch.randn(1, 32, generator=torch.Generator().manual_seed(seed)))
 
 
 def _graph(customization: str, seed: int, tag: str) -> dict:
@@ -85,11 +74,11 @@ def _free(comfy) -> None:
     time.sleep(2.0)  # the worker wakes on the flag and resets before the next prompt is queued
 
 
-def test_interleaved_customizations_give_what_each_gives_alone(comfy):
+def test_interleaved_customizations_give_what_each_gives_alone(comfy, customize_tiny):
     folder = comfy.models_dir / "mvcustom"
     folder.mkdir(parents=True, exist_ok=True)
-    save_customization(folder / "subject_a.safetensors", _customization(1))
-    save_customization(folder / "subject_b.safetensors", _customization(2))
+    save_customization(folder / "subject_a.safetensors", _customization(customize_tiny, 1))
+    save_customization(folder / "subject_b.safetensors", _customization(customize_tiny, 2))
 
     a_first = _run(comfy, "subject_a.safetensors", 1, "a1")
     b_after_a = _run(comfy, "subject_b.safetensors", 1, "b1")

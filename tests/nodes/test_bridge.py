@@ -154,31 +154,18 @@ def test_training_follows_clip_set_last_layer(node, tiny_bridge, loaded, photos,
     assert not torch.equal(last.token_embedding, skipped.token_embedding)
 
 
-def _customization(backbone, seed: int):
+def _customization(customize_tiny, unet, seed: int):
     """A customization whose fusion uses the rendered features (so the output shows which one is applied)."""
-    from mvcustom_core.customization import PoseContext, install_pose_blocks
     from mvcustom_core.customization.file_format import customization_from_unet
 
-    unet, ctx = copy.deepcopy(backbone.unet), PoseContext()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        install_pose_blocks(unet, ctx, "0", config_overrides={"num_samples": 8})
-    block = next(pose_blocks(unet))
-    with torch.no_grad():
-        block.featurenerf.decoder.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(seed))
-        block.fuse.weight[:, block.fuse.out_features:] = torch.eye(block.fuse.out_features)
-    ctx.begin_capture()
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(seed + 1)
-        unet(torch.randn(1, 4, 2, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(2, 5, 32, generator=g))
-    ctx.end_capture(_cams(2))
-    return customization_from_unet(unet, ctx, token="<s>", class_word="car", token_embedding=torch.zeros(32))
+    model, ctx, _ = customize_tiny(unet, _cams(4), fuse_identity=True, seed=seed)
+    return customization_from_unet(model, ctx, token="<s>", class_word="car", token_embedding=torch.zeros(32))
 
 
-def test_two_customizations_interleaved_give_what_each_gives_alone(node, run, tiny_bridge, loaded):
+def test_two_customizations_interleaved_give_what_each_gives_alone(node, run, tiny_bridge, loaded, customize_tiny):
     model, _, _ = loaded
-    reference = tiny_backbone(SEED)
-    first, second = _customization(reference, 1), _customization(reference, 2)
+    unet = tiny_backbone(SEED).unet
+    first, second = _customization(customize_tiny, unet, 1), _customization(customize_tiny, unet, 2)
     backbone = run(node("MVC_ApplyMotionModule"), model=model, motion_module="mm.safetensors", window=0).args[0]
     sampler = node("MVC_MVCustomSampler")
 
