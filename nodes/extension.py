@@ -13,6 +13,7 @@ from .backbone_codecs import BACKBONE_CODEC_NODES
 from .bridge import BRIDGE_NODES
 from .camera_files import CAMERA_FILE_NODES
 from .customization import CUSTOMIZATION_NODES
+from .depth import DEPTH_NODES
 from .evaluation import EVALUATION_NODES
 from .inference import INFERENCE_NODES
 from .synthetic import SYNTHETIC_NODES
@@ -28,6 +29,7 @@ NODE_LISTS: dict[str, list[type[io.ComfyNode]]] = {
     "synthetic": SYNTHETIC_NODES,
     "backbone": BACKBONE_NODES + BRIDGE_NODES + BACKBONE_CODEC_NODES,
     "customization": CUSTOMIZATION_NODES,
+    "depth": DEPTH_NODES,
     "inference": INFERENCE_NODES,
     "evaluation": EVALUATION_NODES,
 }

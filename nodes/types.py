@@ -21,5 +21,8 @@ Backbone = io.Custom("MVC_BACKBONE")            # SD1.5 UNet + motion module + t
 Customization = io.Custom("MVC_CUSTOMIZATION")  # trained pose-conditioned blocks + subject token
 DFRPlan = io.Custom("MVC_DFR_PLAN")              # depth-aware feature rendering settings
 CLCPlan = io.Custom("MVC_CLC_PLAN")              # consistency-aware latent completion settings
+DepthModelType = io.Custom("MVC_DEPTH_MODEL")    # a monocular depth model (mvcustom_core.depth.DepthModel)
+Depth = io.Custom("MVC_DEPTH")                   # depth values with their kind (mvcustom_core.depth.DepthMap)
 
-__all__ = ["Trajectory", "CameraCtrlPoses", "Backbone", "Customization", "DFRPlan", "CLCPlan"]
+__all__ = ["Trajectory", "CameraCtrlPoses", "Backbone", "Customization", "DFRPlan", "CLCPlan", "DepthModelType",
+           "Depth"]

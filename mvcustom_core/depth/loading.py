@@ -64,8 +64,9 @@ class DepthModel:
         module: ``DepthAnythingForDepthEstimation`` or ``ZoeDepthForDepthEstimation``, eval mode.
         family: ``"depth_anything"`` or ``"zoedepth"`` (selects the input preprocessing).
         kind: what its output is: ``"disparity"`` (Depth Anything relative) or ``"metric"`` (metres).
-        name: for display, e.g. ``"Depth Anything V2 (relative, ViT width 384)"``.
+        name: for display, e.g. ``"Depth Anything (relative, ViT width 384)"``.
         source: the file, if any.
+        host: the host application's handle on the module (ComfyUI: its ModelPatcher), None outside one.
     """
 
     module: nn.Module
@@ -73,6 +74,7 @@ class DepthModel:
     kind: DepthKind
     name: str
     source: Path | None = None
+    host: Any = None
 
 
 def shipped_depth_config(name: str) -> dict[str, Any]:

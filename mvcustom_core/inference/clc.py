@@ -121,19 +121,25 @@ class CLCHook:
 
     Args:
         plan: when (fraction or τ) and erosion.
-        keep: ``[F, 1, h, w]`` latent keep mask (:func:`keep_mask`), 1 = anchor-visible.
+        keep: ``[F, 1, h, w]`` latent keep mask (:func:`keep_mask`), 1 = anchor-visible; None = not known yet
+            (one pass: set with ``start`` when the anchor geometry is built mid-sampling).
+    ``start``: the step the fraction's window begins at (0; one pass: the step the geometry was built at).
     ``record`` lists the step indices CLC acted on.
     """
 
-    def __init__(self, plan: CLCPlan, keep: Tensor) -> None:
-        check_shape(keep, "F 1 h w", "CLC keep mask")
+    def __init__(self, plan: CLCPlan, keep: Tensor | None) -> None:
+        if keep is not None:
+            check_shape(keep, "F 1 h w", "CLC keep mask")
         self.plan = plan
-        self.keep = keep.float()
+        self.keep = None if keep is None else keep.float()
+        self.start = 0
         self.record: list[int] = []
         self.workspace: int | None = None  # scratch bytes of one chunk of frames (None: memory.MAX_WORKSPACE)
 
     def on_step(self, ctx: StepContext) -> Tensor | None:
-        if not self.plan.acts(ctx.step, ctx.total, int(ctx.t)):
+        if self.keep is None or ctx.step < self.start:
+            return None
+        if not self.plan.acts(ctx.step - self.start, ctx.total, int(ctx.t)):
             return None
         if self.keep.shape[0] != ctx.latents.shape[0] or self.keep.shape[-2:] != ctx.latents.shape[-2:]:
             raise CLCError(f"CLC mask {tuple(self.keep.shape)} does not match latents {tuple(ctx.latents.shape)}")

@@ -30,8 +30,9 @@ from mvcustom_core.checks import within
 from mvcustom_core.customization.pose_block import (PoseBlockError, PoseContext, active_pose_steps,
                                                     install_prerender, pose_blocks, pose_step_relay)
 from mvcustom_core.inference.clc import CLCError, CLCHook, CLCPlan, keep_mask
-from mvcustom_core.inference.dfr import (AnchorGeometry, DFRHook, DFRPlan, anchor_index, dfr_layers,
+from mvcustom_core.inference.dfr import (AnchorGeometry, DFRError, DFRHook, DFRPlan, anchor_index, dfr_layers,
                                          resolve_anchor_geometry)
+from mvcustom_core.inference.one_pass import OnePassAnchor
 from mvcustom_core.inference.windows import WindowedUNet, plan_windows
 from mvcustom_core.memory import MemoryBudget, resolve_budget
 from mvcustom_core.memory_estimate import RunMemory, plan_run_memory
@@ -49,8 +50,9 @@ class MVCustomRun:
     Attributes:
         model: the UNet or its :class:`WindowedUNet`.
         hooks: for ``sample(hooks=...)``.
-        geometry: anchor geometry (None without DFR).
+        geometry: anchor geometry (None without DFR; one pass: None until the sampler built it).
         dfr, clc: the hooks (None when off).
+        one_pass: the :class:`OnePassAnchor` hook of a one-pass plan (None otherwise).
         windows: frame windows.
         memory: the peak estimate and the choices made from it (CFG batching, chunk workspace).
     """
@@ -61,6 +63,7 @@ class MVCustomRun:
         self.geometry: AnchorGeometry | None = None
         self.dfr: DFRHook | None = None
         self.clc: CLCHook | None = None
+        self.one_pass: OnePassAnchor | None = None
         self.windows: list[list[int]] = []
         self.memory: RunMemory | None = None
         self.dense_chunk_elements: int | None = None  # dense attention's chunk budget before the run
@@ -117,12 +120,16 @@ def prepare_run(
     guided: bool = True,
     memory_budget: MemoryBudget | float | None = None,
     pose_cache_dtype: torch.dtype | str | None = "auto",
+    vae: torch.nn.Module | None = None,
 ) -> MVCustomRun:
     """Build the model wrapper and hooks; sets up ``pose_context`` (render mode, cameras, ratio, cache).
 
     ``pose_cache_dtype``: dtype of the cached pose-block terms ``W_y · Fy``; ``"auto"`` = float16 for a float32
     UNet (half the cache; relative change of the final latents ~3e-5, docs/performance.md), else the UNet's;
     None = the UNet's.
+
+    A DFR plan without a depth but with a depth model runs in one pass (:mod:`~mvcustom_core.inference.one_pass`):
+    the geometry is built mid-sampling from the anchor's x̂0, decoded with ``vae``.
 
     Before any work the run's peak memory is estimated against ``memory_budget`` (a :class:`MemoryBudget`, GiB,
     or None = :func:`~mvcustom_core.memory.default_budget` of the UNet's device); that chooses CFG batching and
@@ -136,10 +143,14 @@ def prepare_run(
                        "a DFR fraction of 0 gives geometry without feature replacement)")
     layers: list[str] = []
     anchor = geometry.anchor if geometry is not None else None
+    one_pass = dfr is not None and geometry is None and dfr.depth is None and dfr.depth_model is not None
     if dfr is not None:
         with within("dfr"):
             layers = dfr_layers(unet, dfr)
             anchor = anchor if anchor is not None else anchor_index(dfr.anchor, nf)
+            if one_pass and vae is None:
+                raise DFRError("a DFR plan with a depth model (one pass) decodes the anchor's x̂0 mid-sampling: "
+                               "it needs the backbone's VAE")
     # Before the pose context is touched: a bad window / overlap must not leave it in render mode.
     run.windows = plan_windows(nf, window, overlap, anchor)
 
@@ -161,7 +172,7 @@ def prepare_run(
     run.unet = unet
     run.dense_chunk_elements = set_dense_chunk_elements(unet, workspace // (2 * 4))  # scores + softmax, fp32
 
-    if dfr is not None and geometry is None:
+    if dfr is not None and geometry is None and not one_pass:
         with within("dfr"):
             geometry = resolve_anchor_geometry(dfr, cams, unet=unet, pose_context=pose_context)[0]
     run.geometry = geometry
@@ -187,9 +198,17 @@ def prepare_run(
 
     if clc is not None:
         height, width = cams.image_size
-        keep = keep_mask(geometry.coverage((height // 8, width // 8)), geometry.anchor, clc.erosion)
+        keep = None if one_pass else keep_mask(geometry.coverage((height // 8, width // 8)), geometry.anchor,
+                                               clc.erosion)
         run.clc = CLCHook(clc, keep)
         run.clc.workspace = workspace
+
+    if one_pass:  # before CLC: it may act on the step the geometry is built at
+        run.one_pass = OnePassAnchor(dfr, cams, vae=vae, dfr=run.dfr, clc=run.clc,
+                                     clc_erosion=0 if clc is None else clc.erosion, unet=unet,
+                                     pose_context=pose_context)
+        run.hooks.append(run.one_pass)
+    if run.clc is not None:
         run.hooks.append(run.clc)
 
     if len(run.windows) > 1:
@@ -233,6 +252,7 @@ def mvcustom_sample(
     cache_pose_features: bool = True,
     memory_budget: MemoryBudget | float | None = None,
     pose_cache_dtype: torch.dtype | str | None = "auto",
+    vae: torch.nn.Module | None = None,
 ) -> Tensor:
     """Generate one latent frame per camera of the trajectory.
 
@@ -251,6 +271,7 @@ def mvcustom_sample(
         cache_pose_features: render each pose block's Fy once and reuse it (exact; method.md §4.8).
         memory_budget, pose_cache_dtype: see :func:`prepare_run` (budget: a :class:`MemoryBudget`, GiB, or None =
             from the free memory).
+        vae: the backbone's VAE, for a one-pass DFR plan (a depth model instead of a depth).
 
     Returns:
         latents ``[F, 4, H/8, W/8]`` in the diffusion space (× 0.18215), float32.
@@ -260,13 +281,15 @@ def mvcustom_sample(
         run = prepare_run(unet, cams, pose_context=pose_context, dfr=dfr, clc=clc, steps=steps,
                           pose_ratio=pose_ratio, window=window, overlap=overlap,
                           cache_pose_features=cache_pose_features, guided=uncond is not None and cfg != 1.0,
-                          memory_budget=memory_budget, pose_cache_dtype=pose_cache_dtype)
+                          memory_budget=memory_budget, pose_cache_dtype=pose_cache_dtype, vae=vae)
     hooks = list(run.hooks)
     try:
         return sample(run.model, cond, uncond, cams.num_frames, height, width, steps, cfg, scheduler, seed,
                       hooks=hooks, callback=callback, interrupt=interrupt, scheduler_config=scheduler_config,
                       cfg_batch=run.memory is None or run.memory.cfg_batch)
     finally:
+        if run.one_pass is not None:
+            run.geometry = run.one_pass.geometry
         run.release()
         if pose_context is not None:
             pose_context.clear_cache()

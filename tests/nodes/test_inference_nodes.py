@@ -113,8 +113,9 @@ def test_dfr_node_plan_and_previews_equal_the_core(node, run):
     plan, completion, views = run(cls, trajectory=cams, depth_source="depth image (disparity, near = bright)",
                                   depth_image=_depth_image(0.4), scale=1.0, shift=0.0, steps=20).args
     assert plan.depth_kind == "disparity" and plan.steps == 20 and plan.anchor is None
-    assert run(cls, trajectory=cams).args[0] == DFRPlan()  # defaults: the first 70 % of the steps
-    assert run(cls, trajectory=cams, fraction=0.5).args[0] == DFRPlan(fraction=0.5)
+    field = dict(trajectory=cams, depth_source="customization field")
+    assert run(cls, **field).args[0] == DFRPlan()  # defaults: the first 70 % of the steps
+    assert run(cls, **field, fraction=0.5).args[0] == DFRPlan(fraction=0.5)
     assert plan.scale == 1.0 and torch.equal(plan.depth, torch.full((SIZE, SIZE), 0.4))
     geometry, aligned = resolve_anchor_geometry(plan, cams)
     torch.testing.assert_close(geometry.depth, torch.full((SIZE, SIZE), 2.5))  # z = 1 / (1 · 0.4)
@@ -148,7 +149,7 @@ def test_dfr_node_silhouette_guards_widen_the_completion_masks(node, run):
 
 def test_dfr_node_field_source_and_errors(node, run):
     cls = node("MVC_DepthAwareFeatureRendering")
-    plan, completion, _ = run(cls, trajectory=_cams()).args
+    plan, completion, _ = run(cls, trajectory=_cams(), depth_source="customization field").args
     assert plan.depth is None and completion.shape[0] == 1
     name = "MVCustom Depth-Aware Feature Rendering"
     with pytest.raises(ValueError, match=rf"^{name}: input 'depth_image' must be connected"):
@@ -156,7 +157,7 @@ def test_dfr_node_field_source_and_errors(node, run):
     with pytest.raises(ValueError, match=rf"^{name}: input 'anchor_frame' is invalid"):
         run(cls, trajectory=_cams(), anchor_frame=7)
     with pytest.raises(ValueError, match=rf"^{name}: input 'fraction' is invalid: DFR fraction must be"):
-        run(cls, trajectory=_cams(), fraction=-0.5)
+        run(cls, trajectory=_cams(), depth_source="customization field", fraction=-0.5)
     with pytest.raises(ValueError, match=rf"^{name}: input 'depth_image' must hold 1 image or one per frame"):
         run(cls, trajectory=_cams(), depth_source="depth image (depth, far = bright)",
             depth_image=_depth_image(frames=2))
@@ -270,7 +271,7 @@ def test_dfr_node_field_previews_with_model_and_customization(node, run, backbon
     custom = customization_from_unet(model, ctx, token="<s>", class_word="car", token_embedding=torch.zeros(32))
     cams = _cams()
     plan, completion, views = run(node("MVC_DepthAwareFeatureRendering"), trajectory=cams, model=backbone,
-                                  customization=custom).args
+                                  customization=custom, depth_source="customization field").args
     assert next(pose_blocks(backbone.unet), None) is None  # installed for the preview only
     geometry, _ = resolve_anchor_geometry(plan, cams, unet=model, pose_context=ctx)  # the core on the same field
     assert (geometry.depth > 0).any()
@@ -283,7 +284,7 @@ def test_dfr_layers_that_are_not_modules_are_named_where_they_were_typed(node, r
     """Finding: DFR layers="abc,zz" came out as the Sampler's 'positive'."""
     cams = _cams()
     dfr = node("MVC_DepthAwareFeatureRendering")
-    depth = dict(depth_source="depth image (depth, far = bright)", depth_image=_depth_image(2.5), scale=1.0)
+    depth = dict(depth_source="depth image (depth, far = bright)", depth_image=_depth_image(0.5), scale=5.0)
     with pytest.raises(ValueError, match=r"^MVCustom Depth-Aware Feature Rendering: input 'layers' is invalid: DFR "
                                          r"layers \['abc', 'zz'\] are not hookable modules of this UNet"):
         run(dfr, trajectory=cams, layers="abc, zz", model=backbone, **depth)  # checked when a model is connected
