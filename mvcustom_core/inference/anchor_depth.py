@@ -87,6 +87,7 @@ class AlignedDepth:
         scale, shift: the map applied (in disparity for ``kind="disparity"``).
         kind: what the input was.
         fit: the least-squares fit against the field's depth (None for a manual or median alignment).
+        method: ``"fit"``, ``"manual"`` or ``"median"`` (median depth at the anchor camera's distance).
     """
 
     depth: Tensor
@@ -95,13 +96,15 @@ class AlignedDepth:
     shift: float
     kind: DepthKind
     fit: DepthFit | None = None
+    method: str = "fit"
 
     def summary(self) -> str:
         """One line for the UI, e.g. ``"disparity → 1/depth = 0.3·x + 0.05; fit residual 0.8 % ..."``."""
         how = "depth" if self.kind != "disparity" else "1/depth"
         text = f"{self.kind} → {how} = {self.scale:.4g}·x + {self.shift:.4g}"
         if self.fit is None:
-            return text + " (manual or median, no fit)"
+            return text + (" (manual)" if self.method == "manual" else
+                           " (median depth at the anchor camera's distance: nothing to fit against)")
         return (text + f"; fit residual {100 * self.fit.residual:.2g} % median |Δz|/z "
                 f"({100 * self.fit.inliers:.0f} % of {self.fit.pixels} subject px within 1 %)")
 
@@ -209,9 +212,9 @@ def align_depth(
     if scale is None and shift is not None:
         raise AnchorDepthError("a manual depth shift needs a manual scale too")
     usable = torch.isfinite(depth) if valid is None else (valid.to(torch.bool) & torch.isfinite(depth))
-    fit = None
+    fit, method = None, "fit"
     if scale is not None:
-        s, b = float(scale), float(0.0 if shift is None else shift)
+        s, b, method = float(scale), float(0.0 if shift is None else shift), "manual"
     elif reference is not None:
         check_shape(reference, f"{depth.shape[0]} {depth.shape[1]}", "reference depth")
         ref = reference.to(depth.dtype)
@@ -230,6 +233,7 @@ def align_depth(
             raise AnchorDepthError("depth image has no positive values to align")
         # depth: z = s·x puts the median at the distance; disparity: 1/(s·x) does.
         s, b = (center_distance / med, 0.0) if kind != "disparity" else (1.0 / (center_distance * med), 0.0)
+        method = "median"
     else:
         raise AnchorDepthError("align_depth needs a reference depth, a center_distance or a manual scale")
     mapped = s * depth + b
@@ -237,7 +241,7 @@ def align_depth(
     ok = torch.isfinite(z) & (z > 0) & usable
     if not ok.any():
         raise AnchorDepthError(f"aligned depth (scale {s:.4g}, shift {b:.4g}) has no positive pixels")
-    return AlignedDepth(torch.where(ok, z, torch.zeros_like(z)), ok, s, b, kind, fit)
+    return AlignedDepth(torch.where(ok, z, torch.zeros_like(z)), ok, s, b, kind, fit, method)
 
 
 def ray_length_to_z(length: Tensor, cam: CameraSet) -> Tensor:

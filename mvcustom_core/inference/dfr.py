@@ -283,7 +283,9 @@ def align_anchor_depth(plan: DFRPlan, cams: CameraSet, reference: Tensor | None 
         cams: the trajectory (the anchor camera's distance to the origin is the fallback's median depth).
         reference: ``[h, w]`` z-depth of the anchor view on any grid (the field's, at latent resolution); the
             depth is sampled at its pixel centres for the fit and the fit then maps the full map.
-        trusted: ``[h, w]`` bool, reference pixels to fit on (the field's opaque pixels).
+        trusted: ``[h, w]`` bool, reference pixels to fit on (the field's opaque pixels). Too few to fit (an early
+            field, transparent from the anchor): the median depth goes to the anchor camera's distance to the
+            origin, as without a customization, with a :class:`DFRWarning`.
     """
     if plan.depth is None:
         raise DFRError("align_anchor_depth needs a plan with an anchor depth")
@@ -298,7 +300,7 @@ def align_anchor_depth(plan: DFRPlan, cams: CameraSet, reference: Tensor | None 
                                      f"({error}); it is scaled to the anchor's distance to the subject instead"))
         else:
             aligned = align_depth(raw, kind=plan.depth_kind, valid=valid, scale=fit.scale, shift=fit.shift)
-            return replace(aligned, fit=fit.fit)
+            return replace(aligned, fit=fit.fit, method="fit")
     center = float(cams[anchor_index(plan.anchor, cams.num_frames)].centers[0].norm())
     return align_depth(raw, kind=plan.depth_kind, valid=valid, scale=plan.scale, shift=plan.shift,
                        center_distance=center)

@@ -241,3 +241,4 @@ def test_a_field_transparent_from_the_anchor_gives_no_surface_and_sampling_runs(
         _, aligned = resolve_anchor_geometry(DFRPlan(depth=torch.full((64, 64), 2.0), depth_kind="metric",
                                                      opacity_threshold=0.9), cams, unet=model, pose_context=ctx)
     assert aligned.scale == pytest.approx(float(cams[1].centers[0].norm()) / 2.0)
+    assert aligned.method == "median" and aligned.fit is None and "median depth" in aligned.summary()

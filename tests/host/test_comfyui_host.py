@@ -267,3 +267,62 @@ def test_whole_mvcustom_job_runs_on_the_tiny_backbone(comfy):
     assert len(cams) == traj["frames"]
     assert (cams.c2w.double() - expected.c2w.double()).abs().max() < 1e-5
     assert (exported[-1].parent / "anchor_points.ply").is_file()
+
+
+def _white_share(img) -> float:
+    """Share of white pixels of a completion mask (white = the anchor does not see it)."""
+    grey = img.convert("L")
+    return sum(1 for v in grey.getdata() if v > 127) / (grey.width * grey.height)
+
+
+def test_two_pass_workflow_renders_the_background_from_the_estimated_depth(comfy):
+    """workflows/mvcustom_two_pass.json: pass 1, depth of its anchor frame, pass 2 with DFR + CLC from that depth.
+    The anchor then covers the background too: pixels the field depth (subject only) leaves to the model."""
+    prompt = _workflow("mvcustom_two_pass")
+    status, body = comfy.post_prompt(prompt)
+    assert status == 200, body
+    entry = comfy.wait_history(body["prompt_id"], timeout_s=900)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
+    traj = prompt["4"]["inputs"]
+    frames = [_png(comfy, ref) for ref in entry["outputs"]["16"]["images"]]
+    assert [f.size for f in frames] == [(traj["width"], traj["height"])] * traj["frames"]
+    assert all(_not_blank(f) for f in frames)
+    (alignment,) = entry["outputs"]["12"]["text"]
+    assert alignment.startswith("metric → depth = ") and "fit residual" in alignment
+    estimated = [_png(comfy, ref) for ref in entry["outputs"]["17"]["images"]]
+
+    field = copy.deepcopy(prompt)
+    field["12"]["inputs"]["depth_source"] = "customization field"
+    status, body = comfy.post_prompt(field)
+    assert status == 200, body
+    entry = comfy.wait_history(body["prompt_id"], timeout_s=900)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
+    subject_only = [_png(comfy, ref) for ref in entry["outputs"]["17"]["images"]]
+    anchor = traj["frames"] // 2
+    for f, (a, b) in enumerate(zip(estimated, subject_only)):
+        if f == anchor:
+            continue
+        background = [(x < 128 and y > 127) for x, y in zip(a.convert("L").getdata(), b.convert("L").getdata())]
+        assert sum(background) > 0.1 * len(background), f  # covered with the estimate, not with the field
+        assert _white_share(a) < _white_share(b), f
+
+
+def test_one_pass_workflow_builds_the_anchor_geometry_inside_the_sampler(comfy):
+    """workflows/mvcustom_one_pass.json: the sampler decodes the anchor's x̂0 after 20 % of its 10 steps, estimates
+    and aligns its depth, and renders with it from then on; the export's point cloud holds that depth."""
+    from mvcustom_core.inference import read_ply
+
+    prompt = _workflow("mvcustom_one_pass")
+    status, body = comfy.post_prompt(prompt)
+    assert status == 200, body
+    entry = comfy.wait_history(body["prompt_id"], timeout_s=900)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
+    (note,) = entry["outputs"]["10"]["text"]
+    assert note.startswith("one pass: anchor depth after step 2; metric → depth = "), note
+    frames = [_png(comfy, ref) for ref in entry["outputs"]["12"]["images"]]
+    assert len(frames) == prompt["4"]["inputs"]["frames"] and all(_not_blank(f) for f in frames)
+    exported = sorted((comfy.output_dir / "mvcustom").glob("one_pass_*/anchor_points.ply"))
+    assert exported, "the export node wrote no anchor point cloud"
+    points = read_ply(exported[-1])
+    size = prompt["4"]["inputs"]["width"] * prompt["4"]["inputs"]["height"]
+    assert len(points[0]) > 0.5 * size  # the whole anchor view, not only the subject

@@ -16,9 +16,10 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # Core nodes the workflows use: (socket inputs, widget inputs in UI order), and their outputs (ComfyUI nodes.py).
 CORE_NODES = {"SaveImage": (["images"], ["filename_prefix"]), "PreviewImage": (["images"], []),
               "MaskToImage": (["mask"], []), "CheckpointLoaderSimple": ([], ["ckpt_name"]),
-              "CLIPTextEncode": (["clip"], ["text"]), "VAEDecode": (["samples", "vae"], [])}
+              "CLIPTextEncode": (["clip"], ["text"]), "VAEDecode": (["samples", "vae"], []),
+              "ImageFromBatch": (["image"], ["batch_index", "length"])}
 CORE_OUTPUTS = {"MaskToImage": ["IMAGE"], "CheckpointLoaderSimple": ["MODEL", "CLIP", "VAE"],
-                "CLIPTextEncode": ["CONDITIONING"], "VAEDecode": ["IMAGE"]}
+                "CLIPTextEncode": ["CONDITIONING"], "VAEDecode": ["IMAGE"], "ImageFromBatch": ["IMAGE"]}
 
 
 def _load(folder: Path, name: str) -> dict:
