@@ -380,7 +380,7 @@ class MVCustomSampler(io.ComfyNode):
                               guided=float(cfg) != 1.0, memory_budget=float(memory_budget_gb or 0.0) or None,
                               vae=backbone.vae)
         progress = Progress(int(steps), latent_previews=True)
-        with blame(cls, None, _SAMPLER_ARGUMENTS):
+        with blame(cls, None, _SAMPLER_ARGUMENTS), relaying_warnings(cls):  # one pass resolves DFR mid-sampling
             latents = mvcustom_sample(unet, cond, uncond, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan,
                                       seed=int(seed), steps=int(steps), cfg=float(cfg), pose_ratio=float(pose_ratio),
                                       callback=lambda i, total, x0: progress.preview(i + 1, total, x0),
