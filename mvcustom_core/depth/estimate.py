@@ -1,9 +1,13 @@
-"""Run a depth model on pictures: each family's own input preparation, output back at the picture's size.
+"""Run a depth model on pictures: the model's own input preparation, output back at the picture's size.
+
+Each model carries an :class:`~mvcustom_core.depth.loading.InputSpec` (defaults per family, or its folder's
+``preprocessor_config.json``):
 
 * Depth Anything (the original ``infer_image``): resize keeping the aspect ratio so that both sides are at least
   518, rounded to multiples of 14, bicubic; ImageNet mean / std. The output is resized back bicubically.
-  (transformers' ``DPTImageProcessor`` scales as little as possible instead, so upscaled pictures get one side
-  below 518; both agree for pictures at least 518 on their shorter side.)
+  (transformers' ``DPTImageProcessor``, which ``-hf`` folders name in their preprocessor config, scales as little as
+  possible instead, so upscaled pictures get one side below 518; both agree for pictures at least 518 on their
+  shorter side.)
 * ZoeDepth (``ZoeDepthImageProcessor`` and the original ``ZoeDepth.infer``): reflect-pad by
   ``int(√(h/2)·3)`` rows and ``int(√(w/2)·3)`` columns against border artefacts, resize keeping the aspect
   ratio towards 384 × 512 with multiples of 32, bilinear; mean = std = 0.5; the prediction is averaged with that
@@ -21,12 +25,10 @@ from torch import Tensor
 
 from mvcustom_core.checks import check_shape
 
-from .loading import DepthModel
+from .loading import DepthModel, InputSpec
 from .maps import DepthMap
 
 __all__ = ["estimate_depth", "resize_keep_aspect"]
-
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def resize_keep_aspect(height: int, width: int, target: tuple[int, int], multiple: int,
@@ -34,9 +36,10 @@ def resize_keep_aspect(height: int, width: int, target: tuple[int, int], multipl
     """Network input size of the MiDaS-family ``Resize`` transform used by Depth Anything and ZoeDepth.
 
     Keeping the aspect ratio, the scale is the one of the two (``target / size`` per side) that is closest to 1
-    (``"minimal"``, ZoeDepth) or the larger one, so both sides reach the target (``"lower_bound"``, Depth Anything
-    V2's ``infer_image``); each side is then rounded to the nearest multiple, rounding up where that would fall
-    below the target (lower bound).
+    (``"minimal"``, ZoeDepth and transformers' processors) or the larger one, so both sides reach the target
+    (``"lower_bound"``, Depth Anything V2's ``infer_image``); ``"none"`` scales each side to its target (aspect ratio
+    not kept). Each side is then rounded to the nearest multiple, rounding up where that would fall below the
+    target (lower bound).
 
     Example:
         >>> resize_keep_aspect(512, 768, (518, 518), 14, "lower_bound")
@@ -46,18 +49,18 @@ def resize_keep_aspect(height: int, width: int, target: tuple[int, int], multipl
     """
     scale_h, scale_w = target[0] / height, target[1] / width
     if method == "lower_bound":
-        scale = max(scale_h, scale_w)
+        scale_h = scale_w = max(scale_h, scale_w)
     elif method == "minimal":
-        scale = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h
-    else:
-        raise ValueError(f"resize method must be 'minimal' or 'lower_bound', got {method!r}")
+        scale_h = scale_w = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h
+    elif method != "none":
+        raise ValueError(f"resize method must be 'minimal', 'lower_bound' or 'none', got {method!r}")
 
     def side(x: float, least: int) -> int:
         y = round(x / multiple) * multiple
         return max(multiple, math.ceil(x / multiple) * multiple if y < least else y)
 
     least = target if method == "lower_bound" else (0, 0)
-    return side(scale * height, least[0]), side(scale * width, least[1])
+    return side(scale_h * height, least[0]), side(scale_w * width, least[1])
 
 
 def _normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
@@ -72,21 +75,20 @@ def _forward(model: DepthModel, pixels: Tensor) -> Tensor:
     return out.float()[:, None]
 
 
-def _depth_anything(model: DepthModel, image: Tensor) -> Tensor:
+def _estimate_one(model: DepthModel, image: Tensor) -> Tensor:
+    """``[3, H, W]`` in [0, 1] -> ``[H, W]`` raw model output at the picture's size."""
+    spec: InputSpec = model.input
     h, w = image.shape[-2:]
-    size = resize_keep_aspect(h, w, (518, 518), 14, "lower_bound")
-    x = F.interpolate(image[None], size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-    out = _forward(model, _normalize(x, _IMAGENET_MEAN, _IMAGENET_STD))
-    return F.interpolate(out, size=(h, w), mode="bicubic", align_corners=False)[0, 0]
-
-
-def _zoedepth(model: DepthModel, image: Tensor) -> Tensor:
-    h, w = image.shape[-2:]
-    pad_h, pad_w = int(math.sqrt(h / 2) * 3), int(math.sqrt(w / 2) * 3)
-    padded = F.pad(image[None], (pad_w, pad_w, pad_h, pad_h), mode="reflect")
-    size = resize_keep_aspect(h + 2 * pad_h, w + 2 * pad_w, (384, 512), 32, "minimal")
-    x = _normalize(F.interpolate(padded, size=size, mode="bilinear", align_corners=False), (0.5,) * 3, (0.5,) * 3)
-    out = (_forward(model, x) + _forward(model, x.flip(-1)).flip(-1)) / 2
+    pad_h, pad_w = (int(math.sqrt(h / 2) * 3), int(math.sqrt(w / 2) * 3)) if spec.pad else (0, 0)
+    x = F.pad(image[None], (pad_w, pad_w, pad_h, pad_h), mode="reflect") if spec.pad else image[None]
+    if spec.resize:
+        size = resize_keep_aspect(h + 2 * pad_h, w + 2 * pad_w, spec.size, spec.multiple, spec.keep_aspect)
+        x = F.interpolate(x, size=size, mode=spec.interpolation, align_corners=False,
+                          antialias=spec.interpolation == "bicubic").clamp(0, 1)
+    x = _normalize(x, spec.mean, spec.std)
+    out = _forward(model, x)
+    if spec.flip:
+        out = (out + _forward(model, x.flip(-1)).flip(-1)) / 2
     out = F.interpolate(out, size=(h + 2 * pad_h, w + 2 * pad_w), mode="bicubic", align_corners=False)
     return out[0, 0, pad_h:pad_h + h, pad_w:pad_w + w]
 
@@ -102,11 +104,10 @@ def estimate_depth(model: DepthModel, images: Tensor, *, progress: Callable[[int
         progress: ``progress(done, total)`` after each picture; it may raise to interrupt.
     """
     b = check_shape(images, "B 3 H W", "images")["B"]
-    run = _zoedepth if model.family == "zoedepth" else _depth_anything
     out = []
     with torch.no_grad():
         for i in range(b):
-            out.append(run(model, images[i].float().to(next(model.module.parameters()).device)).cpu())
+            out.append(_estimate_one(model, images[i].float().to(next(model.module.parameters()).device)).cpu())
             if progress is not None:
                 progress(i + 1, b)
     values = torch.stack(out)

@@ -7,7 +7,8 @@ Supported files (``.safetensors`` only: nothing is unpickled, nothing is downloa
   ``DepthAnythingForDepthEstimation`` with the pack's shipped config for their size
   (:mod:`mvcustom_core.depth.layouts`).
 * transformers folders (``config.json`` + ``model.safetensors``) of Depth Anything (V1, V2, metric) and ZoeDepth
-  (``Intel/zoedepth-nyu``, ``-kitti``, ``-nyu-kitti``); the file is picked, its ``config.json`` is read beside it.
+  (``Intel/zoedepth-nyu``, ``-kitti``, ``-nyu-kitti``); the file is picked, its ``config.json`` is read beside it,
+  and its ``preprocessor_config.json``, if there, sets the input preparation (:func:`input_spec`).
   A lone transformers file without ``config.json`` gets a shipped config when its keys and name make it
   unambiguous (ZoeD_N / ZoeD_NK by keys; Depth Anything only with "v2" in the name).
 
@@ -25,7 +26,7 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,8 +39,8 @@ from .layouts import LAYOUT_HINTS, depth_anything_size, detect_depth_layout, ori
 from .layouts import original_to_transformers
 from .maps import DepthKind
 
-__all__ = ["DepthModel", "DepthModelError", "load_depth_model", "tiny_depth_model", "shipped_depth_config",
-           "build_depth_module", "DEPTH_SUFFIXES"]
+__all__ = ["DepthModel", "DepthModelError", "InputSpec", "load_depth_model", "tiny_depth_model",
+           "shipped_depth_config", "build_depth_module", "input_spec", "DEPTH_SUFFIXES"]
 
 DEPTH_SUFFIXES = (".safetensors", ".sft")
 Family = Literal["depth_anything", "zoedepth"]
@@ -56,6 +57,67 @@ class DepthModelError(CheckpointError):
     """A depth weights file that cannot be loaded (format, layout, missing config, missing or misshapen tensors)."""
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """How a model wants its pictures (see :mod:`mvcustom_core.depth.estimate`).
+
+    Attributes:
+        size: target ``(height, width)`` of the resize; multiple: both sides rounded to multiples of it.
+        keep_aspect: ``"lower_bound"`` (both sides >= target), ``"minimal"`` (the scale closest to 1) or
+            ``"none"`` (each side to its target), as :func:`~mvcustom_core.depth.estimate.resize_keep_aspect`.
+        mean, std: per-channel normalization of [0, 1] pixels; interpolation: ``"bicubic"`` or ``"bilinear"``.
+        resize: resize at all; pad: ZoeDepth's reflect padding; flip: average with the mirrored picture.
+    """
+
+    size: tuple[int, int] = (518, 518)
+    multiple: int = 14
+    keep_aspect: str = "lower_bound"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    resize: bool = True
+    pad: bool = False
+    flip: bool = False
+
+
+# Depth Anything's infer_image (ImageNet statistics, >= 518 px, multiples of 14, bicubic); ZoeDepth's infer
+# (mean = std = 0.5, towards 384 x 512 with multiples of 32, bilinear, reflect padding, flip averaging).
+FAMILY_INPUTS = {"depth_anything": InputSpec(),
+                 "zoedepth": InputSpec(size=(384, 512), multiple=32, keep_aspect="minimal", mean=(0.5,) * 3,
+                                       std=(0.5,) * 3, interpolation="bilinear", pad=True, flip=True)}
+_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL's codes in transformers' processor configs
+
+
+def input_spec(family: str, processor: Mapping[str, Any] | None = None) -> InputSpec:
+    """The family's input preparation, with a transformers ``preprocessor_config.json`` dict's settings on top.
+
+    Read (transformers' DPT / ZoeDepth processor semantics): ``do_resize``, ``size`` (``height``/``width``),
+    ``keep_aspect_ratio`` (True = scale as little as possible), ``ensure_multiple_of``, ``resample``,
+    ``image_mean``/``image_std``, ``do_pad`` (ZoeDepth). Flip averaging stays the family's.
+    """
+    spec = FAMILY_INPUTS[family]
+    if not processor:
+        return spec
+    size = processor.get("size") or {}
+    changes: dict[str, Any] = {}
+    if "height" in size and "width" in size:
+        changes["size"] = (int(size["height"]), int(size["width"]))
+    if "keep_aspect_ratio" in processor:
+        changes["keep_aspect"] = "minimal" if processor["keep_aspect_ratio"] else "none"
+    if isinstance(processor.get("ensure_multiple_of"), int) and processor["ensure_multiple_of"] >= 1:
+        changes["multiple"] = int(processor["ensure_multiple_of"])
+    if processor.get("resample") in _RESAMPLE:
+        changes["interpolation"] = _RESAMPLE[processor["resample"]]
+    if processor.get("do_normalize", True) and processor.get("image_mean") and processor.get("image_std"):
+        changes["mean"] = tuple(float(v) for v in processor["image_mean"])
+        changes["std"] = tuple(float(v) for v in processor["image_std"])
+    if "do_resize" in processor:
+        changes["resize"] = bool(processor["do_resize"])
+    if "do_pad" in processor and family == "zoedepth":
+        changes["pad"] = bool(processor["do_pad"])
+    return replace(spec, **changes)
+
+
 @dataclass
 class DepthModel:
     """A loaded monocular depth estimator.
@@ -67,6 +129,7 @@ class DepthModel:
         name: for display, e.g. ``"Depth Anything (relative, ViT width 384)"``.
         source: the file, if any.
         host: the host application's handle on the module (ComfyUI: its ModelPatcher), None outside one.
+        input: how pictures are prepared for it (the family's default, or its preprocessor config).
     """
 
     module: nn.Module
@@ -75,6 +138,11 @@ class DepthModel:
     name: str
     source: Path | None = None
     host: Any = None
+    input: InputSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.input is None:
+            self.input = FAMILY_INPUTS[self.family]
 
 
 def shipped_depth_config(name: str) -> dict[str, Any]:
@@ -167,14 +235,14 @@ def _as_metric(config: dict[str, Any], max_depth: int | None) -> dict[str, Any]:
     return {**config, "depth_estimation_type": "metric", "max_depth": max_depth}
 
 
-def _config_beside(path: Path) -> dict[str, Any] | None:
-    file = path.parent / "config.json"
+def _json_beside(path: Path, name: str) -> dict[str, Any] | None:
+    file = path.parent / name
     if not file.is_file():
         return None
     try:
         return json.loads(file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        raise DepthModelError(f"{file}: cannot read the model's config.json: {error}") from error
+        raise DepthModelError(f"{file}: cannot read the model's {name}: {error}") from error
 
 
 def _shipped_for(layout: str, shapes: Mapping[str, tuple[int, ...]], path: Path) -> dict[str, Any]:
@@ -259,7 +327,7 @@ def load_depth_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
         config = _as_metric(shipped_depth_config(_DA_SIZES[width]), _metric_range(path.name, path))
         _check_original(shapes, config, path)
     else:
-        config = _config_beside(path) or _shipped_for(layout, shapes, path)
+        config = _json_beside(path, "config.json") or _shipped_for(layout, shapes, path)
     if layout != "depth_anything_original" and config.get("model_type") != layout:
         raise DepthModelError(f"{path}: its config.json says model_type {config.get('model_type')!r} but the "
                               f"tensors are a {layout} model")
@@ -276,7 +344,8 @@ def load_depth_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
     family: Family = "zoedepth" if layout == "zoedepth" else "depth_anything"
     module = build_depth_module(config, tensors, what=str(path)).to(dtype)
     kind, name = _describe(family, config)
-    return DepthModel(module, family, kind, name, path)
+    processor = _json_beside(path, "preprocessor_config.json") if layout != "depth_anything_original" else None
+    return DepthModel(module, family, kind, name, path, input=input_spec(family, processor))
 
 
 def tiny_depth_model(seed: int = 0) -> DepthModel:

@@ -348,3 +348,23 @@ def test_depth_anything_estimate_runs_at_the_518_grid_and_returns_the_picture_si
         hook.remove()
     assert seen == [(1, 3, 518, 784)]  # height scaled least (64 -> 518), width rounded to 14s
     assert out.values.shape == (1, 64, 96) and out.valid.all() and out.values.std() > 0
+
+
+def test_a_folders_preprocessor_config_sets_the_input_preparation(tmp_path):
+    """transformers' DPTImageProcessor settings beside the weights (as the built-in tiny-world model ships them):
+    64 x 64 without keeping the aspect ratio, mean = std = 0.5; the estimate is then the module on exactly that."""
+    torch.manual_seed(0)
+    source = build_depth_module(TINY_DA)
+    _save_folder(tmp_path / "m", source, TINY_DA)
+    (tmp_path / "m" / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "DPTImageProcessor", "do_resize": True, "size": {"height": 64, "width": 64},
+        "keep_aspect_ratio": False, "ensure_multiple_of": 8, "resample": 3, "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    model = load_depth_model(tmp_path / "m" / "model.safetensors")
+    assert (model.input.size, model.input.keep_aspect, model.input.multiple) == ((64, 64), "none", 8)
+    image = _picture(64, 64)
+    with torch.no_grad():
+        direct = source(pixel_values=image * 2 - 1).predicted_depth[:, None]
+    want = F.interpolate(direct, size=(64, 64), mode="bicubic", align_corners=False)[:, 0]
+    torch.testing.assert_close(estimate_depth(model, image).values, want, rtol=1e-5, atol=1e-5)
+    assert load_depth_model(tmp_path / "m" / "model.safetensors").input != tiny_depth_model().input

@@ -74,8 +74,8 @@ def test_load_and_estimate_equal_the_core(node, run, depth_files):
     out = run(node("MVC_EstimateDepth"), depth_model=model, images=_pictures())
     depth, preview = out.args
     assert depth_files.models.loaded[-1] == [model.host]  # placed by ComfyUI's model management
-    expected = estimate_depth(SimpleNamespace(module=depth_files.module, family="depth_anything", kind="metric",
-                                              name=model.name), _pictures().permute(0, 3, 1, 2))
+    expected = estimate_depth(DepthModel(depth_files.module, "depth_anything", "metric", model.name),
+                              _pictures().permute(0, 3, 1, 2))
     assert isinstance(depth, DepthMap) and depth.kind == "metric" and depth.values.shape == (3, SIZE, SIZE)
     torch.testing.assert_close(depth.values, expected.values)
     torch.testing.assert_close(preview, depth_preview(depth).permute(0, 2, 3, 1))
