@@ -35,6 +35,15 @@ def _png(comfy, image_ref: dict):
     return PIL_Image.open(io.BytesIO(data)).convert("RGB")
 
 
+def _run_ok(comfy, prompt: dict, timeout_s: float = 900) -> dict:
+    """Queue ``prompt``, wait for it and return its history entry, asserting that it ran to success."""
+    status, body = comfy.post_prompt(prompt)
+    assert status == 200, body
+    entry = comfy.wait_history(body["prompt_id"], timeout_s=timeout_s)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
+    return entry
+
+
 def _not_blank(img) -> bool:
     lo, hi = zip(*img.getextrema())
     return max(hi) - min(lo) > 64  # dark lines/markers on a light background, not one flat colour
@@ -240,10 +249,7 @@ def test_whole_mvcustom_job_runs_on_the_tiny_backbone(comfy):
     from mvcustom_core.trajectories import make_trajectory
 
     prompt = _workflow("mvcustom_tiny_pipeline")
-    status, body = comfy.post_prompt(prompt)
-    assert status == 200, body
-    entry = comfy.wait_history(body["prompt_id"], timeout_s=900)
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
+    entry = _run_ok(comfy, prompt)
     traj = prompt["4"]["inputs"]
     frames = [_png(comfy, ref) for ref in entry["outputs"]["11"]["images"]]
     assert [f.size for f in frames] == [(traj["width"], traj["height"])] * traj["frames"]
@@ -279,10 +285,7 @@ def test_two_pass_workflow_renders_the_background_from_the_estimated_depth(comfy
     """workflows/mvcustom_two_pass.json: pass 1, depth of its anchor frame, pass 2 with DFR + CLC from that depth.
     The anchor then covers the background too: pixels the field depth (subject only) leaves to the model."""
     prompt = _workflow("mvcustom_two_pass")
-    status, body = comfy.post_prompt(prompt)
-    assert status == 200, body
-    entry = comfy.wait_history(body["prompt_id"], timeout_s=900)
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
+    entry = _run_ok(comfy, prompt)
     traj = prompt["4"]["inputs"]
     frames = [_png(comfy, ref) for ref in entry["outputs"]["16"]["images"]]
     assert [f.size for f in frames] == [(traj["width"], traj["height"])] * traj["frames"]
@@ -293,10 +296,7 @@ def test_two_pass_workflow_renders_the_background_from_the_estimated_depth(comfy
 
     field = copy.deepcopy(prompt)
     field["12"]["inputs"]["depth_source"] = "customization field"
-    status, body = comfy.post_prompt(field)
-    assert status == 200, body
-    entry = comfy.wait_history(body["prompt_id"], timeout_s=900)
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
+    entry = _run_ok(comfy, field)
     subject_only = [_png(comfy, ref) for ref in entry["outputs"]["17"]["images"]]
     anchor = traj["frames"] // 2
     for f, (a, b) in enumerate(zip(estimated, subject_only)):
@@ -313,10 +313,7 @@ def test_one_pass_workflow_builds_the_anchor_geometry_inside_the_sampler(comfy):
     from mvcustom_core.inference import read_ply
 
     prompt = _workflow("mvcustom_one_pass")
-    status, body = comfy.post_prompt(prompt)
-    assert status == 200, body
-    entry = comfy.wait_history(body["prompt_id"], timeout_s=900)
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
+    entry = _run_ok(comfy, prompt)
     (note,) = entry["outputs"]["10"]["text"]
     assert note.startswith("one pass: anchor depth after step 2; metric → depth = "), note
     frames = [_png(comfy, ref) for ref in entry["outputs"]["12"]["images"]]
