@@ -228,7 +228,7 @@ def generate(backbone, case: WorldCase, config: str, *, customization=None, dept
                     raise ValueError(f"config {config!r} needs the depth model and the first pass's frames")
                 depth = anchor_depth_from_image(depth_model, first_pass[case.anchor], unet, ctx,
                                                 case.targets[case.anchor])
-                dfr = DFRPlan(anchor=case.anchor, depth=depth, depth_kind="depth", scale=1.0, shift=0.0,
+                dfr = DFRPlan(anchor=case.anchor, depth=depth, depth_kind="metric", scale=1.0, shift=0.0,
                               steps=max(1, round(DFR_FRACTION * steps)))
                 clc = CLCPlan() if config == "dfr_clc" else None
             latents = mvcustom_sample(unet, cond, uncond, case.targets, pose_context=ctx, dfr=dfr, clc=clc,

@@ -45,7 +45,7 @@ from mvcustom_core.cameras import CameraSet
 from mvcustom_core.checks import check_shape
 from mvcustom_core.depth.maps import DEPTH_KINDS, DepthKind
 
-__all__ = ["DepthKind", "AlignedDepth", "AnchorDepthError", "DepthFit", "depth_from_image", "fit_scale_shift",
+__all__ = ["DepthKind", "AlignedDepth", "AnchorDepthError", "DepthFit", "fit_scale_shift",
            "robust_fit", "align_depth", "ray_length_to_z", "field_depth"]
 
 # Huber's and Tukey's tuning constants for 95 % efficiency under Gaussian noise (Holland & Welsch 1977).
@@ -107,17 +107,6 @@ class AlignedDepth:
                            " (median depth at the anchor camera's distance: nothing to fit against)")
         return (text + f"; fit residual {100 * self.fit.residual:.2g} % median |Δz|/z "
                 f"({100 * self.fit.inliers:.0f} % of {self.fit.pixels} subject px within 1 %)")
-
-
-def depth_from_image(image: Tensor) -> Tensor:
-    """A depth IMAGE ``[H, W]``, ``[C, H, W]`` or ``[1, C, H, W]`` (grey or coloured grey) -> ``[H, W]`` (channel mean)."""
-    if image.dim() == 4:
-        check_shape(image, "1 C H W", "depth image")
-        image = image[0]
-    if image.dim() == 3:
-        image = image.float().mean(dim=0)
-    check_shape(image, "H W", "depth image")
-    return image.float()
 
 
 def _pairs(x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:

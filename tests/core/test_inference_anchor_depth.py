@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mvcustom_core.cameras import CameraSet
-from mvcustom_core.inference.anchor_depth import (AnchorDepthError, align_depth, depth_from_image, fit_scale_shift,
+from mvcustom_core.inference.anchor_depth import (AnchorDepthError, align_depth, fit_scale_shift,
                                                   ray_length_to_z)
 
 
@@ -71,11 +71,6 @@ def test_ray_length_to_z_on_a_fronto_parallel_plane():
     length = z * cam.with_image_size((5, 7)).ray_directions()[0] @ torch.tensor([0, 0, 1.0], dtype=torch.float64)
     length = z / length * z  # t = z / cos(angle)
     torch.testing.assert_close(ray_length_to_z(length, cam), torch.full((5, 7), z, dtype=torch.float64))
-
-
-def test_depth_from_image_averages_channels():
-    img = torch.stack([torch.full((3, 4), 0.2), torch.full((3, 4), 0.4), torch.full((3, 4), 0.6)])[None]
-    torch.testing.assert_close(depth_from_image(img), torch.full((3, 4), 0.4))
 
 
 def test_ray_length_to_z_for_a_rotated_off_centre_camera_at_a_coarser_grid():
