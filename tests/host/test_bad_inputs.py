@@ -183,6 +183,14 @@ CASES = (
                                                           motion_module="../../outside/outside.safetensors")),
        Case("load-backbone-unknown-dtype", _simple("MVC_LoadBackbone", "dtype", checkpoint="sd.safetensors",
                                                    motion_module="mm.safetensors", dtype="fp64"))]
+    # Load Depth Model: the depth folders only, safetensors only, a broken file named
+    + [Case(f"load-depth-model-{i}", _simple("MVC_LoadDepthModel", "model", model=name))
+       for i, name in enumerate(MODEL_ESCAPES)]
+    + [Case("load-depth-model-truncated", _simple("MVC_LoadDepthModel", "model", model="truncated.safetensors")),
+       Case("load-depth-model-not-a-depth-model", _simple("MVC_LoadDepthModel", "model",
+                                                          model="not_depth.safetensors")),
+       Case("load-depth-model-unknown-dtype", _simple("MVC_LoadDepthModel", "dtype", model="not_depth.safetensors",
+                                                      dtype="fp64"))]
     # Train Customization: names, foreign files, resume, photos, settings
     + [Case(f"train-name-{i}", _training("name", name=name)) for i, name in
        enumerate(["with\0nul", "../up", "a/b", ".hidden", " ", "{outside}/abs", "v2:stream", "CON"])]
@@ -228,7 +236,8 @@ CASES = (
        Case("reference-cameras-one-photo", _simple(
            "MVC_ReferenceCameras", "images", link=lambda g: {"images": [_views(g, views=1), 0]}))]
     # DFR, CLC, Sampler
-    + [Case("dfr-layers-not-modules", _dfr_node("layers", model=True, layers="abc,zz")),
+    + [Case("dfr-layers-not-modules", _dfr_node("layers", model=True, layers="abc,zz",
+                                                 depth_source="customization field")),
        Case("dfr-anchor-out-of-range", _dfr_node("anchor_frame", anchor_frame=99)),
        Case("dfr-depth-image-missing", _dfr_node("depth_image", depth_source="depth image (depth, far = bright)")),
        Case("dfr-unknown-depth-source", _dfr_node("depth_source", depth_source="lidar")),
@@ -238,7 +247,8 @@ CASES = (
        Case("sampler-window-one", _sampling("window", window=1)),
        Case("sampler-size-not-multiple-of-8", _sampling("trajectory", traj={"width": 60})),
        Case("sampler-clc-without-dfr", _sampling("clc_plan", extra=_clc)),
-       Case("sampler-dfr-layers-not-modules", _sampling("dfr_plan", extra=lambda g: _dfr(g, layers="abc,zz")))]
+       Case("sampler-dfr-layers-not-modules", _sampling("dfr_plan", extra=lambda g: _dfr(
+           g, layers="abc,zz", depth_source="customization field")))]
     # Evaluation
     + [Case(f"evaluate-clip-folder-{i}", _evaluate("clip_folder", clip_folder=name)) for i, name in
        enumerate(["{outside}", "../outside", "/etc", "dir_out"])]
@@ -281,8 +291,10 @@ def table(comfy):
             (inp / link).symlink_to(target)
     if not (out / "escape").is_symlink():
         (out / "escape").symlink_to(outside, target_is_directory=True)
-    for sub in ("mvcustom", "embeddings", "checkpoints", "animatediff_models"):
+    for sub in ("mvcustom", "embeddings", "checkpoints", "animatediff_models", "depth"):
         (models / sub).mkdir(parents=True, exist_ok=True)
+    (models / "depth" / "truncated.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    save_file({"model.diffusion_model.x": torch.zeros(1)}, str(models / "depth" / "not_depth.safetensors"))
     (models / "mvcustom" / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     save_file({"emb_params": torch.zeros(1, 768)}, str(models / "mvcustom" / "embedding_like.safetensors"))
     save_file({"emb_params": torch.ones(1, 32)}, str(models / "embeddings" / "precious.safetensors"))
