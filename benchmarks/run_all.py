@@ -40,6 +40,7 @@ BENCHMARKS = [
     ("FeatureNeRF and customization step", "benchmarks.bench_customization"),
     ("MVCustom sampler overhead", "benchmarks.bench_sampler"),
     ("Pose-block render choices", "benchmarks.bench_pose_render"),
+    ("Anchor depth: one pass vs two passes", "benchmarks.bench_one_pass"),
     ("Full-size job", "benchmarks.bench_fullsize"),
     ("Load Checkpoint MODEL bridge: memory", "benchmarks.bench_bridge"),
 ]
