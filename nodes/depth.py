@@ -17,7 +17,7 @@ import torch
 from mvcustom_core.depth import (DEPTH_SUFFIXES, DepthModel, depth_preview, estimate_depth, load_depth_model,
                                  tiny_depth_model)
 
-from ._common import Progress, blame, image_from_chw, image_to_chw, require
+from ._common import NodeInputError, Progress, blame, image_from_chw, image_to_chw, require
 from ._files import reading
 from ._host import folder_paths, io, model_management, model_patcher, ui
 from .backbone import HostedModule, model_files, resolve_model_file
@@ -97,10 +97,23 @@ class LoadDepthModel(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model: str) -> bool | str:
+        """Queue-time check of the name (ComfyUI does not check V3 combo values against the list)."""
+        try:
+            cls._path(model)
+        except NodeInputError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def _path(cls, model: str):
+        register_depth_folder()
+        return resolve_model_file(cls, "model", DEPTH_FOLDER, model)
+
+    @classmethod
     def execute(cls, model: str, dtype: str) -> io.NodeOutput:
         require(cls, "dtype", dtype in DTYPES, f"must be one of {list(DTYPES)}, got {dtype!r}")
-        register_depth_folder()
-        path = resolve_model_file(cls, "model", DEPTH_FOLDER, model)
+        path = cls._path(model)
         with reading(cls, "model", model, path, DEPTH_FOLDER, what="a depth model"):
             loaded = load_depth_model(path, dtype=DTYPES[dtype], progress=Progress(1).callback)
         return io.NodeOutput(_hosted(loaded), ui=ui.PreviewText(f"{loaded.name}: gives {loaded.kind}"))

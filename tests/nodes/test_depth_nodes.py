@@ -157,3 +157,10 @@ def test_sampler_node_one_pass_equals_the_core(node, run):
         run(node("MVC_MVCustomSampler"), model=SimpleNamespace(unet=backbone.unet), trajectory=cams,
             positive=[[text[0], {}]], negative=[[text[1], {}]], dfr_plan=plan, seed=3, steps=4, cfg=5.0,
             pose_ratio=1.0, window=16, overlap=4)
+
+
+def test_load_depth_model_validates_the_name_at_queue_time(node, depth_files):
+    cls = node("MVC_LoadDepthModel")
+    assert cls.validate_inputs(model="tiny-da/model.safetensors") is True
+    message = cls.validate_inputs(model="../checkpoints/x.safetensors")
+    assert message.startswith("MVCustom Load Depth Model: input 'model' must name a model file")
