@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import sys
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -13,6 +15,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST_BUILDS = {"torch", "torchvision", "torchaudio"}  # the user's own builds, which pip must never replace
 # Packages ComfyUI itself requires: an upper bound or a pin on one of them could downgrade the host's copy.
 HOST_SHARED = {"numpy", "pillow", "safetensors", "transformers", "kornia", "tokenizers", "einops", "scipy"}
+# Imported by the core but installed by the user on purpose, with the reason (the docs say how).
+USER_INSTALLED = {"dreamsim": "evaluation only; it requires torchvision, which the pack never installs"}
+# Import names that differ from the distribution's name on PyPI.
+DISTRIBUTION_OF = {"PIL": "pillow", "mpl_toolkits": "matplotlib"}
 # md5 of https://www.apache.org/licenses/LICENSE-2.0.txt, the standard text.
 APACHE_2_0_MD5 = "3b83ef96387f14655fc854ddc3c6bd57"
 
@@ -69,3 +75,37 @@ def test_icon_is_a_square_svg_of_at_most_400_px_in_this_repository():
     width, height = int(root.get("width")), int(root.get("height"))
     assert width == height <= 400 and root.get("viewBox") == f"0 0 {width} {height}"
     assert len(root.findall(".//{http://www.w3.org/2000/svg}polygon")) >= 4  # the camera frustums
+
+
+def _core_imports() -> dict[str, str]:
+    """Top-level third-party modules imported anywhere in mvcustom_core (lazy imports in functions included) ->
+    one file importing each."""
+    found = {}
+    for path in sorted((REPO_ROOT / "mvcustom_core").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "mvcustom_core":
+                    found.setdefault(top, path.relative_to(REPO_ROOT).as_posix())
+    return found
+
+
+def test_every_package_the_core_imports_is_declared():
+    """requirements.txt or an extra names every package the core imports (PyAV for backbone video training was
+    missing from 'train'), except the host's torch and the packages users install on purpose."""
+    extras = _pyproject()["project"].get("optional-dependencies", {})
+    declared = {r.name.lower() for r in _requirements()}
+    declared |= {Requirement(r).name.lower() for group in extras.values() for r in group}
+    imports = _core_imports()
+    assert "av" in imports and "accelerate" in imports  # the scan sees imports inside functions
+    undeclared = sorted(f"{DISTRIBUTION_OF.get(m, m)} ({where})" for m, where in imports.items()
+                        if m not in HOST_BUILDS | USER_INSTALLED.keys()
+                        and DISTRIBUTION_OF.get(m, m).lower() not in declared)
+    assert not undeclared, f"imported by the core, declared nowhere: {undeclared}"
+
+
+def test_backbone_training_extra_holds_what_backbone_training_imports():
+    train = {Requirement(r).name.lower() for r in _pyproject()["project"]["optional-dependencies"]["train"]}
+    assert {"accelerate", "av"} <= train
