@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.customization.pose_block import (
-    PoseConditionedBlock, PoseContext, install_pose_blocks, pose_blocks, remove_pose_blocks)
+    PoseBlockError, PoseConditionedBlock, PoseContext, install_pose_blocks, pose_blocks, remove_pose_blocks)
 from mvcustom_core.files import Replace, atomic_write
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CustomizationFileError", "BackboneMismatchError", "Customization",
@@ -238,10 +238,6 @@ def load_customization(path: str | os.PathLike) -> Customization:
 
 
 # ------------------------------------------------------------------------------------ to / from a UNet
-def _pose_state(block: PoseConditionedBlock) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in block.state_dict().items() if not k.startswith("block.")}
-
-
 def customization_from_unet(unet: nn.Module, context: PoseContext, *, token: str, class_word: str,
                             token_embedding: Tensor, prompt_template: str = "photo of a {token} {class_word}",
                             training: dict | None = None) -> Customization:
@@ -255,7 +251,7 @@ def customization_from_unet(unet: nn.Module, context: PoseContext, *, token: str
     return Customization(
         blocks=[b.name for b in blocks],
         featurenerf={b.name: b.featurenerf.config.to_dict() for b in blocks},
-        weights={b.name: _pose_state(b) for b in blocks},
+        weights={b.name: b.own_state() for b in blocks},
         references={b.name: context.references[b.name].detach().clone() for b in blocks},
         ref_cams=context.ref_cams, token=token, class_word=class_word,
         token_embedding=token_embedding.detach().reshape(1, -1).clone(), backbone=backbone_fingerprint(unet),
@@ -277,7 +273,9 @@ def _install_and_load(unet: nn.Module, c: Customization, ctx: PoseContext,
         param = next(block.featurenerf.parameters())
         state = {k: v.to(param.device, param.dtype) for k, v in c.weights[name].items()}
         try:
-            result = block.load_state_dict(state, strict=False)
+            result = block.load_own_state(state)
+        except PoseBlockError as error:
+            raise CustomizationFileError(f"{where}: pose block {name} weights are not pose weights: {error}") from error
         except RuntimeError as error:  # shapes that do not match the header's FeatureNeRF config
             raise CustomizationFileError(f"{where}: pose block {name} weights do not fit its FeatureNeRF "
                                          f"config: {error}") from error

@@ -45,7 +45,7 @@ the layout of CFG batches ``[uncond frames…, cond frames…]``); row ``r`` is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterator, Literal
+from typing import Any, Hashable, Iterator, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -192,6 +192,25 @@ class PoseConditionedBlock(nn.Module):
         self.featurenerf = FeatureNeRF(config)
         self.fuse = Fusion(width)
         self.grid_hook: torch.utils.hooks.RemovableHandle | None = None
+
+    def own_state(self) -> dict[str, Tensor]:
+        """Detached copies of the block's own weights (FeatureNeRF, fusion): never the wrapped block's
+        (``block.*``), which are the backbone's."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("block.")}
+
+    def load_own_state(self, state: Mapping[str, Tensor]) -> Any:
+        """Copy :meth:`own_state` weights into the block (``load_state_dict(strict=False)``'s result).
+
+        Raises:
+            PoseBlockError: ``state`` holds keys of the wrapped block. On a per-run view
+                (:func:`~mvcustom_core.backbone.module_view.module_view`) its tensors are the shared backbone's
+                memory: loading them would change the model every other run uses.
+        """
+        foreign = sorted(k for k in state if k.startswith("block."))
+        if foreign:
+            raise PoseBlockError(f"{self.name}: the weights hold {len(foreign)} of the wrapped transformer block's "
+                                 f"own tensors, such as {foreign[0]!r}; pose weights never include the backbone's")
+        return self.load_state_dict(state, strict=False)
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None,
                 encoder_hidden_states: Tensor | None = None, encoder_attention_mask: Tensor | None = None,

@@ -54,7 +54,7 @@ from mvcustom_core.customization.file_format import (
     Customization, backbone_fingerprint, check_backbone, customization_from_unet)
 from mvcustom_core.customization.losses import FeatureNeRFLossWeights, featurenerf_losses, masked_denoising_loss
 from mvcustom_core.customization.pose_block import (
-    PoseContext, install_pose_blocks, pose_blocks)
+    PoseBlockError, PoseContext, install_pose_blocks, pose_blocks)
 from mvcustom_core.customization.reference_poses import ReferenceSet
 from mvcustom_core.customization.token import DEFAULT_TOKEN, add_subject_token
 from mvcustom_core.files import atomic_write
@@ -258,8 +258,7 @@ def capture_reference_bank(unet: nn.Module, ctx: PoseContext, latents: Tensor, r
 
 # --------------------------------------------------------------------------------- checkpoints
 def _trainable_state(unet: nn.Module, token_vector: Tensor) -> dict[str, Any]:
-    pose = {b.name: {k: v.detach().clone() for k, v in b.state_dict().items() if not k.startswith("block.")}
-            for b in pose_blocks(unet)}
+    pose = {b.name: b.own_state() for b in pose_blocks(unet)}
     return {"pose": pose, "token": token_vector.detach().clone()}
 
 
@@ -497,7 +496,10 @@ def train_customization(
     start, history = 0, []
     if state is not None:
         for block in pose_blocks(unet):
-            block.load_state_dict(state["pose"][block.name], strict=False)
+            try:
+                block.load_own_state(state["pose"][block.name])
+            except PoseBlockError as error:
+                raise about("checkpoint", TrainingError(f"{ckpt_path}: {error}")) from error
         with torch.no_grad():
             token_emb.vector.copy_(state["token"])
         optimizer.load_state_dict(state["optimizer"])

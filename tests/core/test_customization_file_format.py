@@ -190,3 +190,24 @@ def test_applied_to_a_bfloat16_backbone_the_fusion_follows_the_block_dtype(unet,
                               encoder_hidden_states=text.expand(2, -1, -1).to(dtype)).sample.float())
     # bfloat16 keeps 8 bits of mantissa: the two agree to a few percent, not bit for bit.
     assert (outs[1] - outs[0]).norm() / outs[0].norm() < 0.05
+
+
+def test_a_file_carrying_the_backbones_own_weights_is_refused_and_writes_nothing(unet, trained, tmp_path):
+    """A customization stores only its pose weights. Keys under ``block.`` name the wrapped transformer block's
+    weights, which on a per-run view alias the shared backbone's memory: loading them would overwrite the model
+    every other graph uses. Such a file (hand-made or from another tool) is refused before anything is loaded."""
+    from mvcustom_core.backbone.module_view import module_view
+
+    _, _, cust = trained
+    first = cust.blocks[0]
+    bad = copy.deepcopy(cust)
+    bad.weights[first]["block.attn1.to_q.weight"] = torch.zeros_like(
+        dict(unet.named_modules())[first].attn1.to_q.weight)
+    path = save_customization(tmp_path / "foreign.safetensors", bad)
+    shared = copy.deepcopy(unet)
+    before = {k: v.clone() for k, v in shared.state_dict().items()}
+    view = module_view(shared)
+    with pytest.raises(CustomizationFileError, match=rf"pose block {first} weights .*'block\.attn1\.to_q\.weight'"):
+        apply_customization(view, load_customization(path))
+    assert all(torch.equal(shared.state_dict()[k], v) for k, v in before.items())
+    assert next(pose_blocks(view), None) is None

@@ -152,6 +152,22 @@ def test_process_killed_after_first_checkpoint_resumes_to_the_same_result(backbo
     _assert_same_customization(resumed.customization, uninterrupted.customization)
 
 
+def test_a_checkpoint_carrying_backbone_weights_is_refused_and_the_backbone_kept(reference, tmp_path):
+    """Pose weights of a checkpoint never include the wrapped transformer block's (``block.*``): on the run's view
+    those tensors are the shared backbone's memory, so resuming must refuse them, not load them."""
+    shared = tiny_backbone(seed=0)
+    before = {k: v.clone() for k, v in shared.unet.state_dict().items()}
+    ckpt = tmp_path / "a.ckpt"
+    train_customization(shared, reference, _config(steps=1, checkpoint_every=1), checkpoint=ckpt)
+    state = load_checkpoint(ckpt)
+    name = next(iter(state["pose"]))
+    state["pose"][name]["block.attn1.to_q.weight"] = torch.zeros_like(before[f"{name}.attn1.to_q.weight"])
+    torch.save(state, ckpt)
+    with pytest.raises(TrainingError, match=rf"a\.ckpt: {name}: .*'block\.attn1\.to_q\.weight'"):
+        train_customization(shared, reference, _config(steps=2, checkpoint_every=1), checkpoint=ckpt)
+    assert all(torch.equal(shared.unet.state_dict()[k], v) for k, v in before.items())
+
+
 def test_checkpoint_with_other_settings_and_bad_settings_are_refused(backbone, reference, tmp_path):
     ckpt = tmp_path / "a.ckpt"
     train_customization(backbone, reference, _config(steps=1, checkpoint_every=1), checkpoint=ckpt)
