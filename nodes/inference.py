@@ -21,6 +21,7 @@ from mvcustom_core.inference.dfr import (DEFAULT_DFR_FRACTION, DEFAULT_ONE_PASS_
                                          dfr_previews)
 from mvcustom_core.inference.export import export_views
 from mvcustom_core.inference.mvcustom_sampler import DEFAULT_CFG, DEFAULT_OVERLAP, DEFAULT_WINDOW
+from mvcustom_core.memory import MAX_WORKSPACE
 from mvcustom_core.ops import DEFAULT_MAX_REL_DEPTH_JUMP
 
 from ._common import (MEMORY_BUDGET_TOOLTIP, NodeInputError, Progress, blame, image_from_chw, image_to_chw,
@@ -198,9 +199,8 @@ class DepthAwareFeatureRendering(io.ComfyNode):
                            fraction=float(fraction), max_rel_depth_jump=float(max_rel_depth_jump),
                            guard_silhouettes=bool(guard_silhouettes))
         unet = None
-        if model is not None:
-            memory = unet_memory(model, cams.num_frames, (cams.image_size[0] // 8, cams.image_size[1] // 8))
-            unet = prepare_backbone(cls, model, ["unet"], input_name="model", memory_required=memory).unet
+        if model is not None:  # no UNet call here: the field's render of the anchor is chunked to one workspace
+            unet = prepare_backbone(cls, model, ["unet"], input_name="model", memory_required=MAX_WORKSPACE).unet
             with blame(cls, "layers", {"layers": "layers"}):
                 dfr_layers(unet, plan)
         have_field = model is not None and customization is not None

@@ -247,6 +247,21 @@ def test_each_node_asks_model_management_for_its_activation_memory(node, run, mo
     assert models.memory[-1] == 1e20  # as ComfyUI's own training node asks: every other model offloaded
 
 
+def test_dfr_previews_ask_for_one_workspace_not_for_a_unet_call(node, run, models, tiny_bridge, loaded,
+                                                                customize_tiny):
+    """The DFR node never calls the UNet (it renders the customization's field for the anchor, chunked to one
+    workspace): asking model management for a UNet call over every frame would offload other models for nothing."""
+    from mvcustom_core.memory import MAX_WORKSPACE
+
+    model, _, _ = loaded
+    backbone = run(node("MVC_ApplyMotionModule"), model=model, motion_module="mm.safetensors", window=0).args[0]
+    customization = _customization(customize_tiny, tiny_backbone(SEED).unet, 1)
+    run(node("MVC_DepthAwareFeatureRendering"), trajectory=_cams(16), anchor_frame=-1,
+        depth_source="customization field", steps=-1, layers="", scale=0.0, shift=0.0, max_rel_depth_jump=0.1,
+        model=backbone, customization=customization)
+    assert models.loaded[-1] == [backbone.model, backbone.motion] and models.memory[-1] == MAX_WORKSPACE
+
+
 def test_patches_outside_the_weights_are_named_in_a_warning(node, run, tiny_bridge, loaded, caplog):
     """LoRAs are weight patches (the bridge reads the patched weights); attention patches, object patches and CFG
     functions change ComfyUI's own forward, which the MVCustom nodes do not run: the user is told which."""
