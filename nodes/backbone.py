@@ -90,8 +90,7 @@ class MVCBackbone:
         """Per-run views of the asked modules (cast to ``dtype`` when given), the motion attention on the UNet's."""
         out: dict[str, Any] = {"tokenizer": self.backbone.tokenizer}
         for part in parts:
-            view = module_view(getattr(self.backbone, part))
-            out[part] = view if dtype is None else view.to(dtype)
+            out[part] = module_view(getattr(self.backbone, part), dtype)
         if "unet" in out:
             set_motion_attention(out["unet"], self.window)
         return out

@@ -136,9 +136,7 @@ class ModelBackbone:
     def modules(self, node: type, input_name: str, parts: Iterable[str], dtype: torch.dtype | None) -> dict:
         with blame(node, input_name):
             unet = unet_view(self.model, dtype or self.dtype)
-            adapter = module_view(self.motion.model.module)
-            if dtype is not None:
-                adapter.to(dtype)  # the view's own tensors; the hosted adapter keeps its dtype
+            adapter = module_view(self.motion.model.module, dtype)
             video = build_backbone(SD15Components(unet, None, None), adapter)
         set_motion_attention(video, self.window)
         return {"unet": video}
@@ -158,7 +156,7 @@ class _PlainBackbone:
         for part in parts:
             module = getattr(self.backbone, part, None)
             require(node, input_name, isinstance(module, nn.Module), f"has no {part.replace('_', ' ')}")
-            out[part] = module_view(module) if dtype is None else module_view(module).to(dtype)
+            out[part] = module_view(module, dtype)
         out["tokenizer"] = getattr(self.backbone, "tokenizer", None)
         return out
 

@@ -47,22 +47,31 @@ def shared_tensor(tensor: Tensor) -> Tensor:
         return alias.set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.shape, tensor.stride())
 
 
-def _view_parameter(param: nn.Parameter | None) -> nn.Parameter | None:
+def _view_tensor(tensor: Tensor, dtype: torch.dtype | None) -> Tensor:
+    if dtype is None or not tensor.is_floating_point() or tensor.dtype == dtype:
+        return shared_tensor(tensor)
+    with torch.inference_mode(False):  # an ordinary tensor, as the aliases are
+        return tensor.to(dtype)
+
+
+def _view_parameter(param: nn.Parameter | None, dtype: torch.dtype | None) -> nn.Parameter | None:
     if param is None:
         return None
     with torch.inference_mode(False):
-        return nn.Parameter(shared_tensor(param), requires_grad=param.requires_grad)
+        return nn.Parameter(_view_tensor(param, dtype), requires_grad=param.requires_grad)
 
 
-def module_view(module: M) -> M:
+def module_view(module: M, dtype: torch.dtype | None = None) -> M:
     """A structural copy of ``module`` whose parameters and buffers alias the original's memory.
 
     Args:
         module: any ``nn.Module`` (a diffusers UNet, a transformers text encoder, ...).
+        dtype: cast floating tensors of another dtype to this one (copies, for this view only; e.g. the float32 a
+            training run needs over half-precision weights); None aliases every tensor.
 
     Returns:
         a module of the same classes and attributes; its submodules, parameter/buffer/hook dicts and
-        ``__dict__`` are its own, its tensors share storage with ``module``'s (``data_ptr`` equal).
+        ``__dict__`` are its own, its tensors share storage with ``module``'s (``data_ptr`` equal) unless cast.
 
     Example:
         >>> lin = torch.nn.Linear(2, 2)
@@ -84,8 +93,8 @@ def module_view(module: M) -> M:
             if name in state:
                 state[name] = type(state[name])(state[name])
         state["_non_persistent_buffers_set"] = set(state.get("_non_persistent_buffers_set", ()))
-        state["_parameters"] = {k: _view_parameter(p) for k, p in original._parameters.items()}
-        state["_buffers"] = {k: None if b is None else shared_tensor(b) for k, b in original._buffers.items()}
+        state["_parameters"] = {k: _view_parameter(p, dtype) for k, p in original._parameters.items()}
+        state["_buffers"] = {k: None if b is None else _view_tensor(b, dtype) for k, b in original._buffers.items()}
         state["_modules"] = {k: None if m is None else view_of(m) for k, m in original._modules.items()}
         view.__dict__.update(state)
         return view

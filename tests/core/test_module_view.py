@@ -113,3 +113,19 @@ def test_backbone_from_views_runs_under_autograd_with_inference_weights():
     x = torch.randn(1, 4, 2, 8, 8, requires_grad=True)
     unet(x, 3, encoder_hidden_states=torch.randn(2, 77, 32)).sample.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_a_view_in_another_dtype_casts_floating_tensors_only_and_for_itself():
+    with torch.inference_mode():  # a host's weights
+        module = torch.nn.Linear(3, 2).to(torch.bfloat16)
+        module.register_buffer("ids", torch.arange(4))
+    view = module_view(module, torch.float32)
+    assert view.weight.dtype == torch.float32 and not view.weight.is_inference()
+    assert torch.equal(view.weight, module.weight.float()) and view.weight.data_ptr() != module.weight.data_ptr()
+    assert view.ids.data_ptr() == module.ids.data_ptr() and view.ids.dtype == torch.int64  # not floating: aliased
+    assert module.weight.dtype == torch.bfloat16
+    same = module_view(module, torch.bfloat16)
+    assert same.weight.data_ptr() == module.weight.data_ptr()  # nothing to cast: no copy
+    x = torch.randn(1, 3, requires_grad=True)
+    view(x).sum().backward()
+    torch.testing.assert_close(x.grad, module.weight.float().sum(0, keepdim=True))

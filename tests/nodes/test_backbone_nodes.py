@@ -175,6 +175,20 @@ def test_weights_placed_under_inference_mode_are_trainable_through_the_run_views
     assert x.grad.abs().sum() > 0
 
 
+def test_views_cast_for_training_are_trainable_too(node, run, models, bridge):
+    """Half-precision weights (Load Backbone on a GPU) viewed in the float32 a training run asks for: the cast copies
+    are made while ComfyUI's executor is in inference mode, and must still take part in autograd."""
+    with torch.inference_mode():
+        result = run(node("MVC_TinyBackbone"), seed=0, window=1).args[0]
+        result.backbone.unet.to(torch.bfloat16)
+        core = bridge.prepare_backbone(node("MVC_TrainCustomization"), result, ["unet"], dtype=torch.float32)
+    assert {p.dtype for p in result.backbone.unet.parameters()} == {torch.bfloat16}  # the shared module keeps its dtype
+    assert all(p.dtype == torch.float32 and not p.is_inference() for p in core.unet.parameters())
+    x = torch.randn(1, 4, 2, 8, 8, requires_grad=True)
+    core.unet(x, 10, encoder_hidden_states=torch.randn(2, 77, 32)).sample.sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
 def _stock_files(folder, suffix):
     """The tiny motion module as a stock AnimateDiff file: original layout, no metadata (.safetensors or .ckpt)."""
     from safetensors.torch import save_file
