@@ -127,7 +127,9 @@ class DepthAwareFeatureRendering(io.ComfyNode):
                 io.Float.Input("shift", default=0.0, min=-1e4, max=1e4, step=0.001,
                                tooltip="Manual depth shift, used with a manual scale."),
                 io.Float.Input("max_rel_depth_jump", default=DEFAULT_MAX_REL_DEPTH_JUMP, min=0.001, max=10.0,
-                               step=0.01, tooltip="Mesh faces spanning a larger relative depth jump are dropped."),
+                               step=0.01,
+                               tooltip=("Mesh faces spanning a larger relative depth jump are dropped, unless their "
+                                        "depths continue a plane (a ground seen up to its horizon is kept).")),
                 io.Boolean.Input("guard_silhouettes", default=True, optional=True,
                                  tooltip=("Leave pixels next to the anchor's silhouettes, where it cannot tell which "
                                           "surface is seen, to the model instead of copying the surface behind.")),

@@ -33,9 +33,13 @@ from mvcustom_core.cameras.camera_set import CameraSet
 from mvcustom_core.checks import check_shape
 
 __all__ = ["FeatureMesh", "FeatureMeshError", "build_feature_mesh", "grid_faces", "resample_depth",
-           "silhouette_guards", "DEFAULT_MAX_REL_DEPTH_JUMP"]
+           "silhouette_guards", "DEFAULT_MAX_REL_DEPTH_JUMP",
+           "DEFAULT_PLANAR_TOLERANCE"]
 
 DEFAULT_MAX_REL_DEPTH_JUMP = 0.1
+# A step of inverse depth may differ from its collinear neighbours' by this share of the larger and still
+# continue a plane (see build_feature_mesh): a kept face then spans at most twice its neighbours' step.
+DEFAULT_PLANAR_TOLERANCE = 0.5
 
 
 class FeatureMeshError(ValueError):
@@ -147,6 +151,58 @@ def silhouette_guards(
     return corners, triangles.reshape(-1, 3)
 
 
+def _planar_steps(inv: Tensor, dr: int, dc: int, tolerance: float) -> Tensor:
+    """``[h, w]`` bool: the step from pixel (i, j) to (i + dr, j + dc) continues a plane along its row or column.
+
+    ``inv`` is ``[h, w]`` inverse depth, NaN where invalid. On a plane ``inv`` is affine in the pixel coordinates,
+    so its steps along a line are equal (its second differences vanish). The step is planar when it lies in a run
+    of four valid collinear samples (three steps: the two before it, the one before and after, or the two after)
+    whose consecutive steps ``Δ, Δ'`` agree: ``|Δ' − Δ| ≤ tolerance · max(|Δ|, |Δ'|)``. Four samples rather than
+    three: a silhouette blurred to one in-between sample makes two equal steps, never three. Entries whose
+    ``(i + dr, j + dc)`` lies outside the grid are False.
+    """
+    h, w = inv.shape
+    padded = torch.nn.functional.pad(inv, (3, 3, 3, 3), value=float("nan"))
+
+    def step(k: int) -> Tensor:  # inv[(i, j) + (k + 1)·δ] − inv[(i, j) + k·δ] for every (i, j), NaN outside
+        def at(m: int) -> Tensor:
+            return padded[3 + m * dr: 3 + m * dr + h, 3 + m * dc: 3 + m * dc + w]
+        return at(k + 1) - at(k)
+
+    steps = {k: step(k) for k in range(-2, 3)}
+
+    def agree(k: int) -> Tensor:  # steps k and k + 1 continue one plane (NaN compares False)
+        a, b = steps[k], steps[k + 1]
+        return (b - a).abs() <= tolerance * torch.maximum(a.abs(), b.abs())
+
+    agrees = {k: agree(k) for k in range(-2, 2)}
+    return (agrees[-2] & agrees[-1]) | (agrees[-1] & agrees[0]) | (agrees[0] & agrees[1])
+
+
+def _face_edges_continuous(z: Tensor, max_rel_depth_jump: float, planar_tolerance: float) -> Tensor:
+    """``[T0]`` bool over :func:`grid_faces`: every edge of the face is continuous (the culling rule of
+    :func:`build_feature_mesh`). ``z`` is ``[h, w]`` depth, 0 where invalid (those faces are dropped elsewhere)."""
+    h, w = z.shape
+    inv = torch.where(z > 0, 1.0 / z.clamp_min(torch.finfo(z.dtype).tiny), torch.full_like(z, float("nan")))
+
+    def small_jump(dr: int, dc: int) -> Tensor:
+        far = torch.nn.functional.pad(z, (1, 1, 1, 1))[1 + dr: 1 + dr + h, 1 + dc: 1 + dc + w]
+        # |Δz| <= jump · min z, written without a division so zero depths cannot make NaNs.
+        return (z - far).abs() <= max_rel_depth_jump * torch.minimum(z, far)
+
+    across_planar = _planar_steps(inv, 0, 1, planar_tolerance)[:, :-1]  # [h, w-1] (i, j) - (i, j+1)
+    down_planar = _planar_steps(inv, 1, 0, planar_tolerance)[:-1, :]  # [h-1, w] (i, j) - (i+1, j)
+    across = across_planar | small_jump(0, 1)[:, :-1]
+    down = down_planar | small_jump(1, 0)[:-1, :]
+    diagonal = small_jump(1, -1)[:-1, 1:]  # [h-1, w-1] quad (i, j)'s b-c edge: (i, j+1) - (i+1, j)
+    # A face across a discontinuity always has a row or column edge across it (whichever vertex is alone, one of
+    # its two edges is axis-aligned), so the diagonal needs no test of its own line: it continues the plane
+    # when both axis edges of its face do.
+    upper = across[:-1] & down[:, :-1] & (diagonal | (across_planar[:-1] & down_planar[:, :-1]))  # (a, b, c)
+    lower = down[:, 1:] & across[1:] & (diagonal | (down_planar[:, 1:] & across_planar[1:]))  # (b, d, c)
+    return torch.stack([upper, lower], dim=-1).reshape(-1)
+
+
 def _depth_map(depth: Tensor, dims: str) -> tuple[Tensor, dict[str, int]]:
     """``[h, w]`` or ``[1, 1, h, w]`` floating-point depth -> ``[h, w]`` and its sizes under the names in ``dims``."""
     if depth.dim() == 4:
@@ -165,20 +221,33 @@ def build_feature_mesh(
     max_rel_depth_jump: float = DEFAULT_MAX_REL_DEPTH_JUMP,
     valid: Tensor | None = None,  # [h, w] bool
     guard_silhouettes: bool = True,
+    planar_tolerance: float = DEFAULT_PLANAR_TOLERANCE,
 ) -> FeatureMesh:
     """Unproject an anchor depth map into a pixel-grid triangle mesh, dropping stretched faces.
 
-    Culling rule (depth discontinuities): a face is dropped when its relative depth jump
-    ``(max z − min z) / min z`` over its three vertices' anchor depths exceeds
-    ``max_rel_depth_jump``, or when any vertex is invalid (``valid`` False, non-finite or
-    non-positive depth). A face spans about one pixel, i.e. an angle ``δ ≈ 1 / f`` (focal length in
-    pixels at the mesh resolution); on a smooth surface tilted by θ from fronto-parallel the jump is
-    about ``√2·δ·tan θ``, while across an occlusion boundary it is ``z_far / z_near − 1``. The
-    default 0.1 at a 64-pixel, 60° grid (``f ≈ 55``) keeps surfaces up to ≈ 75° of tilt and cuts
-    any jump of more than 10 %: those faces would otherwise be stretched as "rubber sheets" across
-    the disoccluded region of every other view (method.md §7.2: the paper's masks show thin
-    disoccluded slivers at silhouettes). Coarser grids (smaller ``f``) need a larger value for the
-    same tilt.
+    Culling rule (depth discontinuities): a face is dropped when any vertex is invalid (``valid``
+    False, non-finite or non-positive depth), or when one of its edges is a discontinuity: its
+    relative depth jump ``|z_p − z_q| / min(z_p, z_q)`` exceeds ``max_rel_depth_jump`` *and* its
+    depths do not continue a plane. A face spans about one pixel, i.e. an angle ``δ ≈ 1 / f`` (focal
+    length in pixels at the mesh resolution); on a smooth surface tilted by θ from fronto-parallel the
+    jump is about ``√2·δ·tan θ``, which grows without bound toward grazing incidence (a ground plane
+    near its horizon), while across an occlusion boundary it is ``z_far / z_near − 1``. The plane test
+    tells the two apart: under a pinhole projection the inverse depth ``1/z`` of a plane is affine in
+    the pixel coordinates (P. Heckbert, H. Moreton, *Interpolation for Polygon Texture Mapping and
+    Shading*, 1991; the disparity-plane model of stereo, e.g. M. Bleyer et al., *PatchMatch Stereo*,
+    BMVC 2011), so its second differences vanish along every row and column. A row or column edge
+    continues a plane when it lies in a run of four collinear valid samples whose consecutive steps of
+    ``1/z`` agree within ``planar_tolerance`` of the larger (:func:`_planar_steps`); an occlusion
+    boundary adds a step that agrees with neither side. The diagonal continues the plane when both
+    axis edges of its face do (a face across a discontinuity always has an axis edge across it).
+    ``max_rel_depth_jump`` (default 0.1: at a 64-pixel, 60° grid, ``f ≈ 55``, it keeps curved
+    surfaces up to ≈ 75° of tilt) now only bounds curved surfaces, whose steps are not equal; faces
+    across any larger jump would otherwise be stretched as "rubber sheets" across the disoccluded
+    region of every other view (method.md §7.2: the paper's masks show thin disoccluded slivers at
+    silhouettes). A plane passes at any tilt; a kept face's ``1/z`` step is at most ``1 / (1 −
+    planar_tolerance)`` times its neighbours' (twice, by default). What no local test can tell from a
+    plane is a ramp of ≥ 2 in-between samples equally spaced in ``1/z`` (a silhouette blurred that
+    way); a single in-between sample is cut.
 
     Args:
         depth: ``[h, w]`` or ``[1, 1, h, w]`` anchor camera z-depth (OpenCV camera z, not the ray
@@ -187,10 +256,13 @@ def build_feature_mesh(
             between foreground and background.
         cam: one anchor camera; its ``image_size`` may differ from ``(h, w)`` — intrinsics are
             rescaled with :meth:`CameraSet.with_image_size` (same field of view).
-        max_rel_depth_jump: threshold (> 0) on a face's ``(max z − min z) / min z``.
+        max_rel_depth_jump: threshold (> 0) on an edge's relative depth jump, for edges that do not
+            continue a plane.
         valid: optional ``[h, w]`` bool mask of pixels with usable depth.
         guard_silhouettes: give every dropped face an occluder prism (module doc), so target pixels
             near silhouettes whose surface the anchor cannot determine are left uncovered.
+        planar_tolerance: in [0, 1), how far consecutive steps of ``1/z`` may differ, relative to the
+            larger, and still continue a plane.
 
     Returns:
         A :class:`FeatureMesh` with ``V = h·w`` vertices in the dtype and device of ``depth``.
@@ -210,6 +282,8 @@ def build_feature_mesh(
         raise FeatureMeshError(f"cam must be a CameraSet holding exactly one anchor camera, got {got}")
     if not max_rel_depth_jump > 0.0:
         raise FeatureMeshError(f"max_rel_depth_jump must be > 0, got {max_rel_depth_jump}")
+    if not 0.0 <= planar_tolerance < 1.0:
+        raise FeatureMeshError(f"planar_tolerance must lie in [0, 1), got {planar_tolerance}")
     h, w = dims["h"], dims["w"]
     if h < 2 or w < 2:
         raise FeatureMeshError(f"depth must be at least 2x2 to form triangles, got {h}x{w}")
@@ -224,11 +298,8 @@ def build_feature_mesh(
     vertices = cam.unproject(uv[None], z[None])[0]  # [V, 3]
 
     faces = grid_faces(h, w, device=depth.device)  # [T0, 3]
-    fz = z[faces]  # [T0, 3]
     face_ok = ok.reshape(-1)[faces].all(dim=-1)
-    zmin = fz.amin(dim=-1)
-    # max - min <= jump * min, written without a division so zero depths cannot make NaNs.
-    face_ok &= (fz.amax(dim=-1) - zmin) <= max_rel_depth_jump * zmin
+    face_ok &= _face_edges_continuous(z.reshape(h, w), max_rel_depth_jump, planar_tolerance)
     guards = {}
     if guard_silhouettes:
         corners, triangles = silhouette_guards(uv, z, faces[~face_ok], cam, max_rel_depth_jump)

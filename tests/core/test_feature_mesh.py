@@ -190,3 +190,50 @@ def test_silhouette_guard_prisms_are_closed_and_span_their_depth_range():
     torch.testing.assert_close(uv[:, 1], uv[:, 0], rtol=0, atol=1e-4)
     torch.testing.assert_close(z[:, 0], torch.full_like(z[:, 0], 2.0))
     torch.testing.assert_close(z[:, 1], torch.full_like(z[:, 1], 2.2))
+
+
+def _plane_depth(cam: CameraSet, normal: list[float], offset: float, size: tuple[int, int]) -> torch.Tensor:
+    """``[h, w]`` z-depth of the plane ``n · X = offset`` (camera frame) at the pixel centres of ``cam`` at ``size``."""
+    cam = cam.with_image_size(size)
+    uv = cam.pixel_centers()
+    rays = torch.cat([uv, torch.ones_like(uv[..., :1])], -1) @ torch.linalg.inv(cam.K[0]).T  # [h, w, 3], z = 1
+    return offset / (rays @ torch.tensor(normal))
+
+
+def test_a_plane_at_grazing_incidence_keeps_every_face():
+    """A ground plane seen up to its horizon: neighbouring depths differ by up to 50 %, far above the relative
+    threshold, but inverse depth is affine in the pixel coordinates, so every face continues the plane."""
+    cam = _anchor((16, 16))
+    depth = _plane_depth(cam, [0.0, 1.0, 0.52], 1.0, (16, 16))  # y + 0.52 z = 1: horizon just above row 0
+    assert (depth > 0).all()
+    ratio = torch.maximum(depth[1:] / depth[:-1], depth[:-1] / depth[1:])
+    assert float(ratio.max()) > 1.5  # the old rule (relative jump <= 0.1) dropped the far rows
+    mesh = build_feature_mesh(depth, cam, max_rel_depth_jump=0.1)
+    assert mesh.num_faces == 2 * 15 * 15
+    assert len(mesh.occluder_faces) == 0
+
+
+def test_a_step_on_a_grazing_plane_is_still_a_discontinuity():
+    """Two parallel grazing planes meeting at a row (a kerb seen from afar): only the faces across the step go."""
+    cam = _anchor((16, 16))
+    near = _plane_depth(cam, [0.0, 1.0, 0.52], 1.0, (16, 16))
+    far = _plane_depth(cam, [0.0, 1.0, 0.52], 0.8, (16, 16))  # the same tilt, 20 % farther along every ray
+    depth = torch.cat([far[:8], near[8:]])
+    mesh = build_feature_mesh(depth, cam, max_rel_depth_jump=0.1)
+    rows = mesh.faces // 16
+    assert not ((rows.amin(1) <= 7) & (rows.amax(1) >= 8)).any()
+    assert mesh.num_faces == 2 * 14 * 15  # every other face continues one of the two planes
+
+
+def test_a_ramp_of_one_sample_across_a_step_is_not_a_plane():
+    """A silhouette blurred to one in-between sample (its inverse depth half-way) stays cut: the steps into and out
+    of the ramp disagree with the flat steps beside them."""
+    cam = _anchor((6, 8))
+    inverse = torch.full((6, 8), 1 / 2.0)
+    inverse[:, 4] = (1 / 2.0 + 1 / 3.0) / 2
+    inverse[:, 5:] = 1 / 3.0
+    mesh = build_feature_mesh(1 / inverse, cam, max_rel_depth_jump=0.1)
+    cols = mesh.faces % 8
+    assert not ((cols.amin(1) <= 3) & (cols.amax(1) >= 5)).any()
+    assert not ((cols.amin(1) == 4) | (cols.amax(1) == 4)).any()
+    assert mesh.num_faces == 2 * 5 * 5
