@@ -15,8 +15,9 @@ Silhouette guards: a face dropped at a depth discontinuity is where the anchor's
 which surface is seen — the true silhouette lies anywhere between the last near sample and the first
 far one, and the near surface's unsampled rim ("sliver") may be seen broadside by another camera.
 Each such face gets an *occluder*: the prism over its anchor-pixel footprint from the near surface's
-depth to ``(1 + τ)`` times it (τ = ``max_rel_depth_jump``, the same bound the culling trusts for a
-continuous surface across one face; see :func:`silhouette_guards`). Occluders take part in the z-test
+depth to ``(1 + ρ)`` times it, ρ the depth a contour's rim can span within one pixel
+(:func:`guard_depth`: τ = ``max_rel_depth_jump`` on the grid τ's default is set for, less on finer
+grids; see :func:`silhouette_guards`). Occluders take part in the z-test
 but never count as coverage, so target pixels whose ray meets that unknown space are left to the model
 instead of taking the colour of whatever surface lies behind
 (:func:`mvcustom_core.ops.raster.plan_mesh_render`).
@@ -24,6 +25,7 @@ instead of taking the colour of whatever surface lies behind
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,12 +36,15 @@ from mvcustom_core.checks import check_shape
 
 __all__ = ["FeatureMesh", "FeatureMeshError", "build_feature_mesh", "grid_faces", "resample_depth",
            "silhouette_guards", "DEFAULT_MAX_REL_DEPTH_JUMP",
-           "DEFAULT_PLANAR_TOLERANCE"]
+           "DEFAULT_PLANAR_TOLERANCE", "guard_depth"]
 
 DEFAULT_MAX_REL_DEPTH_JUMP = 0.1
 # A step of inverse depth may differ from its collinear neighbours' by this share of the larger and still
 # continue a plane (see build_feature_mesh): a kept face then spans at most twice its neighbours' step.
 DEFAULT_PLANAR_TOLERANCE = 0.5
+# Focal length (pixels) of the grid DEFAULT_MAX_REL_DEPTH_JUMP is stated for (64 px, 60° field of view); guards
+# scale their depth from there (guard_depth).
+GUARD_REFERENCE_FOCAL = 32.0 / math.tan(math.radians(30.0))
 
 
 class FeatureMeshError(ValueError):
@@ -121,6 +126,22 @@ _PRISM_TRIANGLES = torch.tensor([[0, 1, 2], [3, 5, 4], [0, 3, 4], [0, 4, 1], [1,
 _GUARD_SHRINK = 1e-3
 
 
+def guard_depth(max_rel_depth_jump: float, cam: CameraSet) -> float:
+    """Relative depth ρ a silhouette guard spans behind the near surface, for the anchor camera at the mesh grid.
+
+    Near an occluding contour a smooth surface is tangent to the viewing ray, so in the section across the
+    contour its depth grows as the square root of the image distance to the contour: ``Δz = √(2·R·x)`` for a
+    lateral offset ``x`` and radius of curvature ``R`` (J. Koenderink, *What does the occluding contour tell us
+    about solid shape?*, Perception 1984). The unsampled rim lies within one pixel, ``x ≤ z/f``, so it spans
+    ``Δz/z ≤ √(2·(R/z)/f)``: for a given subject the same at every distance, shrinking as ``1/√f`` on finer grids.
+    ``max_rel_depth_jump`` (τ) is that extent on the grid its default is set for (``f₀ ≈ 55`` px: 64 px, 60°; τ =
+    0.1 there bounds the rim of contours with ``R`` up to 0.275 of their distance), so ``ρ = τ·√(f₀/f)``.
+    """
+    k = cam.K[0]
+    focal = float((k[0, 0] * k[1, 1]).abs().sqrt())
+    return max_rel_depth_jump * math.sqrt(GUARD_REFERENCE_FOCAL / focal)
+
+
 def silhouette_guards(
     uv: Tensor,  # [V, 2]
     z: Tensor,  # [V], 0 = invalid
@@ -131,9 +152,10 @@ def silhouette_guards(
     """Occluder prisms over dropped faces (module doc): ``[6·D', 3]`` corners and ``[8·D', 3]`` triangles.
 
     Each corner's front depth is its vertex's own depth when that vertex is on the near surface
-    (valid and within ``(1 + τ)·z_min``), else ``z_min``; its back depth is ``(1 + τ)`` times the
-    front. A dropped face with no valid vertex says nothing about the scene and gets no guard.
-    Triangle indices count from 0 over the returned corners; the caller offsets them.
+    (valid and within ``(1 + τ)·z_min``), else ``z_min``; its back depth is ``(1 + ρ)`` times the
+    front, ``ρ = guard_depth(τ, cam)`` (``cam`` at the grid of ``uv``). A dropped face with no valid
+    vertex says nothing about the scene and gets no guard. Triangle indices count from 0 over the
+    returned corners; the caller offsets them.
     """
     fz = z[faces]  # [D, 3]
     known = (fz > 0).any(dim=-1)
@@ -141,7 +163,7 @@ def silhouette_guards(
     zmin = torch.where(fz > 0, fz, torch.full_like(fz, float("inf"))).amin(dim=-1, keepdim=True)  # [D', 1]
     on_near = (fz > 0) & (fz <= (1.0 + max_rel_depth_jump) * zmin)
     front = torch.where(on_near, fz, zmin)  # [D', 3]
-    corner_z = torch.stack([front, front * (1.0 + max_rel_depth_jump)], dim=1)  # [D', 2, 3]
+    corner_z = torch.stack([front, front * (1.0 + guard_depth(max_rel_depth_jump, cam))], dim=1)  # [D', 2, 3]
     face_uv = uv[faces]  # [D', 3, 2]
     face_uv = face_uv + _GUARD_SHRINK * (face_uv.mean(dim=1, keepdim=True) - face_uv)
     corner_uv = face_uv[:, None].expand(-1, 2, -1, -1)  # [D', 2, 3, 2]

@@ -16,6 +16,12 @@ def _anchor(size=(6, 8)) -> CameraSet:
     return CameraSet.from_fov(c2w, fov_y_deg=55.0, image_size=size)
 
 
+def _guard_depth(size: tuple[int, int], fov_y_deg: float = 55.0, tau: float = 0.1) -> float:
+    """The rim depth of a guard of :func:`_anchor`'s camera at ``size``: τ at a 64-px, 60° grid, scaled by 1/√f."""
+    focal = 0.5 * size[0] / math.tan(math.radians(fov_y_deg) / 2)
+    return tau * math.sqrt((32 / math.tan(math.radians(30))) / focal)
+
+
 def test_vertices_reproject_to_pixel_centres_at_their_depth():
     cam = _anchor((6, 8))
     depth = 2.0 + torch.rand(6, 8, generator=torch.Generator().manual_seed(0))
@@ -99,7 +105,7 @@ def test_silhouette_guards_are_prisms_over_the_dropped_faces():
     near = torch.tensor([2.0] * 8 + [3.0])[:, None]  # the step faces' near side is 2, the corner face's 3
     order = torch.argsort(corners[:, 0, 0])
     torch.testing.assert_close(corners[order, 0], near.expand(-1, 3))
-    torch.testing.assert_close(corners[order, 1], 1.1 * near.expand(-1, 3))
+    torch.testing.assert_close(corners[order, 1], (1 + _guard_depth((5, 6))) * near.expand(-1, 3))
     # Footprint: both caps project onto the dropped faces' pixel centres, pulled 0.1 % towards the centroid.
     centres = mesh.pixel_coords
     offset = (uv[0][:, None] - centres[None]).abs().amax(-1).amin(1)
@@ -189,7 +195,7 @@ def test_silhouette_guard_prisms_are_closed_and_span_their_depth_range():
     uv, z = uv[0].reshape(-1, 2, 3, 2), z[0].reshape(-1, 2, 3)
     torch.testing.assert_close(uv[:, 1], uv[:, 0], rtol=0, atol=1e-4)
     torch.testing.assert_close(z[:, 0], torch.full_like(z[:, 0], 2.0))
-    torch.testing.assert_close(z[:, 1], torch.full_like(z[:, 1], 2.2))
+    torch.testing.assert_close(z[:, 1], torch.full_like(z[:, 1], 2.0 * (1 + _guard_depth((5, 6)))))
 
 
 def _plane_depth(cam: CameraSet, normal: list[float], offset: float, size: tuple[int, int]) -> torch.Tensor:
@@ -237,3 +243,18 @@ def test_a_ramp_of_one_sample_across_a_step_is_not_a_plane():
     assert not ((cols.amin(1) <= 3) & (cols.amax(1) >= 5)).any()
     assert not ((cols.amin(1) == 4) | (cols.amax(1) == 4)).any()
     assert mesh.num_faces == 2 * 5 * 5
+
+
+def test_guard_depth_is_tau_on_the_reference_grid_and_shrinks_as_one_over_root_f():
+    """A contour's one-pixel rim spans Δz/z = √(2R/(z·f)): a 4x finer grid halves the guard's depth."""
+    from mvcustom_core.ops.feature_mesh import guard_depth
+
+    cam = CameraSet.from_fov(torch.eye(4)[None], fov_y_deg=60.0, image_size=(64, 64))
+    assert guard_depth(0.1, cam) == pytest.approx(0.1, rel=1e-6)
+    assert guard_depth(0.1, cam.with_image_size((256, 256))) == pytest.approx(0.05, rel=1e-6)
+    assert guard_depth(0.3, cam.with_image_size((16, 16))) == pytest.approx(0.6, rel=1e-6)
+    depth = torch.full((256, 256), 2.0)
+    depth[:, 128:] = 3.0
+    fine = build_feature_mesh(depth, cam)  # a 256-px grid of the same camera
+    _, z = cam.with_image_size((256, 256)).project(fine.occluder_vertices)
+    assert float(z[0].reshape(-1, 2, 3)[:, 1].max()) == pytest.approx(2.0 * 1.05, rel=1e-5)
