@@ -12,13 +12,17 @@ reference is what the customization's field would give: the true z-depth on subj
 - depth IMAGE, near = bright, as comfyui_controlnet_aux's ZoeDepth preprocessor: 1 − (z − p2)/(p85 − p2), clipped.
 Criteria (issue 11): aligned depth within 1 % of the truth on every valid pixel (measured max: metric 0.006 %,
 relative 0.025 %, disparity image 0.155 %, ZoeDepth image 0.021 %); DFR coverage of the ground plane against
-analytic visibility, IoU >= 0.97 at 128 px, over the ground within 5 units of the subject and away from its
-silhouettes (1 px) (measured 0.973–0.988 for every kind). Analytic visibility: the ground point is the first hit
-along the anchor's ray, projects inside the anchor's pixel-centre hull, and the four anchor pixels around it carry
-depth. Excluded: the grazing ground beyond 5 units, where the mesh's depth-jump culling (10 % between neighbouring
-pixels) drops faces (IoU over all ground: 0.79–0.96 for the unclipped kinds, 0.92–0.96 for the clipped images, whose
-far ground is invalid anyway), and the one-pixel silhouette band, where the silhouette guards uncover by design
-(see test_dfr_ground_truth.py).
+analytic visibility, IoU >= 0.97 at 128 px over all visible ground, out to the horizon (measured 0.993-0.9996 for
+every kind). Analytic visibility: the ground point is the first hit along the anchor's ray, projects inside the
+anchor's pixel-centre hull, and the four anchor pixels around it carry depth. Two one-pixel bands are left out of
+the comparison, each where the samples cannot decide:
+- on the anchor's side, ground points whose four surrounding anchor pixels do not all see ground: the silhouette
+  lies somewhere inside that anchor pixel, so no mesh over the samples can say whether the point is seen; any
+  method must guess. (On grazing ground one anchor pixel is a long strip of ground, up to 0.03 of the IoU.)
+- on the target's side, pixels within one pixel of the target's own subject/ground silhouette, where the silhouette
+  guards uncover by design (test_dfr_ground_truth.py); without guards the anchor's band alone gives 0.984-0.998.
+Before the mesh kept planes at grazing incidence (a face was cut at a relative depth jump > 10 % whatever the
+surface), the far ground lost its faces: IoU 0.79-0.96 with the target band alone.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ synthetic = pytest.importorskip("mvcustom_core.synthetic")
 SIZE = (128, 128)
 LATENT = (16, 16)
 VIEWS = [(0.0, 20.0), (-20.0, 15.0), (12.0, 25.0), (25.0, 20.0)]  # (azimuth, elevation); the first is the anchor
-NEAR_GROUND = 5.0
 
 
 def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -82,8 +85,9 @@ def _aligned(world, name):
     return align_anchor_depth(plan, cams.to(dtype=torch.float32), reference.float(), subject), z
 
 
-def _analytic_visibility(scene, cams, truth, valid: torch.Tensor) -> torch.Tensor:
-    """``[F-1, H, W]`` bool for the targets: first hit from the anchor, inside its pixel-centre hull, depth around."""
+def _analytic_visibility(scene, cams, truth, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the targets, ``[F-1, H, W]`` bool each: visible (first hit from the anchor, inside its pixel-centre hull,
+    depth around) and undecided (the four anchor pixels around the point do not all see its object)."""
     anchor = cams[0]
     h, w = SIZE
     points = truth.points[1:].permute(0, 2, 3, 1).reshape(-1, 3)
@@ -95,8 +99,12 @@ def _analytic_visibility(scene, cams, truth, valid: torch.Tensor) -> torch.Tenso
     first, _ = scene.intersect(anchor.centers[0].expand_as(points), to_point / dist[:, None])
     x0 = (u - 0.5).floor().long().clamp(0, w - 2)
     y0 = (v - 0.5).floor().long().clamp(0, h - 2)
-    around = valid[y0, x0] & valid[y0, x0 + 1] & valid[y0 + 1, x0] & valid[y0 + 1, x0 + 1]
-    return (in_hull & (first >= dist * (1 - 1e-6)) & around).reshape(-1, h, w)
+    corners = [(y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)]
+    around = torch.stack([valid[y, x] for y, x in corners]).all(0)
+    anchor_id, own_id = truth.object_id[0, 0], truth.object_id[1:, 0].reshape(-1)
+    same = torch.stack([anchor_id[y, x] == own_id for y, x in corners]).all(0)
+    visible = in_hull & (first >= dist * (1 - 1e-6)) & around
+    return visible.reshape(-1, h, w), (visible & ~same).reshape(-1, h, w)
 
 
 def _silhouette_band(object_id: torch.Tensor) -> torch.Tensor:
@@ -125,9 +133,10 @@ def test_dfr_covers_the_visible_ground(world, name):
     aligned, _ = _aligned(world, name)
     geometry = AnchorGeometry(0, cams.to(dtype=torch.float32), aligned.depth)
     coverage = geometry.coverage(SIZE)[1:, 0].bool()
-    visible = _analytic_visibility(scene, cams, truth, aligned.valid)
+    visible, undecided = _analytic_visibility(scene, cams, truth, aligned.valid)
     ground = truth.object_id[1:, 0] == synthetic.scene.GROUND_ID
-    region = ground & (truth.points[1:].norm(dim=1) < NEAR_GROUND) & ~_silhouette_band(truth.object_id[1:, 0])
+    region = ground & ~undecided & ~_silhouette_band(truth.object_id[1:, 0])
+    assert (truth.points[1:].norm(dim=1)[visible & region] > 9).any()  # ground far out (clipped images: to 9.7)
     for f in range(len(VIEWS) - 1):
         a, b = coverage[f] & region[f], visible[f] & region[f]
         assert b.sum() > 1000, f
@@ -139,7 +148,7 @@ def test_field_depth_alone_leaves_the_ground_uncovered(world):
     scene, cams, truth, reference, subject = world
     field_only = AnchorGeometry(0, cams.to(dtype=torch.float32), reference.float())
     ground = truth.object_id[1:, 0] == synthetic.scene.GROUND_ID
-    region = ground & (truth.points[1:].norm(dim=1) < NEAR_GROUND) & ~_silhouette_band(truth.object_id[1:, 0])
+    region = ground & (truth.points[1:].norm(dim=1) < 5.0) & ~_silhouette_band(truth.object_id[1:, 0])
     aligned, _ = _aligned(world, "disparity image")
     estimate = AnchorGeometry(0, cams.to(dtype=torch.float32), aligned.depth)
     for f in range(len(VIEWS) - 1):

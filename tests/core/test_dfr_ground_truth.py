@@ -16,9 +16,9 @@ broadside by the target) takes the plane's colour from behind, 31.7-35.2 dB. Wit
 uncovered, which costs IoU in proportion to silhouette length x one anchor pixel over visible area, so
 the criterion depends on resolution. Measured (3 targets, guards on / off):
     96 px  IoU 0.972-0.978 / 0.982-0.986   PSNR 70.5-71.8 / 31.7-35.2 dB
-    128 px IoU 0.978-0.983 / 0.987-0.989   PSNR 70.9-75.9 / 31.9-35.5 dB
-    160 px IoU 0.980-0.986 / 0.988-0.991   PSNR 78.4-78.8 / 32.9-36.3 dB
-    192 px IoU 0.984-0.989 / 0.990-0.992   PSNR 52.5-79.9 / 33.3-37.6 dB
+    128 px IoU 0.979-0.983 / 0.987-0.989   PSNR 70.9-75.9 / 31.9-35.5 dB
+    160 px IoU 0.981-0.986 / 0.988-0.991   PSNR 78.4-78.8 / 32.9-36.3 dB
+    192 px IoU 0.985-0.989 / 0.990-0.992   PSNR 52.5-79.9 / 33.3-37.6 dB
 The tests run at 192 px.
 """
 
@@ -182,12 +182,11 @@ def test_depth_step_leaves_a_hole_only_when_culled(scene):
 def test_team_synthetic_scene_through_the_feature_mesh():
     """Cross-module check with :class:`SyntheticScene` (its depth is camera z, its colours view-independent).
 
-    Sphere on a ground plane, turntable cameras at 96 x 96. The far ground near the horizon is left out
-    (points farther than 5 units from the origin): there an anchor pixel row spans an unbounded stretch
-    of grazing ground and the strip beyond the last valid pixel centre has no faces, a sampling limit
-    of any pixel-grid mesh, not of the rasterizer. Measured on the rest with the silhouette guards:
-    IoU 0.945-0.957 (0.958-0.972 without them), PSNR over the whole mask 40.4-44.6 dB (29.0-32.7 dB
-    without), away from occlusion boundaries 58.1-61.0 dB. Held to IoU >= 0.94, PSNR >= 39 dB and >= 55 dB.
+    Sphere on a ground plane, turntable cameras at 96 x 96, the ground visible up to the horizon (neighbouring
+    anchor depths there differ by far more than the 10 % culling threshold; the faces stay because they continue
+    a plane). Measured with the silhouette guards: IoU 0.946-0.954 (0.960-0.968 without them), PSNR over the whole
+    mask 40.7-44.7 dB (29.6-32.3 dB without), away from occlusion boundaries 54.1-61.0 dB. Held to IoU >= 0.94,
+    PSNR >= 39 dB and >= 50 dB. (Before the plane test the far ground lost its faces and was left out here.)
     """
     synthetic = pytest.importorskip("mvcustom_core.synthetic")
     scene = synthetic.SyntheticScene(seed=1, subject="sphere", max_frequency=3.0)
@@ -209,10 +208,10 @@ def test_team_synthetic_scene_through_the_feature_mesh():
     dist = to_point.norm(dim=-1)
     first_hit, _ = scene.intersect(anchor.centers[0].expand_as(points), to_point / dist[:, None])
     visible = (in_hull & (first_hit >= dist * (1 - 1e-6))).reshape(3, h, w) & truth.valid[1:, 0]
-    near = (truth.points[1:].norm(dim=1) < 5.0) & truth.valid[1:, 0]
     band = occlusion_band(truth.depth[1:, 0])
+    assert (truth.points[1:].norm(dim=1)[visible] > 20).any()  # ground far out toward the horizon
     for f in range(3):
-        assert iou(cov[f] & near[f], visible[f] & near[f]) >= 0.94, f
+        assert iou(cov[f], visible[f]) >= 0.94, f
         rgb = truth.rgb[f + 1 : f + 2].double()
-        assert psnr(feats[f : f + 1].double(), rgb, cov[f] & near[f]) >= 39.0, f
-        assert psnr(feats[f : f + 1].double(), rgb, cov[f] & near[f] & ~band[f]) >= 55.0, f
+        assert psnr(feats[f : f + 1].double(), rgb, cov[f]) >= 39.0, f
+        assert psnr(feats[f : f + 1].double(), rgb, cov[f] & ~band[f]) >= 50.0, f
