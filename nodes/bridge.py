@@ -43,7 +43,7 @@ from .backbone import (AUTO_WINDOW, CATEGORY, MOTION_FOLDERS, WINDOW_TOOLTIP, Ho
 from .types import Backbone as BackboneType
 
 __all__ = ["BRIDGE_NODES", "ApplyMotionModule", "ModelBackbone", "prepare_backbone", "unet_view",
-           "text_encoder_view", "vae_view", "unet_memory", "decode_memory", "PARTS"]
+           "text_encoder_view", "vae_view", "unet_memory", "decode_memory", "warn_ignored_conditioning", "PARTS"]
 
 log = logging.getLogger(__name__)
 PARTS = ("unet", "vae", "text_encoder")
@@ -95,6 +95,21 @@ def _patches_outside_weights(model: Any) -> list[str]:
     found += [f"{kind} wrapper" for kind, by_key in (getattr(model, "wrappers", {}) or {}).items()
               if any(by_key.values())]
     return found
+
+
+# What CLIP Text Encode puts beside SD1.5's text states without an instruction in it (the pooled output).
+_INERT_CONDITIONING = ("pooled_output",)
+
+
+def warn_ignored_conditioning(node: type, input_name: str, conditioning: Any) -> None:
+    """Name in a warning the options of a CONDITIONING the MVCustom nodes do not apply (ControlNet, hooks, area,
+    mask, strength, timestep range ...): they read the prompt's text states only."""
+    entry = conditioning[0] if isinstance(conditioning, (list, tuple)) and conditioning else None
+    options = entry[1] if isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], dict) else {}
+    ignored = sorted(k for k, v in options.items() if k not in _INERT_CONDITIONING and v is not None)
+    if ignored:
+        log.warning("%s: input '%s' carries %s, which the MVCustom nodes do not apply (they read the prompt's text "
+                    "states only)", node.define_schema().display_name, input_name, ", ".join(ignored))
 
 
 def _check_sd15_model(node: type, input_name: str, model: Any) -> None:

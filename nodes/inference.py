@@ -27,7 +27,7 @@ from mvcustom_core.ops import DEFAULT_MAX_REL_DEPTH_JUMP
 from ._common import (MEMORY_BUDGET_TOOLTIP, NodeInputError, Progress, blame, image_from_chw, image_to_chw,
                       input_named_in, numbered_output, relaying_warnings, require)
 from ._host import io, model_management, ui
-from .bridge import prepare_backbone, unet_memory
+from .bridge import prepare_backbone, unet_memory, warn_ignored_conditioning
 from .depth import load_depth_module
 from .types import Backbone, CLCPlan as CLCPlanType, Customization, Depth, DepthModelType, DFRPlan as DFRPlanType
 from .types import Trajectory
@@ -359,6 +359,8 @@ class MVCustomSampler(io.ComfyNode):
             cond = conditioning_to_tensor(positive)
         with blame(cls, "negative"):
             uncond = conditioning_to_tensor(negative)
+        warn_ignored_conditioning(cls, "positive", positive)
+        warn_ignored_conditioning(cls, "negative", negative)
         rows = (1 if float(cfg) == 1.0 else 2) * min(int(window), cams.num_frames)
         memory = unet_memory(model, rows, (h // 8, w // 8))
         one_pass = dfr_plan is not None and dfr_plan.depth is None and dfr_plan.depth_model is not None

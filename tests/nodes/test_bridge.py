@@ -279,3 +279,19 @@ def test_patches_outside_the_weights_are_named_in_a_warning(node, run, tiny_brid
     model.object_patches, model.model_options = {}, {"transformer_options": {}}
     run(node("MVC_ApplyMotionModule"), model=model, motion_module="mm.safetensors")
     assert not [r for r in caplog.records if "Apply Motion Module" in r.getMessage()]
+
+
+def test_conditioning_options_the_sampler_does_not_apply_are_named_in_a_warning(node, run, tiny_bridge, loaded,
+                                                                                 caplog):
+    """CLIP Text Encode's pooled output means nothing to SD1.5; a ControlNet, hooks or a timestep range on the
+    conditioning would be dropped without a word: the sampler names them."""
+    model, _, _ = loaded
+    backbone = run(node("MVC_ApplyMotionModule"), model=model, motion_module="mm.safetensors", window=0).args[0]
+    text = _conditioning(1)[0][0]
+    positive = [[text, {"pooled_output": torch.zeros(1, 32), "control": object(), "start_percent": 0.3}]]
+    caplog.set_level("WARNING")
+    run(node("MVC_MVCustomSampler"), model=backbone, trajectory=_cams(), positive=positive,
+        negative=[[torch.zeros_like(text), {"pooled_output": torch.zeros(1, 32)}]], **SAMPLER)
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MVCustom Sampler:")]
+    assert warned == ["MVCustom Sampler: input 'positive' carries control, start_percent, which the MVCustom nodes do "
+                      "not apply (they read the prompt's text states only)"]
