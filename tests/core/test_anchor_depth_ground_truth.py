@@ -11,7 +11,7 @@ reference is what the customization's field would give: the true z-depth on subj
   two percentiles on depth);
 - depth IMAGE, near = bright, as comfyui_controlnet_aux's ZoeDepth preprocessor: 1 − (z − p2)/(p85 − p2), clipped.
 Criteria (issue 11): aligned depth within 1 % of the truth on every valid pixel (measured max: metric 0.006 %,
-relative 0.025 %, disparity image 0.155 %, ZoeDepth image 0.021 %); DFR coverage of the ground plane against
+relative 0.024 %, disparity image 0.164 %, ZoeDepth image 0.021 %); DFR coverage of the ground plane against
 analytic visibility, IoU >= 0.97 at 128 px over all visible ground, out to the horizon (measured 0.993-0.9996 for
 every kind). Analytic visibility: the ground point is the first hit along the anchor's ray, projects inside the
 anchor's pixel-centre hull, and the four anchor pixels around it carry depth. Two one-pixel bands are left out of
