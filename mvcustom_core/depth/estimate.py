@@ -97,8 +97,10 @@ def estimate_depth(model: DepthModel, images: Tensor, *, progress: Callable[[int
                    ) -> DepthMap:
     """Depth of each picture ``[B, 3, H, W]`` in [0, 1] -> :class:`DepthMap` ``[B, H, W]`` of ``model.kind``.
 
-    Pixels are valid where the output is finite and, for metric depth, positive (bicubic resizing may undershoot);
-    disparity is clamped at 0 ("at infinity", where the head's ReLU puts e.g. the sky).
+    Pixels are valid where the output is finite and positive. Metric depth: bicubic resizing may undershoot.
+    Disparity: the relative head ends in a ReLU, whose floor 0 is where it puts e.g. the sky, at or beyond
+    infinity; like a clipped end of a depth IMAGE, such a value only bounds the depth (negatives from bicubic
+    undershoot are clamped to 0 first).
 
     Args:
         progress: ``progress(done, total)`` after each picture; it may raise to interrupt.
@@ -113,6 +115,6 @@ def estimate_depth(model: DepthModel, images: Tensor, *, progress: Callable[[int
     values = torch.stack(out)
     if model.kind == "disparity":
         values = values.clamp_min(0)  # the head's ReLU output; negatives are bicubic undershoot
-    valid = torch.isfinite(values) & ((values > 0) if model.kind == "metric" else (values >= 0))
+    valid = torch.isfinite(values) & (values > 0)
     values = torch.where(valid, values, torch.zeros_like(values))
     return DepthMap(values, valid, model.kind, model.name)

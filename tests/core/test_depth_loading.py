@@ -368,3 +368,29 @@ def test_a_folders_preprocessor_config_sets_the_input_preparation(tmp_path):
     want = F.interpolate(direct, size=(64, 64), mode="bicubic", align_corners=False)[:, 0]
     torch.testing.assert_close(estimate_depth(model, image).values, want, rtol=1e-5, atol=1e-5)
     assert load_depth_model(tmp_path / "m" / "model.safetensors").input != tiny_depth_model().input
+
+
+def test_relative_depth_anything_zero_disparity_is_no_depth(tmp_path):
+    """The relative head ends in a ReLU: 0 is its floor (the sky, at or beyond infinity), a clipped value whose depth
+    is only bounded, as black in a disparity IMAGE. Such pixels carry no depth; a positive disparity does."""
+    torch.manual_seed(0)
+    config = {**TINY_DA, "depth_estimation_type": "relative"}
+    source = build_depth_module(config)
+    image = _picture(56, 56)  # 4 x 4 patches of 14: the head's output is 56 x 56 too
+    seen = []
+    hook = source.head.conv3.register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.no_grad():
+        source(pixel_values=image * 2 - 1)
+        source.head.conv3.bias -= float(seen[-1].flatten().quantile(0.5))  # about half the pixels below the ReLU
+        direct = source(pixel_values=image * 2 - 1).predicted_depth
+    hook.remove()
+    assert direct.shape == (1, 56, 56) and 0.3 < float((direct == 0).double().mean()) < 0.7
+    _save_folder(tmp_path / "m", source, config)
+    (tmp_path / "m" / "preprocessor_config.json").write_text(json.dumps({
+        "do_resize": True, "size": {"height": 56, "width": 56}, "keep_aspect_ratio": False, "ensure_multiple_of": 14,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    model = load_depth_model(tmp_path / "m" / "model.safetensors")
+    out = estimate_depth(model, image)
+    assert out.kind == "disparity"
+    torch.testing.assert_close(out.values, direct, rtol=1e-5, atol=1e-5)  # 56 -> 56: no resampling
+    assert torch.equal(out.valid, direct > 0)
