@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,6 +52,10 @@ _DA_SIZES = {384: "depth_anything_v2_small", 768: "depth_anything_v2_base", 1024
 _METRIC_RANGES = (("hypersim", 20), ("indoor", 20), ("vkitti", 80), ("outdoor", 80))
 # Tensors the original files may lack without harm: DINOv2's mask token is used only for masked-image training.
 _OPTIONAL = {"backbone.embeddings.mask_token"}
+# transformers 4.45 added Depth Anything's metric head (config depth_estimation_type / max_depth); an older one
+# builds the relative head from a metric config without a word (an unknown config key is just an attribute).
+# ZoeDepth came earlier. requirements.txt holds the same floor.
+MIN_TRANSFORMERS = (4, 45)
 
 
 class DepthModelError(CheckpointError):
@@ -194,10 +199,15 @@ def _classes(model_type: Any, what: str) -> tuple[type, type]:
         raise DepthModelError(f"{what}: model_type {model_type!r} is not a supported depth model "
                               f"(supported: {sorted(names)})")
     cls, config_cls = (getattr(transformers, n, None) for n in names[model_type])
-    if cls is None or config_cls is None:
-        raise DepthModelError(f"{what}: transformers {transformers.__version__} has no {names[model_type][0]} "
-                              "(Depth Anything needs transformers >= 4.45, ZoeDepth >= 4.44)")
+    if cls is None or config_cls is None or _version(transformers.__version__) < MIN_TRANSFORMERS:
+        raise DepthModelError(f"{what}: depth models need transformers >= {'.'.join(map(str, MIN_TRANSFORMERS))} "
+                              f"(the pack's requirements.txt), found {transformers.__version__}")
     return cls, config_cls
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """``(major, minor)`` of a version string such as ``"4.44.2"`` or ``"5.0.0.dev0"``."""
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
 
 
 @contextlib.contextmanager

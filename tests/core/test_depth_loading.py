@@ -394,3 +394,14 @@ def test_relative_depth_anything_zero_disparity_is_no_depth(tmp_path):
     assert out.kind == "disparity"
     torch.testing.assert_close(out.values, direct, rtol=1e-5, atol=1e-5)  # 56 -> 56: no resampling
     assert torch.equal(out.valid, direct > 0)
+
+
+def test_a_transformers_older_than_the_metric_head_is_refused(monkeypatch):
+    """transformers < 4.45 would build Depth Anything's relative head from a metric config without a word."""
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "4.44.2")
+    with pytest.raises(DepthModelError, match=r"transformers >= 4\.45 .*found 4\.44\.2"):
+        build_depth_module(TINY_DA)
+    monkeypatch.setattr(transformers, "__version__", "5.0.0.dev0")
+    assert build_depth_module(TINY_DA).config.depth_estimation_type == "metric"

@@ -109,3 +109,13 @@ def test_every_package_the_core_imports_is_declared():
 def test_backbone_training_extra_holds_what_backbone_training_imports():
     train = {Requirement(r).name.lower() for r in _pyproject()["project"]["optional-dependencies"]["train"]}
     assert {"accelerate", "av"} <= train
+
+
+def test_the_transformers_floor_is_the_one_the_depth_models_need():
+    """Depth Anything's metric head arrived in transformers 4.45; with 4.40 a metric file silently ran the relative
+    head (its values read as metric depth: inverted)."""
+    from mvcustom_core.depth.loading import MIN_TRANSFORMERS
+
+    (req,) = [r for r in _requirements() if r.name == "transformers"]
+    floors = [tuple(int(p) for p in spec.version.split(".")[:2]) for spec in req.specifier if spec.operator == ">="]
+    assert floors and max(floors) >= MIN_TRANSFORMERS, req
