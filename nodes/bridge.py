@@ -240,6 +240,29 @@ def decode_memory(value: Any, latents: torch.Tensor) -> int:
     return latents.shape[0] * vae_decode_frame_bytes(vae, (8 * h, 8 * w), next(vae.parameters()).dtype)
 
 
+def _load_patched(node: type, patchers: list[Any], memory_required: int) -> None:
+    """Place ``patchers`` with every weight patch (LoRAs) applied to the tensors the views are built over.
+
+    ``force_full_load`` does that, except under ComfyUI's ``--novram``: it then loads nothing and leaves weight
+    patches to per-layer calls (``LowVramPatch``) that a view never makes, so the views would run without the
+    LoRAs. Such patchers are loaded again with ``force_patch_weights`` (as ComfyUI's checkpoint saving does), which
+    patches the weights where they are (the CPU); the node then runs there.
+    """
+    model_management.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
+    per_call = [p for p in patchers if _patched_per_call(p)]
+    if per_call:
+        log.warning("%s: ComfyUI keeps the model's weights off the device (--novram) and patches them per layer; "
+                    "MVCustom runs on the CPU with the patches applied to the weights",
+                    node.define_schema().display_name)
+        model_management.load_models_gpu(per_call, force_full_load=True, force_patch_weights=True)
+
+
+def _patched_per_call(patcher: Any) -> bool:
+    """Whether ComfyUI left a weight patch of ``patcher`` to be applied at call time instead of in the weights."""
+    return any(isinstance(f, model_patcher.LowVramPatch) for m in patcher.model.modules()
+               for f in (*getattr(m, "weight_function", ()), *getattr(m, "bias_function", ())))
+
+
 def prepare_backbone(node: type, value: Any, parts: Iterable[str], *, input_name: str = "backbone",
                      clip: Any = None, vae: Any = None, dtype: torch.dtype | None = None,
                      memory_required: int = 0) -> Backbone:
@@ -275,8 +298,7 @@ def prepare_backbone(node: type, value: Any, parts: Iterable[str], *, input_name
                 f"must be a VAE (from Load Checkpoint), got {type(vae).__name__}")
         patchers.append(vae.patcher)
     if patchers:
-        # Full loads: the views need every weight patched in place (no per-layer low-VRAM casting).
-        model_management.load_models_gpu(patchers, memory_required=int(memory_required), force_full_load=True)
+        _load_patched(node, patchers, int(memory_required))
     modules = source.modules(node, input_name, own, dtype)
     tokenizer = modules.pop("tokenizer", None)
     if clip is not None and "text_encoder" in parts:

@@ -9,7 +9,9 @@ GPU, else on the CPU.
 For the plain MODEL and for MODEL + LoRA (kohya file through ``comfy.sd.load_lora_for_models``, as LoRA Loader does):
 ε of ComfyUI's patched ``diffusion_model`` on each frame vs ε of the pack's video UNet (MVCustom Apply Motion Module
 + ``prepare_backbone``; the motion module adds nothing, see full_size.py); CLIP Text Encode's conditioning of
-``embedding:subject`` vs the bridged text encoder with the subject token; VAE encode/decode vs the bridged VAE.
+``embedding:subject`` vs the bridged text encoder with the subject token; VAE encode/decode vs the bridged VAE. Then
+ε of a run of the plain MODEL after the LoRA's (``plain_after_lora``), and of the LoRA's under ComfyUI's --novram
+state (``novram_lora``), each against ComfyUI's own ε of that model.
 """
 
 from __future__ import annotations
@@ -92,6 +94,19 @@ def main() -> None:
     context = torch.randn(1, 77, width, generator=gen).to(device)
     results = {"family": type(model.model.model_config).__name__}
     sampler = inference.MVCustomSampler
+
+    def video_eps(unet):
+        """ε of the pack's video UNet for the frames x (as [1, 4, F, h, w]), back in ComfyUI's [F, 4, h, w]."""
+        dtype = next(unet.parameters()).dtype
+        video = x.permute(1, 0, 2, 3)[None].to(unet.device, dtype)
+        eps = unet(video, t[0], encoder_hidden_states=context.expand(f, -1, -1).to(unet.device, dtype)).sample[0]
+        return eps.permute(1, 0, 2, 3).float().cpu()
+
+    def run_eps(m) -> float:
+        """A sampler run's view of MODEL m (Apply Motion Module, then prepare_backbone loads it) and its ε."""
+        backbone = bridge.ApplyMotionModule.execute(model=m, motion_module=args["motion"], window=1).args[0]
+        return video_eps(bridge.prepare_backbone(sampler, backbone, ["unet"], input_name="model").unet)
+
     eps_plain = None
     for name, (m, c) in {"plain": (model, clip), "lora": (model_lora, clip_lora)}.items():
         with torch.inference_mode():  # as ComfyUI runs nodes
@@ -106,9 +121,7 @@ def main() -> None:
             unet = bridge.prepare_backbone(sampler, backbone, ["unet"], input_name="model").unet
             views_seconds = time.perf_counter() - start
             memory[f"{name}_views"] = memory_mib()
-            video = x.permute(1, 0, 2, 3)[None].to(dtype)
-            pack_eps = unet(video, t[0], encoder_hidden_states=context.expand(f, -1, -1).to(dtype)).sample[0]
-            pack_eps = pack_eps.permute(1, 0, 2, 3).float().cpu()
+            pack_eps = video_eps(unet)
             memory[f"{name}_forward"] = memory_mib()
             shared = {p.data_ptr() for p in m.model.diffusion_model.parameters()}
             in_unet = [p for n, p in unet.named_parameters() if "motion_modules" not in n]
@@ -127,10 +140,28 @@ def main() -> None:
             if eps_plain is None:
                 eps_plain, cond_plain = comfy_eps, comfy_cond
             else:
+                eps_lora = comfy_eps
                 results[name]["lora_changes_eps"] = relative(comfy_eps, eps_plain)
                 results[name]["lora_changes_cond"] = relative(comfy_cond, cond_plain)
             results[name]["clip_dtype"] = str(next(c.cond_stage_model.parameters()).dtype)
             del backbone, unet, text
+
+    # The plain MODEL again after the LoRA's (another graph in the same server): ComfyUI puts the unpatched weights
+    # back when it loads the plain clone, and the run's views must read those, not the LoRA's.
+    with torch.inference_mode():
+        results["plain_after_lora"] = {"eps_relative": relative(run_eps(model), eps_plain)}
+
+    # ComfyUI's --novram: even a full load leaves the weights where they are and applies LoRAs per layer call. It
+    # acts on GPU load devices only; this host may have none, so model management is told the CPU is not one.
+    mm.unload_all_models()
+    saved = mm.vram_state, mm.is_device_cpu
+    mm.vram_state, mm.is_device_cpu = mm.VRAMState.NO_VRAM, lambda device: False
+    try:
+        with torch.inference_mode():
+            results["novram_lora"] = {"eps_relative": relative(run_eps(model_lora), eps_lora)}
+    finally:
+        mm.vram_state, mm.is_device_cpu = saved
+        mm.unload_all_models()
 
     with torch.inference_mode():
         pixels = torch.rand(2, 8 * side, 8 * side, 3, generator=gen)

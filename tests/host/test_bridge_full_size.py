@@ -96,6 +96,18 @@ def test_the_bridged_unet_is_comfyuis_patched_unet_without_a_copy(probe, route):
     assert probe[route]["views_share_comfy_tensors"]
 
 
+def test_a_later_run_of_the_plain_model_reads_the_unpatched_weights(probe):
+    """After a run with the LoRA, a run of the same checkpoint without it (another graph in the server): ComfyUI
+    restores the weights when it loads the plain clone, and the run's views read them, not the LoRA's."""
+    assert probe["plain_after_lora"]["eps_relative"] <= TOLERANCE, probe["plain_after_lora"]
+
+
+def test_loras_reach_the_views_under_novram(probe):
+    """ComfyUI's --novram loads nothing even when asked for a full load and applies LoRAs per layer call, which the
+    views never make: the bridge has ComfyUI patch the weights in place instead (they stay on the CPU)."""
+    assert probe["novram_lora"]["eps_relative"] <= TOLERANCE, probe["novram_lora"]
+
+
 def test_the_lora_changes_both_by_far_more_than_the_tolerance(probe):
     assert probe["lora"]["lora_changes_eps"] > 100 * TOLERANCE
     assert probe["lora"]["lora_changes_cond"] > 100 * TOLERANCE
@@ -164,5 +176,6 @@ def test_real_weights_workflow_runs_with_a_lora_and_reads_the_checkpoint_once(he
     assert len(entry["outputs"]["12"]["images"]) == 2
     assert comfy.log_text().count("model_type EPS") - loads_before == 1  # Load Checkpoint's one read
     name = prompt["4"]["inputs"]["name"]
+    assert f"embedding:{name} does not exist" not in comfy.log_text()  # CLIP Text Encode found the trained token
     assert (comfy.models_dir / "mvcustom" / f"{name}.safetensors").is_file()
     assert (comfy.models_dir / "embeddings" / f"{name}.safetensors").is_file()

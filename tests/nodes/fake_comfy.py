@@ -326,6 +326,10 @@ class ModelPatcher:
         return self.model.get_dtype()
 
 
+class LowVramPatch:
+    """Stands for ``comfy.model_patcher.LowVramPatch``: a weight patch ComfyUI applies per layer call (--novram)."""
+
+
 class StateModule(torch.nn.Module):
     """Tensors registered under dotted names, as ComfyUI's own module trees name them (``input_blocks.1.0...``)."""
 
@@ -410,6 +414,7 @@ def _build_comfy() -> dict[str, types.ModuleType]:
     utils.ProgressBar = ProgressBar
     patcher = types.ModuleType("comfy.model_patcher")
     patcher.ModelPatcher = ModelPatcher
+    patcher.LowVramPatch = LowVramPatch
     formats = types.ModuleType("comfy.latent_formats")
     formats.SD15 = type("SD15", (), {"latent_channels": 4, "taesd_decoder_name": "taesd_decoder"})
     comfy.model_management, comfy.utils, comfy.model_patcher, comfy.latent_formats = mm, utils, patcher, formats
