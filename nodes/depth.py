@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mvcustom_core.depth import (DEPTH_SUFFIXES, DepthModel, depth_preview, estimate_depth, load_depth_model,
+from mvcustom_core.depth import (DEPTH_SUFFIXES, DEPTH_VARIANTS, DepthModel, depth_preview, estimate_depth, load_depth_model,
                                  tiny_depth_model)
 
 from ._common import NodeInputError, Progress, blame, image_from_chw, image_to_chw, require
@@ -92,6 +92,11 @@ class LoadDepthModel(io.ComfyNode):
                                         "folder pick its model.safetensors (its config.json is read beside it).")),
                 io.Combo.Input("dtype", options=list(DTYPES), default="fp32",
                                tooltip="Weight dtype; fp16 visibly degrades Depth Anything (fp32 recommended)."),
+                io.Combo.Input("variant", options=list(DEPTH_VARIANTS), default="auto", optional=True,
+                               tooltip=("Which head a Depth Anything single file has; its tensors do not say. 'auto': "
+                                        "the file name (metric with hypersim/indoor or vkitti/outdoor, as released; "
+                                        "else relative). A renamed metric file read as relative gives inverted "
+                                        "depth. Folders with config.json and ZoeDepth: 'auto'.")),
             ],
             outputs=[DepthModelType.Output("depth_model", tooltip="The depth model (MVC_DEPTH_MODEL). " + KIND_TOOLTIP)],
         )
@@ -111,11 +116,12 @@ class LoadDepthModel(io.ComfyNode):
         return resolve_model_file(cls, "model", DEPTH_FOLDER, model)
 
     @classmethod
-    def execute(cls, model: str, dtype: str) -> io.NodeOutput:
+    def execute(cls, model: str, dtype: str, variant: str = "auto") -> io.NodeOutput:
         require(cls, "dtype", dtype in DTYPES, f"must be one of {list(DTYPES)}, got {dtype!r}")
+        require(cls, "variant", variant in DEPTH_VARIANTS, f"must be one of {list(DEPTH_VARIANTS)}, got {variant!r}")
         path = cls._path(model)
-        with reading(cls, "model", model, path, DEPTH_FOLDER, what="a depth model"):
-            loaded = load_depth_model(path, dtype=DTYPES[dtype], progress=Progress(1).callback)
+        with reading(cls, "model", model, path, DEPTH_FOLDER, what="a depth model", arguments={"variant": "variant"}):
+            loaded = load_depth_model(path, dtype=DTYPES[dtype], variant=variant, progress=Progress(1).callback)
         return io.NodeOutput(_hosted(loaded), ui=ui.PreviewText(f"{loaded.name}: gives {loaded.kind}"))
 
 

@@ -7,13 +7,13 @@ and transformers folders into transformers' classes; ``estimate``: each family's
 
 from .estimate import estimate_depth, resize_keep_aspect
 from .layouts import detect_depth_layout, original_depth_anything_shapes, original_to_transformers
-from .loading import (DEPTH_SUFFIXES, DepthModel, DepthModelError, InputSpec, build_depth_module, input_spec,
+from .loading import (DEPTH_SUFFIXES, DEPTH_VARIANTS, DepthModel, DepthModelError, InputSpec, build_depth_module, input_spec,
                       load_depth_model, shipped_depth_config, tiny_depth_model)
 from .maps import (DEPTH_KINDS, IMAGE_ENCODINGS, INVALID_RULES, DepthKind, DepthMap, DepthMapError,
                    depth_map_from_image, depth_preview)
 
 __all__ = ["estimate_depth", "resize_keep_aspect", "detect_depth_layout", "original_depth_anything_shapes",
-           "original_to_transformers", "DEPTH_SUFFIXES", "DepthModel", "DepthModelError", "InputSpec", "input_spec",
+           "original_to_transformers", "DEPTH_SUFFIXES", "DEPTH_VARIANTS", "DepthModel", "DepthModelError", "InputSpec", "input_spec",
            "build_depth_module",
            "load_depth_model", "shipped_depth_config", "tiny_depth_model", "DEPTH_KINDS", "IMAGE_ENCODINGS",
            "INVALID_RULES", "DepthKind", "DepthMap", "DepthMapError", "depth_map_from_image", "depth_preview"]

@@ -35,13 +35,14 @@ import torch
 from torch import Tensor, nn
 
 from mvcustom_core.backbone.loading import CheckpointError, StateFile, shipped_config
+from mvcustom_core.checks import about
 
 from .layouts import LAYOUT_HINTS, depth_anything_size, detect_depth_layout, original_depth_anything_shapes
 from .layouts import original_to_transformers
 from .maps import DepthKind
 
 __all__ = ["DepthModel", "DepthModelError", "InputSpec", "load_depth_model", "tiny_depth_model",
-           "shipped_depth_config", "build_depth_module", "input_spec", "DEPTH_SUFFIXES"]
+           "shipped_depth_config", "build_depth_module", "input_spec", "DEPTH_SUFFIXES", "DEPTH_VARIANTS"]
 
 DEPTH_SUFFIXES = (".safetensors", ".sft")
 Family = Literal["depth_anything", "zoedepth"]
@@ -50,6 +51,10 @@ _DA_SIZES = {384: "depth_anything_v2_small", 768: "depth_anything_v2_base", 1024
 # Depth Anything V2 metric heads: sigmoid x max_depth, 20 m for Hypersim (indoor), 80 m for Virtual KITTI (outdoor)
 # (transformers' convert_depth_anything_to_hf.py; kijai/ComfyUI-DepthAnythingV2 reads the same from the file name).
 _METRIC_RANGES = (("hypersim", 20), ("indoor", 20), ("vkitti", 80), ("outdoor", 80))
+# Which head a Depth Anything file has, when its name should not decide (see load_depth_model): max depth in
+# metres of the metric head, None for the relative one.
+DEPTH_VARIANTS: dict[str, int | None] = {"auto": None, "relative": None, "metric indoor (Hypersim, 20 m)": 20,
+                                         "metric outdoor (Virtual KITTI, 80 m)": 80}
 # Tensors the original files may lack without harm: DINOv2's mask token is used only for masked-image training.
 _OPTIONAL = {"backbone.embeddings.mask_token"}
 # transformers 4.45 added Depth Anything's metric head (config depth_estimation_type / max_depth); an older one
@@ -226,22 +231,26 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _metric_range(name: str, path: Path) -> int | None:
-    """Depth Anything V2 metric max depth from the file name (None: relative)."""
+def _metric_range(name: str, path: Path, variant: str = "auto") -> int | None:
+    """Depth Anything V2 metric max depth (None: relative): the ``variant`` chosen, or else from the file name."""
+    if variant != "auto":
+        return DEPTH_VARIANTS[variant]
     low = name.lower()
     if "metric" not in low:
         return None
     for word, max_depth in _METRIC_RANGES:
         if word in low:
             return max_depth
-    raise DepthModelError(f"{path}: a metric Depth Anything V2 file must say in its name whether it is the Hypersim "
-                          "(indoor, 20 m) or the Virtual KITTI (outdoor, 80 m) model, e.g. "
-                          "depth_anything_v2_metric_hypersim_vitl_fp32.safetensors")
+    raise about("variant", DepthModelError(
+        f"{path}: a metric Depth Anything V2 file must say in its name whether it is the Hypersim (indoor, 20 m) "
+        "or the Virtual KITTI (outdoor, 80 m) model, e.g. depth_anything_v2_metric_hypersim_vitl_fp32.safetensors; "
+        "or choose the variant"))
 
 
-def _as_metric(config: dict[str, Any], max_depth: int | None) -> dict[str, Any]:
+def _as_variant(config: Mapping[str, Any], max_depth: int | None) -> dict[str, Any]:
+    """A Depth Anything config with the relative head (``max_depth`` None) or the metric one up to ``max_depth``."""
     if max_depth is None:
-        return config
+        return {**config, "depth_estimation_type": "relative"}
     return {**config, "depth_estimation_type": "metric", "max_depth": max_depth}
 
 
@@ -255,7 +264,7 @@ def _json_beside(path: Path, name: str) -> dict[str, Any] | None:
         raise DepthModelError(f"{file}: cannot read the model's {name}: {error}") from error
 
 
-def _shipped_for(layout: str, shapes: Mapping[str, tuple[int, ...]], path: Path) -> dict[str, Any]:
+def _shipped_for(layout: str, shapes: Mapping[str, tuple[int, ...]], path: Path, variant: str) -> dict[str, Any]:
     """The shipped config for a transformers-layout file without config.json, if its keys and name decide it."""
     name = path.name.lower()
     if layout == "zoedepth":
@@ -268,7 +277,7 @@ def _shipped_for(layout: str, shapes: Mapping[str, tuple[int, ...]], path: Path)
     if "v2" not in name or width not in _DA_SIZES:
         raise DepthModelError(f"{path}: a transformers Depth Anything file without its config.json (V1 and V2 share "
                               "this layout); put the folder's config.json beside it")
-    return _as_metric(shipped_depth_config(_DA_SIZES[width]), _metric_range(path.name, path))
+    return _as_variant(shipped_depth_config(_DA_SIZES[width]), _metric_range(path.name, path, variant))
 
 
 def _check_original(shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any], path: Path) -> None:
@@ -295,7 +304,7 @@ def _describe(family: str, config: Mapping[str, Any]) -> tuple[DepthKind, str]:
 
 
 def load_depth_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-                     config: Mapping[str, Any] | None = None,
+                     config: Mapping[str, Any] | None = None, variant: str = "auto",
                      progress: Callable[[int, int], None] | None = None) -> DepthModel:
     """Load a depth model from a ``.safetensors`` file (see the module docstring for what is accepted).
 
@@ -303,6 +312,11 @@ def load_depth_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
         path: the weights file; a transformers folder's ``config.json`` is read from beside it.
         dtype: floating dtype of the module (fp32 recommended: fp16 visibly degrades Depth Anything).
         config: a config dict to use instead of ``config.json`` or the shipped one (a model of another size).
+        variant: a key of :data:`DEPTH_VARIANTS`: which head a Depth Anything file without ``config.json`` has.
+            ``"auto"``: the file name says (``metric`` with ``hypersim``/``indoor`` or ``vkitti``/``outdoor``, as
+            the released files are named; else relative). The head's tensors are the same for all three, so a
+            renamed metric file would otherwise run the relative head (its output, depth, read as disparity).
+            A folder's ``config.json`` decides for itself (another variant is refused).
         progress: ``progress(done, total)`` after each tensor read; it may raise to interrupt.
 
     Returns:
@@ -325,8 +339,13 @@ def load_depth_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
     if layout not in ("depth_anything_original", "depth_anything", "zoedepth"):
         raise DepthModelError(f"{path}: not a supported depth model: looks like {LAYOUT_HINTS[layout]}")
 
+    if variant not in DEPTH_VARIANTS:
+        raise about("variant", DepthModelError(f"variant must be one of {list(DEPTH_VARIANTS)}, got {variant!r}"))
+    if variant != "auto" and layout == "zoedepth":
+        raise about("variant", DepthModelError(f"{path}: ZoeDepth is metric by its own heads; the variant is for "
+                                               "Depth Anything files (choose 'auto')"))
     if config is not None:
-        config = dict(config)
+        config = dict(config) if variant == "auto" else _as_variant(config, DEPTH_VARIANTS[variant])
         if layout == "depth_anything_original":
             _check_original(shapes, config, path)
     elif layout == "depth_anything_original":
@@ -334,10 +353,15 @@ def load_depth_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
         if width not in _DA_SIZES:
             raise DepthModelError(f"{path}: Depth Anything V2 with ViT width {width} is not supported "
                                   f"(Small 384, Base 768, Large 1024)")
-        config = _as_metric(shipped_depth_config(_DA_SIZES[width]), _metric_range(path.name, path))
+        config = _as_variant(shipped_depth_config(_DA_SIZES[width]), _metric_range(path.name, path, variant))
         _check_original(shapes, config, path)
     else:
-        config = _json_beside(path, "config.json") or _shipped_for(layout, shapes, path)
+        config = _json_beside(path, "config.json")
+        if config is None:
+            config = _shipped_for(layout, shapes, path, variant)
+        elif variant != "auto":
+            raise about("variant", DepthModelError(f"{path}: its folder's config.json says which head the model "
+                                                   "has; choose variant 'auto'"))
     if layout != "depth_anything_original" and config.get("model_type") != layout:
         raise DepthModelError(f"{path}: its config.json says model_type {config.get('model_type')!r} but the "
                               f"tensors are a {layout} model")

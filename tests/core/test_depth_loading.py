@@ -405,3 +405,39 @@ def test_a_transformers_older_than_the_metric_head_is_refused(monkeypatch):
         build_depth_module(TINY_DA)
     monkeypatch.setattr(transformers, "__version__", "5.0.0.dev0")
     assert build_depth_module(TINY_DA).config.depth_estimation_type == "metric"
+
+
+def test_the_variant_chooses_the_head_that_the_file_name_would(tmp_path):
+    """A Depth Anything V2 file's tensors are the same for the relative and the metric heads; the variant says which
+    (a renamed metric file read as relative would give depth where disparity is expected: inverted)."""
+    path = _tiny_original(tmp_path)
+    picture = _picture(56, 56)
+    metric = load_depth_model(path, config=TINY_DA)  # the tiny config is the indoor metric head
+    relative = load_depth_model(path, config=TINY_DA, variant="relative")
+    outdoor = load_depth_model(path, config=TINY_DA, variant="metric outdoor (Virtual KITTI, 80 m)")
+    assert (metric.kind, relative.kind, outdoor.kind) == ("metric", "disparity", "metric")
+    assert (metric.module.config.max_depth, outdoor.module.config.max_depth) == (20, 80)
+    torch.testing.assert_close(estimate_depth(outdoor, picture).values, 4 * estimate_depth(metric, picture).values)
+    assert relative.module.config.depth_estimation_type == "relative"
+    # A metric file whose name does not say which: refused on 'auto', read with a variant (this one is incomplete).
+    sd = {k: torch.zeros(1).as_strided(s, (0,) * len(s)).contiguous()
+          for k, s in original_depth_anything_shapes(shipped_depth_config("depth_anything_v2_small")).items()
+          if k.startswith("pretrained.blocks.0.") or k.startswith("depth_head.projects.0")}
+    save_file(sd, str(tmp_path / "depth_anything_v2_metric_vits.safetensors"))
+    with pytest.raises(DepthModelError, match="Hypersim") as info:
+        load_depth_model(tmp_path / "depth_anything_v2_metric_vits.safetensors")
+    assert info.value.argument == "variant"
+    with pytest.raises(DepthModelError, match="not a complete Depth Anything V2 file"):
+        load_depth_model(tmp_path / "depth_anything_v2_metric_vits.safetensors", variant="metric indoor (Hypersim, 20 m)")
+
+
+def test_a_folders_config_and_zoedepth_decide_their_head_themselves(tmp_path):
+    torch.manual_seed(0)
+    _save_folder(tmp_path / "da", build_depth_module(TINY_DA), TINY_DA)
+    _save_folder(tmp_path / "zoe", build_depth_module(TINY_ZOE), TINY_ZOE)
+    for folder in ("da", "zoe"):
+        with pytest.raises(DepthModelError, match="'auto'") as info:
+            load_depth_model(tmp_path / folder / "model.safetensors", variant="relative")
+        assert info.value.argument == "variant"
+    with pytest.raises(DepthModelError, match="variant must be one of"):
+        load_depth_model(tmp_path / "da" / "model.safetensors", variant="metric")

@@ -164,3 +164,15 @@ def test_load_depth_model_validates_the_name_at_queue_time(node, depth_files):
     assert cls.validate_inputs(model="tiny-da/model.safetensors") is True
     message = cls.validate_inputs(model="../checkpoints/x.safetensors")
     assert message.startswith("MVCustom Load Depth Model: input 'model' must name a model file")
+
+
+def test_load_depth_model_variant_reaches_the_core_and_its_errors_name_it(node, run, depth_files):
+    """A folder's config.json decides its head: another variant is refused, naming the 'variant' input."""
+    schema = node("MVC_LoadDepthModel").define_schema()
+    variant = next(i for i in schema.inputs if i.id == "variant")
+    assert variant.options[0] == "auto" and variant.optional and schema.inputs[-1] is variant  # appended
+    with pytest.raises(ValueError, match=r"^MVCustom Load Depth Model: input 'variant' does not fit "
+                                         r"'tiny-da/model.safetensors': .*config\.json says which head"):
+        run(node("MVC_LoadDepthModel"), model="tiny-da/model.safetensors", variant="relative")
+    with pytest.raises(ValueError, match=r"^MVCustom Load Depth Model: input 'variant' must be one of"):
+        run(node("MVC_LoadDepthModel"), model="tiny-da/model.safetensors", variant="metric")
