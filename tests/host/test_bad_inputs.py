@@ -190,7 +190,9 @@ CASES = (
        Case("load-depth-model-not-a-depth-model", _simple("MVC_LoadDepthModel", "model",
                                                           model="not_depth.safetensors")),
        Case("load-depth-model-unknown-dtype", _simple("MVC_LoadDepthModel", "dtype", model="not_depth.safetensors",
-                                                      dtype="fp64"))]
+                                                      dtype="fp64")),
+       Case("load-depth-model-unknown-variant", _simple("MVC_LoadDepthModel", "variant", model="not_depth.safetensors",
+                                                        variant="metric"))]
     # Train Customization: names, foreign files, resume, photos, settings
     + [Case(f"train-name-{i}", _training("name", name=name)) for i, name in
        enumerate(["with\0nul", "../up", "a/b", ".hidden", " ", "{outside}/abs", "v2:stream", "CON"])]
