@@ -86,7 +86,7 @@ _OPTION_PATCHES = ("model_function_wrapper", "sampler_cfg_function", "sampler_pr
 
 def _patches_outside_weights(model: Any) -> list[str]:
     """Patches of a MODEL that change ComfyUI's own forward or sampling, not its weights (the bridge reads the
-    weights only): object patches, attention / block patches, CFG functions, wrappers."""
+    weights only): object patches, attention / block patches, CFG functions, wrappers, weight wrappers."""
     options = getattr(model, "model_options", {}) or {}
     transformer = options.get("transformer_options", {}) or {}
     found = [f"object patch {name}" for name in getattr(model, "object_patches", {}) or {}]
@@ -94,6 +94,9 @@ def _patches_outside_weights(model: Any) -> list[str]:
     found += [k for k in _OPTION_PATCHES if options.get(k)]
     found += [f"{kind} wrapper" for kind, by_key in (getattr(model, "wrappers", {}) or {}).items()
               if any(by_key.values())]
+    wrapped = [key for key, functions in (getattr(model, "weight_wrapper_patches", {}) or {}).items() if functions]
+    if wrapped:  # functions of the weights at call time, e.g. the adapters of ComfyUI's Train LoRA node
+        found.append(f"weight wrappers on {len(wrapped)} weight{'s' if len(wrapped) > 1 else ''}")
     return found
 
 

@@ -269,14 +269,17 @@ def test_patches_outside_the_weights_are_named_in_a_warning(node, run, tiny_brid
     model.object_patches = {"model_sampling": object()}
     model.model_options = {"transformer_options": {"patches_replace": {"attn1": {("input", 1): object()}}},
                            "sampler_cfg_function": lambda args: args["cond"]}
+    # ComfyUI's Train LoRA node returns its MODEL with the trained adapters as weight wrappers
+    model.weight_wrapper_patches = {"diffusion_model.out.2.weight": [lambda w: w], "diffusion_model.out.2.bias": []}
     caplog.set_level("WARNING")
     run(node("MVC_ApplyMotionModule"), model=model, motion_module="mm.safetensors")
     warned = [r.getMessage() for r in caplog.records if "Apply Motion Module" in r.getMessage()]
     assert len(warned) == 1
-    for name in ("object patch model_sampling", "transformer_options['patches_replace']", "sampler_cfg_function"):
+    for name in ("object patch model_sampling", "transformer_options['patches_replace']", "sampler_cfg_function",
+                 "weight wrappers on 1 weight"):
         assert name in warned[0]
     caplog.clear()
-    model.object_patches, model.model_options = {}, {"transformer_options": {}}
+    model.object_patches, model.model_options, model.weight_wrapper_patches = {}, {"transformer_options": {}}, {}
     run(node("MVC_ApplyMotionModule"), model=model, motion_module="mm.safetensors")
     assert not [r for r in caplog.records if "Apply Motion Module" in r.getMessage()]
 
