@@ -16,6 +16,8 @@ Everything is counted per UNet call, in bytes of the UNet's dtype (FeatureNeRF r
   step's replacement is chunked to the workspace.
 * **Chunked ops** (FeatureNeRF rays, DFR apply, CLC, dense attention) run one at a time, each within the
   workspace, so the run needs one workspace on top of the resident parts.
+* **One pass** (a DFR plan with a depth model): between two UNet calls, the anchor's x̂0 is decoded (one frame)
+  and its depth estimated, a phase of its own (:func:`~mvcustom_core.inference.one_pass.one_pass_bytes`).
 
 The estimate drives two choices: both CFG branches in one call when that fits, else one after the other (half the
 activations), and the workspace (:func:`~mvcustom_core.memory.workspace_bytes`). When even sequential CFG with the
@@ -138,6 +140,7 @@ def plan_run_memory(
     dfr_layers: int = 0,
     dtype: torch.dtype | None = None,
     cache_dtype: torch.dtype | None = None,
+    one_pass: int = 0,
 ) -> RunMemory:
     """Estimate the peak of an MVCustom run and choose CFG batching and the workspace (module docstring).
 
@@ -151,6 +154,7 @@ def plan_run_memory(
         pose_context: the customization's context (None or no references: no pose blocks).
         dfr_layers: number of DFR hooked layers.
         dtype: the UNet's dtype (default: its parameters'); cache_dtype: the Fy cache's (default ``dtype``).
+        one_pass: bytes of the one-pass step's decode and depth estimate (0: no one pass).
 
     Raises:
         MemoryBudgetError: the run cannot fit (names the inputs to change).
@@ -181,6 +185,8 @@ def plan_run_memory(
         phases = {"UNet activations": unet_activation_bytes(unet, rows, latent, dtype)}
         if render:
             phases["FeatureNeRF pre-render"] = render
+        if one_pass:
+            phases["one-pass depth"] = one_pass
         run = RunMemory(budget, resident, phases, 0, batch)
         if budget.bytes - run.peak >= MIN_WORKSPACE:
             run.workspace = workspace_bytes(budget, run.peak)

@@ -20,6 +20,7 @@ from mvcustom_core.inference.clc import DEFAULT_CLC_FRACTION
 from mvcustom_core.inference.dfr import (DEFAULT_DFR_FRACTION, DEFAULT_ONE_PASS_AT, anchor_index, dfr_layers,
                                          dfr_previews)
 from mvcustom_core.inference.export import export_views
+from mvcustom_core.inference.one_pass import one_pass_bytes
 from mvcustom_core.inference.mvcustom_sampler import DEFAULT_CFG, DEFAULT_OVERLAP, DEFAULT_WINDOW
 from mvcustom_core.memory import MAX_WORKSPACE
 from mvcustom_core.ops import DEFAULT_MAX_REL_DEPTH_JUMP
@@ -366,6 +367,8 @@ class MVCustomSampler(io.ComfyNode):
         one_pass = dfr_plan is not None and dfr_plan.depth is None and dfr_plan.depth_model is not None
         if one_pass:  # placed first: the backbone's load then decides what stays on the device
             load_depth_module(cls, "dfr_plan", dfr_plan.depth_model)
+            # between two UNet calls: the depth estimate, and the field's render for the alignment (one workspace)
+            memory = max(memory, one_pass_bytes(dfr_plan, None, (h, w)) + MAX_WORKSPACE)
         backbone = prepare_backbone(cls, model, ["unet", "vae"] if one_pass else ["unet"], input_name="model",
                                     vae=vae if one_pass else None, memory_required=memory)
         unet = backbone.unet

@@ -32,7 +32,7 @@ from mvcustom_core.customization.pose_block import (PoseBlockError, PoseContext,
 from mvcustom_core.inference.clc import CLCError, CLCHook, CLCPlan, keep_mask
 from mvcustom_core.inference.dfr import (AnchorGeometry, DFRError, DFRHook, DFRPlan, anchor_index, dfr_layers,
                                          resolve_anchor_geometry)
-from mvcustom_core.inference.one_pass import OnePassAnchor
+from mvcustom_core.inference.one_pass import OnePassAnchor, one_pass_bytes
 from mvcustom_core.inference.windows import WindowedUNet, plan_windows
 from mvcustom_core.memory import MemoryBudget, resolve_budget
 from mvcustom_core.memory_estimate import RunMemory, plan_run_memory
@@ -165,7 +165,8 @@ def prepare_run(
     run.memory = plan_run_memory(unet, nf, cams.image_size, memory_budget, guided=guided,
                                  window=len(run.windows[0]), windows_total_frames=sum(map(len, run.windows)),
                                  pose_context=pose_context if has_pose else None, dfr_layers=len(layers),
-                                 cache_dtype=cache_dtype)
+                                 cache_dtype=cache_dtype,
+                                 one_pass=one_pass_bytes(dfr, vae, cams.image_size) if one_pass else 0)
     workspace = run.memory.workspace
     if pose_context is not None:
         pose_context.workspace = workspace

@@ -26,12 +26,22 @@ from mvcustom_core.backbone.sampler import decode_latents
 from mvcustom_core.backbone.schedule import leading_steps
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.depth import estimate_depth
+from mvcustom_core.depth.estimate import estimate_bytes
 from mvcustom_core.inference.anchor_depth import AlignedDepth
 from mvcustom_core.inference.clc import CLCHook, keep_mask
 from mvcustom_core.inference.dfr import (AnchorGeometry, DFRError, DFRHook, DFRPlan, anchor_index,
                                          resolve_anchor_geometry)
+from mvcustom_core.memory_estimate import vae_decode_frame_bytes
 
-__all__ = ["OnePassAnchor", "one_pass_step"]
+__all__ = ["OnePassAnchor", "one_pass_step", "one_pass_bytes"]
+
+
+def one_pass_bytes(plan: DFRPlan, vae: torch.nn.Module | None, image_size: tuple[int, int]) -> int:
+    """Activation peak of the one-pass step at ``image_size`` (H, W): the anchor's decode (not counted without
+    ``vae``), then its depth estimate beside the decoded picture (``[3, H, W]`` float32); the two never overlap."""
+    decode = 0 if vae is None else vae_decode_frame_bytes(vae, image_size, next(vae.parameters()).dtype)
+    picture = 3 * image_size[0] * image_size[1] * 4
+    return max(decode, picture + estimate_bytes(plan.depth_model, image_size))
 
 
 def one_pass_step(plan: DFRPlan, total: int) -> int:

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from mvcustom_core.backbone.loading import shipped_config
-from mvcustom_core.depth import (DepthModelError, build_depth_module, detect_depth_layout, estimate_depth,
-                                 load_depth_model, original_depth_anything_shapes, shipped_depth_config,
-                                 tiny_depth_model)
+from mvcustom_core.depth import (DepthModel, DepthModelError, build_depth_module, detect_depth_layout,
+                                 estimate_depth, load_depth_model, original_depth_anything_shapes,
+                                 shipped_depth_config, tiny_depth_model)
 
 TINY_DA = shipped_config("tiny/depth_anything")
 TINY_ZOE = {
@@ -441,3 +441,24 @@ def test_a_folders_config_and_zoedepth_decide_their_head_themselves(tmp_path):
         assert info.value.argument == "variant"
     with pytest.raises(DepthModelError, match="variant must be one of"):
         load_depth_model(tmp_path / "da" / "model.safetensors", variant="metric")
+
+
+@pytest.mark.parametrize("family", ["depth_anything", "zoedepth"])
+def test_estimate_bytes_bounds_the_measured_peak_of_an_estimate(family):
+    """The one-pass step's depth estimate is a phase of the run's memory estimate: measured <= estimate <= 1.5x,
+    counted at the size the network really sees."""
+    from mvcustom_core.depth.estimate import estimate_bytes, network_input_size
+    from mvcustom_core.memory import measure_peak
+
+    torch.manual_seed(0)
+    model = (tiny_depth_model() if family == "depth_anything" else
+             DepthModel(build_depth_module(TINY_ZOE), "zoedepth", "metric", "tiny ZoeDepth"))
+    seen = []
+    hook = model.module.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["pixel_values"].shape[-2:])),
+                                                  with_kwargs=True)
+    for size in ((64, 64), (96, 160)):
+        picture = _picture(*size)
+        _, measured = measure_peak(lambda: estimate_depth(model, picture))
+        assert seen[-1] == network_input_size(model, size)
+        assert measured <= estimate_bytes(model, size) <= 1.5 * measured, (size, measured)
+    hook.remove()

@@ -88,3 +88,31 @@ def test_a_plan_with_depth_ignores_its_depth_model(world, text):
     plan = DFRPlan(depth=torch.full((SIZE, SIZE), 2.5), depth_kind="metric", scale=1.0, depth_model=depth_model)
     run = prepare_run(model, _cams(3), pose_context=ctx, dfr=plan, steps=STEPS, vae=vae)
     assert run.one_pass is None and run.geometry is not None
+
+
+def test_one_pass_run_stays_within_its_estimate(world, text):
+    """The one-pass step decodes a frame and runs the depth model between two UNet calls: its own phase of the
+    estimate (here, the tiny depth model at its 518-px input outweighs the tiny UNet's activations), and the
+    measured peak of the whole run stays below the estimated one."""
+    from mvcustom_core.depth.estimate import estimate_bytes
+    from mvcustom_core.memory import MIN_WORKSPACE, MemoryBudget, measure_peak
+    from mvcustom_core.memory_estimate import vae_decode_frame_bytes
+
+    model, ctx, vae, depth_model = world
+    cond, uncond = text
+    cams = _cams(3)
+    plan = DFRPlan(depth_model=depth_model, one_pass_at=0.5, steps=5, opacity_threshold=0.1)
+    probe = prepare_run(model, cams, pose_context=ctx, dfr=plan, steps=STEPS, vae=vae,
+                        memory_budget=MemoryBudget(1 << 40, "cpu", "set")).memory
+    phase = probe.phases["one-pass depth"]
+    assert phase == max(vae_decode_frame_bytes(vae, (SIZE, SIZE), torch.float32),
+                        3 * SIZE * SIZE * 4 + estimate_bytes(depth_model, (SIZE, SIZE)))
+    assert phase == max(probe.phases.values())
+    budget = MemoryBudget(probe.peak - probe.workspace + MIN_WORKSPACE, "cpu", "set")
+    run = prepare_run(model, cams, pose_context=ctx, dfr=plan, steps=STEPS, vae=vae, memory_budget=budget)
+    assert run.memory.workspace == MIN_WORKSPACE
+    _, measured = measure_peak(lambda: mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, dfr=plan,
+                                                       seed=5, steps=STEPS, run=run))
+    assert run.one_pass.geometry is not None and 0 < measured <= run.memory.peak
+    others = max(v for k, v in run.memory.phases.items() if k != "one-pass depth")
+    assert measured > run.memory.peak - phase + others  # without the phase the estimate fell short (18 vs 38 MB)

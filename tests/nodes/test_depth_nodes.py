@@ -15,6 +15,7 @@ from mvcustom_core.backbone.loading import shipped_config
 from mvcustom_core.cameras import CameraSet, look_at
 from mvcustom_core.depth import (DepthMap, DepthModel, build_depth_module, depth_preview, estimate_depth,
                                  tiny_depth_model)
+from mvcustom_core.depth.estimate import estimate_bytes
 from mvcustom_core.inference import DFRPlan, mvcustom_sample, resolve_anchor_geometry
 
 SIZE = 64
@@ -176,3 +177,19 @@ def test_load_depth_model_variant_reaches_the_core_and_its_errors_name_it(node, 
         run(node("MVC_LoadDepthModel"), model="tiny-da/model.safetensors", variant="relative")
     with pytest.raises(ValueError, match=r"^MVCustom Load Depth Model: input 'variant' must be one of"):
         run(node("MVC_LoadDepthModel"), model="tiny-da/model.safetensors", variant="metric")
+
+
+def test_sampler_node_one_pass_asks_for_the_depth_estimates_memory(node, run, models):
+    """ComfyUI frees memory for what a node states: in one pass, the depth estimate between two UNet calls, beside
+    one workspace for the field's render (at the tiny depth model's 518-px input it outweighs the tiny UNet's
+    call)."""
+    from mvcustom_core.memory import MAX_WORKSPACE
+
+    (depth_model,) = run(node("MVC_TinyDepthModel")).args
+    backbone = run(node("MVC_TinyBackbone"), seed=0, window=0).args[0]
+    plan = run(node("MVC_DepthAwareFeatureRendering"), trajectory=_cams(), depth_model=depth_model).args[0]
+    text = [torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    run(node("MVC_MVCustomSampler"), model=backbone, trajectory=_cams(), positive=[[text[0], {}]],
+        negative=[[text[1], {}]], dfr_plan=plan, seed=3, steps=2, cfg=5.0, pose_ratio=1.0, window=16, overlap=4)
+    estimate = estimate_bytes(depth_model, (SIZE, SIZE)) + 3 * SIZE * SIZE * 4
+    assert models.memory[-1] == estimate + MAX_WORKSPACE
