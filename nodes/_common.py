@@ -30,6 +30,7 @@ __all__ = [
     "blame",
     "input_for",
     "require",
+    "queue_check",
     "input_named_in",
     "to_output",
     "image_from_chw",
@@ -135,6 +136,16 @@ def require(node: type | str, input_name: str, ok: bool, message: str) -> None:
     """Raise :class:`NodeInputError` with ``message`` (e.g. ``"must be ≥ 1, got 0"``) unless ``ok``."""
     if not ok:
         raise NodeInputError(node, input_name, message)
+
+
+def queue_check(check: Callable[[], object]) -> bool | str:
+    """A ``validate_inputs`` answer: True when ``check()`` passes, else the message of the
+    :class:`NodeInputError` it raised (ComfyUI shows it before the prompt runs)."""
+    try:
+        check()
+    except NodeInputError as e:
+        return str(e)
+    return True
 
 
 def input_named_in(names: list[str], fallback: str | None) -> Callable[[str], str | None]:

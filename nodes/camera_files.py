@@ -12,7 +12,7 @@ from pathlib import Path
 from mvcustom_core.cameras import CameraSet
 from mvcustom_core.cameras.formats import FORMATS, load_camera_file, save_camera_file
 
-from ._common import NodeInputError, blame, numbered_output, require
+from ._common import NodeInputError, blame, numbered_output, queue_check, require
 from ._files import read_path, reading
 from ._host import folder_paths, io, ui
 from .types import Trajectory
@@ -89,11 +89,7 @@ class LoadTrajectory(io.ComfyNode):
     def validate_inputs(cls, file: str) -> bool | str:
         """Queue-time check of ``file`` only (ComfyUI passes just the inputs named here, and skips its
         combo-membership check for them, so a file added after the node list was built still validates)."""
-        try:
-            _resolve_input(cls, file)
-        except NodeInputError as e:
-            return str(e)
-        return True
+        return queue_check(lambda: _resolve_input(cls, file))
 
     @classmethod
     def fingerprint_inputs(cls, file: str, **kwargs) -> str:

@@ -25,7 +25,7 @@ from mvcustom_core.customization.token import save_comfy_embedding
 from mvcustom_core.customization.training import (RegularizationSet, TrainingConfig, checkpoint_path_for,
                                                   reference_digest, train_customization)
 
-from ._common import NodeInputError, Progress, blame, image_to_chw, input_named_in, require
+from ._common import NodeInputError, Progress, blame, image_to_chw, input_named_in, queue_check, require
 from ._files import claim, file_name, read_path, reading, write_owned
 from ._host import folder_paths, io, ui
 from .bridge import prepare_backbone
@@ -335,11 +335,7 @@ class LoadCustomization(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, customization: str) -> bool | str:
         """Queue-time check of the name (ComfyUI does not check V3 combo values against the list)."""
-        try:
-            cls._path(customization)
-        except NodeInputError as e:
-            return str(e)
-        return True
+        return queue_check(lambda: cls._path(customization))
 
     @classmethod
     def fingerprint_inputs(cls, customization: str) -> str:

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from mvcustom_core.depth import (DEPTH_SUFFIXES, DEPTH_VARIANTS, DepthModel, depth_preview, estimate_depth, load_depth_model,
-                                 tiny_depth_model)
+from mvcustom_core.depth import (DEPTH_SUFFIXES, DEPTH_VARIANTS, DepthModel, depth_preview, estimate_depth,
+                                 load_depth_model, tiny_depth_model)
 
-from ._common import NodeInputError, Progress, blame, image_from_chw, image_to_chw, require
+from ._common import Progress, blame, image_from_chw, image_to_chw, queue_check, require
 from ._files import reading
 from ._host import folder_paths, io, model_management, model_patcher, ui
 from .backbone import HostedModule, model_files, resolve_model_file
@@ -104,11 +104,7 @@ class LoadDepthModel(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, model: str) -> bool | str:
         """Queue-time check of the name (ComfyUI does not check V3 combo values against the list)."""
-        try:
-            cls._path(model)
-        except NodeInputError as e:
-            return str(e)
-        return True
+        return queue_check(lambda: cls._path(model))
 
     @classmethod
     def _path(cls, model: str):

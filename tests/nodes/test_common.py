@@ -75,3 +75,14 @@ def test_progress_reports_and_honours_cancel(common, host, mm):
     with pytest.raises(mm.InterruptProcessingException):
         progress.step()
     assert bar.current == 3
+
+
+def test_queue_check_answers_true_or_the_node_input_errors_message(common):
+    assert common.queue_check(lambda: None) is True
+
+    def bad():
+        raise common.NodeInputError("N", "model", "must name a model file")
+
+    assert common.queue_check(bad) == "N: input 'model' must name a model file"
+    with pytest.raises(KeyError):  # anything else is a bug, not a queue-time answer
+        common.queue_check(lambda: {}["x"])
