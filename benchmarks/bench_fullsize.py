@@ -128,6 +128,25 @@ def customize(models: Models, size: int, text: tuple[torch.Tensor, torch.Tensor]
     return ctx, {"capture_s": seconds, "capture_peak": peak, "bank_bytes": bank}
 
 
+def _prerender(unet, ctx, uncond: torch.Tensor, cond: torch.Tensor, frames: int, size: int) -> None:
+    """The pose blocks' pre-render of step 0 alone (what the UNet pre-hook does for a batched-CFG call): every
+    block's ``W_y · Fy`` for both branches, left in the cache for the step that follows."""
+    from mvcustom_core.backbone.sampler import _equal_length_texts
+    from mvcustom_core.customization.pose_block import block_grid, pose_blocks
+
+    param = next(unet.parameters())
+    text = torch.cat(_equal_length_texts(uncond.expand(frames, -1, -1), cond.expand(frames, -1, -1))).to(param)
+    ctx.step, ctx.branch = 0, "uncond+cond"
+    for block in pose_blocks(unet):
+        block.rendered_term(2 * frames, param.dtype, param.device, block_grid(unet, block.name, (size // 8,) * 2),
+                            text)
+
+
+def _prerender_estimate(memory) -> int:
+    """The estimate's pre-render phase: what stays resident, the workspace and the render's fixed part."""
+    return sum(memory.resident.values()) + memory.workspace + memory.phases.get("FeatureNeRF pre-render", 0)
+
+
 def measure_size(models: Models, frames: int, size: int, *, profile: bool = True) -> dict:
     """Every measurement of one size (see the module docstring)."""
     from mvcustom_core.customization.pose_block import remove_pose_blocks
@@ -182,6 +201,7 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
         row["mv_prepare_s"] = clock() - t0
         row["estimate"] = run.memory.peak
         row["estimate_unet"] = run.memory.phases["UNet activations"]
+        row["estimate_prerender"] = _prerender_estimate(run.memory)
         row["workspace"] = run.memory.workspace
         steps, latents = _timed_steps(lambda cb: steps_of(run, 0, 2, callback=cb))
         row["mv_step0_s"], row["mv_step1_s"] = steps
@@ -189,9 +209,11 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
             run.release()
             ctx.clear_cache()
             run, row["mv_prepare_peak"] = measure_peak(prepare, device)
-            x1, row["mv_step0_peak"] = measure_peak(lambda: steps_of(run, 0, 1), device)
+            _, row["mv_prerender_peak"] = measure_peak(lambda: _prerender(unet, ctx, uncond, cond, frames, size), device)
+            x1, row["mv_step0_peak"] = measure_peak(lambda: steps_of(run, 0, 1), device)  # the terms are cached now
             _, row["mv_step1_peak"] = measure_peak(lambda: steps_of(run, 1, 2, latents=x1), device)
-            row["mv_peak"] = max(row["mv_prepare_peak"], row["mv_step0_peak"], row["mv_step1_peak"])
+            row["mv_peak"] = max(row["mv_prepare_peak"], row["mv_prerender_peak"], row["mv_step0_peak"],
+                                 row["mv_step1_peak"])
     finally:
         if run is not None:
             run.release()
@@ -248,12 +270,19 @@ def summary_rows(models: Models, rows: list[dict], fitted: bool) -> list[dict]:
                     "first step / plain step": r["mv_step0_s"] / r["plain_step_s"],
                     "cached step / plain step": r["mv_step1_s"] / r["plain_step_s"],
                     "plain peak (GB)": r.get("plain_peak", 0) / GiB, "MVCustom peak (GB)": r.get("mv_peak", 0) / GiB,
-                    "estimate (GB)": r["estimate"] / GiB})
+                    "estimate (GB)": r["estimate"] / GiB,
+                    "note": f"pre-render phase {r.get('mv_prerender_peak', 0) / GiB:.2f} GB measured, "
+                            f"{r['estimate_prerender'] / GiB:.2f} GB estimated"})
     if fitted:
         keys = {k: fit(rows, k, quadratic=k.endswith("_s")) for k in
-                ("plain_step_s", "mv_prepare_s", "mv_step0_s", "mv_step1_s", "plain_peak", "mv_peak",
+                ("plain_step_s", "mv_prepare_s", "mv_step0_s", "mv_step1_s", "plain_peak",
                  "mv_step0_peak", "mv_step1_peak", "mv_prepare_peak", "capture_peak", "decode_peak", "text_peak",
                  "estimate", "bank_bytes")}
+        # The pre-render's scratch is capped by the workspace (not linear in size): its peak at the target is the
+        # estimate's (checked against the measured pre-render at every size below); the other phases are fitted.
+        keys["mv_prerender_peak"] = _target_prerender_estimate(models)
+        keys["mv_peak"] = max(keys["mv_prerender_peak"], keys["mv_step0_peak"], keys["mv_step1_peak"],
+                              keys["mv_prepare_peak"])
         label = f"extrapolated to {TARGET[0]} x {TARGET[1]}² (fit over {len(rows)} sizes)"
     else:
         keys, label = rows[-1], f"measured, {TARGET[0]} x {TARGET[1]}²"
@@ -273,10 +302,35 @@ def summary_rows(models: Models, rows: list[dict], fitted: bool) -> list[dict]:
     out.append({"name": "stage peaks at that size (GB)", "note": ", ".join(
         f"{name} {keys[k] / GiB:.2f}" for name, k in (
             ("text encoder", "text_peak"), ("reference capture", "capture_peak"),
-            ("preparation (field depth, DFR rasterization)", "mv_prepare_peak"), ("MVCustom step 0", "mv_step0_peak"),
+            ("preparation (field depth, DFR rasterization)", "mv_prepare_peak"),
+            ("pose-block pre-render (estimate)" if fitted else "pose-block pre-render", "mv_prerender_peak"),
+            ("MVCustom step 0 after the pre-render", "mv_step0_peak"),
             ("MVCustom cached step", "mv_step1_peak"), ("plain step", "plain_peak"), ("VAE decode", "decode_peak"),
             ("reference bank (resident)", "bank_bytes")))})
     return out
+
+
+def _target_prerender_estimate(models: Models) -> int:
+    """The pre-render phase estimate at 16 × 512² (:func:`plan_run_memory` with 8 references captured at 512²;
+    the bank's shapes only, on the meta device)."""
+    from types import SimpleNamespace
+
+    from mvcustom_core.customization.pose_block import (PoseContext, block_grid, install_pose_blocks, pose_blocks,
+                                                        remove_pose_blocks)
+    from mvcustom_core.memory_estimate import plan_run_memory
+
+    frames, size = TARGET
+    unet = models.unet
+    install_pose_blocks(unet, PoseContext(), "every_other")
+    try:
+        names = [b.name for b in pose_blocks(unet)]
+        refs = {n: torch.empty(2, N_REFS, 1, *block_grid(unet, n, (size // 8,) * 2), device="meta") for n in names}
+        context = SimpleNamespace(references=refs, ref_cams=_references(size))
+        plan = plan_run_memory(unet, frames, (size, size), MemoryBudget(1 << 40, "cpu", "benchmark"),
+                               pose_context=context, dfr_layers=2, cache_dtype=torch.float16)
+    finally:
+        remove_pose_blocks(unet)
+    return _prerender_estimate(plan)
 
 
 def attention_rows(quick: bool) -> list[dict]:
