@@ -137,9 +137,10 @@ def _prerender(unet, ctx, uncond: torch.Tensor, cond: torch.Tensor, frames: int,
     param = next(unet.parameters())
     text = torch.cat(_equal_length_texts(uncond.expand(frames, -1, -1), cond.expand(frames, -1, -1))).to(param)
     ctx.step, ctx.branch = 0, "uncond+cond"
-    for block in pose_blocks(unet):
-        block.rendered_term(2 * frames, param.dtype, param.device, block_grid(unet, block.name, (size // 8,) * 2),
-                            text)
+    with torch.no_grad():  # as inside the sampler's model call
+        for block in pose_blocks(unet):
+            block.rendered_term(2 * frames, param.dtype, param.device,
+                                block_grid(unet, block.name, (size // 8,) * 2), text)
 
 
 def _prerender_estimate(memory) -> int:
