@@ -208,8 +208,8 @@ class FeatureNeRF(nn.Module):
         deltas = self._deltas(tt)
 
         # 2. Reference maps through the linear parts of the MLP and view score (once for all rays), pixel-major.
-        maps = self.project_references(ref_banks)  # [B, N, C + 1, hr, wr]
-        maps = maps.flatten(3).transpose(2, 3).contiguous()  # [B, N, hr·wr, C + 1]
+        maps = self.project_references(ref_banks).flatten(3)  # [B, N, C + 1, hr·wr]
+        maps = (maps[:, :, :-1].transpose(2, 3).contiguous(), maps[:, :, -1].contiguous())  # [B,N,hw,C], [B,N,hw]
 
         # 3. Per chunk of rays: point features and density, text conditioning (per frame), compositing.
         n_rays = o.shape[0]
@@ -286,12 +286,13 @@ class FeatureNeRF(nn.Module):
         instead of once per sample and view. In the view score the target-frame point terms and the bias
         are the same for every view and cancel in the softmax over views; the Plücker and camera-centre
         terms depend on the ray only. ``W_f f_i`` is read from the projected maps (:meth:`project_references`)
-        with the four bilinear taps of ``grid_sample`` as a sparse matrix. Only ``W_f f_i`` (and the view score's
+        with the four bilinear taps of ``grid_sample`` as a sparse matrix, one ``addmm`` per view and bank. Only ``W_f f_i`` (and the view score's
         feature term) depends on the bank: the rest is computed once for all banks. Views are visited one at a
         time, so no ``[N, R, S, C]`` tensor exists.
 
         Args:
-            maps: ``[B, N, hr·wr, C + 1]`` projected reference maps, pixel-major; map_size: ``(hr, wr)``.
+            maps: the projected reference maps, pixel-major: features ``[B, N, hr·wr, C]`` and view-score term
+                ``[B, N, hr·wr]``; map_size: ``(hr, wr)``.
             o, d: ``[R, 3]`` ray origins and unit directions (world).
             t: ``[R, S]`` distances.
             frame_of_ray: ``[R]`` target frame index of each ray.
@@ -302,15 +303,23 @@ class FeatureNeRF(nn.Module):
         cfg = self.config
         c = cfg.channels
         n_views = ref_cams.num_frames
-        branches = maps.shape[0]
+        feat_maps, score_maps = maps
+        branches = feat_maps.shape[0]
         r, s = t.shape
         points = o.unsqueeze(1) + t.unsqueeze(-1) * d.unsqueeze(1)  # [R, S, 3]
         w2c = ref_cams.w2c  # [N, 4, 4]
         rot, trans = w2c[:, :3, :3], w2c[:, :3, 3]
         p_ref = torch.einsum("nij,rsj->nrsi", rot, points) + trans[:, None, None]  # [N, R, S, 3]
         grid, in_front = self._reference_grid(ref_cams, p_ref)  # [N, R·S, 1, 2], [N, R·S]
-        taps = [_csr(*_bilinear_taps(grid[i], in_front[i], *map_size), map_size[0] * map_size[1])
-                for i in range(n_views)]  # [R·S, hr·wr] each: the four bilinear taps, zero padding, in-front mask
+        # One sparse row per sample: the four bilinear taps of grid_sample (zero padding, in-front mask) and a 1
+        # picking the sample's ray term, appended below each map: one product gives W_f f_i + W_r (...) + b₁.
+        hw = map_size[0] * map_size[1]
+        ray_col = hw + torch.arange(r, device=t.device).repeat_interleave(s)[:, None]  # [R·S, 1]
+        taps = []
+        for i in range(n_views):
+            cols, vals = _bilinear_taps(grid[i], in_front[i], *map_size)  # [R·S, 4]
+            taps.append(_csr(torch.cat([cols, ray_col], 1), torch.cat([vals, torch.ones_like(vals[:, :1])], 1),
+                             hw + r))
 
         pe_p = encoding_width(cfg.point_freqs, 3) + 3
         w1, b1 = self.point_mlp[0].weight, self.point_mlp[0].bias
@@ -325,7 +334,8 @@ class FeatureNeRF(nn.Module):
             c_tgt = torch.einsum("rij,nj->nri", w2c_t[:, :3, :3], ref_cams.centers) + w2c_t[None, :, :3, 3]
             c_code = torch.cat([c_tgt, positional_encoding(c_tgt, cfg.point_freqs)], dim=-1)  # [N, R, 3 + pe]
             score_cam = F.linear(c_code, self.view_score.weight[:, c + pe_p:])  # [N, R, 1]
-            score_feat = torch.stack([torch.stack([taps[i] @ maps[b, i, :, c] for i in range(n_views)])
+            padded = F.pad(score_maps, (0, r))  # [B, N, hw + R]: the ray column reads 0
+            score_feat = torch.stack([torch.stack([taps[i] @ padded[b, i] for i in range(n_views)])
                                       for b in range(branches)])  # [B, N, R·S]
             attn = torch.softmax(score_feat.view(branches, n_views, r, s) + score_cam, dim=1)  # [B, N, R, S]
         elif cfg.view_aggregation in ("softmax", "average"):
@@ -336,10 +346,10 @@ class FeatureNeRF(nn.Module):
         mixed: list[Tensor | None] = [None] * branches
         for i in range(n_views):
             code = torch.cat([positional_encoding(p_ref[i], cfg.point_freqs), p_ref[i]], dim=-1)  # [R, S, pe_p]
-            shared = F.linear(code, w_point) + ray_term[i, :, None, :]  # [R, S, C]: the bank-independent terms
+            shared = F.linear(code.view(r * s, pe_p), w_point)  # [R·S, C]: the positional term, bank-independent
             for b in range(branches):
-                pre = (taps[i] @ maps[b, i, :, :c]).view(r, s, c) + shared
-                act = F.silu(pre)
+                pre = torch.addmm(shared, taps[i], torch.cat([feat_maps[b, i], ray_term[i]]))  # [R·S, C]
+                act = F.silu(pre).view(r, s, c)
                 weight = attn[b, i, :, :, None]
                 mixed[b] = weight * act if mixed[b] is None else torch.addcmul(mixed[b], weight, act)
         g = self.point_mlp[2](torch.stack(mixed))  # [B, R, S, C]
