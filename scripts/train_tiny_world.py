@@ -11,7 +11,7 @@ checkpoint and exit):
 2. ``vae``: the ``AutoencoderKL`` (L1 + image-gradient L1 + a small KL), first on random crops, then on whole
    frames; its latents are then scaled to SD1.5's convention (``fold_latent_scale``) and cached.
 3. ``unet``: UNet, motion modules (temporal attention) and CLIP text tower together from scratch, on the
-   cached latents: ε-prediction with AnimateDiff's linear betas, caption dropout, EMA weights.
+   cached latents: ε-prediction with AnimateDiff's linear betas, Min-SNR-5 weighting, caption dropout, EMA.
 4. ``dense``: the pack's own backbone stage (``mvcustom_core.backbone.training.train_motion_module``): only
    the motion modules train while their attention widens from temporal (k = 1) to dense over all frames
    and positions (MVCustom §3.3). ``--dense-steps 0`` skips it.
@@ -82,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--unet-warmup", type=int, default=200)
     g.add_argument("--ema", type=float, default=0.999)
     g.add_argument("--caption-dropout", type=float, default=0.1)
+    g.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-γ loss weighting (0: plain mean)")
     g = p.add_argument_group("dense")
     g.add_argument("--dense-steps", type=int, default=400)
     g.add_argument("--dense-clips", type=int, default=300, help="clips written as frame folders for this stage")
@@ -403,7 +404,8 @@ def cached_latents(args) -> tuple[Tensor, Tensor]:
 # ------------------------------------------------------------------------------------------ 3. unet
 def _unet_key(args) -> dict:
     return {**_vae_key(args), "unet_steps": args.unet_steps, "batch": args.unet_batch, "lr": args.unet_lr,
-            "warmup": args.unet_warmup, "ema": args.ema, "caption_dropout": args.caption_dropout}
+            "warmup": args.unet_warmup, "ema": args.ema, "caption_dropout": args.caption_dropout,
+            "min_snr": args.min_snr}
 
 
 def _fresh_unet_parts(args):
@@ -425,12 +427,29 @@ def _noise_scheduler():
     return DDPMScheduler(**{k: ANIMATEDIFF_SCHEDULER_CONFIG[k] for k in keys})
 
 
+def min_snr_loss(unet: nn.Module, latents: Tensor, text: Tensor, scheduler, noise: Tensor, timesteps: Tensor,
+                 gamma: float) -> Tensor:
+    """ε-prediction MSE per clip weighted by ``min(SNR_t, γ) / SNR_t`` (Min-SNR-γ; Hang et al. 2023, "Efficient
+    Diffusion Training via Min-SNR Weighting Strategy", eq. 8 in the ε form), ``SNR_t = ᾱ_t / (1 − ᾱ_t)``.
+
+    ``latents [B, 4, F, h, w]``, ``text [B, 77, C]`` (repeated per frame as diffusers wants), ``timesteps [B]``.
+    ``gamma = 0`` gives the plain mean (:func:`mvcustom_core.backbone.training.diffusion_loss`).
+    """
+    f = latents.shape[2]
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction = unet(noisy, timesteps, encoder_hidden_states=text.repeat_interleave(f, dim=0)).sample
+    per_clip = (prediction.float() - noise.float()).pow(2).flatten(1).mean(1)
+    if gamma <= 0:
+        return per_clip.mean()
+    alpha_bar = scheduler.alphas_cumprod.to(latents.device)[timesteps].float()
+    snr = alpha_bar / (1 - alpha_bar)
+    return (per_clip * snr.clamp_max(gamma) / snr).mean()
+
+
 def stage_unet(args) -> None:
     from mvcustom_core.backbone.sampler import LATENT_SCALE
     from mvcustom_core.backbone.text import encode_prompt
     from mvcustom_core.backbone.tiny_world import tiny_world_tokenizer
-    from mvcustom_core.backbone.training import diffusion_loss
-
     folder = args.output / "unet"
     if (folder / "unet.safetensors").is_file():
         return
@@ -457,7 +476,7 @@ def stage_unet(args) -> None:
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, num_t, (args.unet_batch,), generator=g)
         text = encode_prompt(text_encoder, tokenizer, texts)
-        return diffusion_loss(unet, latents, text, scheduler, noise, t)
+        return min_snr_loss(unet, latents, text, scheduler, noise, t, args.min_snr)
 
     train_loop("unet", folder, _unet_key(args), args.unet_steps, params, loss_fn, args, lr=args.unet_lr,
                warmup=args.unet_warmup, ema=ema)
@@ -581,7 +600,7 @@ def stage_depth(args) -> None:
 # ------------------------------------------------------------------------------------------ 6. export
 def stage_export(args) -> None:
     from mvcustom_core.backbone.loading import export_ldm_state_dict
-    from mvcustom_core.backbone.motion_module import export_motion_module_state_dict
+    from mvcustom_core.backbone.motion_module import attention_window_metadata, export_motion_module_state_dict
     from mvcustom_core.backbone.tiny_world import (CHECKPOINT_FILE, DEPTH_FOLDER, MANIFEST_FILE, MOTION_FILE,
                                                    file_sha256, load_tiny_world, save_depth_model)
     from mvcustom_core.backbone.training import motion_adapter_from_unet
@@ -597,8 +616,9 @@ def stage_export(args) -> None:
     # make the bytes (and the manifest's hashes) differ from one export to the next.
     _save_tensors(ship / CHECKPOINT_FILE, half, {"model": "mvcustom tiny_world, SD1.x single-file layout"})
     motion = export_motion_module_state_dict(motion_adapter_from_unet(backbone.unet))
+    # The attention the motion modules were trained with, in the header key the backbone loaders' "auto" reads.
     _save_tensors(ship / MOTION_FILE, {k: v.half() for k, v in motion.items()},
-                  {"model": "mvcustom tiny_world, AnimateDiff motion-module layout"})
+                  attention_window_metadata(None if dense.is_file() else 1))
     depth_files = save_depth_model(args.output / "depth" / "model", ship / DEPTH_FOLDER)
 
     def summary(stage: str) -> dict:
@@ -608,13 +628,12 @@ def stage_export(args) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         tail = state["losses"][-100:]
         return {"steps": state["step"], "final_loss": sum(tail) / max(1, len(tail)),
-                "seconds": round(state["seconds"], 1), "cpu_seconds": round(state["cpu_seconds"], 1)}
+                "seconds": round(state["seconds"], 1), "cpu_seconds": round(state.get("cpu_seconds", 0.0), 1)}
 
     files = [CHECKPOINT_FILE, MOTION_FILE, *(f"{DEPTH_FOLDER}/{name}" for name in depth_files)]
     manifest = {
         "format": "mvcustom.tiny_world/1",
         "files": {name: {"sha256": file_sha256(ship / name), "bytes": (ship / name).stat().st_size} for name in files},
-        "attention": {"window": "full" if dense.is_file() else "temporal"},
         "image_size": [args.size, args.size], "frames": args.frames,
         "training": {"command": "python scripts/train_tiny_world.py " + " ".join(sys.argv[1:]),
                      "data": {"clips": args.clips, "world_seeds": [HELD_OUT_SEEDS, HELD_OUT_SEEDS + args.clips - 1]},

@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .dense_attention import set_motion_attention
 from .loading import Backbone, SD15Components, build_backbone, build_sd15_modules, load_sd15_checkpoint, shipped_config
-from .motion_module import load_motion_module
+from .motion_module import load_motion_module, trained_attention_window
 from .text import load_tokenizer
 
 __all__ = ["TINY_WORLD_CONFIGS", "CHECKPOINT_FILE", "MOTION_FILE", "DEPTH_FOLDER", "MANIFEST_FILE", "TinyWorldError",
@@ -156,21 +157,18 @@ def load_tiny_world(*, dtype: torch.dtype = torch.float32, device: torch.device 
 
     Returns:
         :class:`~mvcustom_core.backbone.loading.Backbone` (UNet input ``[B, 4, F, 8, 8]`` for 64x64 frames, text
-        states ``[B·F, 77, 64]``); dense spatio-temporal attention is installed when the manifest says the motion
-        modules were trained with it.
+        states ``[B·F, 77, 64]``); dense spatio-temporal attention is installed when the motion-module file's
+        header (``mvcustom.attention_window``) says its modules were trained with it.
     """
     folder = Path(folder or weights_dir())
-    manifest = verify_weights(folder) if verify else read_manifest(folder)
+    if verify:
+        verify_weights(folder)
     config = {part: tiny_world_config(part) for part in ("unet", "vae", "text_encoder")}
     components = load_sd15_checkpoint(folder / CHECKPOINT_FILE, dtype=dtype, device=device, config=config)
     adapter = load_motion_module(folder / MOTION_FILE, dtype=dtype, device=device,
                                  config=tiny_world_config("motion_adapter"))
     unet = build_backbone(components, adapter)
-    window = manifest.get("attention", {}).get("window", "temporal")
-    if window != "temporal":
-        from .dense_attention import enable_dense_attention
-
-        enable_dense_attention(unet, None if window == "full" else int(window))
+    set_motion_attention(unet, trained_attention_window(folder / MOTION_FILE))
     return Backbone(unet=unet, vae=components.vae, text_encoder=components.text_encoder,
                     tokenizer=tiny_world_tokenizer())
 
@@ -182,7 +180,16 @@ def tiny_world_depth_model(seed: int = 0) -> nn.Module:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 2)
-        return DepthAnythingForDepthEstimation(DepthAnythingConfig(**tiny_world_config("depth"))).eval()
+        model = DepthAnythingForDepthEstimation(DepthAnythingConfig(**tiny_world_config("depth")))
+        # PyTorch's default layer initialization (transformers' zero biases and std 0.02 give a near-zero map that
+        # the head's final ReLU turns into a constant 0 with no gradient), and a positive output bias so the
+        # ReLU starts open.
+        for layer in model.modules():
+            if layer is not model and hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        with torch.no_grad():
+            model.head.conv3.bias.fill_(0.5)
+    return model.eval()
 
 
 def save_depth_model(source: str | Path, folder: str | Path) -> list[str]:

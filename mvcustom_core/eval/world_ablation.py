@@ -56,7 +56,6 @@ CONFIG_TITLES = {"backbone": "(a) backbone alone", "customized": "(b) + customiz
                  "dfr_clc": "(d) + DFR + CLC"}
 POSE_TOLERANCE_DEG = 5.0
 _SEARCH_DEG = 100
-DFR_FRACTION = 0.7  # the paper's first 35 of 50 steps
 
 
 @dataclass
@@ -228,8 +227,9 @@ def generate(backbone, case: WorldCase, config: str, *, customization=None, dept
                     raise ValueError(f"config {config!r} needs the depth model and the first pass's frames")
                 depth = anchor_depth_from_image(depth_model, first_pass[case.anchor], unet, ctx,
                                                 case.targets[case.anchor])
-                dfr = DFRPlan(anchor=case.anchor, depth=depth, depth_kind="metric", scale=1.0, shift=0.0,
-                              steps=max(1, round(DFR_FRACTION * steps)))
+                # Already in scene units: the "metric" kind (z = s·x) with s = 1; the paper's 35-of-50 fraction.
+                dfr = DFRPlan(anchor=case.anchor, depth=depth, depth_valid=depth > 0, depth_kind="metric",
+                              scale=1.0)
                 clc = CLCPlan() if config == "dfr_clc" else None
             latents = mvcustom_sample(unet, cond, uncond, case.targets, pose_context=ctx, dfr=dfr, clc=clc,
                                       seed=seed, steps=steps, cfg=cfg)

@@ -128,7 +128,9 @@ def test_a_small_run_writes_weights_the_real_loaders_read(script, tmp_path):
         assert entry["sha256"] == file_sha256(ship / name)
     assert detect_layout(open_state_file(ship / CHECKPOINT_FILE).keys) == "sd15_checkpoint"
     assert detect_layout(open_state_file(ship / MOTION_FILE).keys) == "animatediff_motion_module"
-    assert manifest["attention"]["window"] == "full"
+    from mvcustom_core.backbone.motion_module import trained_attention_window
+
+    assert trained_attention_window(ship / MOTION_FILE) is None  # the dense stage ran: full attention
     assert manifest["training"]["unet"]["steps"] == 2 and manifest["training"]["data"]["clips"] == 3
     backbone = load_tiny_world(folder=ship)
     # The exported EMA weights are what the unet stage saved, up to float16 rounding.
@@ -142,3 +144,23 @@ def test_a_small_run_writes_weights_the_real_loaders_read(script, tmp_path):
     assert script.main(argv) == 0
     after = json.loads((ship / MANIFEST_FILE).read_text())["files"]
     assert {name: entry["sha256"] for name, entry in after.items()} == before
+
+
+def test_min_snr_loss_weights_each_clip_by_its_timestep(script):
+    from diffusers import DDPMScheduler
+
+    class Echo(torch.nn.Module):  # predicts a fixed tensor, so the loss is a known function of the noise
+        def forward(self, x, t, encoder_hidden_states):
+            return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+    scheduler = DDPMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012)
+    noise = torch.randn(2, 4, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 900])
+    loss = script.min_snr_loss(Echo(), torch.zeros_like(noise), torch.zeros(2, 77, 8), scheduler, noise, t, 5.0)
+    a = scheduler.alphas_cumprod[t]
+    snr = a / (1 - a)
+    expected = (noise.pow(2).flatten(1).mean(1) * torch.clamp(snr, max=5.0) / snr).mean()
+    torch.testing.assert_close(loss, expected)
+    assert snr[0] > 5 > snr[1]  # the low-noise clip is down-weighted, the high-noise one kept
+    plain = script.min_snr_loss(Echo(), torch.zeros_like(noise), torch.zeros(2, 77, 8), scheduler, noise, t, 0.0)
+    torch.testing.assert_close(plain, noise.pow(2).mean())
