@@ -27,7 +27,7 @@ from mvcustom_core.backbone.text import load_tokenizer
 from mvcustom_core.backbone.tiny import tiny_backbone
 from mvcustom_core.customization.file_format import is_customization_file
 
-from ._common import Progress, blame, require
+from ._common import Progress, blame, queue_check, require
 from ._files import folder_label, model_roots, read_path, reading
 from ._host import comfy_utils, folder_paths, io, model_management, model_patcher
 from .types import Backbone as BackboneType
@@ -217,6 +217,12 @@ class LoadBackbone(io.ComfyNode):
             ],
             outputs=[BackboneType.Output("backbone", tooltip="The loaded backbone (MVC_BACKBONE).")],
         )
+
+    @classmethod
+    def validate_inputs(cls, checkpoint: str, motion_module: str) -> bool | str:
+        """Queue-time check of both names (ComfyUI does not check V3 combo values against the list)."""
+        return queue_check(lambda: (resolve_model_file(cls, "checkpoint", "checkpoints", checkpoint),
+                                    resolve_model_file(cls, "motion_module", MOTION_FOLDERS, motion_module)))
 
     @classmethod
     def execute(cls, checkpoint: str, motion_module: str, dtype: str, window: int) -> io.NodeOutput:

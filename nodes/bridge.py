@@ -35,7 +35,7 @@ from mvcustom_core.backbone.motion_module import load_motion_module, trained_att
 from mvcustom_core.memory import MAX_WORKSPACE
 from mvcustom_core.memory_estimate import unet_activation_bytes, vae_decode_frame_bytes
 
-from ._common import NodeInputError, Progress, blame, require
+from ._common import NodeInputError, Progress, blame, queue_check, require
 from ._files import reading
 from ._host import io, model_management, model_patcher
 from .backbone import (AUTO_WINDOW, CATEGORY, MOTION_FOLDERS, WINDOW_TOOLTIP, HostedModule, MVCBackbone,
@@ -341,6 +341,11 @@ class ApplyMotionModule(io.ComfyNode):
             ],
             outputs=[BackboneType.Output("backbone", tooltip="The MODEL with the motion module (MVC_BACKBONE).")],
         )
+
+    @classmethod
+    def validate_inputs(cls, motion_module: str) -> bool | str:
+        """Queue-time check of the name (ComfyUI does not check V3 combo values against the list)."""
+        return queue_check(lambda: resolve_model_file(cls, "motion_module", MOTION_FOLDERS, motion_module))
 
     @classmethod
     def execute(cls, model: Any, motion_module: str, window: int) -> io.NodeOutput:

@@ -151,6 +151,12 @@ def test_load_node_errors_name_node_and_input(node, run, models, tiny_files):
         run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="")
     with pytest.raises(ValueError, match=r"^MVCustom Load Backbone: input 'window' must be -1 \(auto\), 0 \(full\)"):
         run(cls, checkpoint="mm_in_checkpoints.safetensors", motion_module="mm.safetensors", window=-2)
+    # The same refusals at queue time, before the prompt runs (ComfyUI does not check V3 combo values).
+    assert cls.validate_inputs(checkpoint="mm_in_checkpoints.safetensors", motion_module="mm.safetensors") is True
+    assert cls.validate_inputs(checkpoint="nope.safetensors", motion_module="mm.safetensors").startswith(
+        "MVCustom Load Backbone: input 'checkpoint' must name a model file")
+    assert cls.validate_inputs(checkpoint="mm_in_checkpoints.safetensors", motion_module="../mm.safetensors").startswith(
+        "MVCustom Load Backbone: input 'motion_module' must name a model file")
 
 
 def test_load_node_honours_cancel_while_reading(node, run, models, tiny_files, tiny_loaders, mm):

@@ -206,6 +206,9 @@ def test_inputs_the_bridge_cannot_use_are_named(node, run, tiny_bridge, loaded, 
                                          r"in models/animatediff_models or models/mvcustom; 'absent\.safetensors' "
                                          r"is not one"):
         run(apply, model=model, motion_module="absent.safetensors")
+    assert apply.validate_inputs(motion_module="mm.safetensors") is True
+    assert apply.validate_inputs(motion_module="absent.safetensors").startswith(
+        "MVCustom Apply Motion Module: input 'motion_module' must name a model file")
 
 
 def test_the_shipped_sd15_layout_refuses_weights_of_another_shape(node, run, bridge, models, loaded):
