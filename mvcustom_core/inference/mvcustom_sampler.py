@@ -104,6 +104,20 @@ def _pose_cache_dtype(choice: torch.dtype | str | None, unet_dtype: torch.dtype)
     raise ValueError(f"pose_cache_dtype must be 'auto', None or a torch dtype, got {choice!r}")
 
 
+def _reset_pose_context(pose_context: PoseContext | None) -> None:
+    """Put the customization's context back as it was before :func:`prepare_run` (after a run or a failed set-up)."""
+    if pose_context is None:
+        return
+    pose_context.clear_cache()
+    pose_context.mode = "off"
+    pose_context.cache_rendered = False  # a later render with other cameras must not reuse this run's Fy
+    pose_context.active_steps = None
+    pose_context.target_key = None
+    pose_context.keep_outputs = True
+    pose_context.workspace = None
+    pose_context.cache_dtype = None
+
+
 def prepare_run(
     unet: torch.nn.Module,
     cams: CameraSet,
@@ -167,66 +181,72 @@ def prepare_run(
                                  pose_context=pose_context if has_pose else None, dfr_layers=len(layers),
                                  cache_dtype=cache_dtype,
                                  one_pass=one_pass_bytes(dfr, vae, cams.image_size) if one_pass else 0)
-    workspace = run.memory.workspace
-    if pose_context is not None:
-        pose_context.workspace = workspace
-    run.unet = unet
-    run.dense_chunk_elements = set_dense_chunk_elements(unet, workspace // (2 * 4))  # scores + softmax, fp32
+    # From here on the UNet and the pose context are set up for the run: an error puts them back.
+    try:
+        workspace = run.memory.workspace
+        if pose_context is not None:
+            pose_context.workspace = workspace
+        run.unet = unet
+        run.dense_chunk_elements = set_dense_chunk_elements(unet, workspace // (2 * 4))  # scores + softmax, fp32
 
-    if dfr is not None and geometry is None and not one_pass:
-        with within("dfr"):
-            geometry = resolve_anchor_geometry(dfr, cams, unet=unet, pose_context=pose_context)[0]
-    run.geometry = geometry
-    if has_pose:
-        check_trajectory_in_scene(unet, cams)
-        pose_context.mode = "render"
-        pose_context.target_cams = cams
-        pose_context.target_key = None
-        pose_context.jitter = False
-        pose_context.active_steps = active_pose_steps(pose_ratio, steps)
-        pose_context.cache_rendered = bool(cache_pose_features)
-        pose_context.keep_outputs = False  # the Fy cache then holds only the fused term W_y · Fy
-        pose_context.cache_dtype = cache_dtype
-        pose_context.clear_cache()
-        run.hooks.append(pose_step_relay(unet, pose_context))
-        if cache_pose_features:
-            run.prerender = install_prerender(unet, pose_context)
+        if dfr is not None and geometry is None and not one_pass:
+            with within("dfr"):
+                geometry = resolve_anchor_geometry(dfr, cams, unet=unet, pose_context=pose_context)[0]
+        run.geometry = geometry
+        if has_pose:
+            check_trajectory_in_scene(unet, cams)
+            pose_context.mode = "render"
+            pose_context.target_cams = cams
+            pose_context.target_key = None
+            pose_context.jitter = False
+            pose_context.active_steps = active_pose_steps(pose_ratio, steps)
+            pose_context.cache_rendered = bool(cache_pose_features)
+            pose_context.keep_outputs = False  # the Fy cache then holds only the fused term W_y · Fy
+            pose_context.cache_dtype = cache_dtype
+            pose_context.clear_cache()
+            run.hooks.append(pose_step_relay(unet, pose_context))
+            if cache_pose_features:
+                run.prerender = install_prerender(unet, pose_context)
 
-    if dfr is not None:
-        run.dfr = DFRHook(geometry, layers, dfr.active_steps(steps))
-        run.dfr.workspace = workspace
-        run.hooks.append(run.dfr)
+        if dfr is not None:
+            run.dfr = DFRHook(geometry, layers, dfr.active_steps(steps))
+            run.dfr.workspace = workspace
+            run.hooks.append(run.dfr)
 
-    if clc is not None:
-        height, width = cams.image_size
-        keep = None if one_pass else keep_mask(geometry.coverage((height // 8, width // 8)), geometry.anchor,
-                                               clc.erosion)
-        run.clc = CLCHook(clc, keep)
-        run.clc.workspace = workspace
+        if clc is not None:
+            height, width = cams.image_size
+            keep = None if one_pass else keep_mask(geometry.coverage((height // 8, width // 8)), geometry.anchor,
+                                                   clc.erosion)
+            run.clc = CLCHook(clc, keep)
+            run.clc.workspace = workspace
 
-    if one_pass:  # before CLC: it may act on the step the geometry is built at
-        run.one_pass = OnePassAnchor(dfr, cams, vae=vae, dfr=run.dfr, clc=run.clc,
-                                     clc_erosion=0 if clc is None else clc.erosion, unet=unet,
-                                     pose_context=pose_context)
-        run.hooks.append(run.one_pass)
-    if run.clc is not None:
-        run.hooks.append(run.clc)
+        if one_pass:  # before CLC: it may act on the step the geometry is built at
+            run.one_pass = OnePassAnchor(dfr, cams, vae=vae, dfr=run.dfr, clc=run.clc,
+                                         clc_erosion=0 if clc is None else clc.erosion, unet=unet,
+                                         pose_context=pose_context)
+            run.hooks.append(run.one_pass)
+        if run.clc is not None:
+            run.hooks.append(run.clc)
 
-    if len(run.windows) > 1:
-        window_cams = {}
+        if len(run.windows) > 1:
+            window_cams = {}
 
-        def on_window(frames: Tensor | None) -> None:
-            if run.dfr is not None:
-                run.dfr.frames = frames
-            if has_pose:
-                key = None if frames is None else tuple(frames.tolist())
-                if key not in window_cams:
-                    window_cams[key] = cams if frames is None else cams[frames]
-                pose_context.target_cams, pose_context.target_key = window_cams[key], key
+            def on_window(frames: Tensor | None) -> None:
+                if run.dfr is not None:
+                    run.dfr.frames = frames
+                if has_pose:
+                    key = None if frames is None else tuple(frames.tolist())
+                    if key not in window_cams:
+                        window_cams[key] = cams if frames is None else cams[frames]
+                    pose_context.target_cams, pose_context.target_key = window_cams[key], key
 
-        run.model = WindowedUNet(unet, run.windows, anchor, on_window)
-    else:
-        run.model = unet
+            run.model = WindowedUNet(unet, run.windows, anchor, on_window)
+        else:
+            run.model = unet
+    except BaseException:
+        run.release()
+        _reset_pose_context(pose_context)
+        raise
     return run
 
 
@@ -292,12 +312,4 @@ def mvcustom_sample(
         if run.one_pass is not None:
             run.geometry = run.one_pass.geometry
         run.release()
-        if pose_context is not None:
-            pose_context.clear_cache()
-            pose_context.mode = "off"
-            pose_context.cache_rendered = False  # a later render with other cameras must not reuse this run's Fy
-            pose_context.active_steps = None
-            pose_context.target_key = None
-            pose_context.keep_outputs = True
-            pose_context.workspace = None
-            pose_context.cache_dtype = None
+        _reset_pose_context(pose_context)

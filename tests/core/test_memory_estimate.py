@@ -3,9 +3,12 @@ sampler makes from them (CFG batching, workspace), and the refusal of a run that
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
+from mvcustom_core.backbone.dense_attention import enable_dense_attention
 from mvcustom_core.backbone.loading import shipped_config
 from mvcustom_core.backbone.sampler import decode_latents
 from mvcustom_core.cameras import CameraSet, look_at
@@ -26,8 +29,14 @@ def _cams(n: int, size: int = SIZE) -> CameraSet:
     return CameraSet.from_fov(look_at(eye, torch.zeros(3)), 50.0, (size, size))
 
 
+@pytest.mark.parametrize("attention", ["temporal", 3, "full"])
 @pytest.mark.parametrize("frames,latent", [(2, (8, 8)), (3, (16, 24))])
-def test_unet_estimate_bounds_the_measured_activation_peak(unet, frames, latent):
+def test_unet_estimate_bounds_the_measured_activation_peak(unet, frames, latent, attention):
+    """Also with dense spatio-temporal attention (window 3, full) in the motion modules: its chunks stay within
+    the activations the estimate counts (the estimate has no attention-specific term)."""
+    if attention != "temporal":
+        unet = copy.deepcopy(unet)
+        enable_dense_attention(unet, None if attention == "full" else attention)
     rows = 2 * frames
     x = torch.randn(2, 4, frames, *latent)
     text = torch.randn(rows, 5, 32)
@@ -118,3 +127,38 @@ def test_a_run_that_cannot_fit_is_refused_before_any_work(unet, text, customize_
     assert calls == [] and ctx.mode == "off"  # no field depth render, no step, context untouched
     for words in ("3 frames of 64x64", "'window'", "'memory_budget_gb'", "budget of 0.00 GB"):
         assert words in message
+
+
+def test_the_run_sizes_dense_attention_chunks_from_its_workspace_and_gives_the_unet_back(unet, text, customize_tiny,
+                                                                                         monkeypatch):
+    """Dense attention's chunks during a run come from the run's workspace (scores and softmax in float32); after the
+    run, and after a set-up that fails midway (here: an anchor depth with no positive value), the UNet's own chunk
+    budget and the pose context are as before."""
+    import mvcustom_core.backbone.dense_attention as dense
+    from mvcustom_core.inference.anchor_depth import AnchorDepthError
+
+    model, ctx, _block = customize_tiny(unet, _cams(4))
+    dense.enable_dense_attention(model, 3)
+    seen = []
+    attend = dense.dense_attention
+    monkeypatch.setattr(dense, "dense_attention", lambda *a, **k: seen.append(k["chunk_elements"]) or attend(*a, **k))
+    cond, uncond = text
+    cams = _cams(3)
+    probe = plan_run_memory(model, 3, (SIZE, SIZE), MemoryBudget(1 << 40, "cpu", "set"), pose_context=ctx,
+                            cache_dtype=torch.float16)
+    budget = MemoryBudget(probe.peak - probe.workspace + MIN_WORKSPACE, "cpu", "set")
+    mvcustom_sample(model, cond, uncond, cams, pose_context=ctx, seed=1, steps=2, memory_budget=budget)
+    assert seen and set(seen) == {MIN_WORKSPACE // 8}
+
+    def plain_call() -> set[int]:
+        seen.clear()
+        with torch.no_grad():
+            model(torch.randn(2, 4, 3, 8, 8), 500, encoder_hidden_states=torch.randn(6, 5, 32))
+        return set(seen)
+
+    assert plain_call() == {dense.DEFAULT_CHUNK_ELEMENTS}
+    bad_depth = DFRPlan(depth=torch.full((SIZE, SIZE), -1.0), depth_kind="metric", scale=1.0)
+    with pytest.raises(AnchorDepthError):
+        prepare_run(model, cams, pose_context=ctx, dfr=bad_depth, steps=2, memory_budget=budget)
+    assert plain_call() == {dense.DEFAULT_CHUNK_ELEMENTS}
+    assert ctx.mode == "off" and ctx.workspace is None
