@@ -6,7 +6,7 @@ Usage:
     python -m benchmarks.run_all --only bench_fullsize   # one benchmark; the other sections of the record are kept
 
 Sections of the record that were not run this time are kept as they were (each names the command, machine and
-date that wrote it). Each benchmark module exposes ``run(quick: bool) -> list[dict]``; every row is one measurement with
+date that wrote it), and so are hand-written sections titled ``"<a benchmark's title>: …"`` (placed after it). Each benchmark module exposes ``run(quick: bool) -> list[dict]``; every row is one measurement with
 a ``name`` and, where the goal is a ratio, the two sides measured side by side in the same run. The
 machine (CPU model, GPU, torch version) heads the written record so figures are never compared across
 machines by accident.
@@ -86,6 +86,16 @@ def _previous_sections(path: Path) -> dict[str, str]:
     return {t: text.rstrip("\n") + "\n" for t, text in sections.items()}
 
 
+def section_order(sections: dict[str, str]) -> list[str]:
+    """Titles in the record's order: each benchmark's section, then the hand-written sections about it (titled
+    ``"<its title>: …"``, kept across runs), then any other kept section."""
+    order: list[str] = []
+    for title, _ in BENCHMARKS:
+        order += [title] if title in sections else []
+        order += [t for t in sections if t.startswith(title + ":")]
+    return order + [t for t in sections if t not in order]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (seconds)")
@@ -115,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         (" --full " + " ".join(args.full) if args.full else "") + (" --only " + " ".join(args.only) if args.only else "")
     head = (f"# Performance record\n\nLast written by `{command}` on {stamp}.\n\n{GOALS}\n")
     sections = {**_previous_sections(args.out), **sections}  # read now: another run may have written meanwhile
-    order = [title for title, _ in BENCHMARKS] + [t for t in sections if t not in dict(BENCHMARKS)]
-    atomic_write_text(args.out, head + "\n".join(sections[t] for t in order if t in sections))
+    atomic_write_text(args.out, head + "\n".join(sections[t] for t in section_order(sections)))
     print(f"wrote {args.out}")
     return 0
 
