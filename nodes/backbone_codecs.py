@@ -56,6 +56,15 @@ class EncodePrompt(io.ComfyNode):
         core = prepare_backbone(cls, backbone, ["text_encoder"])
         require(cls, "backbone", core.tokenizer is not None, "has no CLIP tokenizer")
         encoder, tokenizer = core.text_encoder, core.tokenizer
+        # This encoder knows one embedding, the connected customization's token: any other would be read as the
+        # subject without a word (ComfyUI's own CLIP Text Encode reads models/embeddings for those).
+        named = sorted(set(_EMBEDDING.findall(text)))
+        require(cls, "text", not named or customization is not None,
+                f"has {', '.join(named)} but no customization is connected; other textual-inversion embeddings "
+                "are read by CLIP Text Encode on a Load Checkpoint CLIP")
+        require(cls, "text", len(named) <= 1,
+                f"names {len(named)} embeddings ({', '.join(named)}); only the connected customization's subject "
+                "token can be written here")
         if customization is not None:
             tokenizer = copy.deepcopy(tokenizer)  # the shared tokenizer keeps its vocabulary
             text = _EMBEDDING.sub(customization.token, text)

@@ -50,6 +50,19 @@ def test_subject_token_is_used_for_this_encoding_only(node, run, backbone):
                                rtol=0, atol=0)
 
 
+def test_embeddings_this_encoder_cannot_read_are_refused_naming_text(node, run, backbone):
+    """Only the connected customization's token is known here; another embedding must not become the subject."""
+    width = backbone.text_encoder.config.hidden_size
+    subject = SimpleNamespace(token="<mvc-subject>", token_embedding=torch.zeros(1, width))
+    with pytest.raises(ValueError, match=r"^MVCustom Encode Prompt: input 'text' names 2 embeddings "
+                                         r"\(embedding:style, embedding:toy\)"):
+        run(node("MVC_EncodePrompt"), backbone=backbone, text="embedding:toy toy, embedding:style",
+            customization=subject)
+    with pytest.raises(ValueError, match=r"^MVCustom Encode Prompt: input 'text' has embedding:toy but no "
+                                         r"customization is connected"):
+        run(node("MVC_EncodePrompt"), backbone=backbone, text="photo of a embedding:toy toy")
+
+
 def test_decode_equals_the_core_decode(node, run, backbone):
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     (images,) = run(node("MVC_DecodeLatent"), backbone=backbone, latent=to_comfy_latent(latents)).args
