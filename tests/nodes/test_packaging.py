@@ -77,11 +77,11 @@ def test_icon_is_a_square_svg_of_at_most_400_px_in_this_repository():
     assert len(root.findall(".//{http://www.w3.org/2000/svg}polygon")) >= 4  # the camera frustums
 
 
-def _core_imports() -> dict[str, str]:
-    """Top-level third-party modules imported anywhere in mvcustom_core (lazy imports in functions included) ->
-    one file importing each."""
+def _core_imports(*folders: str) -> dict[str, str]:
+    """Top-level third-party modules imported anywhere in mvcustom_core (and ``folders``; lazy imports in functions
+    included) -> one file importing each."""
     found = {}
-    for path in sorted((REPO_ROOT / "mvcustom_core").rglob("*.py")):
+    for path in sorted(p for f in ("mvcustom_core", *folders) for p in (REPO_ROOT / f).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
@@ -104,6 +104,15 @@ def test_every_package_the_core_imports_is_declared():
                         if m not in HOST_BUILDS | USER_INSTALLED.keys()
                         and DISTRIBUTION_OF.get(m, m).lower() not in declared)
     assert not undeclared, f"imported by the core, declared nowhere: {undeclared}"
+
+
+def test_every_package_an_extra_declares_is_imported():
+    """The user-facing extras install only what the code uses (peft sat in 'train' with nothing importing it)."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    imported = {DISTRIBUTION_OF.get(m, m).lower() for m in _core_imports("scripts", "benchmarks")}
+    unused = sorted(f"{r} ({group})" for group in ("sfm", "fast", "train") for r in extras[group]
+                    if Requirement(r).name.lower() not in imported)
+    assert not unused, f"declared, imported by nothing: {unused}"
 
 
 def test_backbone_training_extra_holds_what_backbone_training_imports():
