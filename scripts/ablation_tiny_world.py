@@ -31,10 +31,11 @@ if str(REPO_ROOT) not in sys.path:  # run as a file from a checkout
 import torch  # noqa: E402
 
 KEYS = ("ground_reproj_psnr", "anchor_reproj_psnr", "azimuth_error_deg", "pose_accuracy", "neighbour_reproj_psnr",
-        "subject_iou", "subject_color_err")
+        "background_psnr", "background_ssim", "subject_iou", "subject_color_err")
 HEADERS = {"ground_reproj_psnr": "Ground reproj. PSNR, true depth ↑", "anchor_reproj_psnr": "Reproj. PSNR, DFR depth ↑",
            "azimuth_error_deg": "Azimuth err. (°) ↓", "pose_accuracy": "Pose acc. (< 5°) ↑",
-           "neighbour_reproj_psnr": "Neighbour reproj. PSNR ↑", "subject_iou": "Subject IoU ↑",
+           "neighbour_reproj_psnr": "Neighbour reproj. PSNR ↑", "background_psnr": "Background PSNR vs truth ↑",
+           "background_ssim": "Background SSIM vs truth ↑", "subject_iou": "Subject IoU ↑",
            "subject_color_err": "Subject colour err. ↓"}
 
 
@@ -76,28 +77,29 @@ def _stats(values: list[float]) -> tuple[float, float, int]:
 
 
 def format_table(scores: dict[str, dict]) -> str:
-    """Markdown: mean (± population std) per configuration and score, then paired differences to (b)."""
+    """Markdown, one row per score: mean (± population std) per configuration, then paired differences."""
     from mvcustom_core.eval.world_ablation import CONFIG_TITLES, CONFIGS
 
     worlds = sorted(scores, key=int)
-    lines = ["| Configuration | " + " | ".join(HEADERS[k] for k in KEYS) + " |",
-             "|---|" + "---|" * len(KEYS)]
-    rows = [("ground truth", [scores[w]["truth"] for w in worlds])]
-    rows += [(CONFIG_TITLES[c], [scores[w][c] for w in worlds]) for c in CONFIGS]
-    for title, sets in rows:
+    columns = [("ground truth", "truth")] + [(CONFIG_TITLES[c], c) for c in CONFIGS]
+    lines = [f"{len(worlds)} worlds; mean (± standard deviation over worlds):", "",
+             "| Score | " + " | ".join(title for title, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    for k in KEYS:
         cells = []
-        for k in KEYS:
-            mean, std, n = _stats([s.get(k, math.nan) for s in sets])
-            cells.append("–" if n == 0 else f"{mean:.3f} (±{std:.3f})" if k in ("pose_accuracy", "subject_iou")
-                         else f"{mean:.2f} (±{std:.2f})")
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
-    lines += ["", "Paired differences over the same worlds, mean (± standard error of the mean), "
-              "and in how many worlds the change is an improvement:", "",
-              "| Change | " + " | ".join(HEADERS[k] for k in KEYS) + " |", "|---|" + "---|" * len(KEYS)]
+        for _, column in columns:
+            mean, std, n = _stats([scores[w][column].get(k, math.nan) for w in worlds])
+            fine = k in ("pose_accuracy", "subject_iou", "background_ssim")
+            cells.append("–" if n == 0 else f"{mean:.3f} (±{std:.3f})" if fine else f"{mean:.2f} (±{std:.2f})")
+        lines.append(f"| {HEADERS[k]} | " + " | ".join(cells) + " |")
+    changes = (("backbone", "customized"), ("customized", "dfr"), ("dfr", "dfr_clc"), ("customized", "dfr_clc"))
+    lines += ["", "Paired differences over the same worlds, mean (± standard error of the mean), and in how many "
+              "worlds the change is an improvement:", "",
+              "| Score | " + " | ".join(f"{CONFIG_TITLES[a]} → {CONFIG_TITLES[b]}" for a, b in changes) + " |",
+              "|---|" + "---|" * len(changes)]
     lower_better = {"azimuth_error_deg", "subject_color_err"}
-    for a, b in (("backbone", "customized"), ("customized", "dfr"), ("dfr", "dfr_clc"), ("customized", "dfr_clc")):
+    for k in KEYS:
         cells = []
-        for k in KEYS:
+        for a, b in changes:
             diffs = [scores[w][b].get(k, math.nan) - scores[w][a].get(k, math.nan) for w in worlds]
             mean, std, n = _stats(diffs)
             if n == 0:
@@ -105,7 +107,7 @@ def format_table(scores: dict[str, dict]) -> str:
                 continue
             better = sum(1 for d in diffs if math.isfinite(d) and (d < 0 if k in lower_better else d > 0))
             cells.append(f"{mean:+.3f} (±{std / math.sqrt(max(1, n - 1)):.3f}), {better}/{n}")
-        lines.append(f"| {CONFIG_TITLES[a]} → {CONFIG_TITLES[b]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {HEADERS[k]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,9 @@ Scores (:func:`score_views`), all weight-free:
   the true renders, so this replaces SfM's camera pose accuracy here.
 * ``neighbour_reproj_psnr``: :func:`~mvcustom_core.eval.reprojection.reprojection_consistency` between
   neighbouring views through the true depth of every view.
+* ``background_psnr`` / ``background_ssim``: each view against the true view of its camera on the pixels the
+  true subject leaves free (ground and sky); the ground's texture is drawn per world, so a generated ground
+  matches it in colour and layout at best, not pixel by pixel.
 * ``subject_iou``: the subject segmented in each view by colour (5-nearest neighbours in RGB among
   reference pixels labelled by the reference masks) against the true mask of that view; ``subject_color_err``:
   distance of the segmented subject's mean colour to the references' (0-255 scale).
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mvcustom_core.cameras import CameraSet
-from mvcustom_core.eval.reprojection import masked_psnr, reprojection_consistency
+from mvcustom_core.eval.reprojection import masked_psnr, masked_ssim, reprojection_consistency
 from mvcustom_core.synthetic.scene import SceneRender, SyntheticScene
 from mvcustom_core.synthetic.world import HELD_OUT_SEEDS, WorldSpec, build_world, world_spec
 
@@ -363,6 +366,9 @@ def score_views(frames: Tensor, case: WorldCase, *, anchor_depth: Tensor | None 
     out["pose_accuracy"] = float((error < POSE_TOLERANCE_DEG).double().mean())
     depth = torch.where(torch.isfinite(truth.depth), truth.depth, torch.zeros_like(truth.depth))
     out["neighbour_reproj_psnr"] = reprojection_consistency(frames, depth, cams).mean_psnr
+    background = truth.mask < 0.5
+    out["background_psnr"] = float(masked_psnr(frames, truth.rgb, background).nanmean())
+    out["background_ssim"] = float(masked_ssim(frames, truth.rgb, background).nanmean())
     segmented = color_subject_mask(frames, case.reference.images, case.reference.masks)
     out["subject_iou"] = sum(_iou(segmented[f], truth.mask[f]) for f in range(frames.shape[0])) / frames.shape[0]
     ref_subject = case.reference.images.permute(1, 0, 2, 3)[:, case.reference.masks[:, 0] > 0.5].mean(1)

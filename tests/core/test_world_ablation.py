@@ -7,6 +7,7 @@ import torch
 
 from mvcustom_core.eval.world_ablation import (_world_cams, color_subject_mask, make_case, recover_azimuths,
                                                score_views)
+from mvcustom_core.eval.reprojection import MAX_PSNR_DB
 from mvcustom_core.synthetic.world import HELD_OUT_SEEDS
 
 
@@ -46,12 +47,16 @@ def test_scores_rank_truth_above_frozen_and_shuffled_views(case):
     assert good["pose_accuracy"] == 1.0 and good["azimuth_error_deg"] < 1.0
     assert good["ground_reproj_psnr"] > 25 and good["neighbour_reproj_psnr"] > 25
     assert good["subject_iou"] > 0.8
+    assert good["background_psnr"] == MAX_PSNR_DB and good["background_ssim"] > 0.999  # the truth against itself
     frozen = score_views(truth[case.anchor:case.anchor + 1].expand_as(truth).contiguous(), case)
     shuffled = score_views(truth[torch.tensor([5, 0, 3, 1, 4, 2])], case)
     for bad in (frozen, shuffled):
         assert bad["pose_accuracy"] < 0.5 and bad["azimuth_error_deg"] > 10
         assert bad["ground_reproj_psnr"] < good["ground_reproj_psnr"] - 5
         assert bad["neighbour_reproj_psnr"] < good["neighbour_reproj_psnr"] - 5
+    # Every view one camera off: the background no longer matches the true views.
+    rolled = score_views(truth.roll(1, 0), case)
+    assert rolled["background_psnr"] < 20 and rolled["background_ssim"] < 0.5
     # The frozen camera's views are the anchor's: the azimuth error is the path's angular distance to it.
     step = 80.0 / 5
     expected = sum(abs(i - case.anchor) * step for i in range(6) if i != case.anchor) / 5
