@@ -40,13 +40,13 @@ import torch
 
 from mvcustom_core.backbone.sampler import decode_latents, sample
 from mvcustom_core.cameras import CameraSet, look_at
-from mvcustom_core.memory import GiB, MemoryBudget, measure_peak
+from mvcustom_core.memory import GiB, MemoryBudget, measure_allocations, measure_peak
 
 __all__ = ["run", "build_models", "measure_size", "fit", "attention_rows"]
 
 STEPS, CFG = 50, 5.0
 TARGET = (16, 512)  # frames, pixels
-CPU_SIZES = [(2, 128), (4, 128), (2, 256), (4, 256), (2, 384)]
+CPU_SIZES = [(2, 128), (4, 128), (2, 256), (2, 384)]  # three latent sizes (the time fit's P² term), two frame counts
 QUICK_SIZES = [(2, 64), (3, 64), (2, 96)]
 N_REFS = 8
 
@@ -209,12 +209,21 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
         steps, latents = _timed_steps(lambda cb: steps_of(run, 0, 2, callback=cb))
         row["mv_step0_s"], row["mv_step1_s"] = steps
         if profile:
+            # Each stage's peak counts what the stages before it left allocated (the DFR geometry, the Fy cache):
+            # the run holds it through the later stages.
             run.release()
             ctx.clear_cache()
-            run, row["mv_prepare_peak"] = measure_peak(prepare, device)
-            _, row["mv_prerender_peak"] = measure_peak(lambda: _prerender(unet, ctx, uncond, cond, frames, size), device)
-            x1, row["mv_step0_peak"] = measure_peak(lambda: steps_of(run, 0, 1), device)  # the terms are cached now
-            _, row["mv_step1_peak"] = measure_peak(lambda: steps_of(run, 1, 2, latents=x1), device)
+            run, prepare_peak, kept = measure_allocations(prepare, device)
+            row["mv_prepare_peak"] = prepare_peak
+            _, peak, fy_cache = measure_allocations(lambda: _prerender(unet, ctx, uncond, cond, frames, size), device)
+            row["mv_prerender_peak"], row["fy_cache_bytes"] = kept + peak, fy_cache
+            kept += fy_cache
+            x1, peak, step0_kept = measure_allocations(lambda: steps_of(run, 0, 1), device)  # the terms are cached now
+            row["mv_step0_peak"] = kept + peak
+            kept += step0_kept - x1.numel() * x1.element_size()  # what step 0 built for later steps (DFR plans)
+            _, peak = measure_peak(lambda: steps_of(run, 1, 2, latents=x1), device)
+            row["mv_step1_peak"] = kept + peak
+            row["mv_resident"] = kept
             row["mv_peak"] = max(row["mv_prepare_peak"], row["mv_prerender_peak"], row["mv_step0_peak"],
                                  row["mv_step1_peak"])
     finally:
@@ -281,7 +290,7 @@ def summary_rows(models: Models, rows: list[dict], fitted: bool) -> list[dict]:
         keys = {k: fit(rows, k, quadratic=k.endswith("_s")) for k in
                 ("plain_step_s", "mv_prepare_s", "mv_step0_s", "mv_step1_s", "plain_peak",
                  "mv_step0_peak", "mv_step1_peak", "mv_prepare_peak", "capture_peak", "decode_peak", "text_peak",
-                 "estimate", "bank_bytes")}
+                 "estimate", "bank_bytes", "fy_cache_bytes", "mv_resident")}
         # The pre-render's scratch is capped by the workspace (not linear in size): its peak at the target is the
         # estimate's (checked against the measured pre-render at every size below); the other phases are fitted.
         keys["mv_prerender_peak"] = _target_prerender_estimate(models)
@@ -312,7 +321,8 @@ def summary_rows(models: Models, rows: list[dict], fitted: bool) -> list[dict]:
             ("pose-block pre-render (estimate)" if fitted else "pose-block pre-render", "mv_prerender_peak"),
             ("MVCustom step 0 after the pre-render", "mv_step0_peak"),
             ("MVCustom cached step", "mv_step1_peak"), ("plain step", "plain_peak"), ("VAE decode", "decode_peak"),
-            ("reference bank (resident)", "bank_bytes")))})
+            ("reference bank (resident)", "bank_bytes"), ("Fy cache (resident from step 0)", "fy_cache_bytes"),
+            ("everything MVCustom keeps resident from the steps before (Fy cache, DFR plans)", "mv_resident")))})
     return out
 
 

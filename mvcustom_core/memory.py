@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterator
 import torch
 
 __all__ = ["MemoryBudget", "MemoryBudgetError", "free_device_bytes", "default_budget", "resolve_budget",
-           "workspace_bytes", "measure_peak", "chunk_count", "rows_per_chunk", "chunk_slices", "dtype_bytes", "GiB",
-           "DEFAULT_FRACTION", "MAX_WORKSPACE", "MIN_WORKSPACE"]
+           "workspace_bytes", "measure_peak", "measure_allocations", "chunk_count", "rows_per_chunk", "chunk_slices",
+           "dtype_bytes", "GiB", "DEFAULT_FRACTION", "MAX_WORKSPACE", "MIN_WORKSPACE"]
 
 GiB = 1 << 30
 DEFAULT_FRACTION = 0.85
@@ -142,11 +142,19 @@ def chunk_slices(total: int, rows: int) -> Iterator[slice]:
 
 def measure_peak(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[Any, int]:
     """``(fn(), peak)``: the most bytes allocated on ``device`` by ``fn`` and live at once, above what was
-    allocated before the call.
+    allocated before the call (:func:`measure_allocations`)."""
+    result, peak, _kept = measure_allocations(fn, device)
+    return result, peak
+
+
+def measure_allocations(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[Any, int, int]:
+    """``(fn(), peak, kept)``: the most bytes allocated on ``device`` by ``fn`` and live at once, and the bytes it
+    allocated that are still live when it returns (its result, caches it filled), both above what was allocated
+    before the call.
 
     CUDA: ``torch.cuda.max_memory_allocated`` after a reset. CPU: torch keeps no allocator statistics, so the
     allocations and frees of torch's CPU allocator are read from the memory events of ``torch.profiler``
-    (``profile_memory=True``, op scratch buffers included) and summed in time order; -1 when this torch's
+    (``profile_memory=True``, op scratch buffers included) and summed in time order; -1 for both when this torch's
     profiler does not expose its raw events. Slower than ``fn()`` alone: measure in an untimed run.
     """
     device = torch.device(device)
@@ -156,7 +164,8 @@ def measure_peak(fn: Callable[[], Any], device: torch.device | str = "cpu") -> t
         torch.cuda.reset_peak_memory_stats(device)
         result = fn()
         torch.cuda.synchronize(device)
-        return result, int(torch.cuda.max_memory_allocated(device) - base)
+        peak, kept = torch.cuda.max_memory_allocated(device) - base, torch.cuda.memory_allocated(device) - base
+        return result, int(peak), int(kept)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -164,9 +173,9 @@ def measure_peak(fn: Callable[[], Any], device: torch.device | str = "cpu") -> t
     try:
         events = prof.profiler.kineto_results.events()
     except AttributeError:
-        return result, -1
+        return result, -1, -1
     live = peak = 0
     for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"):
         live += nbytes
         peak = max(peak, live)
-    return result, peak
+    return result, peak, live

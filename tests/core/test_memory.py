@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mvcustom_core.memory import (GiB, MAX_WORKSPACE, MIN_WORKSPACE, MemoryBudget, chunk_count, chunk_slices,
-                                  default_budget, free_device_bytes, measure_peak, resolve_budget, rows_per_chunk,
+                                  default_budget, free_device_bytes, measure_allocations, measure_peak, resolve_budget, rows_per_chunk,
                                   workspace_bytes)
 
 
@@ -55,3 +55,16 @@ def test_measure_peak_sees_the_largest_live_allocation():
     result, peak = measure_peak(work)
     assert float(result) == 1 << 18
     assert 12 << 20 <= peak < 13 << 20
+
+
+def test_measure_allocations_tells_the_peak_from_what_stays_allocated():
+    cache = []
+
+    def work():
+        scratch = torch.ones(1 << 21)  # 8 MiB, freed on return
+        cache.append(torch.ones(1 << 20))  # 4 MiB, kept by the caller's cache
+        return scratch.sum()
+
+    _, peak, kept = measure_allocations(work)
+    assert 12 << 20 <= peak < 13 << 20
+    assert 4 << 20 <= kept < (4 << 20) + 4096  # the cache entry and the 4-byte result
