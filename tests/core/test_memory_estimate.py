@@ -14,7 +14,7 @@ from mvcustom_core.backbone.sampler import decode_latents
 from mvcustom_core.cameras import CameraSet, look_at
 from mvcustom_core.inference import CLCPlan, DFRPlan, mvcustom_sample, prepare_run
 from mvcustom_core.inference.dfr import default_dfr_layers
-from mvcustom_core.memory import MIN_WORKSPACE, MemoryBudget, MemoryBudgetError, measure_peak
+from mvcustom_core.memory import MIN_WORKSPACE, MemoryBudget, MemoryBudgetError, measure_allocations, measure_peak
 from mvcustom_core.memory_estimate import (plan_run_memory, pose_block_grids, unet_activation_bytes,
                                            vae_decode_frame_bytes)
 
@@ -162,3 +162,26 @@ def test_the_run_sizes_dense_attention_chunks_from_its_workspace_and_gives_the_u
         prepare_run(model, cams, pose_context=ctx, dfr=bad_depth, steps=2, memory_budget=budget)
     assert plain_call() == {dense.DEFAULT_CHUNK_ELEMENTS}
     assert ctx.mode == "off" and ctx.workspace is None
+
+
+@pytest.mark.parametrize("cache_dtype", ["auto", None])
+def test_the_fy_cache_the_first_step_leaves_is_the_estimates_to_the_byte(unet, text, customize_tiny, cache_dtype):
+    """What stays allocated after the first step beyond its latents is the pose blocks' Fy cache, and the estimate's
+    resident 'Fy cache' is exactly its size (float16 for a float32 UNet under 'auto', else float32)."""
+    from mvcustom_core.backbone.sampler import sample
+
+    model, ctx, _block = customize_tiny(unet, _cams(4))
+    cond, uncond = text
+    run = prepare_run(model, _cams(3), pose_context=ctx, steps=2, memory_budget=MemoryBudget(1 << 40, "cpu", "set"),
+                      pose_cache_dtype=cache_dtype)
+    try:
+        with torch.no_grad():
+            x, _peak, kept = measure_allocations(lambda: sample(run.model, cond, uncond, 3, SIZE, SIZE, 2, 5.0, seed=1,
+                                                                hooks=run.hooks, end_step=1))
+    finally:
+        run.release()
+        ctx.clear_cache()
+        ctx.mode = "off"
+    fy_cache = run.memory.resident["Fy cache"]
+    assert fy_cache == 2 * 3 * (SIZE // 8) ** 2 * _block.featurenerf.config.channels * (2 if cache_dtype else 4)
+    assert kept - x.numel() * x.element_size() == fy_cache
