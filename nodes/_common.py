@@ -31,6 +31,7 @@ __all__ = [
     "input_for",
     "require",
     "queue_check",
+    "with_warnings",
     "input_named_in",
     "to_output",
     "image_from_chw",
@@ -219,16 +220,27 @@ def numbered_output(node: type | str, input_name: str, prefix: str) -> tuple[Pat
 
 
 @contextlib.contextmanager
-def relaying_warnings(node: type | str) -> Iterator[None]:
+def relaying_warnings(node: type | str) -> Iterator[list[str]]:
     """Log every Python warning raised inside (a core ``DFRWarning``, ...) as ``<node>: <warning>``, each time it
-    happens: Python's own filter would show a warning once per process, and a server runs many prompts."""
+    happens: Python's own filter would show a warning once per process, and a server runs many prompts.
+
+    Yields the list the messages are appended to when the block ends, for the node's UI text (a user of the
+    frontend does not read the server's log)."""
+    relayed: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            yield
+            yield relayed
         finally:
             for item in caught:
-                log.warning("%s: %s", node_name(node), redact_server_paths(str(item.message)))
+                relayed.append(redact_server_paths(str(item.message)))
+                log.warning("%s: %s", node_name(node), relayed[-1])
+
+
+def with_warnings(note: str | None, warned: list[str]) -> str | None:
+    """A node's UI text ``note`` followed by one ``warning: ...`` line per relayed warning."""
+    lines = ([note] if note else []) + [f"warning: {w}" for w in warned]
+    return "\n".join(lines) or None
 
 
 # ---------------------------------------------------------------------------------------- progress

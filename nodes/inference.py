@@ -26,7 +26,7 @@ from mvcustom_core.memory import MAX_WORKSPACE
 from mvcustom_core.ops import DEFAULT_MAX_REL_DEPTH_JUMP
 
 from ._common import (MEMORY_BUDGET_TOOLTIP, NodeInputError, Progress, blame, image_from_chw, image_to_chw,
-                      input_named_in, numbered_output, relaying_warnings, require)
+                      input_named_in, numbered_output, relaying_warnings, require, with_warnings)
 from ._host import io, model_management, ui
 from .bridge import prepare_backbone, unet_memory, warn_ignored_conditioning
 from .depth import load_depth_module
@@ -216,12 +216,12 @@ class DepthAwareFeatureRendering(io.ComfyNode):
                                                                      cams.num_frames)
         ctx = _pose_context(cls, unet, customization) if have_field else None
         source_input = {DEPTH_MODEL_SOURCE: "depth", FIELD_SOURCE: "customization"}.get(depth_source, "depth_image")
-        with blame(cls, source_input), relaying_warnings(cls):
+        with blame(cls, source_input), relaying_warnings(cls) as warned:
             geometry, aligned = resolve_anchor_geometry(plan, cams, unet=unet, pose_context=ctx)
             completion, views = dfr_previews(geometry, picture)
         note = "customization field depth (subject only)" if aligned is None else aligned.summary()
         return io.NodeOutput(plan, image_from_chw(completion.expand(-1, 3, -1, -1)), image_from_chw(views),
-                             ui=ui.PreviewText(note))
+                             ui=ui.PreviewText(with_warnings(note, warned)))
 
 
 def _anchor_depth(node: type, source: str, depth: Any, depth_model: Any, depth_image: torch.Tensor | None,
@@ -381,13 +381,13 @@ class MVCustomSampler(io.ComfyNode):
         device = next(unet.parameters()).device
         cams_dev = cams.to(device=device, dtype=torch.float32)
         inputs = ["trajectory", "dfr_plan", "window", "overlap", "pose_ratio", "clc_plan", "customization"]
-        with blame(cls, input_named_in(inputs, None), _SAMPLER_ARGUMENTS), relaying_warnings(cls):
+        with blame(cls, input_named_in(inputs, None), _SAMPLER_ARGUMENTS), relaying_warnings(cls) as warned:
             run = prepare_run(unet, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan, steps=int(steps),
                               pose_ratio=float(pose_ratio), window=int(window), overlap=int(overlap),
                               guided=float(cfg) != 1.0, memory_budget=float(memory_budget_gb or 0.0) or None,
                               vae=backbone.vae)
         progress = Progress(int(steps), latent_previews=True)
-        with blame(cls, None, _SAMPLER_ARGUMENTS), relaying_warnings(cls):  # one pass resolves DFR mid-sampling
+        with blame(cls, None, _SAMPLER_ARGUMENTS), relaying_warnings(cls) as warned_sampling:  # one pass: DFR mid-run
             latents = mvcustom_sample(unet, cond, uncond, cams_dev, pose_context=ctx, dfr=dfr_plan, clc=clc_plan,
                                       seed=int(seed), steps=int(steps), cfg=float(cfg), pose_ratio=float(pose_ratio),
                                       callback=lambda i, total, x0: progress.preview(i + 1, total, x0),
@@ -398,6 +398,7 @@ class MVCustomSampler(io.ComfyNode):
                              depth_valid=None, depth_kind="metric", depth_model=None, scale=1.0, shift=0.0)
         if run.one_pass is not None and run.one_pass.aligned is not None:
             note = f"one pass: anchor depth after step {run.one_pass.step + 1}; {run.one_pass.aligned.summary()}"
+        note = with_warnings(note, warned + warned_sampling)
         return io.NodeOutput(to_comfy_latent(latents), anchor, ui=None if note is None else ui.PreviewText(note))
 
 

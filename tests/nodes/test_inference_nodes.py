@@ -280,6 +280,36 @@ def test_dfr_node_field_previews_with_model_and_customization(node, run, backbon
     torch.testing.assert_close(views, expected_views.permute(0, 2, 3, 1))
 
 
+def test_a_field_without_a_surface_is_said_in_the_nodes_ui_text_and_the_log(node, run, backbone, caplog):
+    """The DFR fallback for a transparent field (no anchor surface: nothing replaced) reaches the frontend user,
+    who does not read the server's log."""
+    import copy
+
+    from mvcustom_core.customization import PoseContext, install_pose_blocks, pose_blocks
+    from mvcustom_core.customization.file_format import customization_from_unet
+
+    model, ctx = copy.deepcopy(backbone.unet), PoseContext()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
+    with torch.no_grad():  # density exp(raw) ~ 0 everywhere: a field with no surface from any view
+        next(pose_blocks(model)).featurenerf.decoder.weight.fill_(-1e3)
+    g = torch.Generator().manual_seed(1)
+    ctx.begin_capture()
+    with torch.no_grad():
+        model(torch.randn(1, 4, 2, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(2, 5, 32, generator=g))
+    ctx.end_capture(_cams(2))
+    custom = customization_from_unet(model, ctx, token="<s>", class_word="car", token_embedding=torch.zeros(32))
+    caplog.set_level("WARNING")
+    out = run(node("MVC_DepthAwareFeatureRendering"), trajectory=_cams(), model=backbone, customization=custom,
+              depth_source="customization field")
+    text = out.ui.value
+    assert text.startswith("customization field depth (subject only)\nwarning: the customization's FeatureNeRF is "
+                           "transparent from the anchor view"), text
+    assert [r.getMessage() for r in caplog.records] == [
+        "MVCustom Depth-Aware Feature Rendering: " + text.split("\nwarning: ")[1]]
+
+
 def test_dfr_layers_that_are_not_modules_are_named_where_they_were_typed(node, run, backbone):
     """Finding: DFR layers="abc,zz" came out as the Sampler's 'positive'."""
     cams = _cams()
