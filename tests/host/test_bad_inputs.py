@@ -301,7 +301,8 @@ def table(comfy):
     save_file({"emb_params": torch.zeros(1, 768)}, str(models / "mvcustom" / "embedding_like.safetensors"))
     save_file({"emb_params": torch.ones(1, 32)}, str(models / "embeddings" / "precious.safetensors"))
     (models / "mvcustom" / "corrupt_resume.safetensors.training").write_bytes(b"PK\x03\x04 not a checkpoint")
-    (models / "checkpoints" / "sd.safetensors").write_bytes(b"")  # a name that resolves (never loaded here)
+    (models / "checkpoints" / "sd.safetensors").write_bytes(b"")  # names that resolve (never loaded here)
+    (models / "animatediff_models" / "mm.safetensors").write_bytes(b"")
     return {"outside": outside, "env": {"outside": str(outside)}, "watched": [inp, models, outside]}
 
 
