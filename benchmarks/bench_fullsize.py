@@ -150,8 +150,9 @@ def _prerender_estimate(memory) -> int:
     return sum(memory.resident.values()) + memory.workspace + memory.phases.get("FeatureNeRF pre-render", 0)
 
 
-def measure_size(models: Models, frames: int, size: int, *, profile: bool = True) -> dict:
-    """Every measurement of one size (see the module docstring)."""
+def measure_size(models: Models, frames: int, size: int, *, profile: bool = True, timed: bool = True) -> dict:
+    """Every measurement of one size (see the module docstring). ``timed=False``: the peaks alone (one plain step,
+    MVCustom's preparation, pre-render and first step, one frame's decode), for sizes too slow to time twice."""
     from mvcustom_core.customization.pose_block import remove_pose_blocks
     from mvcustom_core.inference import CLCPlan, DFRPlan, prepare_run
 
@@ -172,11 +173,13 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
         sync()
         return out
 
-    sample(unet, cond, uncond, frames, size, size, STEPS, CFG, seed=1, end_step=1)  # warm-up at this shape
-    steps, _ = _timed_steps(plain)
-    row["plain_step_s"] = statistics.median(steps)
+    if timed:
+        sample(unet, cond, uncond, frames, size, size, STEPS, CFG, seed=1, end_step=1)  # warm-up at this shape
+        steps, _ = _timed_steps(plain)
+        row["plain_step_s"] = statistics.median(steps)
     if profile:
-        _, row["plain_peak"] = measure_peak(plain, device)
+        _, row["plain_peak"] = measure_peak(plain if timed else lambda: sample(
+            unet, cond, uncond, frames, size, size, STEPS, CFG, seed=1, end_step=1), device)
 
     # MVCustom: customization, DFR from the field's anchor depth, CLC, CFG 5.
     ctx, capture = customize(models, size, (uncond, cond))
@@ -206,8 +209,9 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
         row["estimate_unet"] = run.memory.phases["UNet activations"]
         row["estimate_prerender"] = _prerender_estimate(run.memory)
         row["workspace"] = run.memory.workspace
-        steps, latents = _timed_steps(lambda cb: steps_of(run, 0, 2, callback=cb))
-        row["mv_step0_s"], row["mv_step1_s"] = steps
+        if timed:
+            steps, latents = _timed_steps(lambda cb: steps_of(run, 0, 2, callback=cb))
+            row["mv_step0_s"], row["mv_step1_s"] = steps
         if profile:
             # Each stage's peak counts what the stages before it left allocated (the DFR geometry, the Fy cache):
             # the run holds it through the later stages.
@@ -221,11 +225,13 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
             x1, peak, step0_kept = measure_allocations(lambda: steps_of(run, 0, 1), device)  # the terms are cached now
             row["mv_step0_peak"] = kept + peak
             kept += step0_kept - x1.numel() * x1.element_size()  # what step 0 built for later steps (DFR plans)
-            _, peak = measure_peak(lambda: steps_of(run, 1, 2, latents=x1), device)
-            row["mv_step1_peak"] = kept + peak
             row["mv_resident"] = kept
-            row["mv_peak"] = max(row["mv_prepare_peak"], row["mv_prerender_peak"], row["mv_step0_peak"],
-                                 row["mv_step1_peak"])
+            if timed:
+                _, peak = measure_peak(lambda: steps_of(run, 1, 2, latents=x1), device)
+                row["mv_step1_peak"] = kept + peak
+            row["mv_peak"] = max(row[k] for k in ("mv_prepare_peak", "mv_prerender_peak", "mv_step0_peak",
+                                                  "mv_step1_peak") if k in row)
+            latents = x1
     finally:
         if run is not None:
             run.release()
@@ -233,9 +239,10 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
         ctx.mode = "off"
         remove_pose_blocks(unet)
 
-    frames_out, row["decode_peak"] = measure_peak(lambda: decode_latents(models.vae, latents, memory_budget=budget),
-                                                  device)
-    assert frames_out.shape == (frames, 3, size, size)
+    # The decode node decodes as many frames at once as its budget allows: one frame's peak is what scales.
+    frames_out, row["decode_frame_peak"] = measure_peak(lambda: decode_latents(models.vae, latents[:1], chunk=1),
+                                                        device)
+    assert frames_out.shape == (1, 3, size, size)
     return row
 
 
@@ -245,11 +252,16 @@ def _project_50(row: dict) -> tuple[float, float]:
     return mv, STEPS * row["plain_step_s"]
 
 
-def fit(rows: list[dict], key: str, quadratic: bool, at: tuple[int, int] = TARGET) -> float:
-    """Least-squares fit of ``key`` over the measured sizes, evaluated at ``at`` = (frames, pixels)."""
+def fit(rows: list[dict], key: str, time: bool, at: tuple[int, int] = TARGET) -> float:
+    """Least-squares fit of ``key`` over the measured sizes, evaluated at ``at`` = (frames, pixels).
+
+    Times: ``a + b·F·P + c·F·P²`` (every row of a UNet call costs linear layers and spatial self-attention).
+    Memory: ``a + b·P + c·F·P``: a peak may grow with the frames (activations, Fy cache) or with the picture
+    alone (the reference capture and bank, one frame's decode, the anchor's field-depth render).
+    """
     def features(frames: int, size: int) -> list[float]:
         p = (size // 8) ** 2
-        return [1.0, frames * p] + ([frames * p * p] if quadratic else [])
+        return [1.0, frames * p, frames * p * p] if time else [1.0, p, frames * p]
 
     a = torch.tensor([features(r["frames"], r["size"]) for r in rows], dtype=torch.float64)
     y = torch.tensor([float(r[key]) for r in rows], dtype=torch.float64)
@@ -287,10 +299,10 @@ def summary_rows(models: Models, rows: list[dict], fitted: bool) -> list[dict]:
                     "note": f"pre-render phase {r.get('mv_prerender_peak', 0) / GiB:.2f} GB measured, "
                             f"{r['estimate_prerender'] / GiB:.2f} GB estimated"})
     if fitted:
-        keys = {k: fit(rows, k, quadratic=k.endswith("_s")) for k in
+        keys = {k: fit(rows, k, time=k.endswith("_s")) for k in
                 ("plain_step_s", "mv_prepare_s", "mv_step0_s", "mv_step1_s", "plain_peak",
-                 "mv_step0_peak", "mv_step1_peak", "mv_prepare_peak", "capture_peak", "decode_peak", "text_peak",
-                 "estimate", "bank_bytes", "fy_cache_bytes", "mv_resident")}
+                 "mv_step0_peak", "mv_step1_peak", "mv_prepare_peak", "capture_peak", "decode_frame_peak",
+                 "text_peak", "estimate", "bank_bytes", "fy_cache_bytes", "mv_resident")}
         # The pre-render's scratch is capped by the workspace (not linear in size): its peak at the target is the
         # estimate's (checked against the measured pre-render at every size below); the other phases are fitted.
         keys["mv_prerender_peak"] = _target_prerender_estimate(models)
@@ -320,7 +332,8 @@ def summary_rows(models: Models, rows: list[dict], fitted: bool) -> list[dict]:
             ("preparation (field depth, DFR rasterization)", "mv_prepare_peak"),
             ("pose-block pre-render (estimate)" if fitted else "pose-block pre-render", "mv_prerender_peak"),
             ("MVCustom step 0 after the pre-render", "mv_step0_peak"),
-            ("MVCustom cached step", "mv_step1_peak"), ("plain step", "plain_peak"), ("VAE decode", "decode_peak"),
+            ("MVCustom cached step", "mv_step1_peak"), ("plain step", "plain_peak"),
+            ("VAE decode, per frame", "decode_frame_peak"),
             ("reference bank (resident)", "bank_bytes"), ("Fy cache (resident from step 0)", "fy_cache_bytes"),
             ("everything MVCustom keeps resident from the steps before (Fy cache, DFR plans)", "mv_resident")))})
     return out

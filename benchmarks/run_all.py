@@ -42,6 +42,7 @@ BENCHMARKS = [
     ("Pose-block render choices", "benchmarks.bench_pose_render"),
     ("Anchor depth: one pass vs two passes", "benchmarks.bench_one_pass"),
     ("Full-size job", "benchmarks.bench_fullsize"),
+    ("Full-size job: peak memory measured at 16 x 512²", "benchmarks.bench_fullsize_memory"),
     ("Full-size job: the sampler's memory estimate", "benchmarks.bench_estimate"),
     ("Load Checkpoint MODEL bridge: memory", "benchmarks.bench_bridge"),
 ]
