@@ -389,7 +389,8 @@ class DFRHook(FeatureHook):
                 if local.numel() == 0:
                     raise DFRError(f"DFR: the model call holds frames {frames.tolist()} without the anchor "
                                    f"{geo.anchor} and no earlier call of step {step} provided its features")
-                self._anchor_cache[key] = rows[b, int(local[0, 0])].detach()
+                # A copy: a view would keep this layer's features of every frame alive until the next step.
+                self._anchor_cache[key] = rows[b, int(local[0, 0])].detach().clone()
             anchors.append(self._anchor_cache[key])
         size = tuple(features.shape[-2:])
         plan = geo.plan(size)

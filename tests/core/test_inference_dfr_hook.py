@@ -177,3 +177,19 @@ def test_anchor_features_of_one_run_do_not_leak_into_the_next():
         with hook.installed(net):
             out = net(feats)
         _check(out, feats, frames, size, [k], cams)
+
+
+def test_the_step_cache_keeps_the_anchor_rows_not_the_layers_features():
+    """The anchor features cached for the step's later calls are a copy of the anchor rows: a view would keep the
+    hooked layer's features of every frame and branch allocated until the next step (a UNet frees them after the
+    layer)."""
+    from mvcustom_core.memory import measure_allocations
+
+    geo = _geometry()
+    size, frames = (12, 20), list(range(_cams().num_frames))
+    feats = _features([_coefficients(0), _coefficients(1)], frames, size, seed=3)
+    geo.plan(size)  # the mesh and the render plan are kept for later steps by design: built outside the measurement
+    hook = DFRHook(geo, ["layer"], steps=2)
+    out, _peak, kept = measure_allocations(lambda: hook.fn("layer", 0, feats.clone()))  # the layer's own output
+    anchor_rows = 2 * 3 * size[0] * size[1] * 4  # branches × channels × h × w, float32
+    assert kept - out.numel() * out.element_size() == anchor_rows
