@@ -151,8 +151,10 @@ def _prerender_estimate(memory) -> int:
 
 
 def measure_size(models: Models, frames: int, size: int, *, profile: bool = True, timed: bool = True) -> dict:
-    """Every measurement of one size (see the module docstring). ``timed=False``: the peaks alone (one plain step,
-    MVCustom's preparation, pre-render and first step, one frame's decode), for sizes too slow to time twice."""
+    """Every measurement of one size (see the module docstring). ``timed=False``: each stage runs once, measured
+    (one plain step; MVCustom's preparation, pre-render, step 0 and step 1; one frame's decode), and its CPU
+    seconds are taken from that measured run (``*_once_s``: the profiler's per-op cost is small beside ops of
+    seconds), for sizes too slow to run twice."""
     from mvcustom_core.customization.pose_block import remove_pose_blocks
     from mvcustom_core.inference import CLCPlan, DFRPlan, prepare_run
 
@@ -178,8 +180,10 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
         steps, _ = _timed_steps(plain)
         row["plain_step_s"] = statistics.median(steps)
     if profile:
+        t0 = clock()
         _, row["plain_peak"] = measure_peak(plain if timed else lambda: sample(
             unet, cond, uncond, frames, size, size, STEPS, CFG, seed=1, end_step=1), device)
+        row["plain_once_s"] = clock() - t0
 
     # MVCustom: customization, DFR from the field's anchor depth, CLC, CFG 5.
     ctx, capture = customize(models, size, (uncond, cond))
@@ -217,20 +221,22 @@ def measure_size(models: Models, frames: int, size: int, *, profile: bool = True
             # the run holds it through the later stages.
             run.release()
             ctx.clear_cache()
+            t0 = clock()
             run, prepare_peak, kept = measure_allocations(prepare, device)
-            row["mv_prepare_peak"] = prepare_peak
+            row["mv_prepare_peak"], t1 = prepare_peak, clock()
             _, peak, fy_cache = measure_allocations(lambda: _prerender(unet, ctx, uncond, cond, frames, size), device)
-            row["mv_prerender_peak"], row["fy_cache_bytes"] = kept + peak, fy_cache
+            row["mv_prerender_peak"], row["fy_cache_bytes"], t2 = kept + peak, fy_cache, clock()
             kept += fy_cache
             x1, peak, step0_kept = measure_allocations(lambda: steps_of(run, 0, 1), device)  # the terms are cached now
-            row["mv_step0_peak"] = kept + peak
+            row["mv_step0_peak"], t3 = kept + peak, clock()
             kept += step0_kept - x1.numel() * x1.element_size()  # what step 0 built for later steps (DFR plans)
             row["mv_resident"] = kept
-            if timed:
-                _, peak = measure_peak(lambda: steps_of(run, 1, 2, latents=x1), device)
-                row["mv_step1_peak"] = kept + peak
-            row["mv_peak"] = max(row[k] for k in ("mv_prepare_peak", "mv_prerender_peak", "mv_step0_peak",
-                                                  "mv_step1_peak") if k in row)
+            _, peak = measure_peak(lambda: steps_of(run, 1, 2, latents=x1), device)
+            row["mv_step1_peak"], t4 = kept + peak, clock()
+            row["mv_peak"] = max(row["mv_prepare_peak"], row["mv_prerender_peak"], row["mv_step0_peak"],
+                                 row["mv_step1_peak"])
+            row.update(mv_prepare_once_s=t1 - t0, mv_prerender_once_s=t2 - t1, mv_step0_once_s=t3 - t2,
+                       mv_step1_once_s=t4 - t3)
             latents = x1
     finally:
         if run is not None:
