@@ -14,7 +14,8 @@ checkpoint and exit):
    cached latents: ε-prediction with AnimateDiff's linear betas, Min-SNR-5 weighting, caption dropout, EMA.
 4. ``dense``: the pack's own backbone stage (``mvcustom_core.backbone.training.train_motion_module``): only
    the motion modules train while their attention widens from temporal (k = 1) to dense over all frames
-   and positions (MVCustom §3.3). ``--dense-steps 0`` skips it.
+   and positions (MVCustom §3.3). Optional: it runs with ``--dense-steps N`` (e.g. 400); the shipped weights
+   skipped it (docs/tiny_world.md).
 5. ``depth``: a tiny Depth Anything (transformers format) on the clips' exact disparity (scale-invariant
    loss), half of the inputs passed through the VAE so it also reads generated frames.
 6. ``export``: float16 files in the real layouts plus ``manifest.json`` (hashes, settings, losses, times)
@@ -78,13 +79,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("unet")
     g.add_argument("--unet-steps", type=int, default=4000)
     g.add_argument("--unet-batch", type=int, default=4, help="clips per step")
-    g.add_argument("--unet-lr", type=float, default=3e-4)
+    g.add_argument("--unet-lr", type=float, default=5e-4)
     g.add_argument("--unet-warmup", type=int, default=200)
     g.add_argument("--ema", type=float, default=0.999)
     g.add_argument("--caption-dropout", type=float, default=0.1)
     g.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-γ loss weighting (0: plain mean)")
     g = p.add_argument_group("dense")
-    g.add_argument("--dense-steps", type=int, default=400)
+    g.add_argument("--dense-steps", type=int, default=0, help="0 skips the stage (the shipped weights); e.g. 400")
     g.add_argument("--dense-clips", type=int, default=300, help="clips written as frame folders for this stage")
     g.add_argument("--dense-batch", type=int, default=4)
     g.add_argument("--dense-lr", type=float, default=1e-4)
