@@ -1,4 +1,4 @@
-"""The pack's demo on built-in defaults: writes pictures you can look at, no weights needed.
+"""The pack's demo on built-in defaults: pictures you can look at, nothing downloaded (the backbone ships).
 
 Run ``python -m mvcustom_core.demo --out demo_out`` (or ``bash scripts/demo.sh``). Stages:
 
@@ -6,10 +6,10 @@ Run ``python -m mvcustom_core.demo --out demo_out`` (or ``bash scripts/demo.sh``
 2. ``synthetic/``: the ground-truth scene seen along an orbit: RGB, depth, subject mask.
 3. ``dfr/``: depth-aware feature rendering on that scene: the anchor view's colours carried through
    the anchor's depth mesh into every other camera, beside the true views and the coverage masks.
-4. ``pipeline/``: the whole MVCustom job on the built-in tiny random backbone: customize on synthetic
-   photos of the subject (FeatureNeRF pose blocks + subject token), then sample an orbit with DFR and
-   CLC, decode, and export frames + ``transforms.json`` + the anchor point cloud. The weights are random,
-   so the frames are noise-like pictures: the stage shows the wiring, the previews show the geometry.
+4. ``pipeline/``: the whole MVCustom job on the built-in trained backbone (``docs/tiny_world.md``):
+   customize on 8 photos of a held-out synthetic world (FeatureNeRF pose blocks + subject token), sample
+   an orbit with DFR and CLC, decode, export frames + ``transforms.json`` + the anchor point cloud, and
+   score the views against the world's exact ground truth (``scores.json``).
 
 Each stage writes its PNGs atomically and prints what it wrote.
 """
@@ -26,10 +26,14 @@ from mvcustom_core.cameras import CameraSet
 from mvcustom_core.files import colorize, image_grid, save_png
 from mvcustom_core.ops import apply_plan, build_feature_mesh, plan_mesh_render
 from mvcustom_core.synthetic import SyntheticScene
+from mvcustom_core.synthetic.world import HELD_OUT_SEEDS
 from mvcustom_core.trajectories import make_trajectory, render_trajectory_preview
 
 __all__ = ["demo_trajectories", "demo_synthetic", "demo_dfr", "demo_pipeline", "main"]
 
+DEMO_WORLD = 0
+DEMO_CUSTOMIZE_STEPS = 150
+DEMO_SAMPLE_STEPS = 25
 PREVIEW_PRESETS = {
     "orbit": dict(radius=2.5, elevation_deg=20.0),
     "spiral": dict(radius_start=2.8, radius_end=2.0),
@@ -87,56 +91,61 @@ def demo_dfr(out: Path, frames: int = 8, size: int = 128, seed: int = 0) -> list
     ]
 
 
-def demo_pipeline(out: Path, frames: int = 8, size: int = 64, seed: int = 0, train_steps: int = 12,
-                  sample_steps: int = 10) -> list[Path]:
-    """Customize + sample + export on the tiny random backbone (the real job's code path, tiny sizes)."""
-    from mvcustom_core.backbone.sampler import decode_latents
-    from mvcustom_core.backbone.text import encode_prompt
-    from mvcustom_core.backbone.tiny import tiny_backbone
-    from mvcustom_core.customization import (TrainingConfig, apply_customization, prepare_reference_set,
-                                             save_customization, train_customization)
-    from mvcustom_core.customization.token import add_subject_token, remove_subject_token
-    from mvcustom_core.inference import CLCPlan, DFRPlan, mvcustom_sample, prepare_run
-    from mvcustom_core.inference.dfr import dfr_previews
+def demo_pipeline(out: Path, world: int = DEMO_WORLD, customize_steps: int = DEMO_CUSTOMIZE_STEPS,
+                  sample_steps: int = DEMO_SAMPLE_STEPS) -> list[Path]:
+    """The whole MVCustom job on the built-in trained backbone, judged against the world's ground truth.
+
+    Customize on 8 turntable photos of a held-out world, sample its orbit with DFR (anchor depth from a first
+    pass, the built-in depth model scaled to the customized field) and CLC, decode, export, and score the views
+    (``mvcustom_core.eval.world_ablation``; ``scores.json``).
+    """
+    import json
+
+    from mvcustom_core.backbone.tiny_world import load_tiny_world, load_tiny_world_depth
+    from mvcustom_core.customization import save_customization
+    from mvcustom_core.eval.world_ablation import customize_case, generate, make_case, score_views
+    from mvcustom_core.files import atomic_write_text
+    from mvcustom_core.inference.dfr import AnchorGeometry, dfr_previews
     from mvcustom_core.inference.export import export_views
-    from mvcustom_core.synthetic import turntable_cameras
 
-    backbone = tiny_backbone(seed)
-    scene = SyntheticScene(seed=seed, max_frequency=6.0)
-    ref_cams = turntable_cameras(8, elevation_deg=20.0, radius=2.5, image_size=(size, size), fov_y_deg=40.0)
-    photos = scene.render(ref_cams, supersample=2)
-    reference = prepare_reference_set(photos.rgb, photos.mask, ref_cams, center=torch.zeros(3))
-    config = TrainingConfig(class_word="toy", steps=train_steps, frames=2, references=2, bank_views=4,
-                            lr=1e-3, featurenerf={"num_samples": 8}, seed=seed)
-    trained = train_customization(backbone, reference, config).customization
-    written = [save_customization(out / "pipeline" / "toy.safetensors", trained)]
-
-    # The target path lives in the customization's normalized scene frame (cameras within radius 1).
-    cams = make_trajectory("orbit", frames, image_size=(size, size), radius=1.0, elevation_deg=20.0,
-                           span_deg=90.0, start_azimuth_deg=-45.0, loop=False, dtype=torch.float32)
-    ctx = apply_customization(backbone.unet, trained)
-    add_subject_token(backbone.text_encoder, backbone.tokenizer, trained.token, embedding=trained.token_embedding)
-    try:
-        cond = encode_prompt(backbone.text_encoder, backbone.tokenizer, [f"{trained.prompt()} on a table"])
-        uncond = encode_prompt(backbone.text_encoder, backbone.tokenizer, [""])
-    finally:
-        remove_subject_token(backbone.text_encoder)
-    dfr, clc = DFRPlan(), CLCPlan()  # paper fractions of the schedule; depth: the customized field
-    with torch.no_grad():
-        run = prepare_run(backbone.unet, cams, pose_context=ctx, dfr=dfr, clc=clc, steps=sample_steps)
-        completion, rendered = dfr_previews(run.geometry)
-        latents = mvcustom_sample(backbone.unet, cond, uncond, cams, pose_context=ctx, dfr=dfr, clc=clc,
-                                  seed=seed, steps=sample_steps, cfg=5.0, run=run)
-        views = decode_latents(backbone.vae, latents)
-    cols = min(frames, 4)
-    written += [
-        save_png(image_grid(views, cols), out / "pipeline" / "frames.png"),
-        save_png(image_grid(completion.expand(-1, 3, -1, -1), cols), out / "pipeline" / "completion_masks.png"),
-        save_png(image_grid(rendered, cols), out / "pipeline" / "anchor_depth_rendered.png"),
-    ]
-    export = export_views(out / "pipeline" / "export", views, cams, anchor=run.geometry.anchor,
-                          anchor_depth=run.geometry.depth)
+    folder = out / "pipeline"
+    backbone, depth_model = load_tiny_world(), load_tiny_world_depth()
+    case = make_case(world)
+    customization = customize_case(backbone, case, steps=customize_steps)
+    first = generate(backbone, case, "customized", customization=customization, steps=sample_steps)
+    final = generate(backbone, case, "dfr_clc", customization=customization, depth_model=depth_model,
+                     first_pass=first.frames, steps=sample_steps)
+    geometry = AnchorGeometry(case.anchor, case.targets, final.anchor_depth)
+    completion, rendered = dfr_previews(geometry, final.frames[case.anchor])
+    scores = {"prompt": case.prompt(), "mvcustom": score_views(final.frames, case, anchor_depth=final.anchor_depth),
+              "customization_only": score_views(first.frames, case, anchor_depth=final.anchor_depth),
+              "ground_truth": score_views(case.truth.rgb, case, anchor_depth=final.anchor_depth)}
+    cols = case.targets.num_frames
+    written = [save_customization(folder / f"{case.spec.category}.safetensors", customization),
+               save_png(render_trajectory_preview(case.targets, size=(480, 480), look_at=(0.0, 0.0, 0.0),
+                                                  title=f"target orbit ({cols} views, {case.span_deg:.0f} deg)"),
+                        folder / "orbit.png"),
+               save_png(image_grid(case.reference.images, cols), folder / "references.png"),
+               save_png(image_grid(final.frames, cols), folder / "frames.png"),
+               save_png(image_grid(first.frames, cols), folder / "first_pass.png"),
+               save_png(image_grid(case.truth.rgb, cols), folder / "ground_truth.png"),
+               save_png(image_grid(completion.expand(-1, 3, -1, -1), cols), folder / "completion_masks.png"),
+               save_png(image_grid(rendered, cols), folder / "anchor_depth_rendered.png"),
+               atomic_write_text(folder / "scores.json", json.dumps(scores, indent=1) + "\n")]
+    export = export_views(folder / "export", final.frames, case.targets, anchor=case.anchor,
+                          anchor_depth=final.anchor_depth)
+    print(f"  {case.prompt()}; against the world's true views (MVCustom / customization only / the true views "
+          "themselves):")
+    for key, title, unit in _REPORTED:
+        values = " / ".join(f"{scores[name][key]:.{2 if unit else 3}f}" for name in
+                            ("mvcustom", "customization_only", "ground_truth"))
+        print(f"    {title}: {values}{unit}")
     return written + [export.transforms]
+
+
+_REPORTED = (("background_psnr", "background PSNR", " dB"), ("background_ssim", "background SSIM", ""),
+             ("subject_iou", "subject mask IoU", ""), ("azimuth_error_deg", "view azimuth error", " deg"),
+             ("ground_reproj_psnr", "ground reprojection PSNR between views", " dB"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,13 +154,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=8, help="views of the synthetic scene (>= 2)")
     parser.add_argument("--size", type=int, default=128, help="image size of the synthetic views")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--world", type=int, default=DEMO_WORLD, help="held-out world of the pipeline stage")
+    parser.add_argument("--customize-steps", type=int, default=DEMO_CUSTOMIZE_STEPS,
+                        help="training steps of the pipeline's customization")
+    parser.add_argument("--sample-steps", type=int, default=DEMO_SAMPLE_STEPS, help="sampler steps of each pass")
     args = parser.parse_args(argv)
     if args.frames < 2 or args.size < 16:
         parser.error(f"--frames must be >= 2 and --size >= 16, got {args.frames} and {args.size}")
+    if not 0 <= args.world < HELD_OUT_SEEDS:
+        parser.error(f"--world must be a held-out world in [0, {HELD_OUT_SEEDS}), got {args.world}")
+    if args.customize_steps < 1 or args.sample_steps < 1:
+        parser.error(f"--customize-steps and --sample-steps must be >= 1, got {args.customize_steps} and "
+                     f"{args.sample_steps}")
     stages = [("trajectory previews", lambda: demo_trajectories(args.out)),
               ("synthetic scene", lambda: demo_synthetic(args.out, args.frames, args.size, args.seed)),
               ("depth-aware feature rendering", lambda: demo_dfr(args.out, args.frames, args.size, args.seed)),
-              ("MVCustom pipeline on the tiny backbone", lambda: demo_pipeline(args.out, args.frames, seed=args.seed))]
+              ("MVCustom pipeline on the built-in backbone",
+               lambda: demo_pipeline(args.out, args.world, args.customize_steps, args.sample_steps))]
     for title, stage in stages:
         start = time.perf_counter()
         paths = stage()

@@ -5,7 +5,7 @@
 
 Rows: the customization's reference photos, the built-in backbone's orbit with customization + DFR + CLC,
 the first pass (customization only), and the world's ground truth along the same cameras; beside them the
-orbit's camera path.
+target orbit's cameras.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             (f"customization only  ({numbers(first)})", "first_pass.png"),
             ("the world's true views of the same cameras", "ground_truth.png")]
     images = [np.asarray(Image.open(pipeline / name).convert("RGB")) for _, name in rows]
-    path = np.asarray(Image.open(demo / "trajectories" / "orbit.png").convert("RGB"))
+    path = np.asarray(Image.open(pipeline / "orbit.png").convert("RGB"))
 
     fig = plt.figure(figsize=(15, 6.4), dpi=100)
     grid = fig.add_gridspec(len(rows), 2, width_ratios=[1, 3.2], wspace=0.02, hspace=0.25)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from PIL import Image
 
 from mvcustom_core.cameras import load_camera_file
 from mvcustom_core.customization import load_customization
-from mvcustom_core.demo import PREVIEW_PRESETS, main
+from mvcustom_core.demo import DEMO_WORLD, PREVIEW_PRESETS, main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -17,7 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["--out", str(out), "--frames", "4", "--size", "32"]) == 0
+    # Few customization and sampler steps: the test checks what is written, the pictures are docs/tiny_world.md's.
+    assert main(["--out", str(out), "--frames", "4", "--size", "32", "--customize-steps", "2",
+                 "--sample-steps", "3"]) == 0
     return out
 
 
@@ -46,12 +50,32 @@ def test_synthetic_and_dfr_grids_show_the_subject_and_the_disocclusions(demo_out
     assert seen[2] > 0.6 and all(seen[2] > seen[i] + 0.1 for i in (0, 1, 3))
 
 
-def test_pipeline_writes_a_loadable_customization_and_exported_cameras(demo_out):
-    custom = load_customization(demo_out / "pipeline" / "toy.safetensors")
-    assert custom.class_word == "toy" and custom.blocks
-    cams = load_camera_file(demo_out / "pipeline" / "export" / "transforms.json")
-    assert len(cams) == 4
-    radii = cams.centers.norm(dim=-1)
-    torch.testing.assert_close(radii, torch.ones_like(radii), rtol=0, atol=1e-5)  # the orbit in the normalized frame
-    frames = _png(demo_out / "pipeline" / "frames.png")
-    assert frames.shape == (64, 4 * 64 + 3 * 2, 3)
+def test_pipeline_customizes_samples_exports_and_scores_a_held_out_world(demo_out):
+    from mvcustom_core.eval.reprojection import MAX_PSNR_DB
+    from mvcustom_core.eval.world_ablation import make_case
+
+    case = make_case(DEMO_WORLD)
+    folder = demo_out / "pipeline"
+    custom = load_customization(folder / f"{case.spec.category}.safetensors")
+    assert custom.class_word == case.spec.category and custom.blocks
+    cams = load_camera_file(folder / "export" / "transforms.json")
+    assert len(cams) == 8
+    torch.testing.assert_close(cams.c2w.float(), case.targets.c2w.float(), rtol=0, atol=1e-5)  # the world's orbit
+    assert _png(folder / "frames.png").shape == (64, 8 * 64 + 7 * 2, 3)
+    truth = _png(folder / "ground_truth.png")
+    tiles = np.stack([truth[:, i * 66:i * 66 + 64] for i in range(8)]).astype(np.float64) / 255
+    expected = case.truth.rgb.permute(0, 2, 3, 1).numpy()
+    assert np.abs(tiles - expected).max() <= 1 / 255 + 1e-6
+    scores = json.loads((folder / "scores.json").read_text())
+    assert scores["prompt"] == case.prompt()
+    true = scores["ground_truth"]  # the true views scored like generated ones: every score at its best
+    assert true["background_psnr"] == MAX_PSNR_DB and true["background_ssim"] > 0.999
+    assert true["subject_iou"] > 0.8 and true["azimuth_error_deg"] < 1.0
+    for name in ("mvcustom", "customization_only"):
+        assert set(scores[name]) == set(true)
+        assert 0.0 <= scores[name]["subject_iou"] <= 1.0 and 5.0 < scores[name]["background_psnr"] < MAX_PSNR_DB
+
+
+def test_pipeline_refuses_a_training_world():
+    with pytest.raises(SystemExit):
+        main(["--world", "1000"])
