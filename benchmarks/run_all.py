@@ -89,12 +89,16 @@ def _previous_sections(path: Path) -> dict[str, str]:
 
 
 def section_order(sections: dict[str, str]) -> list[str]:
-    """Titles in the record's order: each benchmark's section, then the hand-written sections about it (titled
-    ``"<its title>: …"``, kept across runs), then any other kept section."""
+    """Titles in the record's order: the benchmarks' sections in :data:`BENCHMARKS` order, each group of them
+    (``"X"``, ``"X: …"``) followed by the hand-written sections about it (titled ``"X: …"``, kept across runs),
+    then any other kept section; every title once."""
+    benchmarks = [title for title, _ in BENCHMARKS]
     order: list[str] = []
-    for title, _ in BENCHMARKS:
+    for i, title in enumerate(benchmarks):
         order += [title] if title in sections else []
-        order += [t for t in sections if t.startswith(title + ":")]
+        head = title.split(":")[0]
+        if i + 1 == len(benchmarks) or benchmarks[i + 1].split(":")[0] != head:  # the group's last benchmark
+            order += [t for t in sections if t not in benchmarks and ":" in t and t.split(":")[0] == head]
     return order + [t for t in sections if t not in order]
 
 
