@@ -17,12 +17,14 @@ data, not weights); the ratio of the activation peaks alone is given beside it.
 
 On the CPU the job runs at several sizes smaller than 16 × 512² (a 16 × 512² CFG step of the full UNet takes
 minutes on a few cores, the whole job well over 20 minutes) and every quantity q is fitted as
-``q = a + b·F·P + c·F·P²`` (time; P = latent pixels, the P² term is spatial self-attention) or ``a + b·F·P``
-(memory) by least squares, then evaluated at F = 16, P = 64². On CUDA the job runs at 16 × 512² in fp16 directly
-and gives seconds per 50-step sample.
+``q = a + b·F·P + c·F·P²`` (time; P = latent pixels, the P² term is spatial self-attention) or ``a + b·P + c·F·P``
+(memory: some peaks grow with the picture alone) by least squares, then evaluated at F = 16, P = 64².
+:mod:`benchmarks.bench_fullsize_memory` runs the job once at 16 × 512² instead (peaks and each stage's CPU
+seconds, no fit). On CUDA the job runs at 16 × 512² in fp16 directly and gives seconds per 50-step sample.
 
 Times on the CPU are CPU seconds of the process (all its threads), not wall time: the machine is shared, and the
-CPU time of a computation does not grow with other processes' load the way its wall time does.
+CPU time of a computation does not grow with other processes' load the way its wall time does (it still varies by
+several per cent with the load: shared caches and cores).
 
 The projected fp16 GPU peak = weights in fp16 (UNet, motion modules, fusion layers; FeatureNeRF in fp32 as it
 runs) + the plain activations at half size + MVCustom's extra activations kept at fp32 size (FeatureNeRF runs in
