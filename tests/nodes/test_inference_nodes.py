@@ -251,7 +251,9 @@ def test_sampler_node_applies_a_customization_for_the_run_only(node, run, backbo
     assert not torch.allclose(plain, first, atol=1e-4)
 
 
-def test_dfr_node_field_previews_with_model_and_customization(node, run, backbone):
+def _customized_field(backbone, set_density_head):
+    """A copy of the backbone's UNet with one pose block whose density head ``set_density_head(weight)`` sets (under
+    no_grad), its references captured from two cameras -> ``(model, ctx, customization)``."""
     import copy
 
     from mvcustom_core.customization import PoseContext, install_pose_blocks, pose_blocks
@@ -262,13 +264,21 @@ def test_dfr_node_field_previews_with_model_and_customization(node, run, backbon
         torch.manual_seed(0)
         install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
     with torch.no_grad():
-        next(pose_blocks(model)).featurenerf.decoder.weight.normal_(0, 25.0, generator=torch.Generator().manual_seed(0))
+        set_density_head(next(pose_blocks(model)).featurenerf.decoder.weight)
     g = torch.Generator().manual_seed(1)
     ctx.begin_capture()
     with torch.no_grad():
         model(torch.randn(1, 4, 2, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(2, 5, 32, generator=g))
     ctx.end_capture(_cams(2))
     custom = customization_from_unet(model, ctx, token="<s>", class_word="car", token_embedding=torch.zeros(32))
+    return model, ctx, custom
+
+
+def test_dfr_node_field_previews_with_model_and_customization(node, run, backbone):
+    from mvcustom_core.customization import pose_blocks
+
+    model, ctx, custom = _customized_field(
+        backbone, lambda weight: weight.normal_(0, 25.0, generator=torch.Generator().manual_seed(0)))
     cams = _cams()
     plan, completion, views = run(node("MVC_DepthAwareFeatureRendering"), trajectory=cams, model=backbone,
                                   customization=custom, depth_source="customization field").args
@@ -283,23 +293,8 @@ def test_dfr_node_field_previews_with_model_and_customization(node, run, backbon
 def test_a_field_without_a_surface_is_said_in_the_nodes_ui_text_and_the_log(node, run, backbone, caplog):
     """The DFR fallback for a transparent field (no anchor surface: nothing replaced) reaches the frontend user,
     who does not read the server's log."""
-    import copy
-
-    from mvcustom_core.customization import PoseContext, install_pose_blocks, pose_blocks
-    from mvcustom_core.customization.file_format import customization_from_unet
-
-    model, ctx = copy.deepcopy(backbone.unet), PoseContext()
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        install_pose_blocks(model, ctx, "0", config_overrides={"num_samples": 8})
-    with torch.no_grad():  # density exp(raw) ~ 0 everywhere: a field with no surface from any view
-        next(pose_blocks(model)).featurenerf.decoder.weight.fill_(-1e3)
-    g = torch.Generator().manual_seed(1)
-    ctx.begin_capture()
-    with torch.no_grad():
-        model(torch.randn(1, 4, 2, 8, 8, generator=g), 50, encoder_hidden_states=torch.randn(2, 5, 32, generator=g))
-    ctx.end_capture(_cams(2))
-    custom = customization_from_unet(model, ctx, token="<s>", class_word="car", token_embedding=torch.zeros(32))
+    # density exp(raw) ~ 0 everywhere: a field with no surface from any view
+    _, _, custom = _customized_field(backbone, lambda weight: weight.fill_(-1e3))
     caplog.set_level("WARNING")
     out = run(node("MVC_DepthAwareFeatureRendering"), trajectory=_cams(), model=backbone, customization=custom,
               depth_source="customization field")
