@@ -28,7 +28,7 @@ several per cent with the load: shared caches and cores).
 
 The projected fp16 GPU peak = weights in fp16 (UNet, motion modules, fusion layers; FeatureNeRF in fp32 as it
 runs) + the plain activations at half size + MVCustom's extra activations kept at fp32 size (FeatureNeRF runs in
-float32) + the reference bank in fp16.
+float32) + the reference bank (float16, as a customization stores it).
 """
 
 from __future__ import annotations
@@ -109,7 +109,9 @@ def _timed_steps(fn) -> tuple[list[float], object]:
 
 def customize(models: Models, size: int, text: tuple[torch.Tensor, torch.Tensor]):
     """Pose blocks on every other transformer block with random FeatureNeRF weights and a live fusion
-    (``W_y`` random, so the rendered map reaches the output), and the 8-view reference bank of both branches."""
+    (``W_y`` random, so the rendered map reaches the output), and the 8-view reference bank of both branches,
+    stored as a customization stores it (float16)."""
+    from mvcustom_core.customization.file_format import stored_reference_bank
     from mvcustom_core.customization.pose_block import PoseContext, install_pose_blocks, pose_blocks
     from mvcustom_core.customization.training import capture_reference_bank
 
@@ -128,6 +130,8 @@ def customize(models: Models, size: int, text: tuple[torch.Tensor, torch.Tensor]
         _, peak = measure_peak(lambda: capture_reference_bank(models.unet, ctx, latents, _references(size),
                                                               [uncond, cond], timestep=1), param.device)
     seconds = clock() - seconds
+    # As a customization keeps it (and a run reads it) once training has captured it.
+    ctx.references = {name: stored_reference_bank(bank) for name, bank in ctx.references.items()}
     bank = sum(t.numel() * t.element_size() for t in ctx.references.values())
     return ctx, {"capture_s": seconds, "capture_peak": peak, "bank_bytes": bank}
 
@@ -291,6 +295,12 @@ def _weights_bytes(models: Models, fp16: bool) -> dict[str, float]:
             "vae+te": (models.weight_params["VAE"] + models.weight_params["text encoder"]) * half}
 
 
+def projected_fp16_peak(w16: dict[str, float], r: dict) -> float:
+    """The projected fp16 GPU peak (bytes, module docstring) from one size's measured peaks ``r``."""
+    extra = r["mv_peak"] - r["plain_peak"]
+    return w16["unet"] + r["plain_peak"] / 2 + max(0.0, extra) + r["bank_bytes"]  # the bank is float16 already
+
+
 def summary_rows(models: Models, rows: list[dict], fitted: bool) -> list[dict]:
     """One row per measured size and the extrapolated (or measured) 16 × 512² row."""
     out = []
@@ -321,8 +331,7 @@ def summary_rows(models: Models, rows: list[dict], fitted: bool) -> list[dict]:
         keys, label = rows[-1], f"measured, {TARGET[0]} x {TARGET[1]}²"
     mv, plain = _project_50(keys)
     w16 = _weights_bytes(models, fp16=True)
-    extra = keys["mv_peak"] - keys["plain_peak"]
-    projected = w16["unet"] + keys["plain_peak"] / 2 + max(0.0, extra) + keys["bank_bytes"] / 2
+    projected = projected_fp16_peak(w16, keys)
     out.append({"name": label, "time ratio": mv / plain,
                 "memory ratio": (keys["mv_peak"] + keys["bank_bytes"]) / keys["plain_peak"],
                 "memory ratio, activations only": keys["mv_peak"] / keys["plain_peak"],

@@ -11,7 +11,7 @@ cost is small beside them). About 45 minutes of one CPU core and ~12 GB of RAM.
 
 from __future__ import annotations
 
-from benchmarks.bench_fullsize import TARGET, _weights_bytes, build_models, measure_size
+from benchmarks.bench_fullsize import TARGET, _weights_bytes, build_models, measure_size, projected_fp16_peak
 from mvcustom_core.memory import GiB
 
 __all__ = ["run", "memory_rows"]
@@ -44,8 +44,7 @@ def memory_rows(models, frames: int, size: int) -> list[dict]:
             for name, b in stages.items()]
     rows[-1]["note"] = "the Decode Latent node decodes as many frames at once as its memory budget allows"
     w16 = _weights_bytes(models, fp16=True)
-    extra = r["mv_peak"] - r["plain_peak"]
-    projected = w16["unet"] + r["plain_peak"] / 2 + max(0, extra) + r["bank_bytes"] / 2
+    projected = projected_fp16_peak(w16, r)
     # 50 steps as a run weights them: preparation, the first step with its pre-render, 49 cached steps with DFR and
     # CLC active (an upper bound: DFR stops after 35 steps, CLC after 5), against 50 plain steps.
     mv = r["mv_prepare_once_s"] + r["mv_prerender_once_s"] + r["mv_step0_once_s"] + 49 * r["mv_step1_once_s"]
@@ -61,7 +60,7 @@ def memory_rows(models, frames: int, size: int) -> list[dict]:
                  "goals": "time <= 1.10, memory <= 1.15, fp16 <= 12 GB (paper 19.3 GB)",
                  "note": "memory ratio: MVCustom's peak + its reference bank over plain's peak, weights excluded; "
                          "projected fp16 peak: fp16 UNet, motion modules and fusion weights, FeatureNeRF in fp32, "
-                         "plain activations halved, MVCustom's extra kept at its fp32 size, the bank halved; "
+                         "plain activations halved, MVCustom's extra kept at its fp32 size, the bank as stored (fp16); "
                          f"estimate: the sampler's, unbounded budget (workspace {r['workspace'] / GiB:.2f} GB)"})
     return rows
 

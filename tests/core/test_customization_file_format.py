@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from mvcustom_core.backbone.tiny import tiny_backbone
 from mvcustom_core.customization.file_format import (
     FORMAT_VERSION, BackboneMismatchError, CustomizationFileError, apply_customization, backbone_fingerprint,
-    customization_from_unet, load_customization, save_customization)
+    customization_from_unet, load_customization, save_customization, stored_reference_bank)
 from mvcustom_core.customization.pose_block import PoseContext, install_pose_blocks, pose_blocks
 from mvcustom_core.customization.training import capture_reference_bank
 from mvcustom_core.synthetic import turntable_cameras
@@ -25,6 +25,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def unet():
     return tiny_backbone(seed=0).unet
+
+
+def _metadata(path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
 
 
 def _inputs(frames: int, seed: int):
@@ -77,21 +84,59 @@ def test_applied_customization_renders_like_the_trained_unet(unet, trained, tmp_
     assert [b.name for b in pose_blocks(dst)] == cust.blocks
     targets = turntable_cameras(2, radius=1.0, image_size=(64, 64), start_azimuth_deg=55.0)
     x, text = _inputs(2, seed=3)
-    outs = []
-    for model, context in ((src, src_ctx), (dst, ctx)):
+    # Two CFG branches as the sampler batches them: [uncond frames, cond frames].
+    video = torch.cat([x, x]).reshape(2, 2, 4, 8, 8).permute(0, 2, 1, 3, 4)
+    texts = torch.cat([torch.zeros_like(text).expand(2, -1, -1), text.expand(2, -1, -1)])
+
+    def render(model, context):
         context.mode, context.target_cams, context.jitter = "render", targets, False
         with torch.no_grad():
-            # Two CFG branches as the sampler batches them: [uncond frames, cond frames].
-            video = torch.cat([x, x]).reshape(2, 2, 4, 8, 8).permute(0, 2, 1, 3, 4)
-            texts = torch.cat([torch.zeros_like(text).expand(2, -1, -1), text.expand(2, -1, -1)])
-            outs.append(model(video, torch.tensor([500]), encoder_hidden_states=texts).sample)
-    assert torch.equal(outs[0], outs[1])
-    # The pose blocks really act: rendering differs from the plain backbone.
+            return model(video, torch.tensor([500]), encoder_hidden_states=texts).sample
+
+    trained_bank = render(src, src_ctx)  # the float32 bank the training captured
+    applied = render(dst, ctx)
+    full_bank = dict(src_ctx.references)
+    src_ctx.references = {k: v.float() for k, v in cust.references.items()}
+    try:
+        assert torch.equal(render(src, src_ctx), applied)  # the trained UNet given the stored bank: bit for bit
+    finally:
+        src_ctx.references = full_bank
+    # The stored bank is rounded to float16: the output moves far less than the pose blocks move it.
     with torch.no_grad():
         plain = unet(video, torch.tensor([500]), encoder_hidden_states=texts).sample
-    assert (plain - outs[0]).abs().max() > 1e-4
+    pose_effect = (plain - trained_bank).abs().max()
+    assert pose_effect > 1e-4  # the pose blocks really act
+    assert (applied - trained_bank).abs().max() < 2e-3 * pose_effect
     with pytest.raises(CustomizationFileError, match="already has pose blocks"):
         apply_customization(dst, cust)
+
+
+def test_the_reference_bank_is_kept_and_written_in_float16(trained, tmp_path):
+    _, ctx, cust = trained
+    path = save_customization(tmp_path / "subject.safetensors", cust)
+    on_disk = load_file(str(path))
+    for name in cust.blocks:
+        full = ctx.references[name]
+        assert full.dtype == torch.float32
+        assert cust.references[name].dtype == on_disk[f"reference.{name}"].dtype == torch.float16
+        # Round to nearest: each token within half a float16 step (2^-11 relative) of the captured float32.
+        err = (cust.references[name].float() - full).abs()
+        assert bool((err <= full.abs() * 2.0**-11 + 2.0**-25).all())
+        assert err.max() > 0  # really rounded
+    # A file written before the bank was stored in float16 holds float32: it reads as float16, the same values.
+    old = dict(on_disk)
+    for name in cust.blocks:
+        old[f"reference.{name}"] = ctx.references[name].clone()
+    save_file(old, str(tmp_path / "old.safetensors"), metadata=_metadata(path))
+    back = load_customization(tmp_path / "old.safetensors")
+    assert all(torch.equal(back.references[n], cust.references[n]) for n in cust.blocks)
+
+
+def test_a_bank_beyond_the_float16_range_stays_float32():
+    bank = torch.tensor([1.0, -7.0e4, 3.0]).reshape(1, 1, 3, 1, 1)
+    kept = stored_reference_bank(bank)
+    assert kept.dtype == torch.float32 and torch.equal(kept, bank)
+    assert stored_reference_bank(bank / 10).dtype == torch.float16
 
 
 def test_another_backbone_is_refused_naming_the_difference(trained):
@@ -125,10 +170,7 @@ def test_foreign_newer_and_broken_files_are_refused(trained, tmp_path):
     with pytest.raises(CustomizationFileError, match="not an MVCustom customization"):
         load_customization(embedding)
     good = save_customization(tmp_path / "good.safetensors", cust)
-    from safetensors import safe_open
-
-    with safe_open(str(good), "pt") as f:
-        meta = f.metadata()
+    meta = _metadata(good)
     newer = tmp_path / "newer.safetensors"
     save_file(load_file(str(good)), str(newer), metadata={**meta, "version": str(FORMAT_VERSION + 1)})
     with pytest.raises(CustomizationFileError, match="newer"):
