@@ -132,7 +132,12 @@ def anchor_index(anchor: int | None, num_frames: int) -> int:
 
 
 def default_dfr_layers(unet: torch.nn.Module) -> list[str]:
-    """Outputs of the last two decoder blocks that upsample (SD1.5: ``up_blocks.1``, ``up_blocks.2``)."""
+    """Outputs of the last two decoder blocks that upsample (SD1.5: ``up_blocks.1``, ``up_blocks.2``).
+
+    The paper does not say which layers (method.md §7.2); these are the decoder's first features at half-latent and at
+    latent resolution (32² and 64² for a 64² latent). A UNet with two levels has only one upsampling block, whose
+    output is at latent resolution, so it gets that one layer.
+    """
     ups = [f"up_blocks.{i}" for i, b in enumerate(getattr(unet, "up_blocks", []))
            if getattr(b, "upsamplers", None) is not None]
     if not ups:
