@@ -20,7 +20,8 @@ minutes on a few cores, the whole job well over 20 minutes) and every quantity q
 ``q = a + b·F·P + c·F·P²`` (time; P = latent pixels, the P² term is spatial self-attention) or ``a + b·P + c·F·P``
 (memory: some peaks grow with the picture alone) by least squares, then evaluated at F = 16, P = 64².
 :mod:`benchmarks.bench_fullsize_memory` runs the job once at 16 × 512² instead (peaks and each stage's CPU
-seconds, no fit). On CUDA the job runs at 16 × 512² in fp16 directly and gives seconds per 50-step sample.
+seconds, no fit); :mod:`benchmarks.bench_fullsize_cuda` runs it at 16 × 512² on CUDA in fp16 (seconds per 50-step
+sample).
 
 Times on the CPU are CPU seconds of the process (all its threads), not wall time: the machine is shared, and the
 CPU time of a computation does not grow with other processes' load the way its wall time does (it still varies by
@@ -409,17 +410,7 @@ def run(quick: bool) -> list[dict]:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in measured[-1].items()}, flush=True)
     rows += summary_rows(models, measured, fitted=True)
     rows += attention_rows(quick)
-    if torch.cuda.is_available() and not quick:
-        gpu = build_models(full=True, device="cuda", dtype=torch.float16)
-        r = measure_size(gpu, *TARGET, profile=True)
-        mv, plain = _project_50(r)
-        rows.append({"name": f"CUDA {torch.cuda.get_device_name(0)}, fp16, {TARGET[0]} x {TARGET[1]}²",
-                     "MVCustom 50 steps (s)": mv, "plain 50 steps (s)": plain, "time ratio": mv / plain,
-                     "memory ratio": (r["mv_peak"] + r["bank_bytes"]) / r["plain_peak"],
-                     "MVCustom peak (GB)": r["mv_peak"] / GiB,
-                     "goals": "<= 30 s per 50-step sample on an H100/H200"})
-    else:
-        rows.append({"name": "CUDA, fp16, 16 x 512²: seconds per 50-step sample", "note": "not measured: no GPU"})
+    rows.append({"name": "CUDA, fp16, 16 x 512²", "note": "benchmarks.bench_fullsize_cuda (its own section)"})
     return rows
 
 

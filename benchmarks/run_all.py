@@ -44,6 +44,7 @@ BENCHMARKS = [
     ("Full-size job", "benchmarks.bench_fullsize"),
     ("Full-size job: peak memory measured at 16 x 512²", "benchmarks.bench_fullsize_memory"),
     ("Full-size job: the sampler's memory estimate", "benchmarks.bench_estimate"),
+    ("Full-size job on a GPU", "benchmarks.bench_fullsize_cuda"),
     ("Load Checkpoint MODEL bridge: memory", "benchmarks.bench_bridge"),
 ]
 
