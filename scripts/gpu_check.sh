@@ -21,8 +21,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/mvc-site${PYTHONPATH:+:$PYTHONPATH}
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-    python3 -c "import torch, triton, diffusers, kornia; print('torch', torch.__version__, 'triton', triton.__version__, \
-'diffusers', diffusers.__version__, 'kornia', kornia.__version__, torch.cuda.get_device_name(0))"
+    python3 -c "import torch, triton, diffusers, kornia
+print('torch', torch.__version__, 'triton', triton.__version__, 'diffusers', diffusers.__version__,
+      'kornia', kornia.__version__, torch.cuda.get_device_name(0))"
     timeout 540 python3 -m benchmarks.run_all --only bench_raster bench_attention bench_fullsize_cuda
     echo "gpu_check: run_all exit status $?"
 } 2>&1 | tee "$OUT/gpu_check.log"

@@ -35,9 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = demo / "pipeline"
     scores = json.loads((pipeline / "scores.json").read_text())
     mine, first, truth = scores["mvcustom"], scores["customization_only"], scores["ground_truth"]
+
     def numbers(s: dict) -> str:
         return (f"against the true views: background PSNR {s['background_psnr']:.1f} dB, "
-                f"SSIM {s['background_ssim']:.2f}, subject IoU {s['subject_iou']:.2f}; view azimuth error {s['azimuth_error_deg']:.0f}°")
+                f"SSIM {s['background_ssim']:.2f}, subject IoU {s['subject_iou']:.2f}; "
+                f"view azimuth error {s['azimuth_error_deg']:.0f}°")
 
     rows = [("reference photos (the customization's input)", "references.png"),
             (f"MVCustom, customization + DFR + CLC  ({numbers(mine)})", "frames.png"),
