@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--vae-kl", type=float, default=1e-6)
     g.add_argument("--vae-grad", type=float, default=0.5, help="weight of the image-gradient L1 term")
     g = p.add_argument_group("unet")
-    g.add_argument("--unet-steps", type=int, default=4000)
+    g.add_argument("--unet-steps", type=int, default=3300)
     g.add_argument("--unet-batch", type=int, default=4, help="clips per step")
     g.add_argument("--unet-lr", type=float, default=5e-4)
     g.add_argument("--unet-warmup", type=int, default=200)
