@@ -265,6 +265,12 @@ def _project_50(row: dict) -> tuple[float, float]:
     return mv, STEPS * row["plain_step_s"]
 
 
+def memory_ratio(row: dict) -> float:
+    """The goal's memory ratio: MVCustom's peak plus its resident reference bank over plain sampling's peak
+    (weights excluded)."""
+    return (row["mv_peak"] + row["bank_bytes"]) / row["plain_peak"]
+
+
 def fit(rows: list[dict], key: str, time: bool, at: tuple[int, int] = TARGET) -> float:
     """Least-squares fit of ``key`` over the measured sizes, evaluated at ``at`` = (frames, pixels).
 
@@ -308,7 +314,7 @@ def summary_rows(models: Models, rows: list[dict], fitted: bool) -> list[dict]:
     for r in rows:
         mv, plain = _project_50(r)
         out.append({"name": f"measured, {r['frames']} x {r['size']}²", "time ratio": mv / plain,
-                    "memory ratio": (r["mv_peak"] + r["bank_bytes"]) / r["plain_peak"] if r.get("plain_peak") else "",
+                    "memory ratio": memory_ratio(r) if r.get("plain_peak") else "",
                     "memory ratio, activations only": r["mv_peak"] / r["plain_peak"] if r.get("plain_peak") else "",
                     "plain 50 steps (s)": plain, "MVCustom 50 steps (s)": mv,
                     "first step / plain step": r["mv_step0_s"] / r["plain_step_s"],
@@ -334,7 +340,7 @@ def summary_rows(models: Models, rows: list[dict], fitted: bool) -> list[dict]:
     w16 = _weights_bytes(models, fp16=True)
     projected = projected_fp16_peak(w16, keys)
     out.append({"name": label, "time ratio": mv / plain,
-                "memory ratio": (keys["mv_peak"] + keys["bank_bytes"]) / keys["plain_peak"],
+                "memory ratio": memory_ratio(keys),
                 "memory ratio, activations only": keys["mv_peak"] / keys["plain_peak"],
                 "projected fp16 peak (GB)": projected / GiB,
                 "projected fp16 peak + VAE, text encoder (GB)": (projected + w16["vae+te"]) / GiB,

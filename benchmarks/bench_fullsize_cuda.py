@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.bench_fullsize import TARGET, _project_50, _weights_bytes, build_models, measure_size
+from benchmarks.bench_fullsize import TARGET, _project_50, _weights_bytes, build_models, measure_size, memory_ratio
 from mvcustom_core.memory import GiB
 
 __all__ = ["run"]
@@ -28,7 +28,7 @@ def run(quick: bool) -> list[dict]:
     weights = sum(_weights_bytes(models, fp16=True).values())
     return [{"name": f"CUDA {torch.cuda.get_device_name(0)}", "shape": shape,
              "MVCustom 50 steps (s)": mv, "plain 50 steps (s)": plain, "time ratio": mv / plain,
-             "memory ratio": (r["mv_peak"] + r["bank_bytes"]) / r["plain_peak"],
+             "memory ratio": memory_ratio(r),
              "plain peak (GB)": r["plain_peak"] / GiB, "MVCustom peak (GB)": r["mv_peak"] / GiB,
              "MVCustom peak + weights (GB)": (r["mv_peak"] + r["bank_bytes"] + weights) / GiB,
              "estimate (GB)": r["estimate"] / GiB,

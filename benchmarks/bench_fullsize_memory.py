@@ -11,7 +11,8 @@ cost is small beside them). About 45 minutes of one CPU core and ~12 GB of RAM.
 
 from __future__ import annotations
 
-from benchmarks.bench_fullsize import TARGET, _weights_bytes, build_models, measure_size, projected_fp16_peak
+from benchmarks.bench_fullsize import (TARGET, _weights_bytes, build_models, measure_size, memory_ratio,
+                                       projected_fp16_peak)
 from mvcustom_core.memory import GiB
 
 __all__ = ["run", "memory_rows"]
@@ -51,7 +52,7 @@ def memory_rows(models, frames: int, size: int) -> list[dict]:
     rows.append({"name": "MVCustom vs plain", "shape": shape, "time ratio": mv / (50 * r["plain_once_s"]),
                  "first step / plain step": (r["mv_prerender_once_s"] + r["mv_step0_once_s"]) / r["plain_once_s"],
                  "cached step / plain step": r["mv_step1_once_s"] / r["plain_once_s"],
-                 "memory ratio": (r["mv_peak"] + r["bank_bytes"]) / r["plain_peak"],
+                 "memory ratio": memory_ratio(r),
                  "memory ratio, activations only": r["mv_peak"] / r["plain_peak"],
                  "plain peak (GB)": r["plain_peak"] / GiB, "MVCustom peak (GB)": r["mv_peak"] / GiB,
                  "estimate (GB)": r["estimate"] / GiB,
