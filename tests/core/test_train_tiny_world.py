@@ -33,24 +33,24 @@ def _args(script, out, *extra):
     return script.parse_args(["--output", str(out), "--threads", "1", *extra])
 
 
-def _regression(script, out, steps, crash_at=None, checkpoint_every=4):
+def _regression(script, out, steps, crash_at=None, checkpoint_every=4, workers=1, batch=8):
     """A linear model fitted by train_loop; ``crash_at`` raises inside step ``crash_at`` (a killed process)."""
-    args = _args(script, out, "--checkpoint-every", str(checkpoint_every), "--log-every", "1")
+    args = _args(script, out, "--checkpoint-every", str(checkpoint_every), "--log-every", "1",
+                 "--workers", str(workers))
     model = torch.nn.Linear(3, 1)
     with torch.no_grad():
         model.weight.zero_(), model.bias.zero_()
-    params = dict(model.named_parameters())
     truth = torch.tensor([[1.0, -2.0, 0.5]])
 
-    def loss_fn(step):
+    def batch_loss(model, step, rows):
         if step == crash_at:
             raise RuntimeError("killed")
         g = torch.Generator().manual_seed(step)  # the script's loops draw from (seed, stage, step) likewise
-        x = torch.randn(8, 3, generator=g)
+        x = torch.randn(batch, 3, generator=g)[rows]
         return ((model(x) - x @ truth.T) ** 2).mean()
 
-    ema = script.EMA(params, 0.9)
-    state = script.train_loop("toy", out / "toy", {"lr": 0.05}, steps, params, loss_fn, args, lr=0.05, ema=ema)
+    state = script.train_loop("toy", out / "toy", {"lr": 0.05}, steps, model, batch_loss, batch, args, lr=0.05,
+                              ema_decay=0.9)
     return state, model
 
 
@@ -72,9 +72,41 @@ def test_train_loop_resumes_exactly_after_a_crash(script, tmp_path):
 def test_train_loop_refuses_other_settings(script, tmp_path):
     _regression(script, tmp_path, 4)
     args = _args(script, tmp_path)
-    params = dict(torch.nn.Linear(3, 1).named_parameters())
     with pytest.raises(SystemExit, match="other settings"):
-        script.train_loop("toy", tmp_path / "toy", {"lr": 0.2}, 2, params, lambda s: torch.zeros(()), args, lr=0.2)
+        script.train_loop("toy", tmp_path / "toy", {"lr": 0.2}, 2, torch.nn.Linear(3, 1),
+                          lambda model, step, rows: torch.zeros(()), 1, args, lr=0.2)
+
+
+def test_workers_share_the_batch_and_give_the_whole_batch_gradient(script, tmp_path):
+    one, _ = _regression(script, tmp_path / "one", 30)
+    two, model = _regression(script, tmp_path / "two", 30, workers=2)
+    three, _ = _regression(script, tmp_path / "three", 30, workers=3)  # shares of 3, 3 and 2 rows
+    for k in one["parameters"]:
+        torch.testing.assert_close(two["parameters"][k], one["parameters"][k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(three["parameters"][k], one["parameters"][k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(two["ema"]["shadow"][k], one["ema"]["shadow"][k], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-7)
+    again, _ = _regression(script, tmp_path / "again", 30, workers=2)
+    assert again["losses"] == two["losses"]  # gradients are added in worker order: the run is deterministic
+    assert all(p.grad is None or p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_a_failing_worker_stops_the_run_after_the_last_checkpoint(script, tmp_path):
+    with pytest.raises(RuntimeError, match="killed"):
+        _regression(script, tmp_path, 40, crash_at=26, workers=2)
+    assert torch.load(tmp_path / "toy" / "checkpoint.pt", weights_only=True)["step"] == 24
+    resumed, _ = _regression(script, tmp_path, 40, workers=2)
+    whole, _ = _regression(script, tmp_path / "whole", 40, workers=2)
+    assert resumed["losses"] == whole["losses"]
+
+
+def test_workers_are_checked(script, tmp_path):
+    assert _args(script, tmp_path).workers == 2  # the default on the CPU
+    assert script.parse_args(["--output", str(tmp_path), "--device", "meta"]).workers == 1  # on an accelerator
+    with pytest.raises(SystemExit):
+        script.parse_args(["--output", str(tmp_path), "--device", "meta", "--workers", "2"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--output", str(tmp_path), "--workers", "0"])
 
 
 def test_fold_latent_scale_keeps_the_decoder_output_and_scales_the_posterior():
