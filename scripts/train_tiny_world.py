@@ -25,6 +25,11 @@ checkpoint and exit):
 Every random draw of a step comes from a generator seeded by ``(--seed, stage, step)``, so a resumed
 stage repeats the uninterrupted one. Settings that change what a stage computes are stored in its
 checkpoint; resuming with other values is refused.
+
+On the CPU every batch is split over ``--workers`` (default 2) replicas that run at once on one thread each
+(:class:`BatchWorkers`: the same gradient as one worker, up to float rounding, and faster at these sizes).
+``--device cuda`` trains the VAE, UNet and depth stages on a GPU with one worker (``bash scripts/gpu_check.sh
+tiny_world`` times it on a lent device).
 """
 
 from __future__ import annotations
