@@ -79,7 +79,7 @@ def test_train_loop_refuses_other_settings(script, tmp_path):
 
 def test_workers_share_the_batch_and_give_the_whole_batch_gradient(script, tmp_path):
     one, _ = _regression(script, tmp_path / "one", 30)
-    two, model = _regression(script, tmp_path / "two", 30, workers=2)
+    two, _ = _regression(script, tmp_path / "two", 30, workers=2)
     three, _ = _regression(script, tmp_path / "three", 30, workers=3)  # shares of 3, 3 and 2 rows
     for k in one["parameters"]:
         torch.testing.assert_close(two["parameters"][k], one["parameters"][k], rtol=1e-5, atol=1e-6)
@@ -88,7 +88,30 @@ def test_workers_share_the_batch_and_give_the_whole_batch_gradient(script, tmp_p
     torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-7)
     again, _ = _regression(script, tmp_path / "again", 30, workers=2)
     assert again["losses"] == two["losses"]  # gradients are added in worker order: the run is deterministic
-    assert all(p.grad is None or p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_batch_workers_backward_gives_the_whole_batch_gradient(script):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    x, y = torch.randn(5, 3), torch.randn(5, 1)
+
+    def batch_loss(replica, step, rows):
+        return ((replica(x[rows]) - y[rows]) ** 2).mean()
+
+    whole = torch.autograd.grad(batch_loss(model, 0, torch.arange(5)), list(model.parameters()))
+    workers = script.BatchWorkers(model, 5, 2)  # shares of 3 and 2 rows
+    try:
+        loss = workers.backward(batch_loss, 0)
+        assert [len(rows) for rows in workers.rows] == [3, 2]
+        assert all(p.grad is None for p in workers.replicas[1].parameters())  # moved into the model's
+    finally:
+        workers.close()
+    torch.testing.assert_close(loss, batch_loss(model, 0, torch.arange(5)).detach())
+    for param, expected in zip(model.parameters(), whole):
+        torch.testing.assert_close(param.grad, expected)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # an optimizer step on the model moves the replicas' weights too
+    assert torch.equal(workers.replicas[1][0].weight, model[0].weight)
 
 
 def test_a_failing_worker_stops_the_run_after_the_last_checkpoint(script, tmp_path):
