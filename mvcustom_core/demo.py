@@ -29,7 +29,7 @@ from mvcustom_core.synthetic import SyntheticScene
 from mvcustom_core.synthetic.world import HELD_OUT_SEEDS
 from mvcustom_core.trajectories import make_trajectory, render_trajectory_preview
 
-__all__ = ["demo_trajectories", "demo_synthetic", "demo_dfr", "demo_pipeline", "main"]
+__all__ = ["demo_trajectories", "demo_synthetic", "demo_dfr", "demo_pipeline", "step_printer", "main"]
 
 DEMO_WORLD = 0
 DEMO_CUSTOMIZE_STEPS = 150
@@ -111,7 +111,8 @@ def demo_pipeline(out: Path, world: int = DEMO_WORLD, customize_steps: int = DEM
     folder = out / "pipeline"
     backbone, depth_model = load_tiny_world(), load_tiny_world_depth()
     case = make_case(world)
-    customization = customize_case(backbone, case, steps=customize_steps)
+    customization = customize_case(backbone, case, steps=customize_steps,
+                                   progress=step_printer("customization", every=max(1, customize_steps // 6)))
     first = generate(backbone, case, "customized", customization=customization, steps=sample_steps)
     final = generate(backbone, case, "dfr_clc", customization=customization, depth_model=depth_model,
                      first_pass=first.frames, steps=sample_steps)
@@ -141,6 +142,19 @@ def demo_pipeline(out: Path, world: int = DEMO_WORLD, customize_steps: int = DEM
                             ("mvcustom", "customization_only", "ground_truth"))
         print(f"    {title}: {values}{unit}")
     return written + [export.transforms]
+
+
+def step_printer(title: str, every: int):
+    """A training ``progress(done, total, losses)`` that prints every ``every`` steps and at the last, with the time
+    since it was made (the demo's customization takes most of its minute)."""
+    start = time.perf_counter()
+
+    def report(done: int, total: int, losses: dict) -> None:
+        if done % every == 0 or done == total:
+            print(f"  {title}: step {done}/{total}, loss {losses['total']:.4f}, {time.perf_counter() - start:.0f} s",
+                  flush=True)
+
+    return report
 
 
 _REPORTED = (("background_psnr", "background PSNR", " dB"), ("background_ssim", "background SSIM", ""),

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mvcustom_core.cameras import load_camera_file
 from mvcustom_core.customization import load_customization
-from mvcustom_core.demo import DEMO_WORLD, PREVIEW_PRESETS, main
+from mvcustom_core.demo import DEMO_WORLD, PREVIEW_PRESETS, main, step_printer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -79,3 +79,13 @@ def test_pipeline_customizes_samples_exports_and_scores_a_held_out_world(demo_ou
 def test_pipeline_refuses_a_training_world():
     with pytest.raises(SystemExit):
         main(["--world", "1000"])
+
+
+def test_the_customization_prints_its_progress(capsys):
+    report = step_printer("customization", every=25)
+    for done in range(1, 61):
+        report(done, 60, {"total": 0.5})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0].strip() for line in lines] == [
+        "customization: step 25/60", "customization: step 50/60", "customization: step 60/60"]
+    assert all("loss 0.5000" in line for line in lines)
