@@ -38,6 +38,7 @@ BENCHMARKS = [
     ("Dense spatio-temporal attention", "benchmarks.bench_attention"),
     ("Feature-mesh rasterizer (DFR op)", "benchmarks.bench_raster"),
     ("FeatureNeRF and customization step", "benchmarks.bench_customization"),
+    ("Built-in backbone training step", "benchmarks.bench_tiny_world_training"),
     ("MVCustom sampler overhead", "benchmarks.bench_sampler"),
     ("Pose-block render choices", "benchmarks.bench_pose_render"),
     ("Anchor depth: one pass vs two passes", "benchmarks.bench_one_pass"),
