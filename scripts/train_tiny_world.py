@@ -427,7 +427,7 @@ def stage_vae(args) -> None:
     vae = tiny_world_components(args.seed).vae.to(args.device).train()
     latent_channels = vae.config.latent_channels
 
-    def batch_loss(model: nn.Module, step: int, rows: Tensor) -> Tensor:
+    def batch_loss(replica: nn.Module, step: int, rows: Tensor) -> Tensor:
         g = _seed(args, "vae", step)
         idx = torch.randint(len(frames), (args.vae_batch,), generator=g)
         x = _pixels(frames[idx[rows].to(args.device)])
@@ -438,7 +438,7 @@ def stage_vae(args) -> None:
         if bool(torch.rand((), generator=g) < 0.5):
             x = x.flip(-1)
         eps = torch.randn((args.vae_batch, latent_channels, x.shape[-2] // 8, x.shape[-1] // 8), generator=g)
-        return vae_loss(model, x, eps[rows].to(args.device), args.vae_kl, args.vae_grad)
+        return vae_loss(replica, x, eps[rows].to(args.device), args.vae_kl, args.vae_grad)
 
     state = train_loop("vae", folder, _vae_key(args), args.vae_steps, vae, batch_loss, args.vae_batch, args,
                        lr=args.vae_lr, warmup=100)
@@ -541,7 +541,7 @@ def stage_unet(args) -> None:
     scheduler = _noise_scheduler()
     num_t = scheduler.config.num_train_timesteps
 
-    def batch_loss(model: nn.Module, step: int, rows: Tensor) -> Tensor:
+    def batch_loss(replica: nn.Module, step: int, rows: Tensor) -> Tensor:
         g = _seed(args, "unet", step)
         idx = torch.randint(len(mean), (args.unet_batch,), generator=g)
         m, s = mean[idx].float(), std[idx].float()
@@ -551,8 +551,8 @@ def stage_unet(args) -> None:
         texts = ["" if d else captions[int(i)] for i, d in zip(idx, drop)]
         noise = torch.randn(latents.shape, generator=g).to(latents)
         t = torch.randint(0, num_t, (args.unet_batch,), generator=g).to(latents.device)
-        text = encode_prompt(model["text"], tokenizer, [texts[int(r)] for r in rows])
-        return min_snr_loss(model["unet"], latents[rows], text, scheduler, noise[rows], t[rows], args.min_snr)
+        text = encode_prompt(replica["text"], tokenizer, [texts[int(r)] for r in rows])
+        return min_snr_loss(replica["unet"], latents[rows], text, scheduler, noise[rows], t[rows], args.min_snr)
 
     train_loop("unet", folder, _unet_key(args), args.unet_steps, model, batch_loss, args.unet_batch, args,
                lr=args.unet_lr, warmup=args.unet_warmup, ema_decay=args.ema)
@@ -655,7 +655,7 @@ def stage_depth(args) -> None:
     disparity = data["disparity"].flatten(0, 1)[:, 0].float().to(args.device)
     model = tiny_world_depth_model(args.seed).to(args.device).train()
 
-    def batch_loss(model: nn.Module, step: int, rows: Tensor) -> Tensor:
+    def batch_loss(replica: nn.Module, step: int, rows: Tensor) -> Tensor:
         g = _seed(args, "depth", step)
         idx = torch.randint(len(frames), (args.depth_batch,), generator=g)[rows].to(args.device)
         x = _pixels(frames[idx])
@@ -663,7 +663,7 @@ def stage_depth(args) -> None:
         if through_vae.any():
             with torch.no_grad():
                 x[through_vae] = vae.decode(vae.encode(x[through_vae]).latent_dist.mean).sample.clamp(-1, 1)
-        prediction = model(pixel_values=x).predicted_depth  # [-1, 1]: the processor's mean/std of 0.5
+        prediction = replica(pixel_values=x).predicted_depth  # [-1, 1]: the processor's mean/std of 0.5
         return scale_invariant_disparity_loss(prediction, disparity[idx])
 
     state = train_loop("depth", folder, _depth_key(args), args.depth_steps, model, batch_loss, args.depth_batch, args,
