@@ -40,54 +40,49 @@ def _script():
 
 def bench_unet_step(workers: int, threads: int, fused: bool, steps: int) -> dict:
     """Median seconds of one UNet-stage step with ``workers`` replicas on ``threads`` CPU threads in all."""
+    from mvcustom_core.backbone.text import encode_prompt
+    from mvcustom_core.backbone.tiny_world import tiny_world_tokenizer
+
     script = _script()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // workers))
+    components, unet = script._fresh_unet_parts(argparse.Namespace(seed=0))
+    model = nn.ModuleDict({"unet": unet, "text": components.text_encoder}).to(device).train()
+    params = dict(model.named_parameters())
+    optimizer = (script._adamw(list(params.values()), 1e-4) if fused
+                 else torch.optim.AdamW(list(params.values()), lr=1e-4, weight_decay=1e-2))
+    shadow = {k: p.detach().clone() for k, p in params.items()}
+    tokenizer, scheduler = tiny_world_tokenizer(), script._noise_scheduler()
+
+    def batch_loss(replica: nn.Module, step: int, rows: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(step)
+        latents = torch.randn(BATCH, 4, FRAMES, LATENT, LATENT, generator=g).to(device)
+        noise = torch.randn(latents.shape, generator=g).to(device)
+        t = torch.randint(0, 1000, (BATCH,), generator=g).to(device)
+        text = encode_prompt(replica["text"], tokenizer, ["photo of a red robot on snow ground"] * len(rows))
+        return script.min_snr_loss(replica["unet"], latents[rows], text, scheduler, noise[rows], t[rows], 5.0)
+
+    workers_ = script.BatchWorkers(model, BATCH, workers, threads)
+    times = []
     try:
-        from mvcustom_core.backbone.text import encode_prompt
-        from mvcustom_core.backbone.tiny_world import tiny_world_tokenizer
-
-        components, unet = script._fresh_unet_parts(argparse.Namespace(seed=0))
-        model = nn.ModuleDict({"unet": unet, "text": components.text_encoder}).to(device).train()
-        params = dict(model.named_parameters())
-        optimizer = (script._adamw(list(params.values()), 1e-4) if fused
-                     else torch.optim.AdamW(list(params.values()), lr=1e-4, weight_decay=1e-2))
-        shadow = {k: p.detach().clone() for k, p in params.items()}
-        tokenizer, scheduler = tiny_world_tokenizer(), script._noise_scheduler()
-
-        def batch_loss(replica: nn.Module, step: int, rows: torch.Tensor) -> torch.Tensor:
-            g = torch.Generator().manual_seed(step)
-            latents = torch.randn(BATCH, 4, FRAMES, LATENT, LATENT, generator=g).to(device)
-            noise = torch.randn(latents.shape, generator=g).to(device)
-            t = torch.randint(0, 1000, (BATCH,), generator=g).to(device)
-            text = encode_prompt(replica["text"], tokenizer, ["photo of a red robot on snow ground"] * len(rows))
-            return script.min_snr_loss(replica["unet"], latents[rows], text, scheduler, noise[rows], t[rows], 5.0)
-
-        workers_ = script.BatchWorkers(model, BATCH, workers)
-        times = []
-        try:
-            for step in range(steps + 1):
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                workers_.backward(batch_loss, step)
-                torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
-                optimizer.step()
-                with torch.no_grad():
-                    if fused:
-                        torch._foreach_lerp_(list(shadow.values()), [p.detach() for p in params.values()], 1e-3)
-                    else:
-                        for k, p in params.items():
-                            shadow[k].lerp_(p.detach(), 1e-3)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-        finally:
-            workers_.close()
+        for step in range(steps + 1):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            workers_.backward(batch_loss, step)
+            torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+            optimizer.step()
+            with torch.no_grad():
+                if fused:
+                    torch._foreach_lerp_(list(shadow.values()), [p.detach() for p in params.values()], 1e-3)
+                else:
+                    for k, p in params.items():
+                        shadow[k].lerp_(p.detach(), 1e-3)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
     finally:
-        torch.set_num_threads(previous)
+        workers_.close()
     label = (f"{workers} workers x {max(1, threads // workers)} thread" if workers > 1
              else f"one worker x {threads} threads")
     return {"name": f"UNet step, {label}, {'fused' if fused else 'per-tensor'} AdamW", "device": device,

@@ -212,7 +212,9 @@ class BatchWorkers:
     pay; two workers on one thread each do a UNet step in 0.50 s where one worker on two threads takes 0.61 s.
     """
 
-    def __init__(self, model: nn.Module, batch: int, count: int):
+    def __init__(self, model: nn.Module, batch: int, count: int, threads: int | None = None):
+        """``threads``: CPU threads in all, shared out as intra-op threads per worker until :meth:`close` (None: keep
+        torch's setting)."""
         from concurrent.futures import ThreadPoolExecutor
 
         from mvcustom_core.backbone.module_view import module_view
@@ -221,6 +223,9 @@ class BatchWorkers:
         self.rows = [rows for rows in torch.arange(batch).tensor_split(min(count, batch)) if len(rows)]
         self.replicas = [model] + [module_view(model) for _ in self.rows[1:]]
         self.pool = ThreadPoolExecutor(len(self.rows) - 1) if len(self.rows) > 1 else None
+        self._threads = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(max(1, threads // len(self.rows)))
 
     def backward(self, batch_loss: BatchLoss, step: int) -> Tensor:
         """Back-propagate the step's loss into ``model``'s gradients; returns the loss (detached)."""
@@ -248,6 +253,7 @@ class BatchWorkers:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+        torch.set_num_threads(self._threads)
 
 
 def train_loop(stage: str, folder: Path, key: dict, steps: int, model: nn.Module, batch_loss: BatchLoss, batch: int,
@@ -294,7 +300,7 @@ def train_loop(stage: str, folder: Path, key: dict, steps: int, model: nn.Module
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None}
 
-    with _stop_on_signals() as flag, closing(BatchWorkers(model, batch, args.workers)) as workers:
+    with _stop_on_signals() as flag, closing(BatchWorkers(model, batch, args.workers, args.threads)) as workers:
         for step in range(start, steps):
             began, began_cpu = time.perf_counter(), time.process_time()
             optimizer.zero_grad(set_to_none=True)
@@ -748,7 +754,7 @@ def stage_preview(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(max(1, args.threads // args.workers))  # intra-op threads of each worker
+    torch.set_num_threads(max(1, args.threads))  # the training loops share them out over their workers
     runners = {"data": stage_data, "vae": stage_vae, "unet": stage_unet, "dense": stage_dense,
                "depth": stage_depth, "export": stage_export, "preview": stage_preview}
     for stage in STAGES:

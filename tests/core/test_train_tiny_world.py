@@ -99,13 +99,16 @@ def test_batch_workers_backward_gives_the_whole_batch_gradient(script):
         return ((replica(x[rows]) - y[rows]) ** 2).mean()
 
     whole = torch.autograd.grad(batch_loss(model, 0, torch.arange(5)), list(model.parameters()))
-    workers = script.BatchWorkers(model, 5, 2)  # shares of 3 and 2 rows
+    before = torch.get_num_threads()
+    workers = script.BatchWorkers(model, 5, 2, threads=2 * before)  # shares of 3 and 2 rows
     try:
+        assert torch.get_num_threads() == before  # the threads shared out: each worker gets its part
         loss = workers.backward(batch_loss, 0)
         assert [len(rows) for rows in workers.rows] == [3, 2]
         assert all(p.grad is None for p in workers.replicas[1].parameters())  # moved into the model's
     finally:
         workers.close()
+    assert torch.get_num_threads() == before  # restored for what follows the loop
     torch.testing.assert_close(loss, batch_loss(model, 0, torch.arange(5)).detach())
     for param, expected in zip(model.parameters(), whole):
         torch.testing.assert_close(param.grad, expected)
