@@ -7,7 +7,8 @@ Run ``python -m mvcustom_core.demo --out demo_out`` (or ``bash scripts/demo.sh``
 3. ``dfr/``: depth-aware feature rendering on that scene: the anchor view's colours carried through
    the anchor's depth mesh into every other camera, beside the true views and the coverage masks.
 4. ``pipeline/``: the whole MVCustom job on the built-in trained backbone (``docs/tiny_world.md``):
-   customize on 8 photos of a held-out synthetic world (FeatureNeRF pose blocks + subject token), sample
+   customize on 8 photos of a held-out synthetic world (FeatureNeRF pose blocks, started from the backbone's
+   pose prior, + subject token), sample
    an orbit with DFR and CLC, decode, export frames + ``transforms.json`` + the anchor point cloud, and
    score the views against the world's exact ground truth (``scores.json``).
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from mvcustom_core.cameras import CameraSet
+from mvcustom_core.eval.world_ablation import DEFAULT_CUSTOMIZE_STEPS
 from mvcustom_core.files import colorize, image_grid, save_png
 from mvcustom_core.ops import apply_plan, build_feature_mesh, plan_mesh_render
 from mvcustom_core.synthetic import SyntheticScene
@@ -32,7 +34,7 @@ from mvcustom_core.trajectories import make_trajectory, render_trajectory_previe
 __all__ = ["demo_trajectories", "demo_synthetic", "demo_dfr", "demo_pipeline", "step_printer", "main"]
 
 DEMO_WORLD = 0
-DEMO_CUSTOMIZE_STEPS = 150
+DEMO_CUSTOMIZE_STEPS = DEFAULT_CUSTOMIZE_STEPS  # from the built-in backbone's pose prior
 DEMO_SAMPLE_STEPS = 25
 PREVIEW_PRESETS = {
     "orbit": dict(radius=2.5, elevation_deg=20.0),
@@ -112,7 +114,7 @@ def demo_pipeline(out: Path, world: int = DEMO_WORLD, customize_steps: int = DEM
     backbone, depth_model = load_tiny_world(), load_tiny_world_depth()
     case = make_case(world)
     customization = customize_case(backbone, case, steps=customize_steps,
-                                   progress=step_printer("customization", every=max(1, customize_steps // 6)))
+                                   progress=step_printer("customization", every=max(1, customize_steps // 4)))
     first = generate(backbone, case, "customized", customization=customization, steps=sample_steps)
     final = generate(backbone, case, "dfr_clc", customization=customization, depth_model=depth_model,
                      first_pass=first.frames, steps=sample_steps)
@@ -146,7 +148,7 @@ def demo_pipeline(out: Path, world: int = DEMO_WORLD, customize_steps: int = DEM
 
 def step_printer(title: str, every: int):
     """A training ``progress(done, total, losses)`` that prints every ``every`` steps and at the last, with the time
-    since it was made (the demo's customization takes most of its minute)."""
+    since it was made."""
     start = time.perf_counter()
 
     def report(done: int, total: int, losses: dict) -> None:

@@ -30,6 +30,8 @@ if str(REPO_ROOT) not in sys.path:  # run as a file from a checkout
 
 import torch  # noqa: E402
 
+from mvcustom_core.eval.world_ablation import DEFAULT_CUSTOMIZE_STEPS  # noqa: E402
+
 KEYS = ("ground_reproj_psnr", "anchor_reproj_psnr", "azimuth_error_deg", "pose_accuracy", "neighbour_reproj_psnr",
         "background_psnr", "background_ssim", "subject_iou", "subject_color_err")
 HEADERS = {"ground_reproj_psnr": "Ground reproj. PSNR, true depth ↑", "anchor_reproj_psnr": "Reproj. PSNR, DFR depth ↑",
@@ -45,7 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--worlds", type=int, default=20, help="held-out worlds 0 .. N-1")
     p.add_argument("--first-world", type=int, default=0)
-    p.add_argument("--customize-steps", type=int, default=150)
+    p.add_argument("--customize-steps", type=int, default=DEFAULT_CUSTOMIZE_STEPS)
+    p.add_argument("--identity-start", action="store_true",
+                   help="customize from the identity initialization (the paper's start) instead of the built-in "
+                        "backbone's pose prior (then --customize-steps 150 as in docs/ablation.md)")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--seed", type=int, default=0, help="sampling and customization seed")
     p.add_argument("--threads", type=int, default=2)
@@ -126,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         began = time.perf_counter()
         result = run_case(backbone, depth_model, world, customize_steps=args.customize_steps, steps=args.steps,
-                          sample_seed=args.seed, progress=lambda m: print(m, flush=True))
+                          sample_seed=args.seed, pose_prior=None if args.identity_start else "built-in",
+                          progress=lambda m: print(m, flush=True))
         case = result["case"]
         for config, generated in result["generated"].items():
             _write_set(args.out / config / f"world_{world:03d}", generated.frames, case, case.prompt())

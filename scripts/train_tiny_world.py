@@ -18,9 +18,13 @@ checkpoint and exit):
    skipped it (docs/tiny_world.md).
 5. ``depth``: a tiny Depth Anything (transformers format) on the clips' exact disparity (scale-invariant
    loss), half of the inputs passed through the VAE so it also reads generated frames.
-6. ``export``: float16 files in the real layouts plus ``manifest.json`` (hashes, settings, losses, times)
-   into ``--ship``; then loaded back with ``load_tiny_world``.
-7. ``preview``: frames sampled from held-out captions (``preview.png``); not part of ``all``.
+6. ``prior``: the pose prior (``mvcustom_core.customization.pose_prior``): FeatureNeRF pose blocks and fusion
+   layers trained with the customization's own step on the subjects of ``--prior-worlds`` training worlds (8
+   turntable photos each, one subject a step), against the backbone as exported (float16); customizations of
+   the built-in backbone start there.
+7. ``export``: float16 files in the real layouts, the pose prior (float32), and ``manifest.json`` (hashes,
+   settings, losses, times) into ``--ship``; then loaded back with ``load_tiny_world``.
+8. ``preview``: frames sampled from held-out captions (``preview.png``); not part of ``all``.
 
 Every random draw of a step comes from a generator seeded by ``(--seed, stage, step)``, so a resumed
 stage repeats the uninterrupted one. Settings that change what a stage computes are stored in its
@@ -28,7 +32,7 @@ checkpoint; resuming with other values is refused.
 
 On the CPU every batch is split over ``--workers`` (default 2) replicas that run at once on one thread each
 (:class:`BatchWorkers`: the same gradient as one worker, up to float rounding, and faster at these sizes).
-``--device cuda`` trains the VAE, UNet and depth stages on a GPU with one worker (``bash scripts/gpu_check.sh
+``--device cuda`` trains the VAE, UNet, depth and prior stages on a GPU with one worker (``bash scripts/gpu_check.sh
 tiny_world`` times it on a lent device).
 """
 
@@ -52,9 +56,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-STAGES = ("data", "vae", "unet", "dense", "depth", "export", "preview")
+STAGES = ("data", "vae", "unet", "dense", "depth", "prior", "export", "preview")
 DEFAULT_STAGES = STAGES[:-1]
-_STAGE_CODES = {"vae": 1, "unet": 2, "depth": 5}  # seeds per-step generators
+_STAGE_CODES = {"vae": 1, "unet": 2, "depth": 5, "prior": 6}  # seeds per-step generators
 CHUNK = 100  # clips per data file
 
 
@@ -70,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="CPU threads in all, shared by the workers")
     p.add_argument("--workers", type=int, default=None,
                    help="replicas that each take a share of every batch at once (default: 2 on the CPU, 1 on a GPU)")
-    p.add_argument("--device", default="cpu", help="where the VAE, UNet and depth stages train: cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="cpu", help="where the VAE, UNet, depth and prior stages train: cpu, cuda, cuda:1 ...")
     g = p.add_argument_group("data")
     g.add_argument("--clips", type=int, default=1200)
     g.add_argument("--frames", type=int, default=8)
@@ -101,6 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--depth-steps", type=int, default=800)
     g.add_argument("--depth-batch", type=int, default=32)
     g.add_argument("--depth-lr", type=float, default=1e-3)
+    g = p.add_argument_group("prior")
+    g.add_argument("--prior-steps", type=int, default=1200, help="0 skips the stage")
+    g.add_argument("--prior-worlds", type=int, default=300, help="training worlds whose subjects the prior sees")
+    g.add_argument("--prior-lr", type=float, default=2e-3)
     g = p.add_argument_group("progress")
     g.add_argument("--checkpoint-every", type=int, default=200)
     g.add_argument("--log-every", type=int, default=25)
@@ -258,10 +266,11 @@ class BatchWorkers:
 
 def train_loop(stage: str, folder: Path, key: dict, steps: int, model: nn.Module, batch_loss: BatchLoss, batch: int,
                args, *, lr: float, warmup: int = 0, ema_decay: float | None = None,
-               max_grad_norm: float = 1.0) -> dict[str, Any]:
+               max_grad_norm: float = 1.0, workers: int | None = None) -> dict[str, Any]:
     """AdamW over ``model``'s trainable parameters for ``steps >= 1`` steps of ``batch_loss`` on batches of
-    ``batch`` rows, split over ``args.workers`` workers (:class:`BatchWorkers`); linear warm-up, cosine decay to
-    ``lr / 10``; an EMA of the parameters when ``ema_decay`` is given; checkpoints and resume.
+    ``batch`` rows, split over ``workers`` (default ``args.workers``) workers (:class:`BatchWorkers`); linear
+    warm-up, cosine decay to ``lr / 10``; an EMA of the parameters when ``ema_decay`` is given; checkpoints and
+    resume.
 
     ``folder/checkpoint.pt`` holds parameters, optimizer, EMA, step, the losses, the wall and CPU seconds spent
     and ``key`` (the settings that change what the stage computes; resuming with another key is refused; the
@@ -300,7 +309,8 @@ def train_loop(stage: str, folder: Path, key: dict, steps: int, model: nn.Module
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None}
 
-    with _stop_on_signals() as flag, closing(BatchWorkers(model, batch, args.workers, args.threads)) as workers:
+    count = workers or args.workers
+    with _stop_on_signals() as flag, closing(BatchWorkers(model, batch, count, args.threads)) as workers:
         for step in range(start, steps):
             began, began_cpu = time.perf_counter(), time.process_time()
             optimizer.zero_grad(set_to_none=True)
@@ -678,12 +688,96 @@ def stage_depth(args) -> None:
     model.eval().save_pretrained(folder / "model", safe_serialization=True)
 
 
-# ------------------------------------------------------------------------------------------ 6. export
+# ------------------------------------------------------------------------------------------ 6. prior
+PRIOR_REFERENCES = 8  # turntable photos per training world, as the demo's and the ablation's subjects have
+
+
+def _prior_key(args) -> dict:
+    return {**_unet_key(args), "prior_steps": args.prior_steps, "worlds": args.prior_worlds, "lr": args.prior_lr,
+            "references": PRIOR_REFERENCES}
+
+
+def _as_shipped(backbone) -> None:
+    """Round the trained weights to float16 and back, as export writes them: the prior trains against the backbone
+    users load."""
+    with torch.no_grad():
+        for module in (backbone.unet, backbone.vae, backbone.text_encoder):
+            for tensor in module.parameters():
+                tensor.copy_(tensor.half().float())
+
+
+def prior_subjects(args, vae: nn.Module) -> list:
+    """The subjects of training worlds ``HELD_OUT_SEEDS + i`` (``i < --prior-worlds``): turntable photos from a
+    start azimuth drawn from the world's seed, with masks and normalized cameras, their latents encoded, and the
+    world's customization prompt with the class word in the token's place (the token starts as the class word)."""
+    from mvcustom_core.customization.training import SubjectData, encode_references
+    from mvcustom_core.eval.world_ablation import customization_config, turntable_references
+    from mvcustom_core.synthetic.world import HELD_OUT_SEEDS, build_world, world_spec
+
+    subjects = []
+    for i in range(args.prior_worlds):
+        spec = world_spec(HELD_OUT_SEEDS + i)
+        start = 360.0 * float(torch.rand((), generator=torch.Generator().manual_seed(HELD_OUT_SEEDS + i)))
+        reference = turntable_references(build_world(spec), PRIOR_REFERENCES, start, size=args.size)
+        images, masks = reference.images.to(args.device), reference.masks.to(args.device)
+        template = customization_config(spec, steps=1).prompt_template
+        subjects.append(SubjectData(encode_references(vae, images), images, masks, reference.cameras,
+                                    template.format(token=spec.category, class_word=spec.category)))
+    return subjects
+
+
+def stage_prior(args) -> None:
+    """The pose prior (:mod:`mvcustom_core.customization.pose_prior`): the pose blocks trained with the customization's
+    own step (``step_loss``) on one training world's subject a step, one worker (the pose blocks share one
+    :class:`PoseContext`)."""
+    from mvcustom_core.customization import PoseContext, backbone_fingerprint, pose_blocks
+    from mvcustom_core.customization.pose_prior import PosePrior, save_pose_prior
+    from mvcustom_core.customization.training import draw_step, step_loss, trainable_pose_blocks, training_scheduler
+    from mvcustom_core.eval.world_ablation import customization_config
+    from mvcustom_core.synthetic.world import world_spec
+
+    folder = args.output / "prior"
+    if args.prior_steps < 1 or (folder / "pose_prior.safetensors").is_file():
+        return
+    _, backbone = trained_backbone(args)
+    _as_shipped(backbone)
+    unet = backbone.unet.to(args.device)
+    backbone.vae.to(args.device), backbone.text_encoder.to(args.device)
+    fingerprint = backbone_fingerprint(unet)
+    subjects = prior_subjects(args, backbone.vae)
+    config = customization_config(world_spec(0), steps=args.prior_steps)  # the settings, not the world's prompt
+    scheduler, ctx = training_scheduler(unet), PoseContext(ray_chunk=config.ray_chunk)
+    for module in (unet, backbone.vae, backbone.text_encoder):
+        module.requires_grad_(False)
+    trainable_pose_blocks(unet, ctx, config)
+    latent_shape = tuple(subjects[0].latents.shape[1:])
+
+    def batch_loss(replica: nn.Module, step: int, rows: Tensor) -> Tensor:
+        g = _seed(args, "prior", step)
+        subject = subjects[int(torch.randint(len(subjects), (1,), generator=g))]
+        draws = draw_step(g, len(subject.cameras), latent_shape, config, scheduler.config.num_train_timesteps)
+        return step_loss(replica, ctx, scheduler, backbone.text_encoder, backbone.tokenizer, subject, draws, config)[0]
+
+    state = train_loop("prior", folder, _prior_key(args), args.prior_steps, unet, batch_loss, 1, args,
+                       lr=args.prior_lr, warmup=50, workers=1)
+    with torch.no_grad():
+        trained = dict(unet.named_parameters())
+        for name, value in state["parameters"].items():
+            trained[name].copy_(value)
+    prior = PosePrior({b.name: b.own_state() for b in pose_blocks(unet)}, config.blocks, dict(config.featurenerf),
+                      fingerprint, {"steps": args.prior_steps, "worlds": args.prior_worlds, "lr": args.prior_lr,
+                                    "references": PRIOR_REFERENCES, "customization": config.resume_key()})
+    save_pose_prior(folder / "pose_prior.safetensors", prior)
+
+
+# ------------------------------------------------------------------------------------------ 7. export
 def stage_export(args) -> None:
     from mvcustom_core.backbone.loading import export_ldm_state_dict
     from mvcustom_core.backbone.motion_module import attention_window_metadata, export_motion_module_state_dict
     from mvcustom_core.backbone.tiny_world import (CHECKPOINT_FILE, DEPTH_FOLDER, MANIFEST_FILE, MOTION_FILE,
-                                                   file_sha256, load_tiny_world, save_depth_model)
+                                                   POSE_PRIOR_FILE, file_sha256, load_tiny_world,
+                                                   load_tiny_world_pose_prior, save_depth_model)
+    from mvcustom_core.files import atomic_write
     from mvcustom_core.backbone.training import motion_adapter_from_unet
     from mvcustom_core.files import atomic_write_text
     from mvcustom_core.synthetic.world import HELD_OUT_SEEDS
@@ -701,6 +795,9 @@ def stage_export(args) -> None:
     _save_tensors(ship / MOTION_FILE, {k: v.half() for k, v in motion.items()},
                   attention_window_metadata(None if dense.is_file() else 1))
     depth_files = save_depth_model(args.output / "depth" / "model", ship / DEPTH_FOLDER)
+    prior = args.output / "prior" / "pose_prior.safetensors"
+    if prior.is_file():
+        atomic_write(ship / POSE_PRIOR_FILE, lambda tmp: tmp.write_bytes(prior.read_bytes()))
 
     def summary(stage: str) -> dict:
         path = args.output / stage / "checkpoint.pt"
@@ -711,7 +808,8 @@ def stage_export(args) -> None:
         return {"steps": state["step"], "final_loss": sum(tail) / max(1, len(tail)),
                 "seconds": round(state["seconds"], 1), "cpu_seconds": round(state.get("cpu_seconds", 0.0), 1)}
 
-    files = [CHECKPOINT_FILE, MOTION_FILE, *(f"{DEPTH_FOLDER}/{name}" for name in depth_files)]
+    files = [CHECKPOINT_FILE, MOTION_FILE, *(f"{DEPTH_FOLDER}/{name}" for name in depth_files),
+             *([POSE_PRIOR_FILE] if prior.is_file() else [])]
     manifest = {
         "format": "mvcustom.tiny_world/1",
         "files": {name: {"sha256": file_sha256(ship / name), "bytes": (ship / name).stat().st_size} for name in files},
@@ -720,17 +818,20 @@ def stage_export(args) -> None:
                      "data": {"clips": args.clips, "world_seeds": [HELD_OUT_SEEDS, HELD_OUT_SEEDS + args.clips - 1]},
                      "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                      "vae": summary("vae"), "unet": summary("unet"), "depth": summary("depth"),
+                     "prior": summary("prior"),
                      "dense": {"steps": args.dense_steps, "window_end": "full"} if dense.is_file() else {},
                      "times": json.loads((args.output / "times.json").read_text())
                      if (args.output / "times.json").is_file() else {}},
     }
     atomic_write_text(ship / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     load_tiny_world(folder=ship)  # the real loaders accept what was written
+    if prior.is_file():
+        load_tiny_world_pose_prior(folder=ship)
     total = sum(entry["bytes"] for entry in manifest["files"].values())
     print(f"export: {len(files)} files, {total / 2**20:.2f} MiB in {ship}", flush=True)
 
 
-# ------------------------------------------------------------------------------------------ 7. preview
+# ------------------------------------------------------------------------------------------ 8. preview
 def stage_preview(args) -> None:
     from mvcustom_core.backbone.sampler import decode_latents, sample
     from mvcustom_core.backbone.text import encode_prompt
@@ -756,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, args.threads))  # the training loops share them out over their workers
     runners = {"data": stage_data, "vae": stage_vae, "unet": stage_unet, "dense": stage_dense,
-               "depth": stage_depth, "export": stage_export, "preview": stage_preview}
+               "depth": stage_depth, "prior": stage_prior, "export": stage_export, "preview": stage_preview}
     for stage in STAGES:
         if stage in args.stages:
             began, began_cpu = time.perf_counter(), time.process_time()

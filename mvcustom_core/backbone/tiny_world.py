@@ -11,8 +11,10 @@ The weights ship in ``mvcustom_core/weights/tiny_world/`` in the layouts of real
 checkpoint (LDM keys ``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.transformer.*``)
 read by :func:`~mvcustom_core.backbone.loading.load_sd15_checkpoint`, ``tiny_world_motion.safetensors`` an
 AnimateDiff motion module read by :func:`~mvcustom_core.backbone.motion_module.load_motion_module`.
-``manifest.json`` records each file's SHA-256 and how it was trained; loading checks the hashes. The
-weights come from ``scripts/train_tiny_world.py`` (``docs/tiny_world.md``).
+``tiny_world_pose_prior.safetensors`` holds pose-block weights trained across the training worlds' subjects, where
+customizations of this backbone start (:func:`load_tiny_world_pose_prior`). ``manifest.json`` records each file's
+SHA-256 and how it was trained; loading checks the hashes. The weights come from ``scripts/train_tiny_world.py``
+(``docs/tiny_world.md``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from .loading import Backbone, SD15Components, build_backbone, build_sd15_module
 from .motion_module import load_motion_module, trained_attention_window
 from .text import load_tokenizer
 
-__all__ = ["TINY_WORLD_CONFIGS", "CHECKPOINT_FILE", "MOTION_FILE", "DEPTH_FOLDER", "MANIFEST_FILE", "TinyWorldError",
+__all__ = ["TINY_WORLD_CONFIGS", "CHECKPOINT_FILE", "MOTION_FILE", "DEPTH_FOLDER", "POSE_PRIOR_FILE", "MANIFEST_FILE",
+           "TinyWorldError", "load_tiny_world_pose_prior",
            "weights_dir", "tiny_world_config", "tiny_world_components", "tiny_world_motion_adapter",
            "tiny_world_tokenizer", "fold_latent_scale", "file_sha256", "read_manifest", "verify_weights",
            "load_tiny_world", "tiny_world_depth_model", "save_depth_model", "load_tiny_world_depth",
@@ -42,6 +45,7 @@ TINY_WORLD_CONFIGS = {"unet": "tiny_world/unet", "vae": "tiny_world/vae", "text_
 CHECKPOINT_FILE = "tiny_world.safetensors"
 MOTION_FILE = "tiny_world_motion.safetensors"
 DEPTH_FOLDER = "tiny_world_depth"  # a transformers save_pretrained folder
+POSE_PRIOR_FILE = "tiny_world_pose_prior.safetensors"
 # Depth Anything's DPTImageProcessor settings at the built-in frame size ([0, 255] -> [-1, 1]).
 _DEPTH_PREPROCESSOR = {"image_processor_type": "DPTImageProcessor", "do_resize": True,
                        "size": {"height": 64, "width": 64}, "keep_aspect_ratio": False, "ensure_multiple_of": 8,
@@ -131,17 +135,26 @@ def verify_weights(folder: str | Path | None = None) -> dict[str, Any]:
     """
     folder = Path(folder or weights_dir())
     manifest = read_manifest(folder)
-    for name, entry in manifest["files"].items():
-        path = folder / name
-        if not path.is_file():
-            raise TinyWorldError(f"{path}: missing (listed in {folder / MANIFEST_FILE})")
-        if file_sha256(path) != entry["sha256"]:
-            head = path.read_bytes()[:64]
-            hint = (" (a Git LFS pointer: run 'git lfs pull', or clone without LFS filters)"
-                    if head.startswith(b"version https://git-lfs") else "")
-            raise TinyWorldError(f"{path}: SHA-256 differs from {folder / MANIFEST_FILE}{hint}; the file is "
-                                 "damaged or from another training run")
+    for name in manifest["files"]:
+        _verify_file(folder, manifest, name)
     return manifest
+
+
+def _verify_file(folder: Path, manifest: dict[str, Any], name: str) -> Path:
+    entry = manifest["files"].get(name)
+    path = folder / name
+    if entry is None:
+        raise TinyWorldError(f"{path}: not listed in {folder / MANIFEST_FILE}; the weights folder is from an older "
+                             "training run (re-train, or use the shipped folder)")
+    if not path.is_file():
+        raise TinyWorldError(f"{path}: missing (listed in {folder / MANIFEST_FILE})")
+    if file_sha256(path) != entry["sha256"]:
+        head = path.read_bytes()[:64]
+        hint = (" (a Git LFS pointer: run 'git lfs pull', or clone without LFS filters)"
+                if head.startswith(b"version https://git-lfs") else "")
+        raise TinyWorldError(f"{path}: SHA-256 differs from {folder / MANIFEST_FILE}{hint}; the file is "
+                             "damaged or from another training run")
+    return path
 
 
 def load_tiny_world(*, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
@@ -171,6 +184,19 @@ def load_tiny_world(*, dtype: torch.dtype = torch.float32, device: torch.device 
     set_motion_attention(unet, trained_attention_window(folder / MOTION_FILE))
     return Backbone(unet=unet, vae=components.vae, text_encoder=components.text_encoder,
                     tokenizer=tiny_world_tokenizer())
+
+
+def load_tiny_world_pose_prior(folder: str | Path | None = None, *, verify: bool = True):
+    """The built-in backbone's pose prior (:mod:`mvcustom_core.customization.pose_prior`): pose-block weights trained
+    across the training worlds' subjects, where the demo's and the ablation's customizations start.
+
+    Returns a :class:`~mvcustom_core.customization.pose_prior.PosePrior`.
+    """
+    from mvcustom_core.customization.pose_prior import load_pose_prior
+
+    folder = Path(folder or weights_dir())
+    path = _verify_file(folder, read_manifest(folder), POSE_PRIOR_FILE) if verify else folder / POSE_PRIOR_FILE
+    return load_pose_prior(path)
 
 
 # ------------------------------------------------------------------------------------------ depth

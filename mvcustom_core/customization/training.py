@@ -2,7 +2,9 @@
 
 Trained: every pose-conditioned block's FeatureNeRF and ``W_fuse`` and the subject token's input embedding, both at
 learning rate 1e-4 by default (``lr``, ``token_lr``: CustomDiffusion360's ``trainkeys: pose`` puts the token in the
-base-rate group). Frozen: everything else (UNet incl. motion modules, text encoder, VAE). Per-step details follow
+base-rate group). Frozen: everything else (UNet incl. motion modules, text encoder, VAE). The pose blocks start
+from the identity initialization (the paper's), or from ``pose_init``: a pose prior trained across subjects for the
+backbone (:mod:`~mvcustom_core.customization.pose_prior`). Per-step details follow
 CustomDiffusion360's released code; docs/customization.md tabulates them against ours. One step:
 
 1. draw F target photos (sorted, they form one clip whose cameras are the clip's target cameras), N references
@@ -41,7 +43,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +63,9 @@ from mvcustom_core.files import atomic_write
 
 __all__ = ["TrainingConfig", "TrainingResult", "TrainingError", "RegularizationSet", "CHECKPOINT_FORMAT", "train_customization",
            "checkpoint_path_for", "sample_timesteps", "spread_references", "reference_digest",
-           "encode_references", "unet_epsilon", "capture_reference_bank", "bank_indices", "load_checkpoint"]
+           "encode_references", "unet_epsilon", "capture_reference_bank", "bank_indices", "load_checkpoint",
+           "training_scheduler", "PoseWeights", "trainable_pose_blocks", "pose_weights_digest", "StepDraws",
+           "draw_step", "SubjectData", "step_loss"]
 
 CHECKPOINT_FORMAT = "mvcustom.training-checkpoint/1"
 _CHECKPOINT_KEYS = {"step", "data", "pose", "token", "optimizer", "generator", "config", "resume_key", "backbone",
@@ -305,11 +309,12 @@ def reference_digest(reference: ReferenceSet) -> str:
 
 def _write_checkpoint(path: Path, step: int, unet: nn.Module, token_vector: Tensor, optimizer, gen_state: Tensor,
                       config: TrainingConfig, fingerprint: dict, losses: list, data: str,
-                      regularization: str | None) -> None:
+                      inputs: dict[str, str | None]) -> None:
     """``data``: the subject's reference digest (what :func:`~.subject_files.subject_of` reads, so a later run
-    for the same subject may replace the file); ``regularization``: the digest of the regularization set, if any
-    (kept apart, so it never changes whose file this is)."""
-    extra = {} if regularization is None else {"regularization": regularization}
+    for the same subject may replace the file); ``inputs``: the digests of the other inputs a resumed run must
+    share (``"regularization"``, ``"pose_init"``; None: not given), kept apart so they never change whose file
+    this is."""
+    extra = {k: v for k, v in inputs.items() if v is not None}
     payload = {"format": CHECKPOINT_FORMAT, "step": int(step), "data": data, **extra,
                **_trainable_state(unet, token_vector),
                "optimizer": optimizer.state_dict(), "generator": gen_state.clone(),
@@ -389,6 +394,168 @@ def _step_inputs(ref_latents: Tensor, target_latents: Tensor, prompt: str, *, dr
     return torch.zeros_like(ref_latents), "", picture.expand_as(target_latents), caption
 
 
+def training_scheduler(unet: nn.Module):
+    """The DDPM noise schedule the backbone was trained with (AnimateDiff's linear betas for a motion UNet, SD1.5's
+    scaled-linear ones for an image UNet)."""
+    from diffusers import DDPMScheduler
+
+    from mvcustom_core.backbone.sampler import ANIMATEDIFF_SCHEDULER_CONFIG, SD15_SCHEDULER_CONFIG
+
+    config = ANIMATEDIFF_SCHEDULER_CONFIG if _has_motion(unet) else SD15_SCHEDULER_CONFIG
+    return DDPMScheduler(**{k: v for k, v in config.items()
+                            if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "steps_offset",
+                                     "clip_sample", "prediction_type")})
+
+
+PoseWeights = Mapping[str, Mapping[str, Tensor]]  # block name -> PoseConditionedBlock.own_state()
+
+
+def trainable_pose_blocks(unet: nn.Module, ctx: PoseContext, config: TrainingConfig,
+                          init: PoseWeights | None = None) -> list[nn.Parameter]:
+    """Install pose blocks on ``unet`` (a per-run view) and return their own weights, the only trainable ones.
+
+    The weights are drawn from ``config.seed`` (identity fusion, zero density head: the UNet is unchanged at the
+    start, method.md §3.2), or copied from ``init`` (e.g. a pose prior, :mod:`~.pose_prior`), which must hold
+    exactly the blocks and weights of that initialization.
+    """
+    with torch.random.fork_rng(devices=[]):  # pose weights drawn from the seed, global RNG untouched
+        torch.manual_seed(config.seed)
+        install_pose_blocks(unet, ctx, config.blocks, config_overrides=dict(config.featurenerf))
+    blocks = list(pose_blocks(unet))
+    if init is not None:
+        names = sorted(b.name for b in blocks)
+        if sorted(init) != names:
+            raise about("pose_init", TrainingError(
+                f"the pose initialization has blocks {sorted(init)}, this UNet with blocks={config.blocks!r} has "
+                f"{names}; use an initialization made for this backbone and block selection"))
+        for block in blocks:
+            own = block.own_state()
+            wrong = sorted(k for k in own if k not in init[block.name]
+                           or tuple(init[block.name][k].shape) != tuple(own[k].shape))
+            if wrong or len(init[block.name]) != len(own):
+                raise about("pose_init", TrainingError(
+                    f"the pose initialization of {block.name} does not fit its FeatureNeRF (e.g. {wrong[:1]}); "
+                    f"use one made with the same featurenerf settings ({dict(config.featurenerf)})"))
+            block.load_own_state(init[block.name])
+    params = [p for b in blocks for n, p in b.named_parameters() if not n.startswith("block.")]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def pose_weights_digest(weights: PoseWeights) -> str:
+    """SHA-256 of pose weights (names and values): a checkpoint only resumes from the same initialization."""
+    digest = hashlib.sha256()
+    for block in sorted(weights):
+        for name in sorted(weights[block]):
+            digest.update(f"{block}/{name}".encode())
+            digest.update(weights[block][name].detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class StepDraws:
+    """Every random draw of one training step (:func:`draw_step`).
+
+    Attributes:
+        targets: ``[F]`` sorted photo indices of the target clip; ``references``: ``[N]`` reference photo indices.
+        t: ``[1]`` target timestep; ``t_ref``: the references' timestep.
+        noise: ``[F, 4, h, w]`` target noise; ``ref_noise``: ``[N, 4, h, w]``.
+        featurenerf_seed: seeds the FeatureNeRF's ray jitter of the step.
+        drop_text, drop_refs: the step's dropouts; ``regularization``: the regularization picture replacing the
+            target when the references are dropped (None: none).
+    """
+
+    targets: Tensor
+    references: Tensor
+    t: Tensor
+    t_ref: int
+    noise: Tensor
+    ref_noise: Tensor
+    featurenerf_seed: int
+    drop_text: bool
+    drop_refs: bool
+    regularization: int | None
+
+
+def draw_step(gen: torch.Generator, num_photos: int, latent_shape: tuple[int, int, int], config: TrainingConfig,
+              num_train_timesteps: int, regularizations: int = 0) -> StepDraws:
+    """Draw one step from ``gen`` (always in this order, so a resumed run repeats an uninterrupted one)."""
+    targets, refs = _sample_step(gen, num_photos, config.frames, config.references)
+    t = sample_timesteps(gen, 1, num_train_timesteps, config.timesteps)
+    t_ref = int(torch.randint(0, config.reference_max_timestep, (1,), generator=gen))
+    noise = torch.randn((len(targets), *latent_shape), generator=gen)
+    ref_noise = torch.randn((len(refs), *latent_shape), generator=gen)
+    featurenerf_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    drop_text = float(torch.rand((), generator=gen)) < config.text_dropout
+    drop_refs = float(torch.rand((), generator=gen)) < config.reference_dropout
+    reg = int(torch.randint(0, regularizations, (1,), generator=gen)) if drop_refs and regularizations else None
+    return StepDraws(targets, refs, t, t_ref, noise, ref_noise, featurenerf_seed, drop_text, drop_refs, reg)
+
+
+@dataclass
+class SubjectData:
+    """One subject's training data on the backbone's device.
+
+    Attributes:
+        latents: ``[M, 4, h, w]`` diffusion-space latents of the photos (:func:`encode_references`).
+        images: ``[M, 3, H, W]`` photos in [0, 1]; ``masks``: ``[M, 1, H, W]`` subject masks.
+        cameras: the M normalized cameras.
+        prompt: the training prompt (``TrainingConfig.prompt()``).
+    """
+
+    latents: Tensor
+    images: Tensor
+    masks: Tensor
+    cameras: CameraSet
+    prompt: str
+
+
+def step_loss(unet: nn.Module, ctx: PoseContext, scheduler, text_encoder: nn.Module, tokenizer,
+              subject: SubjectData, draws: StepDraws, config: TrainingConfig,
+              regularization: tuple[Tensor, str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Stages 2-4 of a step (module docstring) on ``unet`` with pose blocks bound to ``ctx``: capture the reference
+    bank, render the target clip, and return ``(total loss, {"denoise", "fg", "bg", "rgb"})``.
+
+    ``regularization``: the picture ``[4, h, w]`` and caption of ``draws.regularization``.
+    """
+    from mvcustom_core.backbone.text import encode_prompt
+
+    device = subject.latents.device
+    ref_latents, ref_prompt, target_latents, target_prompt = _step_inputs(
+        subject.latents[draws.references], subject.latents[draws.targets], subject.prompt,
+        drop_text=draws.drop_text, drop_refs=draws.drop_refs, regularization=regularization)
+    ctx.generator = torch.Generator().manual_seed(draws.featurenerf_seed)
+    # 2. the reference bank of this step
+    with torch.no_grad():
+        ref_text = encode_prompt(text_encoder, tokenizer, ref_prompt, clip_skip=config.clip_skip)
+    ctx.jitter = False
+    capture_reference_bank(unet, ctx, ref_latents, subject.cameras[draws.references], [ref_text], draws.t_ref,
+                           draws.ref_noise, scheduler)
+    # 3. the target clip, rendered from the bank
+    ctx.mode, ctx.target_cams, ctx.jitter = "render", subject.cameras[draws.targets], True
+    ctx.outputs = {}
+    try:
+        text = encode_prompt(text_encoder, tokenizer, target_prompt, clip_skip=config.clip_skip)
+        noise = draws.noise.to(target_latents)
+        eps = unet_epsilon(unet, scheduler.add_noise(target_latents, noise, draws.t), draws.t.to(device), text)
+        outputs = [out for outs in ctx.outputs.values() for out in outs]
+    finally:
+        ctx.mode, ctx.outputs = "off", {}
+    # 4. the losses
+    target_masks = subject.masks[draws.targets]
+    loss_mask = target_masks if config.mask_denoising and not draws.drop_refs else None
+    parts = {"denoise": masked_denoising_loss(eps, noise, loss_mask, dilate=config.mask_dilate) * config.denoise_weight}
+    weights = FeatureNeRFLossWeights(fg=config.fg_weight, bg=config.bg_weight, rgb=config.rgb_weight)
+    fg = bg = rgb = torch.zeros((), device=device)
+    for out in outputs if not draws.drop_refs else ():  # nothing to fit without references
+        terms = featurenerf_losses(out, target_masks, subject.images[draws.targets], weights)
+        fg, bg = fg + terms["fg"], bg + terms["bg"]
+        rgb = rgb + terms.get("rgb", torch.zeros((), device=device))
+    parts.update(fg=fg, bg=bg, rgb=rgb)
+    return sum(parts.values()), parts
+
+
 # Hosts may call this under torch.inference_mode (ComfyUI runs every node in it): training needs autograd,
 # and modules or inputs created in inference mode cannot take part in it.
 @torch.inference_mode(False)
@@ -402,6 +569,7 @@ def train_customization(
     resume: bool = True,
     progress: ProgressFn | None = None,
     regularization: RegularizationSet | None = None,
+    pose_init: PoseWeights | None = None,
 ) -> TrainingResult:
     """Train a subject customization (see the module docstring).
 
@@ -419,6 +587,9 @@ def train_customization(
             (a checkpoint is written first when ``checkpoint`` is set), then the exception propagates.
         regularization: optional pictures + captions that replace the target in steps whose references are
             dropped (``config.reference_dropout``); part of what a checkpoint must be resumed with.
+        pose_init: where the pose blocks start instead of the identity initialization: ``{block name: own
+            weights}`` of a pose prior trained across subjects for this backbone (:mod:`~.pose_prior`; the built-in
+            backbone ships one); part of what a checkpoint must be resumed with.
 
     Returns:
         :class:`TrainingResult`.
@@ -449,7 +620,8 @@ def train_customization(
     data_digest = reference_digest(reference)
     if regularization is not None:
         regularization.check((h, w))
-    regularization_digest = None if regularization is None else regularization.digest()
+    inputs = {"regularization": None if regularization is None else regularization.digest(),
+              "pose_init": None if pose_init is None else pose_weights_digest(pose_init)}
     state = load_checkpoint(ckpt_path) if ckpt_path is not None and resume and ckpt_path.exists() else None
     if state is not None:
         if json.loads(state["resume_key"]) != config.resume_key():
@@ -463,32 +635,22 @@ def train_customization(
         if state.get("data") != data_digest:
             raise about("checkpoint", TrainingError(f"{ckpt_path}: checkpoint was written for other photos, masks or "
                                                     "cameras; turn resume off, or train on the same reference set"))
-        if state.get("regularization") != regularization_digest:
+        if state.get("regularization") != inputs["regularization"]:
             raise about("checkpoint", TrainingError(f"{ckpt_path}: checkpoint was written with other regularization "
                                                     "pictures or captions (or without them); turn resume off, or "
                                                     "train with the same ones"))
+        if state.get("pose_init") != inputs["pose_init"]:
+            raise about("checkpoint", TrainingError(f"{ckpt_path}: checkpoint was written from another pose "
+                                                    "initialization (or without one); turn resume off, or train "
+                                                    "from the same one"))
 
-    from diffusers import DDPMScheduler
-
-    from mvcustom_core.backbone.sampler import ANIMATEDIFF_SCHEDULER_CONFIG, SD15_SCHEDULER_CONFIG
-
-    sched_config = ANIMATEDIFF_SCHEDULER_CONFIG if _has_motion(unet) else SD15_SCHEDULER_CONFIG
-    scheduler = DDPMScheduler(**{k: v for k, v in sched_config.items()
-                                 if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
-                                          "steps_offset", "clip_sample", "prediction_type")})
+    scheduler = training_scheduler(unet)
     num_t = scheduler.config.num_train_timesteps
-
     ctx = PoseContext(ray_chunk=config.ray_chunk)
-    weights = FeatureNeRFLossWeights(fg=config.fg_weight, bg=config.bg_weight, rgb=config.rgb_weight)
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False)
-    with torch.random.fork_rng(devices=[]):  # pose weights drawn from the seed, global RNG untouched
-        torch.manual_seed(config.seed)
-        install_pose_blocks(unet, ctx, config.blocks, config_overrides=dict(config.featurenerf))
+    pose_params = trainable_pose_blocks(unet, ctx, config, pose_init)
     token_emb = add_subject_token(text_encoder, tokenizer, config.token, class_word=config.class_word)
-    pose_params = [p for b in pose_blocks(unet) for n, p in b.named_parameters() if not n.startswith("block.")]
-    for p in pose_params:
-        p.requires_grad_(True)
     optimizer = torch.optim.AdamW([
         {"params": pose_params, "lr": config.lr, "weight_decay": config.weight_decay},
         {"params": [token_emb.vector], "lr": config.token_lr, "weight_decay": config.weight_decay}])
@@ -512,6 +674,7 @@ def train_customization(
     latents = encode_references(vae, images)
     reg_latents = None if regularization is None else encode_references(vae, regularization.images.to(device))
     prompt, empty = config.prompt(), ""
+    subject = SubjectData(latents, images, masks, cams, prompt)
     from mvcustom_core.backbone.text import encode_prompt
 
     end = config.steps
@@ -521,50 +684,19 @@ def train_customization(
     def save(step: int, gen_state: Tensor) -> None:
         if ckpt_path is not None:
             _write_checkpoint(ckpt_path, step, unet, token_emb.vector, optimizer, gen_state, config,
-                              fingerprint, history, data_digest, regularization_digest)
+                              fingerprint, history, data_digest, inputs)
 
     try:
         for step in range(start, end):
-            targets, refs = _sample_step(gen, m, config.frames, config.references)
-            t = sample_timesteps(gen, 1, num_t, config.timesteps)
-            t_ref = torch.randint(0, config.reference_max_timestep, (1,), generator=gen)
-            noise = torch.randn(latents[targets].shape, generator=gen).to(latents)
-            ref_noise = torch.randn(latents[refs].shape, generator=gen).to(latents)
-            ctx.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-            drop_text = float(torch.rand((), generator=gen)) < config.text_dropout
-            drop_refs = float(torch.rand((), generator=gen)) < config.reference_dropout
-            reg = (int(torch.randint(0, reg_latents.shape[0], (1,), generator=gen))
-                   if drop_refs and reg_latents is not None else None)
-            ref_latents, ref_prompt, target_latents, target_prompt = _step_inputs(
-                latents[refs], latents[targets], prompt, drop_text=drop_text, drop_refs=drop_refs,
-                regularization=None if reg is None else (reg_latents[reg], regularization.captions[reg]))
-
-            with torch.no_grad():
-                ref_text = encode_prompt(text_encoder, tokenizer, ref_prompt, clip_skip=config.clip_skip)
-            ctx.jitter = False
-            capture_reference_bank(unet, ctx, ref_latents, cams[refs], [ref_text], int(t_ref), ref_noise, scheduler)
-
-            ctx.mode, ctx.target_cams, ctx.jitter = "render", cams[targets], True
-            ctx.outputs = {}
-            text = encode_prompt(text_encoder, tokenizer, target_prompt, clip_skip=config.clip_skip)
-            noisy = scheduler.add_noise(target_latents, noise, t)
-            eps = unet_epsilon(unet, noisy, t.to(device), text)
-            target_masks = masks[targets]
-            loss_mask = target_masks if config.mask_denoising and not drop_refs else None
-            parts = {"denoise": masked_denoising_loss(eps, noise, loss_mask, dilate=config.mask_dilate)
-                     * config.denoise_weight}
-            fg = bg = rgb = torch.zeros((), device=device)
-            for outs in ctx.outputs.values() if not drop_refs else ():  # nothing to fit without references
-                for out in outs:
-                    terms = featurenerf_losses(out, target_masks, images[targets], weights)
-                    fg, bg = fg + terms["fg"], bg + terms["bg"]
-                    rgb = rgb + terms.get("rgb", torch.zeros((), device=device))
-            parts.update(fg=fg, bg=bg, rgb=rgb)
-            total = sum(parts.values())
+            draws = draw_step(gen, m, tuple(latents.shape[1:]), config, num_t,
+                              regularizations=0 if reg_latents is None else reg_latents.shape[0])
+            reg = None if draws.regularization is None else (reg_latents[draws.regularization],
+                                                               regularization.captions[draws.regularization])
+            total, parts = step_loss(unet, ctx, scheduler, text_encoder, tokenizer, subject, draws, config,
+                                     regularization=reg)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            ctx.mode, ctx.outputs = "off", {}
 
             done, gen_done = step + 1, gen.get_state()
             record = {"total": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
@@ -588,7 +720,8 @@ def train_customization(
     capture_reference_bank(unet, ctx, latents[idx], cams[idx], texts, config.bank_timestep, bank_noise,
                            scheduler)
     training = {"config": asdict(config), "steps_done": done, "final_losses": history[-1] if history else {},
-                "num_photos": m, "bank_indices": idx.tolist(), "reference_digest": data_digest}
+                "num_photos": m, "bank_indices": idx.tolist(), "reference_digest": data_digest,
+                "pose_init": inputs["pose_init"]}
     customization = customization_from_unet(
         unet, ctx, token=config.token, class_word=config.class_word, token_embedding=token_emb.vector,
         prompt_template=config.prompt_template, training=training)

@@ -50,14 +50,16 @@ from mvcustom_core.eval.reprojection import masked_psnr, masked_ssim, reprojecti
 from mvcustom_core.synthetic.scene import SceneRender, SyntheticScene
 from mvcustom_core.synthetic.world import HELD_OUT_SEEDS, WorldSpec, build_world, world_spec
 
-__all__ = ["CONFIGS", "CONFIG_TITLES", "POSE_TOLERANCE_DEG", "WorldCase", "Generated", "make_case",
-           "customize_case", "generate", "anchor_depth_from_image", "score_views", "recover_azimuths",
+__all__ = ["CONFIGS", "CONFIG_TITLES", "POSE_TOLERANCE_DEG", "DEFAULT_CUSTOMIZE_STEPS", "WorldCase", "Generated",
+           "make_case", "turntable_references", "customization_config", "customize_case", "generate", "anchor_depth_from_image", "score_views", "recover_azimuths",
            "color_subject_mask", "run_case"]
 
 CONFIGS = ("backbone", "customized", "dfr", "dfr_clc")
 CONFIG_TITLES = {"backbone": "(a) backbone alone", "customized": "(b) + customization", "dfr": "(c) + DFR",
                  "dfr_clc": "(d) + DFR + CLC"}
 POSE_TOLERANCE_DEG = 5.0
+# Customization steps from the built-in pose prior (docs/ablation.md: from the identity initialization it took 150).
+DEFAULT_CUSTOMIZE_STEPS = 20
 _SEARCH_DEG = 100
 
 
@@ -117,8 +119,6 @@ def make_case(seed: int, *, size: int = 64, frames: int = 8, references: int = 8
     from the seed; references and targets share the radius and field of view, so the normalized frame
     has the references at radius 1 and the orbit too.
     """
-    from mvcustom_core.customization import prepare_reference_set
-    from mvcustom_core.synthetic import turntable_cameras
     from mvcustom_core.trajectories import make_trajectory
 
     if not 0 <= seed < HELD_OUT_SEEDS:
@@ -130,11 +130,7 @@ def make_case(seed: int, *, size: int = 64, frames: int = 8, references: int = 8
     start = draw(0.0, 360.0)
     span = span_deg if span_deg is not None else draw(60.0, 120.0)
     elevation = elevation_deg if elevation_deg is not None else draw(10.0, 30.0)
-    center = torch.tensor(scene.subject_center)
-    ref_cams = turntable_cameras(references, elevation_deg=20.0, radius=radius, image_size=(size, size),
-                                 fov_y_deg=fov_y_deg, target=scene.subject_center, start_azimuth_deg=start)
-    photos = scene.render(ref_cams, supersample=2)
-    reference = prepare_reference_set(photos.rgb, photos.coverage, ref_cams, center=center)
+    reference = turntable_references(scene, references, start, size=size, radius=radius, fov_y_deg=fov_y_deg)
     orbit = dict(span_deg=span, start_azimuth_deg=start, elevation_deg=elevation, loop=False,
                  image_size=(size, size), fov_y_deg=fov_y_deg, dtype=torch.float32)
     world_targets = make_trajectory("orbit", frames, radius=radius, target=scene.subject_center, **orbit)
@@ -146,16 +142,49 @@ def make_case(seed: int, *, size: int = 64, frames: int = 8, references: int = 8
     return WorldCase(spec, scene, reference, targets, truth, start, span, elevation, fov_y_deg)
 
 
-def customize_case(backbone, case: WorldCase, *, steps: int = 150, lr: float = 2e-3, token_lr: float = 2e-3,
-                   seed: int = 0, progress: Callable | None = None):
-    """Train the case's customization (FeatureNeRF pose blocks + token) on its references."""
-    from mvcustom_core.customization import TrainingConfig, train_customization
+def turntable_references(scene: SyntheticScene, count: int, start_azimuth_deg: float, *, size: int = 64,
+                         radius: float = 2.6, fov_y_deg: float = 40.0):
+    """``count`` photos of ``scene``'s subject on a turntable (elevation 20°) from ``start_azimuth_deg`` on, with
+    masks, as a normalized reference set (``prepare_reference_set``: subject at the origin, cameras at radius 1)."""
+    from mvcustom_core.customization import prepare_reference_set
+    from mvcustom_core.synthetic import turntable_cameras
 
-    template = "photo of a {token} {class_word}" + case.prompt()[len(case.spec.caption(ground=False, sky=False)):]
-    config = TrainingConfig(class_word=case.spec.category, prompt_template=template, steps=steps, lr=lr,
-                            token_lr=token_lr, frames=4, references=4, bank_views=8,
-                            featurenerf={"num_samples": 16}, seed=seed, checkpoint_every=max(1, steps))
-    return train_customization(backbone, case.reference, config, progress=progress).customization
+    cams = turntable_cameras(count, elevation_deg=20.0, radius=radius, image_size=(size, size), fov_y_deg=fov_y_deg,
+                             target=scene.subject_center, start_azimuth_deg=start_azimuth_deg)
+    photos = scene.render(cams, supersample=2)
+    return prepare_reference_set(photos.rgb, photos.coverage, cams, center=torch.tensor(scene.subject_center))
+
+
+def customization_config(spec: WorldSpec, *, steps: int, lr: float = 2e-3, token_lr: float = 2e-3, seed: int = 0):
+    """The customization settings of a world's subject: the token stands for "<colour> <category>" in the world's
+    caption ("photo of a <token> robot on snow ground under a blue sky"); 4 target frames and 4 references a step,
+    16 FeatureNeRF samples a ray."""
+    from mvcustom_core.customization import TrainingConfig
+
+    template = "photo of a {token} {class_word}" + spec.caption()[len(spec.caption(ground=False, sky=False)):]
+    return TrainingConfig(class_word=spec.category, prompt_template=template, steps=steps, lr=lr, token_lr=token_lr,
+                          frames=4, references=4, bank_views=8, featurenerf={"num_samples": 16}, seed=seed,
+                          checkpoint_every=max(1, steps))
+
+
+def customize_case(backbone, case: WorldCase, *, steps: int = DEFAULT_CUSTOMIZE_STEPS, lr: float = 2e-3,
+                   token_lr: float = 2e-3, seed: int = 0, pose_prior: Any = "built-in",
+                   progress: Callable | None = None):
+    """Train the case's customization (FeatureNeRF pose blocks + token) on its references.
+
+    ``pose_prior``: where the pose blocks start: ``"built-in"`` (the built-in backbone's pose prior,
+    :func:`~mvcustom_core.backbone.tiny_world.load_tiny_world_pose_prior`), a
+    :class:`~mvcustom_core.customization.pose_prior.PosePrior`, or None (the identity initialization).
+    """
+    from mvcustom_core.customization import train_customization
+
+    if isinstance(pose_prior, str) and pose_prior == "built-in":
+        from mvcustom_core.backbone.tiny_world import load_tiny_world_pose_prior
+
+        pose_prior = load_tiny_world_pose_prior()
+    config = customization_config(case.spec, steps=steps, lr=lr, token_lr=token_lr, seed=seed)
+    return train_customization(backbone, case.reference, config, progress=progress,
+                               pose_init=None if pose_prior is None else pose_prior.weights).customization
 
 
 @dataclass
@@ -377,9 +406,11 @@ def score_views(frames: Tensor, case: WorldCase, *, anchor_depth: Tensor | None 
     return out
 
 
-def run_case(backbone, depth_model, seed: int, *, customize_steps: int = 150, steps: int = 25,
-             sample_seed: int = 0, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Make, customize, generate (all of :data:`CONFIGS`) and score one case.
+def run_case(backbone, depth_model, seed: int, *, customize_steps: int = DEFAULT_CUSTOMIZE_STEPS, steps: int = 25,
+             sample_seed: int = 0, pose_prior: Any = "built-in",
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Make, customize (from ``pose_prior``, see :func:`customize_case`), generate (all of :data:`CONFIGS`) and score
+    one case.
 
     Returns ``{"case": WorldCase, "customization": ..., "generated": {config: Generated}, "scores": {config:
     dict}, "truth_scores": dict}`` (the ground truth scored like a generated set, an upper reference).
@@ -387,7 +418,7 @@ def run_case(backbone, depth_model, seed: int, *, customize_steps: int = 150, st
     say = progress or (lambda _message: None)
     case = make_case(seed)
     say(f"world {seed}: {case.prompt()} (orbit {case.span_deg:.0f} deg)")
-    customization = customize_case(backbone, case, steps=customize_steps, seed=sample_seed)
+    customization = customize_case(backbone, case, steps=customize_steps, seed=sample_seed, pose_prior=pose_prior)
     generated = {"backbone": generate(backbone, case, "backbone", steps=steps, seed=sample_seed)}
     generated["customized"] = generate(backbone, case, "customized", customization=customization, steps=steps,
                                        seed=sample_seed)

@@ -10,7 +10,8 @@ import torch
 
 from mvcustom_core.backbone.loading import detect_layout, open_state_file
 from mvcustom_core.backbone.tiny_world import (CHECKPOINT_FILE, DEPTH_FOLDER, MANIFEST_FILE, MOTION_FILE,
-                                               file_sha256, fold_latent_scale, load_tiny_world, load_tiny_world_depth,
+                                               POSE_PRIOR_FILE, file_sha256, fold_latent_scale, load_tiny_world,
+                                               load_tiny_world_depth, load_tiny_world_pose_prior,
                                                tiny_world_components)
 
 
@@ -176,12 +177,13 @@ def test_a_small_run_writes_weights_the_real_loaders_read(script, tmp_path):
     argv = ["--output", str(out), "--threads", "1", "--clips", "3", "--frames", "2", "--size", "32",
             "--vae-steps", "2", "--vae-crop-steps", "1", "--vae-crop", "16", "--vae-batch", "2", "--unet-steps", "2",
             "--unet-batch", "2", "--dense-steps", "2", "--dense-clips", "2", "--dense-batch", "1", "--depth-steps",
-            "2", "--depth-batch", "2", "--checkpoint-every", "1"]
+            "2", "--depth-batch", "2", "--prior-steps", "2", "--prior-worlds", "2", "--checkpoint-every", "1"]
     assert script.main(argv) == 0
     ship = out / "ship"
     manifest = json.loads((ship / MANIFEST_FILE).read_text())
     assert set(manifest["files"]) == {CHECKPOINT_FILE, MOTION_FILE, f"{DEPTH_FOLDER}/config.json",
-                                      f"{DEPTH_FOLDER}/model.safetensors", f"{DEPTH_FOLDER}/preprocessor_config.json"}
+                                      f"{DEPTH_FOLDER}/model.safetensors", f"{DEPTH_FOLDER}/preprocessor_config.json",
+                                      POSE_PRIOR_FILE}
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == file_sha256(ship / name)
     assert detect_layout(open_state_file(ship / CHECKPOINT_FILE).keys) == "sd15_checkpoint"
@@ -197,6 +199,14 @@ def test_a_small_run_writes_weights_the_real_loaders_read(script, tmp_path):
     torch.testing.assert_close(backbone.unet.conv_in.weight, conv.half().float())
     depth = load_tiny_world_depth(ship / DEPTH_FOLDER)  # through the pack's depth loader
     assert depth.family == "depth_anything" and depth.kind == "disparity"
+    # The pose prior trained: its fusion layers left the identity they start from, for the shipped UNet's blocks.
+    from mvcustom_core.customization import backbone_fingerprint
+
+    prior = load_tiny_world_pose_prior(folder=ship)
+    assert prior.backbone == backbone_fingerprint(backbone.unet) and manifest["training"]["prior"]["steps"] == 2
+    fuse = next(iter(prior.weights.values()))["fuse.weight"]
+    width = fuse.shape[0]
+    assert not torch.equal(fuse, torch.cat([torch.eye(width), torch.zeros(width, width)], 1))
     # A second run finds every stage done and rewrites the same files.
     before = {name: entry["sha256"] for name, entry in manifest["files"].items()}
     assert script.main(argv) == 0
