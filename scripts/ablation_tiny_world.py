@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--identity-start", action="store_true",
                    help="customize from the identity initialization (the paper's start) instead of the built-in "
                         "backbone's pose prior (then --customize-steps 150 as in docs/ablation.md)")
+    p.add_argument("--customize-lr", type=float, default=None,
+                   help="learning rate of the customization (default: 5e-4 from the prior, 2e-3 from the identity)")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--seed", type=int, default=0, help="sampling and customization seed")
     p.add_argument("--threads", type=int, default=2)
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         result = run_case(backbone, depth_model, world, customize_steps=args.customize_steps, steps=args.steps,
                           sample_seed=args.seed, pose_prior=None if args.identity_start else "built-in",
+                          customize_lr=args.customize_lr,
                           progress=lambda m: print(m, flush=True))
         case = result["case"]
         for config, generated in result["generated"].items():

@@ -199,8 +199,8 @@ def test_the_pose_prior_renders_held_out_subjects_from_their_references(backbone
     losses = {"prior": [], "identity": []}
     for world in HELD_OUT_WORLDS:
         case = make_case(world)
-        config = dataclasses.replace(customization_config(case.spec, steps=1), reference_dropout=0.0,
-                                     text_dropout=0.0)
+        config = dataclasses.replace(customization_config(case.spec, steps=1, lr=0.0, token_lr=0.0),
+                                     reference_dropout=0.0, text_dropout=0.0)
         assert (prior.blocks, prior.featurenerf) == (config.blocks, config.featurenerf)
         ref = case.reference
         subject = SubjectData(encode_references(backbone.vae, ref.images), ref.images, ref.masks, ref.cameras,

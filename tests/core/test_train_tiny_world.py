@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mvcustom_core.backbone.loading import detect_layout, open_state_file
+from mvcustom_core.customization.pose_prior import load_pose_prior
 from mvcustom_core.backbone.tiny_world import (CHECKPOINT_FILE, DEPTH_FOLDER, MANIFEST_FILE, MOTION_FILE,
                                                POSE_PRIOR_FILE, file_sha256, fold_latent_scale, load_tiny_world,
                                                load_tiny_world_depth, load_tiny_world_pose_prior,
@@ -172,12 +173,13 @@ def test_vae_loss_is_zero_only_for_a_perfect_reconstruction(script):
 
 
 @pytest.mark.slow
-def test_a_small_run_writes_weights_the_real_loaders_read(script, tmp_path):
+def test_a_small_run_writes_weights_the_real_loaders_read(script, tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = ["--output", str(out), "--threads", "1", "--clips", "3", "--frames", "2", "--size", "32",
             "--vae-steps", "2", "--vae-crop-steps", "1", "--vae-crop", "16", "--vae-batch", "2", "--unet-steps", "2",
             "--unet-batch", "2", "--dense-steps", "2", "--dense-clips", "2", "--dense-batch", "1", "--depth-steps",
-            "2", "--depth-batch", "2", "--prior-steps", "2", "--prior-worlds", "2", "--checkpoint-every", "1"]
+            "2", "--depth-batch", "2", "--prior-steps", "2", "--prior-worlds", "2", "--prior-inner-steps", "1",
+            "--checkpoint-every", "1"]
     assert script.main(argv) == 0
     ship = out / "ship"
     manifest = json.loads((ship / MANIFEST_FILE).read_text())
@@ -212,6 +214,32 @@ def test_a_small_run_writes_weights_the_real_loaders_read(script, tmp_path):
     assert script.main(argv) == 0
     after = json.loads((ship / MANIFEST_FILE).read_text())["files"]
     assert {name: entry["sha256"] for name, entry in after.items()} == before
+    # The prior stage, stopped by an error in its second outer step, resumes from its checkpoint to the same prior.
+    import shutil
+
+    import mvcustom_core.customization as customization
+
+    redo = tmp_path / "redo"
+    for part in ("unet", "vae"):
+        shutil.copytree(out / part, redo / part)
+    real, calls = customization.train_customization, []
+
+    def second_fails(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("stopped")
+        return real(*a, **k)
+
+    monkeypatch.setattr(customization, "train_customization", second_fails)
+    redo_argv = [*argv[:1], str(redo), *argv[2:], "--stages", "prior"]
+    with pytest.raises(RuntimeError, match="stopped"):
+        script.main(redo_argv)
+    assert torch.load(redo / "prior" / "checkpoint.pt", weights_only=True)["step"] == 1
+    assert script.main(redo_argv) == 0
+    resumed = load_pose_prior(redo / "prior" / "pose_prior.safetensors")
+    for block, state in prior.weights.items():
+        for name, value in state.items():
+            assert torch.equal(resumed.weights[block][name], value), (block, name)
 
 
 def test_min_snr_loss_weights_each_clip_by_its_timestep(script):
