@@ -4,7 +4,7 @@
     python scripts/ablation_tiny_world.py --out runs/ablation --worlds 20
 
 For each held-out world (seeds 0, 1, ... below ``HELD_OUT_SEEDS``): customize the built-in backbone on 8
-turntable photos, generate the world's target orbit as (a) backbone alone, (b) + customization,
+turntable photos (from its pose prior, or with ``--identity-start`` from the paper's identity initialization), generate the world's target orbit as (a) backbone alone, (b) + customization,
 (c) + DFR, (d) + DFR + CLC, and score every set against the world's exact ground truth
 (:mod:`mvcustom_core.eval.world_ablation`). Writes
 
