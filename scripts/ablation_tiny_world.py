@@ -4,9 +4,9 @@
     python scripts/ablation_tiny_world.py --out runs/ablation --worlds 20
 
 For each held-out world (seeds 0, 1, ... below ``HELD_OUT_SEEDS``): customize the built-in backbone on 8
-turntable photos (from its pose prior, or with ``--identity-start`` from the paper's identity initialization), generate the world's target orbit as (a) backbone alone, (b) + customization,
-(c) + DFR, (d) + DFR + CLC, and score every set against the world's exact ground truth
-(:mod:`mvcustom_core.eval.world_ablation`). Writes
+turntable photos (from its pose prior, or with ``--identity-start`` from the paper's identity initialization),
+generate the world's target orbit as (a) backbone alone, (b) + customization, (c) + DFR, (d) + DFR + CLC, and
+score every set against the world's exact ground truth (:mod:`mvcustom_core.eval.world_ablation`). Writes
 
 * ``<out>/<config>/world_XXX/``: frame PNGs, ``transforms.json``, the true ``depth.safetensors``,
   ``prompt.txt`` and ``references/`` (the layout of ``python -m mvcustom_core.eval``);

@@ -74,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="CPU threads in all, shared by the workers")
     p.add_argument("--workers", type=int, default=None,
                    help="replicas that each take a share of every batch at once (default: 2 on the CPU, 1 on a GPU)")
-    p.add_argument("--device", default="cpu", help="where the VAE, UNet, depth and prior stages train: cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="cpu",
+                   help="where the VAE, UNet, depth and prior stages train: cpu, cuda, cuda:1 ...")
     g = p.add_argument_group("data")
     g.add_argument("--clips", type=int, default=1200)
     g.add_argument("--frames", type=int, default=8)
@@ -709,8 +710,6 @@ def prior_task(args, step: int):
     """Outer step ``step``'s task: the subject of training world ``HELD_OUT_SEEDS + step mod --prior-worlds`` (8
     turntable photos from a start azimuth drawn from the step's generator) and its customization settings (the
     demo's, token frozen, ``--prior-inner-steps`` steps at ``--prior-lr``, seeded by the step)."""
-    import dataclasses
-
     from mvcustom_core.eval.world_ablation import customization_config, turntable_references
     from mvcustom_core.synthetic.world import HELD_OUT_SEEDS, build_world, world_spec
 
@@ -718,9 +717,8 @@ def prior_task(args, step: int):
     spec = world_spec(HELD_OUT_SEEDS + step % args.prior_worlds)
     reference = turntable_references(build_world(spec), PRIOR_REFERENCES, 360.0 * float(torch.rand((), generator=g)),
                                      size=args.size)
-    config = customization_config(spec, steps=args.prior_inner_steps, lr=args.prior_lr, token_lr=0.0,
-                                  seed=int(torch.randint(0, 2**31, (1,), generator=g)))
-    return reference, dataclasses.replace(config, checkpoint_every=args.prior_inner_steps)
+    return reference, customization_config(spec, steps=args.prior_inner_steps, lr=args.prior_lr, token_lr=0.0,
+                                           seed=int(torch.randint(0, 2**31, (1,), generator=g)))
 
 
 def stage_prior(args) -> None:

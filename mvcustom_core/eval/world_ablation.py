@@ -51,8 +51,8 @@ from mvcustom_core.synthetic.scene import SceneRender, SyntheticScene
 from mvcustom_core.synthetic.world import HELD_OUT_SEEDS, WorldSpec, build_world, world_spec
 
 __all__ = ["CONFIGS", "CONFIG_TITLES", "POSE_TOLERANCE_DEG", "DEFAULT_CUSTOMIZE_STEPS", "PRIOR_CUSTOMIZE_LR",
-           "IDENTITY_CUSTOMIZE_LR", "WorldCase", "Generated", "make_case", "turntable_references", "customization_config",
-           "customize_case", "generate", "anchor_depth_from_image", "score_views", "recover_azimuths",
+           "IDENTITY_CUSTOMIZE_LR", "WorldCase", "Generated", "make_case", "turntable_references",
+           "customization_config", "customize_case", "generate", "anchor_depth_from_image", "score_views", "recover_azimuths",
            "color_subject_mask", "run_case"]
 
 CONFIGS = ("backbone", "customized", "dfr", "dfr_clc")
