@@ -42,6 +42,7 @@ def bench_unet_step(workers: int, threads: int, fused: bool, steps: int) -> dict
     """Median seconds of one UNet-stage step with ``workers`` replicas on ``threads`` CPU threads in all."""
     from mvcustom_core.backbone.text import encode_prompt
     from mvcustom_core.backbone.tiny_world import tiny_world_tokenizer
+    from mvcustom_core.customization.training import training_scheduler
 
     script = _script()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,7 +52,7 @@ def bench_unet_step(workers: int, threads: int, fused: bool, steps: int) -> dict
     optimizer = (script._adamw(list(params.values()), 1e-4) if fused
                  else torch.optim.AdamW(list(params.values()), lr=1e-4, weight_decay=1e-2))
     ema = script.EMA(params, 0.999)  # the script's foreach EMA; the per-tensor one it replaced is timed inline below
-    tokenizer, scheduler = tiny_world_tokenizer(), script._noise_scheduler()
+    tokenizer, scheduler = tiny_world_tokenizer(), training_scheduler(unet)
 
     def batch_loss(replica: nn.Module, step: int, rows: torch.Tensor) -> torch.Tensor:
         g = torch.Generator().manual_seed(step)

@@ -514,15 +514,6 @@ def _fresh_unet_parts(args):
     return components, unet
 
 
-def _noise_scheduler():
-    from diffusers import DDPMScheduler
-
-    from mvcustom_core.backbone.sampler import ANIMATEDIFF_SCHEDULER_CONFIG
-
-    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
-    return DDPMScheduler(**{k: ANIMATEDIFF_SCHEDULER_CONFIG[k] for k in keys})
-
-
 def min_snr_loss(unet: nn.Module, latents: Tensor, text: Tensor, scheduler, noise: Tensor, timesteps: Tensor,
                  gamma: float) -> Tensor:
     """ε-prediction MSE per clip weighted by ``min(SNR_t, γ) / SNR_t`` (Min-SNR-γ; Hang et al. 2023, "Efficient
@@ -546,6 +537,8 @@ def stage_unet(args) -> None:
     from mvcustom_core.backbone.sampler import LATENT_SCALE
     from mvcustom_core.backbone.text import encode_prompt
     from mvcustom_core.backbone.tiny_world import tiny_world_tokenizer
+    from mvcustom_core.customization.training import training_scheduler
+
     folder = args.output / "unet"
     if (folder / "unet.safetensors").is_file():
         return
@@ -554,7 +547,7 @@ def stage_unet(args) -> None:
     components, unet = _fresh_unet_parts(args)
     model = nn.ModuleDict({"unet": unet, "text": components.text_encoder}).to(args.device).train()
     tokenizer = tiny_world_tokenizer()
-    scheduler = _noise_scheduler()
+    scheduler = training_scheduler(unet)  # AnimateDiff's linear betas, as the sampler and customization use
     num_t = scheduler.config.num_train_timesteps
 
     def batch_loss(replica: nn.Module, step: int, rows: Tensor) -> Tensor:
@@ -731,6 +724,8 @@ def stage_prior(args) -> None:
     """
     from mvcustom_core.customization import backbone_fingerprint, train_customization
     from mvcustom_core.customization.pose_prior import PosePrior, save_pose_prior
+    from mvcustom_core.eval.world_ablation import customization_config
+    from mvcustom_core.synthetic.world import HELD_OUT_SEEDS, world_spec
 
     folder = args.output / "prior"
     ckpt_path = folder / "checkpoint.pt"
@@ -771,7 +766,9 @@ def stage_prior(args) -> None:
                 _save_torch(ckpt_path, payload(done))
             if flag.reason:
                 raise SystemExit(f"prior: stopped by {flag.reason} at step {done}; re-run the same command to resume")
-    config = prior_task(args, 0)[1]
+    # The block selection and FeatureNeRF settings, the same for every world (no photos rendered for them).
+    config = customization_config(world_spec(HELD_OUT_SEEDS), steps=args.prior_inner_steps, lr=args.prior_lr,
+                                  token_lr=0.0)
     prior = PosePrior(weights, config.blocks, dict(config.featurenerf), backbone_fingerprint(backbone.unet),
                       {"method": "reptile", "outer_steps": args.prior_steps, "inner_steps": args.prior_inner_steps,
                        "worlds": args.prior_worlds, "lr": args.prior_lr, "references": PRIOR_REFERENCES})
@@ -785,9 +782,8 @@ def stage_export(args) -> None:
     from mvcustom_core.backbone.tiny_world import (CHECKPOINT_FILE, DEPTH_FOLDER, MANIFEST_FILE, MOTION_FILE,
                                                    POSE_PRIOR_FILE, file_sha256, load_tiny_world,
                                                    load_tiny_world_pose_prior, save_depth_model)
-    from mvcustom_core.files import atomic_write
     from mvcustom_core.backbone.training import motion_adapter_from_unet
-    from mvcustom_core.files import atomic_write_text
+    from mvcustom_core.files import atomic_write, atomic_write_text
     from mvcustom_core.synthetic.world import HELD_OUT_SEEDS
 
     dense = args.output / "dense" / "motion_module.safetensors"

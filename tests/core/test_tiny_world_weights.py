@@ -9,6 +9,7 @@ import torch
 
 from mvcustom_core.backbone.loading import detect_layout, open_state_file
 from mvcustom_core.backbone.motion_module import inspect_motion_module
+from mvcustom_core.customization.training import training_scheduler
 from mvcustom_core.backbone.tiny_world import (CHECKPOINT_FILE, DEPTH_FOLDER, MANIFEST_FILE, MOTION_FILE,
                                                TinyWorldError, estimate_disparity, file_sha256, load_tiny_world,
                                                load_tiny_world_depth, load_tiny_world_pose_prior, read_manifest,
@@ -113,22 +114,13 @@ def _epsilon_mse(backbone, latents, captions) -> float:
     """Mean ε-prediction error over the clips, one timestep of :data:`TIMESTEPS` each, fixed noise."""
     from mvcustom_core.backbone.text import encode_prompt
 
-    scheduler = _training_scheduler()
+    scheduler = training_scheduler(backbone.unet)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
     t = torch.tensor(TIMESTEPS)
     text = encode_prompt(backbone.text_encoder, backbone.tokenizer, captions)
     noisy = scheduler.add_noise(latents, noise, t)
     prediction = backbone.unet(noisy, t, encoder_hidden_states=text.repeat_interleave(latents.shape[2], 0)).sample
     return float((prediction - noise).pow(2).mean())
-
-
-def _training_scheduler():
-    from diffusers import DDPMScheduler
-
-    from mvcustom_core.backbone.sampler import ANIMATEDIFF_SCHEDULER_CONFIG
-
-    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
-    return DDPMScheduler(**{k: ANIMATEDIFF_SCHEDULER_CONFIG[k] for k in keys})
 
 
 @torch.no_grad()
@@ -191,7 +183,7 @@ def test_the_pose_prior_renders_held_out_subjects_from_their_references(backbone
     from mvcustom_core.backbone.module_view import module_view
     from mvcustom_core.customization import PoseContext
     from mvcustom_core.customization.training import (SubjectData, draw_step, encode_references, step_loss,
-                                                      trainable_pose_blocks, training_scheduler)
+                                                      trainable_pose_blocks)
     from mvcustom_core.eval.world_ablation import customization_config, make_case
 
     prior = load_tiny_world_pose_prior()

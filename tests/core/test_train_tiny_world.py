@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from mvcustom_core.backbone.loading import detect_layout, open_state_file
-from mvcustom_core.customization.pose_prior import load_pose_prior
 from mvcustom_core.backbone.tiny_world import (CHECKPOINT_FILE, DEPTH_FOLDER, MANIFEST_FILE, MOTION_FILE,
                                                POSE_PRIOR_FILE, file_sha256, fold_latent_scale, load_tiny_world,
                                                load_tiny_world_depth, load_tiny_world_pose_prior,
                                                tiny_world_components)
+from mvcustom_core.customization.pose_prior import load_pose_prior
 
 
 @pytest.fixture(scope="module")
