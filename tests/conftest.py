@@ -56,6 +56,19 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def subject_turntable():
+    """``(views, size=64) -> (SceneRender, CameraSet)``: a subject alone (synthetic world seed 1, no ground) on a
+    turntable 20° up at radius 2.5, the photos most customization tests train on."""
+    from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
+
+    def render(views: int, size: int = 64):
+        cams = turntable_cameras(views, elevation_deg=20.0, radius=2.5, image_size=(size, size), fov_y_deg=45.0)
+        return SyntheticScene(seed=1, ground=False).render(cams), cams
+
+    return render
+
+
 def import_file(path: Path, name: str | None = None):
     """Import a Python file by path as a fresh module (scripts/ and test-support files: the suite runs with
     --import-mode=importlib, so they are not on sys.path)."""

@@ -12,16 +12,15 @@ from mvcustom_core.cameras import save_camera_file
 from mvcustom_core.customization.cli import main, read_photos, read_regularization
 from mvcustom_core.customization.file_format import load_customization
 from mvcustom_core.files import save_png
-from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
+from mvcustom_core.synthetic import turntable_cameras
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture
-def photo_folders(tmp_path):
-    cams = turntable_cameras(4, elevation_deg=20.0, radius=2.5, image_size=(64, 64), fov_y_deg=45.0)
-    render = SyntheticScene(seed=1, ground=False).render(cams)
+def photo_folders(tmp_path, subject_turntable):
+    render, _ = subject_turntable(4)
     images, masks = tmp_path / "photos", tmp_path / "masks"
     for i in range(4):
         save_png(render.rgb[i], images / f"view_{i:02}.png")

@@ -20,7 +20,6 @@ from mvcustom_core.customization import training
 from mvcustom_core.customization.pose_block import PoseContext, install_pose_blocks, remove_pose_blocks
 from mvcustom_core.customization.reference_poses import prepare_reference_set
 from mvcustom_core.customization.training import TrainingConfig, capture_reference_bank, train_customization
-from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 
 SIZE = 64
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding of differently batched kernels
@@ -36,9 +35,8 @@ def backbone():
 
 
 @pytest.fixture(scope="module")
-def reference():
-    cams = turntable_cameras(6, elevation_deg=20.0, radius=2.5, image_size=(SIZE, SIZE), fov_y_deg=45.0)
-    render = SyntheticScene(seed=1, ground=False).render(cams)
+def reference(subject_turntable):
+    render, cams = subject_turntable(6, SIZE)
     return prepare_reference_set(render.rgb, render.mask, cams, center=torch.zeros(3))
 
 

@@ -15,14 +15,18 @@ from mvcustom_core.customization.reference_poses import (
 from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 
 
-def _photos(n: int = 4, size: int = 32):
-    cams = turntable_cameras(n, elevation_deg=20.0, radius=2.5, image_size=(size, size), fov_y_deg=45.0)
-    render = SyntheticScene(seed=1, ground=False).render(cams)
-    return render.rgb, render.mask, cams
+@pytest.fixture
+def photos(subject_turntable):
+    """``(views=4) -> (rgb, mask, cams)`` at 32²."""
+    def make(views: int = 4):
+        render, cams = subject_turntable(views, 32)
+        return render.rgb, render.mask, cams
+
+    return make
 
 
-def test_bad_inputs_raise_errors_naming_the_input():
-    rgb, mask, cams = _photos()
+def test_bad_inputs_raise_errors_naming_the_input(photos):
+    rgb, mask, cams = photos()
     with pytest.raises(ReferenceInputError, match="images: 1 reference image"):
         check_reference_inputs(rgb[:1], mask[:1], cams[:1])
     with pytest.raises(ReferenceInputError, match="cameras: 3 cameras for 4 images"):
@@ -46,8 +50,8 @@ def test_bad_inputs_raise_errors_naming_the_input():
         check_reference_inputs(rgb, mask, cams.with_image_size((32, 64)))
 
 
-def test_comfy_layout_masks_and_rescaled_cameras_are_accepted():
-    rgb, mask, cams = _photos()
+def test_comfy_layout_masks_and_rescaled_cameras_are_accepted(photos):
+    rgb, mask, cams = photos()
     imgs, masks, scaled = check_reference_inputs(rgb, mask[:, 0], cams.with_image_size((64, 64)))
     assert masks.shape == (4, 1, 32, 32) and torch.equal(masks, mask)
     torch.testing.assert_close(scaled.K, cams.K)  # rescaled back to the photos' size
@@ -71,8 +75,8 @@ def test_turntable_cameras_circle_the_origin_at_unit_distance_in_order():
     torch.testing.assert_close(cams.fov_y_deg(), torch.full((8,), 50.0))
 
 
-def test_pose_file_cameras_are_normalized_to_the_unit_sphere_around_the_subject(tmp_path):
-    rgb, mask, _ = _photos(5)
+def test_pose_file_cameras_are_normalized_to_the_unit_sphere_around_the_subject(tmp_path, photos):
+    rgb, mask, _ = photos(5)
     # Cameras in an arbitrary world: orbit of radius 3.7 around (1, -2, 0.5).
     cams = turntable_cameras(5, elevation_deg=25.0, radius=3.7, image_size=(32, 32), fov_y_deg=45.0,
                              target=(1.0, -2.0, 0.5), dtype=torch.float64)

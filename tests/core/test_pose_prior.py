@@ -13,7 +13,6 @@ from mvcustom_core.customization import backbone_fingerprint, prepare_reference_
 from mvcustom_core.customization.pose_prior import PosePrior, PosePriorError, load_pose_prior, save_pose_prior
 from mvcustom_core.customization.training import (TrainingConfig, TrainingError, pose_weights_digest,
                                                   train_customization)
-from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -30,9 +29,8 @@ def backbone():
 
 
 @pytest.fixture(scope="module")
-def reference():
-    cams = turntable_cameras(6, elevation_deg=20.0, radius=2.5, image_size=(64, 64), fov_y_deg=45.0)
-    render = SyntheticScene(seed=1, ground=False).render(cams)
+def reference(subject_turntable):
+    render, cams = subject_turntable(6)
     return prepare_reference_set(render.rgb, render.mask, cams, center=torch.zeros(3))
 
 

@@ -22,7 +22,6 @@ from mvcustom_core.backbone.tiny import TINY_CONFIGS, tiny_backbone, tiny_compon
 from mvcustom_core.backbone.training import save_motion_module
 from mvcustom_core.cameras import CameraSet, look_at
 from mvcustom_core.customization.pose_block import pose_blocks
-from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 
 from .conftest import fake_comfy, run_node
 
@@ -109,9 +108,8 @@ def test_the_bridged_unet_is_the_core_backbone_over_the_models_loaded_tensors(no
 
 
 @pytest.fixture
-def photos():
-    cams = turntable_cameras(4, elevation_deg=20.0, radius=2.5, image_size=(64, 64), fov_y_deg=45.0)
-    render = SyntheticScene(seed=1, ground=False).render(cams)
+def photos(subject_turntable):
+    render, cams = subject_turntable(4)
     return render.rgb.permute(0, 2, 3, 1).contiguous(), render.mask[:, 0].contiguous(), cams
 
 

@@ -12,7 +12,6 @@ from mvcustom_core.backbone.tiny import tiny_backbone
 from mvcustom_core.customization.file_format import load_customization
 from mvcustom_core.customization.reference_poses import turntable_reference_cameras
 from mvcustom_core.customization.training import checkpoint_path_for, load_checkpoint
-from mvcustom_core.synthetic import SyntheticScene, turntable_cameras
 
 from .conftest import PACK_NAME, run_node
 
@@ -35,9 +34,8 @@ def backbone():
 
 
 @pytest.fixture(scope="module")
-def photos():
-    cams = turntable_cameras(4, elevation_deg=20.0, radius=2.5, image_size=(64, 64), fov_y_deg=45.0)
-    render = SyntheticScene(seed=1, ground=False).render(cams)
+def photos(subject_turntable):
+    render, cams = subject_turntable(4)
     return render.rgb.permute(0, 2, 3, 1).contiguous(), render.mask[:, 0].contiguous(), cams
 
 
