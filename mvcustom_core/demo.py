@@ -18,6 +18,7 @@ Each stage writes its PNGs atomically and prints what it wrote.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from mvcustom_core.cameras import CameraSet
 from mvcustom_core.eval.world_ablation import DEFAULT_CUSTOMIZE_STEPS
 from mvcustom_core.files import colorize, image_grid, save_png
 from mvcustom_core.ops import apply_plan, build_feature_mesh, plan_mesh_render
-from mvcustom_core.synthetic import SyntheticScene
+from mvcustom_core.synthetic import SceneRender, SyntheticScene
 from mvcustom_core.synthetic.world import HELD_OUT_SEEDS
 from mvcustom_core.trajectories import make_trajectory, render_trajectory_preview
 
@@ -61,10 +62,16 @@ def _orbit(frames: int, size: int) -> CameraSet:
                            span_deg=120.0, start_azimuth_deg=-60.0, loop=False, dtype=torch.float32)
 
 
+@functools.lru_cache(maxsize=1)
+def _orbit_truth(frames: int, size: int, seed: int) -> tuple[CameraSet, SceneRender]:
+    """The synthetic scene along the demo's orbit, rendered once for the synthetic and the DFR stage."""
+    cams = _orbit(frames, size)
+    return cams, SyntheticScene(seed=seed, max_frequency=6.0).render(cams, supersample=2)
+
+
 def demo_synthetic(out: Path, frames: int = 8, size: int = 128, seed: int = 0) -> list[Path]:
     """RGB / depth / mask grids of the synthetic scene along a 120° orbit."""
-    scene = SyntheticScene(seed=seed, max_frequency=6.0)
-    r = scene.render(_orbit(frames, size), supersample=2)
+    _, r = _orbit_truth(frames, size, seed)
     cols = min(frames, 4)
     return [
         save_png(image_grid(r.rgb, cols), out / "synthetic" / "rgb.png"),
@@ -75,9 +82,7 @@ def demo_synthetic(out: Path, frames: int = 8, size: int = 128, seed: int = 0) -
 
 def demo_dfr(out: Path, frames: int = 8, size: int = 128, seed: int = 0) -> list[Path]:
     """Anchor colours rendered through the anchor depth mesh into the other views (method.md §7.2)."""
-    scene = SyntheticScene(seed=seed, max_frequency=6.0)
-    cams = _orbit(frames, size)
-    truth = scene.render(cams, supersample=2)
+    cams, truth = _orbit_truth(frames, size, seed)
     anchor = frames // 2
     depth = truth.depth[anchor, 0]
     mesh = build_feature_mesh(depth.where(truth.valid[anchor, 0], torch.zeros_like(depth)), cams[anchor],

@@ -30,7 +30,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a file from a checkout
 
 import torch  # noqa: E402
 
-from mvcustom_core.eval.world_ablation import DEFAULT_CUSTOMIZE_STEPS  # noqa: E402
+from mvcustom_core.eval.world_ablation import CUSTOMIZE_LR, DEFAULT_CUSTOMIZE_STEPS  # noqa: E402
 
 KEYS = ("ground_reproj_psnr", "anchor_reproj_psnr", "azimuth_error_deg", "pose_accuracy", "neighbour_reproj_psnr",
         "background_psnr", "background_ssim", "subject_iou", "subject_color_err")
@@ -51,8 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--identity-start", action="store_true",
                    help="customize from the identity initialization (the paper's start) instead of the built-in "
                         "backbone's pose prior (then --customize-steps 150 as in docs/ablation.md)")
-    p.add_argument("--customize-lr", type=float, default=None,
-                   help="learning rate of the customization (default: 5e-4 from the prior, 2e-3 from the identity)")
+    p.add_argument("--customize-lr", type=float, default=CUSTOMIZE_LR, help="learning rate of the customization")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--seed", type=int, default=0, help="sampling and customization seed")
     p.add_argument("--threads", type=int, default=2)

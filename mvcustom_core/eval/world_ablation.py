@@ -50,8 +50,8 @@ from mvcustom_core.eval.reprojection import masked_psnr, masked_ssim, reprojecti
 from mvcustom_core.synthetic.scene import SceneRender, SyntheticScene
 from mvcustom_core.synthetic.world import HELD_OUT_SEEDS, WorldSpec, build_world, world_spec
 
-__all__ = ["CONFIGS", "CONFIG_TITLES", "POSE_TOLERANCE_DEG", "DEFAULT_CUSTOMIZE_STEPS", "PRIOR_CUSTOMIZE_LR",
-           "IDENTITY_CUSTOMIZE_LR", "WorldCase", "Generated", "make_case", "turntable_references",
+__all__ = ["CONFIGS", "CONFIG_TITLES", "POSE_TOLERANCE_DEG", "DEFAULT_CUSTOMIZE_STEPS", "CUSTOMIZE_LR",
+           "WorldCase", "Generated", "make_case", "turntable_references",
            "customization_config", "customize_case", "generate", "anchor_depth_from_image", "score_views", "recover_azimuths",
            "color_subject_mask", "run_case"]
 
@@ -59,11 +59,10 @@ CONFIGS = ("backbone", "customized", "dfr", "dfr_clc")
 CONFIG_TITLES = {"backbone": "(a) backbone alone", "customized": "(b) + customization", "dfr": "(c) + DFR",
                  "dfr_clc": "(d) + DFR + CLC"}
 POSE_TOLERANCE_DEG = 5.0
-# Customization from the built-in pose prior: 20 steps at 5e-4; from the identity initialization the ablation took 150
-# steps at 2e-3 (docs/ablation.md measures both).
-DEFAULT_CUSTOMIZE_STEPS = 20
-PRIOR_CUSTOMIZE_LR = 5e-4
-IDENTITY_CUSTOMIZE_LR = 2e-3
+# Customization from the built-in pose prior: 10 steps; from the identity initialization the ablation takes 150. Both
+# at the learning rate the prior's inner steps took (docs/ablation.md measures both, and other step counts and rates).
+DEFAULT_CUSTOMIZE_STEPS = 10
+CUSTOMIZE_LR = 2e-3
 _SEARCH_DEG = 100
 
 
@@ -171,15 +170,14 @@ def customization_config(spec: WorldSpec, *, steps: int, lr: float, token_lr: fl
                           checkpoint_every=max(1, steps))
 
 
-def customize_case(backbone, case: WorldCase, *, steps: int = DEFAULT_CUSTOMIZE_STEPS, lr: float | None = None,
+def customize_case(backbone, case: WorldCase, *, steps: int = DEFAULT_CUSTOMIZE_STEPS, lr: float = CUSTOMIZE_LR,
                    seed: int = 0, pose_prior: Any = "built-in", progress: Callable | None = None):
     """Train the case's customization (FeatureNeRF pose blocks + token) on its references.
 
     ``pose_prior``: where the pose blocks start: ``"built-in"`` (the built-in backbone's pose prior,
     :func:`~mvcustom_core.backbone.tiny_world.load_tiny_world_pose_prior`), a
     :class:`~mvcustom_core.customization.pose_prior.PosePrior`, or None (the identity initialization).
-    ``lr``: of the pose weights and the token alike; None: :data:`PRIOR_CUSTOMIZE_LR` from a prior,
-    :data:`IDENTITY_CUSTOMIZE_LR` from the identity.
+    ``lr``: of the pose weights and the token alike.
     """
     from mvcustom_core.customization import train_customization
 
@@ -187,8 +185,6 @@ def customize_case(backbone, case: WorldCase, *, steps: int = DEFAULT_CUSTOMIZE_
         from mvcustom_core.backbone.tiny_world import load_tiny_world_pose_prior
 
         pose_prior = load_tiny_world_pose_prior()
-    if lr is None:
-        lr = IDENTITY_CUSTOMIZE_LR if pose_prior is None else PRIOR_CUSTOMIZE_LR
     config = customization_config(case.spec, steps=steps, lr=lr, token_lr=lr, seed=seed)
     return train_customization(backbone, case.reference, config, progress=progress,
                                pose_init=None if pose_prior is None else pose_prior.weights).customization
@@ -414,7 +410,7 @@ def score_views(frames: Tensor, case: WorldCase, *, anchor_depth: Tensor | None 
 
 
 def run_case(backbone, depth_model, seed: int, *, customize_steps: int = DEFAULT_CUSTOMIZE_STEPS, steps: int = 25,
-             sample_seed: int = 0, pose_prior: Any = "built-in", customize_lr: float | None = None,
+             sample_seed: int = 0, pose_prior: Any = "built-in", customize_lr: float = CUSTOMIZE_LR,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Make, customize (from ``pose_prior``, see :func:`customize_case`), generate (all of :data:`CONFIGS`) and score
     one case.
