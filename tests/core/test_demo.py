@@ -61,7 +61,10 @@ def test_pipeline_customizes_samples_exports_and_scores_a_held_out_world(demo_ou
     from mvcustom_core.backbone.tiny_world import load_tiny_world_pose_prior
     from mvcustom_core.customization.training import pose_weights_digest
 
+    from mvcustom_core.eval.world_ablation import CUSTOMIZE_LR
+
     assert custom.training["pose_init"] == pose_weights_digest(load_tiny_world_pose_prior().weights)
+    assert custom.training["config"]["lr"] == custom.training["config"]["token_lr"] == CUSTOMIZE_LR
     cams = load_camera_file(folder / "export" / "transforms.json")
     assert len(cams) == 8
     torch.testing.assert_close(cams.c2w.float(), case.targets.c2w.float(), rtol=0, atol=1e-5)  # the world's orbit
