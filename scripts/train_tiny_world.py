@@ -783,7 +783,7 @@ def stage_export(args) -> None:
                                                    POSE_PRIOR_FILE, file_sha256, load_tiny_world,
                                                    load_tiny_world_pose_prior, save_depth_model)
     from mvcustom_core.backbone.training import motion_adapter_from_unet
-    from mvcustom_core.files import atomic_write, atomic_write_text
+    from mvcustom_core.files import atomic_write_bytes, atomic_write_text
     from mvcustom_core.synthetic.world import HELD_OUT_SEEDS
 
     dense = args.output / "dense" / "motion_module.safetensors"
@@ -801,7 +801,7 @@ def stage_export(args) -> None:
     depth_files = save_depth_model(args.output / "depth" / "model", ship / DEPTH_FOLDER)
     prior = args.output / "prior" / "pose_prior.safetensors"
     if prior.is_file():
-        atomic_write(ship / POSE_PRIOR_FILE, lambda tmp: tmp.write_bytes(prior.read_bytes()))
+        atomic_write_bytes(ship / POSE_PRIOR_FILE, prior.read_bytes())
 
     def summary(stage: str) -> dict:
         path = args.output / stage / "checkpoint.pt"

@@ -225,7 +225,7 @@ def save_depth_model(source: str | Path, folder: str | Path) -> list[str]:
     """
     from transformers import DepthAnythingForDepthEstimation
 
-    from mvcustom_core.files import atomic_write, atomic_write_text
+    from mvcustom_core.files import atomic_write_bytes, atomic_write_text
 
     folder = Path(folder)
     model = DepthAnythingForDepthEstimation.from_pretrained(str(source), local_files_only=True).half()
@@ -233,7 +233,7 @@ def save_depth_model(source: str | Path, folder: str | Path) -> list[str]:
     model.save_pretrained(str(staging), safe_serialization=True)
     names = []
     for path in sorted(staging.iterdir()):
-        atomic_write(folder / path.name, lambda tmp, src=path: tmp.write_bytes(src.read_bytes()))
+        atomic_write_bytes(folder / path.name, path.read_bytes())
         path.unlink()
         names.append(path.name)
     staging.rmdir()
